@@ -1,0 +1,1 @@
+//! vhost-user-blk back-end daemon serving virtio-blk with io_uring

@@ -1,0 +1,1 @@
+//! pvio benchmark harness: shared helpers for the benchmark runners in `src/bin/`.

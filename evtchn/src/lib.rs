@@ -1,0 +1,1 @@
+//! Xen-style event channels and shared-memory request/response rings between processes

@@ -1,0 +1,1 @@
+//! XenStore-compatible hierarchical configuration store speaking xs_wire
