@@ -249,3 +249,117 @@ pub fn add_request<const N: usize>(
 pub fn read_status(mem: &impl GuestRam, gpa: u64) -> Result<BlkStatus, VirtqError> {
     Ok(BlkStatus::from(mem::read_u8(mem, gpa)?))
 }
+
+#[cfg(test)]
+mod tests {
+    use virtio_bindings::bindings::virtio_blk as vb;
+
+    use super::*;
+
+    #[test]
+    fn constants_match_virtio_bindings() {
+        let pairs = [
+            (VIRTIO_BLK_F_SIZE_MAX, vb::VIRTIO_BLK_F_SIZE_MAX),
+            (VIRTIO_BLK_F_SEG_MAX, vb::VIRTIO_BLK_F_SEG_MAX),
+            (VIRTIO_BLK_F_RO, vb::VIRTIO_BLK_F_RO),
+            (VIRTIO_BLK_F_BLK_SIZE, vb::VIRTIO_BLK_F_BLK_SIZE),
+            (VIRTIO_BLK_F_FLUSH, vb::VIRTIO_BLK_F_FLUSH),
+            (VIRTIO_BLK_F_TOPOLOGY, vb::VIRTIO_BLK_F_TOPOLOGY),
+            (VIRTIO_BLK_F_MQ, vb::VIRTIO_BLK_F_MQ),
+            (VIRTIO_BLK_F_DISCARD, vb::VIRTIO_BLK_F_DISCARD),
+            (VIRTIO_BLK_F_WRITE_ZEROES, vb::VIRTIO_BLK_F_WRITE_ZEROES),
+            (VIRTIO_BLK_T_IN, vb::VIRTIO_BLK_T_IN),
+            (VIRTIO_BLK_T_OUT, vb::VIRTIO_BLK_T_OUT),
+            (VIRTIO_BLK_T_FLUSH, vb::VIRTIO_BLK_T_FLUSH),
+            (VIRTIO_BLK_T_GET_ID, vb::VIRTIO_BLK_T_GET_ID),
+            (VIRTIO_BLK_T_DISCARD, vb::VIRTIO_BLK_T_DISCARD),
+            (VIRTIO_BLK_T_WRITE_ZEROES, vb::VIRTIO_BLK_T_WRITE_ZEROES),
+            (u32::from(VIRTIO_BLK_S_OK), vb::VIRTIO_BLK_S_OK),
+            (u32::from(VIRTIO_BLK_S_IOERR), vb::VIRTIO_BLK_S_IOERR),
+            (u32::from(VIRTIO_BLK_S_UNSUPP), vb::VIRTIO_BLK_S_UNSUPP),
+            (
+                VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+                vb::VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+            ),
+            (VIRTIO_BLK_ID_BYTES, vb::VIRTIO_BLK_ID_BYTES),
+        ];
+        for (ours, theirs) in pairs {
+            assert_eq!(ours, theirs);
+        }
+    }
+
+    #[test]
+    fn config_parses_at_the_spec_offsets() {
+        let c = vb::virtio_blk_config {
+            capacity: 8192,
+            size_max: 65536,
+            seg_max: 126,
+            blk_size: 4096,
+            min_io_size: 8,
+            opt_io_size: 64,
+            num_queues: 4,
+            max_discard_sectors: 1000,
+            max_discard_seg: 1,
+            discard_sector_alignment: 8,
+            max_write_zeroes_sectors: 2000,
+            max_write_zeroes_seg: 3,
+            write_zeroes_may_unmap: 1,
+            ..Default::default()
+        };
+        // SAFETY: virtio_blk_config is a repr(C) struct of integers; viewing it as bytes is sound.
+        let bytes = unsafe {
+            core::slice::from_raw_parts(
+                (&c as *const vb::virtio_blk_config).cast::<u8>(),
+                core::mem::size_of_val(&c),
+            )
+        };
+        let p = BlkConfig::parse(bytes).unwrap();
+        assert_eq!(
+            (p.capacity, p.size_max, p.seg_max, p.blk_size),
+            (8192, 65536, 126, 4096)
+        );
+        assert_eq!((p.min_io_size, p.opt_io_size, p.num_queues), (8, 64, 4));
+        assert_eq!(
+            (
+                p.max_discard_sectors,
+                p.max_discard_seg,
+                p.discard_sector_alignment
+            ),
+            (1000, 1, 8)
+        );
+        assert_eq!(
+            (
+                p.max_write_zeroes_sectors,
+                p.max_write_zeroes_seg,
+                p.write_zeroes_may_unmap
+            ),
+            (2000, 3, 1)
+        );
+        assert_eq!(BlkConfig::parse(&bytes[..59]), None);
+    }
+
+    #[test]
+    fn header_and_segment_wire_forms() {
+        let h = RequestHeader {
+            request_type: VIRTIO_BLK_T_OUT,
+            sector: 0x1122_3344_5566_7788,
+        };
+        assert_eq!(
+            h.to_bytes(),
+            [1, 0, 0, 0, 0, 0, 0, 0, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11]
+        );
+        let s = DiscardSegment {
+            sector: 3,
+            num_sectors: 5,
+            flags: VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+        };
+        assert_eq!(
+            s.to_bytes(),
+            [3, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 1, 0, 0, 0]
+        );
+        assert_eq!(BlkStatus::from(0), BlkStatus::Ok);
+        assert_eq!(BlkStatus::from(1), BlkStatus::IoErr);
+        assert_eq!(BlkStatus::from(2), BlkStatus::Unsupp);
+        assert_eq!(BlkStatus::from(STATUS_SENTINEL), BlkStatus::Other(0xff));
+    }
+}

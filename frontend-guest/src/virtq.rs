@@ -757,3 +757,111 @@ fn direction(buf: &Buffer) -> u16 {
 pub fn need_event(event: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
+
+#[cfg(test)]
+mod tests {
+    use virtio_bindings::bindings::virtio_config as cfg;
+    use virtio_bindings::bindings::virtio_ring as ring;
+
+    use super::*;
+
+    #[test]
+    fn constants_match_virtio_bindings() {
+        assert_eq!(u32::from(VIRTQ_DESC_F_NEXT), ring::VRING_DESC_F_NEXT);
+        assert_eq!(u32::from(VIRTQ_DESC_F_WRITE), ring::VRING_DESC_F_WRITE);
+        assert_eq!(
+            u32::from(VIRTQ_DESC_F_INDIRECT),
+            ring::VRING_DESC_F_INDIRECT
+        );
+        assert_eq!(
+            u32::from(VIRTQ_AVAIL_F_NO_INTERRUPT),
+            ring::VRING_AVAIL_F_NO_INTERRUPT
+        );
+        assert_eq!(
+            u32::from(VIRTQ_USED_F_NO_NOTIFY),
+            ring::VRING_USED_F_NO_NOTIFY
+        );
+        assert_eq!(
+            VIRTIO_RING_F_INDIRECT_DESC,
+            ring::VIRTIO_RING_F_INDIRECT_DESC
+        );
+        assert_eq!(VIRTIO_RING_F_EVENT_IDX, ring::VIRTIO_RING_F_EVENT_IDX);
+        assert_eq!(VIRTIO_F_VERSION_1, cfg::VIRTIO_F_VERSION_1);
+    }
+
+    #[test]
+    fn need_event_matches_the_spec_formula() {
+        // Moving 5 -> 8 passes events 5, 6 and 7 only.
+        assert!(!need_event(4, 8, 5));
+        assert!(need_event(5, 8, 5));
+        assert!(need_event(7, 8, 5));
+        assert!(!need_event(8, 8, 5));
+        // Across the u16 wrap.
+        assert!(need_event(65535, 1, 65534));
+        assert!(!need_event(1, 1, 65534));
+    }
+
+    #[test]
+    fn contiguous_layout_has_spec_sizes_and_alignment() {
+        let l = QueueLayout::contiguous(0x1000, 256).unwrap();
+        assert_eq!(l.avail_ring, 0x1000 + 16 * 256);
+        assert_eq!(
+            l.used_ring,
+            (l.avail_ring + 6 + 2 * 256).next_multiple_of(4)
+        );
+        assert_eq!(
+            QueueLayout::contiguous_bytes(256),
+            l.used_ring + 6 + 8 * 256 - 0x1000
+        );
+        assert!(matches!(
+            QueueLayout::contiguous(0x1008, 8),
+            Err(VirtqError::BadArea { .. })
+        ));
+        assert!(matches!(
+            QueueLayout::contiguous(0, 12),
+            Err(VirtqError::InvalidSize { .. })
+        ));
+        assert!(matches!(
+            QueueLayout::contiguous(0, 0),
+            Err(VirtqError::InvalidSize { .. })
+        ));
+        assert!(matches!(
+            QueueLayout::contiguous(u64::MAX - 15, 8),
+            Err(VirtqError::BadArea { .. })
+        ));
+        let odd = QueueLayout {
+            avail_ring: 0x2001,
+            ..l
+        };
+        assert!(matches!(
+            odd.validate(MAX_QUEUE_SIZE),
+            Err(VirtqError::BadArea {
+                area: "available ring",
+                ..
+            })
+        ));
+        assert!(matches!(
+            l.validate(128),
+            Err(VirtqError::InvalidSize {
+                size: 256,
+                max: 128
+            })
+        ));
+    }
+
+    #[test]
+    fn descriptor_wire_form_round_trips() {
+        let d = Descriptor {
+            addr: 0x0102_0304_0506_0708,
+            len: 0x0a0b_0c0d,
+            flags: VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE,
+            next: 0x1234,
+        };
+        let b = d.to_bytes();
+        assert_eq!(b[0], 0x08);
+        assert_eq!(b[8], 0x0d);
+        assert_eq!(b[12], 3);
+        assert_eq!(b[14], 0x34);
+        assert_eq!(Descriptor::from_bytes(&b), d);
+    }
+}

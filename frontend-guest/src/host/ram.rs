@@ -55,6 +55,11 @@ impl HostRam {
         })
     }
 
+    /// The mapping, for device-side code in the same process (tests).
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
     /// Size in bytes.
     pub fn size(&self) -> u64 {
         self.size
