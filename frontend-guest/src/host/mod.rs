@@ -16,6 +16,8 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The protocol feature set type of [`VhostUserConnection::protocol_features`].
+pub use ::vhost::vhost_user::VhostUserProtocolFeatures;
 pub use blk::{BlkDevice, BlkOptions, BlkQueue, ChainForm, Completion, Data, Request, Token};
 pub use ram::HostRam;
 pub use vhost::{ConnectOptions, VhostUserConnection, VringFds};
