@@ -457,20 +457,9 @@ impl<const N: usize> SplitQueue<N> {
         self.check_free(count)?;
         let mut slot = self.free_head;
         for (i, buf) in segs.iter().flat_map(|s| s.iter()).enumerate() {
-            let last = i + 1 == count;
-            let next = if last {
-                0
-            } else {
-                self.free_next[usize::from(slot)]
-            };
-            let desc = Descriptor {
-                addr: buf.addr,
-                len: buf.len,
-                flags: direction(buf) | if last { 0 } else { VIRTQ_DESC_F_NEXT },
-                next,
-            };
-            mem.write(self.layout.desc_addr(slot), &desc.to_bytes())?;
-            slot = next;
+            let next = (i + 1 < count).then(|| self.free_next[usize::from(slot)]);
+            mem.write(self.layout.desc_addr(slot), &linked(buf, next).to_bytes())?;
+            slot = next.unwrap_or(0);
         }
         self.commit(mem, count)
     }
@@ -491,15 +480,9 @@ impl<const N: usize> SplitQueue<N> {
         let count = self.check_chain(segs)?;
         self.check_free(1)?;
         for (i, buf) in segs.iter().flat_map(|s| s.iter()).enumerate() {
-            let last = i + 1 == count;
-            let desc = Descriptor {
-                addr: buf.addr,
-                len: buf.len,
-                flags: direction(buf) | if last { 0 } else { VIRTQ_DESC_F_NEXT },
-                // i + 1 <= count <= queue size <= 32768.
-                next: if last { 0 } else { (i + 1) as u16 },
-            };
-            write_table_entry(mem, table, i, &desc)?;
+            // i + 1 <= count <= queue size <= 32768.
+            let next = (i + 1 < count).then_some((i + 1) as u16);
+            write_table_entry(mem, table, i, &linked(buf, next))?;
         }
         let head = Descriptor {
             addr: table,
@@ -614,11 +597,7 @@ impl<const N: usize> SplitQueue<N> {
         self.last_used += 1;
         if self.event_idx {
             // Ordering against the device is provided by enable_interrupts before sleeping.
-            mem.store_u16(
-                self.layout.used_event_addr(),
-                self.last_used.0,
-                Ordering::Relaxed,
-            )?;
+            self.store_used_event(mem)?;
         }
         let head = u16::try_from(id)
             .ok()
@@ -637,11 +616,7 @@ impl<const N: usize> SplitQueue<N> {
     /// [`VirtqError::Mem`].
     pub fn enable_interrupts(&mut self, mem: &impl GuestRam) -> Result<bool, VirtqError> {
         if self.event_idx {
-            mem.store_u16(
-                self.layout.used_event_addr(),
-                self.last_used.0,
-                Ordering::Relaxed,
-            )?;
+            self.store_used_event(mem)?;
         } else {
             mem.store_u16(self.layout.avail_ring, 0, Ordering::Relaxed)?;
         }
@@ -650,6 +625,16 @@ impl<const N: usize> SplitQueue<N> {
         fence(Ordering::SeqCst);
         let used_idx = mem.load_u16(self.layout.used_idx_addr(), Ordering::Acquire)?;
         Ok(used_idx != self.last_used.0)
+    }
+
+    /// Asks for a notification once the device uses the entry after the last one consumed.
+    fn store_used_event(&self, mem: &impl GuestRam) -> Result<(), VirtqError> {
+        mem.store_u16(
+            self.layout.used_event_addr(),
+            self.last_used.0,
+            Ordering::Relaxed,
+        )?;
+        Ok(())
     }
 
     /// Counts the buffers of a well-formed chain and checks its shape.
@@ -743,12 +728,14 @@ pub fn write_table_entry(
     Ok(())
 }
 
-/// The flag for a buffer's direction.
-fn direction(buf: &Buffer) -> u16 {
-    if buf.writable {
-        VIRTQ_DESC_F_WRITE
-    } else {
-        0
+/// The descriptor for `buf`, linked to `next` if the chain goes on.
+fn linked(buf: &Buffer, next: Option<u16>) -> Descriptor {
+    let write = if buf.writable { VIRTQ_DESC_F_WRITE } else { 0 };
+    Descriptor {
+        addr: buf.addr,
+        len: buf.len,
+        flags: write | if next.is_some() { VIRTQ_DESC_F_NEXT } else { 0 },
+        next: next.unwrap_or(0),
     }
 }
 
