@@ -20,7 +20,7 @@ use std::time::Duration;
 pub use ::vhost::vhost_user::VhostUserProtocolFeatures;
 pub use blk::{BlkDevice, BlkOptions, BlkQueue, ChainForm, Completion, Data, Request, Token};
 pub use ram::HostRam;
-pub use vhost::{ConnectOptions, VhostUserConnection, VringFds};
+pub use vhost::{ConnectOptions, VhostUserConnection, VringFds, Watchdog};
 
 use crate::mem::MemError;
 use crate::virtq::VirtqError;
@@ -39,9 +39,17 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// The socket could not be configured (read timeout).
-    #[error("configuring the vhost-user socket")]
+    /// The socket could not be duplicated for the watchdog, or its thread not started.
+    #[error("setting up the vhost-user socket watchdog")]
     Socket(#[source] io::Error),
+    /// The back-end did not answer a request in time; the socket was shut down.
+    #[error("vhost-user {request}: no answer within {timeout:?}, connection shut down")]
+    ControlTimeout {
+        /// The request, e.g. "VHOST_USER_GET_FEATURES".
+        request: &'static str,
+        /// [`ConnectOptions::reply_timeout`].
+        timeout: Duration,
+    },
     /// A vhost-user request failed or was rejected (with REPLY_ACK: the back-end answered non-zero).
     #[error("vhost-user {request} failed")]
     Vhost {

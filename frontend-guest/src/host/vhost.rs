@@ -3,17 +3,24 @@
 //!
 //! Messages go through `vhost::vhost_user::Frontend`. Once VHOST_USER_PROTOCOL_F_REPLY_ACK is
 //! negotiated every message is sent with NEED_REPLY, so a request the back-end rejects fails
-//! right there instead of breaking the next one. The socket has a read timeout, so a back-end
-//! that never answers gives an error instead of a hang.
+//! right there instead of breaking the next one. Every request runs under a [`Watchdog`] that
+//! shuts the socket down if the back-end does not answer in time, so a silent back-end gives
+//! [`Error::ControlTimeout`] instead of a hang (a socket read timeout cannot be used: the vhost
+//! crate retries `EAGAIN` in a loop).
 
 use std::io;
+use std::net::Shutdown;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use vhost::vhost_user::message::VhostUserHeaderFlag;
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
 use vhost::vhost_user::{
     Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
@@ -38,12 +45,12 @@ const CONNECT_RETRY: Duration = Duration::from_millis(10);
 pub struct ConnectOptions {
     /// How long to keep trying while the socket file is missing or refuses connections.
     pub connect_timeout: Duration,
-    /// How long to wait for any one reply from the back-end.
+    /// How long one vhost-user request may take, reply included.
     pub reply_timeout: Duration,
 }
 
 impl Default for ConnectOptions {
-    /// 10 s to connect, 10 s per reply.
+    /// 10 s to connect, 10 s per request.
     fn default() -> Self {
         ConnectOptions {
             connect_timeout: Duration::from_secs(10),
@@ -52,13 +59,66 @@ impl Default for ConnectOptions {
     }
 }
 
-fn vhost_err(request: &'static str) -> impl FnOnce(vhost::Error) -> Error {
-    move |source| Error::Vhost { request, source }
+/// Shuts a socket down unless disarmed within a timeout, failing any request blocked on it.
+#[derive(Debug)]
+pub struct Watchdog {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    fired: Arc<AtomicBool>,
+}
+
+impl Watchdog {
+    /// Starts watching `sock` (a duplicate is kept) for `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Socket`] if the socket cannot be duplicated.
+    pub fn arm(sock: &UnixStream, timeout: Duration) -> Result<Self> {
+        let sock = sock.try_clone().map_err(Error::Socket)?;
+        let (stop, rx) = mpsc::channel::<()>();
+        let fired = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&fired);
+        let thread = std::thread::Builder::new()
+            .name("vhost-user-watchdog".into())
+            .spawn(move || {
+                if let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(timeout) {
+                    flag.store(true, Ordering::SeqCst);
+                    let _ = sock.shutdown(Shutdown::Both);
+                }
+            })
+            .map_err(Error::Socket)?;
+        Ok(Watchdog {
+            stop: Some(stop),
+            thread: Some(thread),
+            fired,
+        })
+    }
+
+    /// Stops watching; returns true if the timeout had already fired and shut the socket down.
+    pub fn disarm(mut self) -> bool {
+        self.stop_thread();
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    fn stop_thread(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.stop_thread();
+    }
 }
 
 /// An owned vhost-user session with one back-end.
 pub struct VhostUserConnection {
     frontend: Frontend,
+    /// A duplicate of the socket for the watchdog.
+    sock: UnixStream,
+    reply_timeout: Duration,
     offered_features: u64,
     protocol_features: VhostUserProtocolFeatures,
     queue_num: Option<u64>,
@@ -85,45 +145,62 @@ impl VhostUserConnection {
     /// `max_queues` bounds the queue indices used before GET_QUEUE_NUM is known.
     ///
     /// # Errors
-    /// [`Error::Connect`], [`Error::Socket`], [`Error::Vhost`].
+    /// [`Error::Connect`], [`Error::Socket`], [`Error::Vhost`], [`Error::ControlTimeout`].
     pub fn connect(path: &Path, opts: &ConnectOptions, max_queues: u64) -> Result<Self> {
         let stream = connect_with_deadline(path, opts.connect_timeout)?;
-        stream
-            .set_read_timeout(Some(opts.reply_timeout))
-            .map_err(Error::Socket)?;
-        let mut frontend = Frontend::from_stream(stream, max_queues);
-        frontend
-            .set_owner()
-            .map_err(vhost_err("VHOST_USER_SET_OWNER"))?;
-        let offered_features = frontend
-            .get_features()
-            .map_err(vhost_err("VHOST_USER_GET_FEATURES"))?;
-        let mut protocol_features = VhostUserProtocolFeatures::empty();
-        let mut queue_num = None;
-        if offered_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
-            let offered = frontend
-                .get_protocol_features()
-                .map_err(vhost_err("VHOST_USER_GET_PROTOCOL_FEATURES"))?;
-            protocol_features = offered & WANTED_PROTOCOL_FEATURES;
-            frontend
-                .set_protocol_features(protocol_features)
-                .map_err(vhost_err("VHOST_USER_SET_PROTOCOL_FEATURES"))?;
-            if protocol_features.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-                frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-            }
-            if protocol_features.contains(VhostUserProtocolFeatures::MQ) {
-                queue_num = Some(
-                    frontend
-                        .get_queue_num()
-                        .map_err(vhost_err("VHOST_USER_GET_QUEUE_NUM"))?,
-                );
-            }
+        let sock = stream.try_clone().map_err(Error::Socket)?;
+        let mut conn = VhostUserConnection {
+            frontend: Frontend::from_stream(stream, max_queues),
+            sock,
+            reply_timeout: opts.reply_timeout,
+            offered_features: 0,
+            protocol_features: VhostUserProtocolFeatures::empty(),
+            queue_num: None,
+        };
+        conn.call("VHOST_USER_SET_OWNER", |f| f.set_owner())?;
+        conn.offered_features = conn.call("VHOST_USER_GET_FEATURES", |f| f.get_features())?;
+        if conn.offered_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+            conn.negotiate_protocol_features()?;
         }
-        Ok(VhostUserConnection {
-            frontend,
-            offered_features,
-            protocol_features,
-            queue_num,
+        Ok(conn)
+    }
+
+    fn negotiate_protocol_features(&mut self) -> Result<()> {
+        let offered = self.call("VHOST_USER_GET_PROTOCOL_FEATURES", |f| {
+            f.get_protocol_features()
+        })?;
+        let acked = offered & WANTED_PROTOCOL_FEATURES;
+        self.call("VHOST_USER_SET_PROTOCOL_FEATURES", |f| {
+            f.set_protocol_features(acked)
+        })?;
+        self.protocol_features = acked;
+        if acked.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            self.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        if acked.contains(VhostUserProtocolFeatures::MQ) {
+            self.queue_num = Some(self.call("VHOST_USER_GET_QUEUE_NUM", |f| f.get_queue_num())?);
+        }
+        Ok(())
+    }
+
+    /// Runs one request under the watchdog.
+    fn call<T>(
+        &mut self,
+        request: &'static str,
+        op: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
+    ) -> Result<T> {
+        let dog = Watchdog::arm(&self.sock, self.reply_timeout)?;
+        let res = op(&mut self.frontend);
+        let fired = dog.disarm();
+        res.map_err(|source| {
+            if fired {
+                Error::ControlTimeout {
+                    request,
+                    timeout: self.reply_timeout,
+                }
+            } else {
+                Error::Vhost { request, source }
+            }
         })
     }
 
@@ -145,7 +222,8 @@ impl VhostUserConnection {
     /// Reads `len` bytes of device configuration space from offset 0 (VHOST_USER_GET_CONFIG).
     ///
     /// # Errors
-    /// [`Error::MissingFeature`] without VHOST_USER_PROTOCOL_F_CONFIG; [`Error::Vhost`].
+    /// [`Error::MissingFeature`] without VHOST_USER_PROTOCOL_F_CONFIG; [`Error::Vhost`],
+    /// [`Error::ControlTimeout`].
     pub fn config(&mut self, len: u32) -> Result<Vec<u8>> {
         if !self
             .protocol_features
@@ -156,15 +234,9 @@ impl VhostUserConnection {
             });
         }
         let buf = vec![0u8; len as usize];
-        let (_, payload) = self
-            .frontend
-            .get_config(
-                0,
-                len,
-                vhost::vhost_user::message::VhostUserConfigFlags::empty(),
-                &buf,
-            )
-            .map_err(vhost_err("VHOST_USER_GET_CONFIG"))?;
+        let (_, payload) = self.call("VHOST_USER_GET_CONFIG", |f| {
+            f.get_config(0, len, VhostUserConfigFlags::empty(), &buf)
+        })?;
         Ok(payload)
     }
 
@@ -172,23 +244,22 @@ impl VhostUserConnection {
     /// the back-end offered it.
     ///
     /// # Errors
-    /// [`Error::Vhost`].
+    /// [`Error::Vhost`], [`Error::ControlTimeout`].
     pub fn set_features(&mut self, features: u64) -> Result<()> {
-        let protocol = self.offered_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        self.frontend
-            .set_features(features | protocol)
-            .map_err(vhost_err("VHOST_USER_SET_FEATURES"))
+        let acked =
+            features | (self.offered_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits());
+        self.call("VHOST_USER_SET_FEATURES", |f| f.set_features(acked))
     }
 
     /// Shares `ram` with the back-end (VHOST_USER_SET_MEM_TABLE, one region).
     ///
     /// # Errors
-    /// [`Error::Vhost`], [`Error::Mem`].
+    /// [`Error::Vhost`], [`Error::ControlTimeout`], [`Error::Mem`].
     pub fn set_mem_table(&mut self, ram: &HostRam) -> Result<()> {
-        self.frontend
-            .set_mem_table(&[ram.region_info()?])
-            .map(|_| ())
-            .map_err(vhost_err("VHOST_USER_SET_MEM_TABLE"))
+        let region = ram.region_info()?;
+        self.call("VHOST_USER_SET_MEM_TABLE", |f| {
+            f.set_mem_table(&[region]).map(|_| ())
+        })
     }
 
     /// Starts vring `index` on the rings at `layout` in `ram`: VHOST_USER_SET_VRING_NUM,
@@ -196,7 +267,7 @@ impl VhostUserConnection {
     /// protocol features are negotiated.
     ///
     /// # Errors
-    /// [`Error::Vhost`], [`Error::Mem`].
+    /// [`Error::Vhost`], [`Error::ControlTimeout`], [`Error::Mem`].
     pub fn start_vring(
         &mut self,
         index: usize,
@@ -204,9 +275,6 @@ impl VhostUserConnection {
         ram: &HostRam,
         fds: &VringFds,
     ) -> Result<()> {
-        let f = &mut self.frontend;
-        f.set_vring_num(index, layout.size)
-            .map_err(vhost_err("VHOST_USER_SET_VRING_NUM"))?;
         let config = VringConfigData {
             queue_max_size: layout.size,
             queue_size: layout.size,
@@ -216,19 +284,26 @@ impl VhostUserConnection {
             avail_ring_addr: ram.host_address(layout.avail_ring)?,
             log_addr: None,
         };
-        f.set_vring_addr(index, &config)
-            .map_err(vhost_err("VHOST_USER_SET_VRING_ADDR"))?;
-        f.set_vring_base(index, 0)
-            .map_err(vhost_err("VHOST_USER_SET_VRING_BASE"))?;
-        f.set_vring_call(index, &fds.call)
-            .map_err(vhost_err("VHOST_USER_SET_VRING_CALL"))?;
-        f.set_vring_err(index, &fds.err)
-            .map_err(vhost_err("VHOST_USER_SET_VRING_ERR"))?;
-        f.set_vring_kick(index, &fds.kick)
-            .map_err(vhost_err("VHOST_USER_SET_VRING_KICK"))?;
+        self.call("VHOST_USER_SET_VRING_NUM", |f| {
+            f.set_vring_num(index, layout.size)
+        })?;
+        self.call("VHOST_USER_SET_VRING_ADDR", |f| {
+            f.set_vring_addr(index, &config)
+        })?;
+        self.call("VHOST_USER_SET_VRING_BASE", |f| f.set_vring_base(index, 0))?;
+        self.call("VHOST_USER_SET_VRING_CALL", |f| {
+            f.set_vring_call(index, &fds.call)
+        })?;
+        self.call("VHOST_USER_SET_VRING_ERR", |f| {
+            f.set_vring_err(index, &fds.err)
+        })?;
+        self.call("VHOST_USER_SET_VRING_KICK", |f| {
+            f.set_vring_kick(index, &fds.kick)
+        })?;
         if self.offered_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
-            f.set_vring_enable(index, true)
-                .map_err(vhost_err("VHOST_USER_SET_VRING_ENABLE"))?;
+            self.call("VHOST_USER_SET_VRING_ENABLE", |f| {
+                f.set_vring_enable(index, true)
+            })?;
         }
         Ok(())
     }
@@ -236,11 +311,9 @@ impl VhostUserConnection {
     /// Stops vring `index` and returns its next available index (VHOST_USER_GET_VRING_BASE).
     ///
     /// # Errors
-    /// [`Error::Vhost`].
+    /// [`Error::Vhost`], [`Error::ControlTimeout`].
     pub fn stop_vring(&mut self, index: usize) -> Result<u32> {
-        self.frontend
-            .get_vring_base(index)
-            .map_err(vhost_err("VHOST_USER_GET_VRING_BASE"))
+        self.call("VHOST_USER_GET_VRING_BASE", |f| f.get_vring_base(index))
     }
 }
 
