@@ -1,1 +1,76 @@
-//! vhost-user-blk back-end daemon serving virtio-blk with io_uring
+//! `backend-blk`: a vhost-user-blk back-end daemon. It serves a virtio-blk device
+//! (virtio 1.2 §5.2) to a vhost-user front-end (QEMU's `vhost-user-blk-pci`, ...) over a unix
+//! socket, doing the I/O on a raw image file or block device with io_uring.
+//!
+//! Layout, one job per module:
+//! - [`cli`]: command line (clap) → validated [`cli::Config`];
+//! - [`image`]: opening the image, its size, O_DIRECT fallback, fallocate probes;
+//! - [`device`]: feature bits, `struct virtio_blk_config`, request limits, serial;
+//! - [`request`]: descriptor chain → validated [`request::Request`] (pure parsing);
+//! - [`status`]: every failure → VIRTIO_BLK_S_* status byte;
+//! - [`uring`]: io_uring ring, completion eventfd, slab of in-flight operations;
+//! - [`worker`]: per-queue data path (pop, parse, submit, complete, notify);
+//! - [`backend`]: the `VhostUserBackend` implementation (control path, event dispatch);
+//! - [`daemon`]: listener, one fresh back-end per connection, signals.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+pub mod backend;
+pub mod cli;
+pub mod daemon;
+pub mod device;
+pub mod image;
+pub mod request;
+pub mod status;
+pub mod uring;
+pub mod worker;
+
+/// Exit code for a command line that cannot be used (clap's convention).
+const EXIT_USAGE: u8 = 2;
+
+/// Runs the program for parsed arguments: prints the capabilities, or validates the
+/// configuration and serves until SIGTERM/SIGINT. Every failure is one line on stderr.
+pub fn run(cli: cli::Cli) -> ExitCode {
+    if cli.print_capabilities {
+        let mut out = std::io::stdout();
+        return match writeln!(out, "{}", cli::capabilities_json()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        };
+    }
+    let config = match cli.into_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("backend-blk: error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match daemon::run(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("backend-blk: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reports a command line clap refused: help and version go to stdout with success; an error
+/// becomes one line on stderr (clap's multi-line message joined) and exit code 2.
+pub fn usage_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        // A closed stdout (e.g. `--help | head`) is not worth a panic.
+        let _ = error.print();
+        return ExitCode::SUCCESS;
+    }
+    let text = error.to_string();
+    let message = text.split("\n\n").next().unwrap_or_default();
+    let line = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    eprintln!("backend-blk: {line}");
+    ExitCode::from(EXIT_USAGE)
+}

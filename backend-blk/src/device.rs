@@ -1,0 +1,302 @@
+//! What the virtio-blk device offers: feature bits, the configuration space
+//! (`struct virtio_blk_config`, virtio 1.2 §5.2.4), the request limits derived from them, and
+//! the device ID (serial). Built once from the [`Config`] and the opened [`Image`].
+
+use std::mem::size_of;
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use virtio_bindings::bindings::virtio_blk::{
+    virtio_blk_config, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
+    VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
+    VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_WRITE_ZEROES,
+};
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
+use vm_memory::ByteValued;
+
+use crate::cli::{Config, SERIAL_BYTES};
+use crate::image::{Image, SECTOR_SIZE};
+use crate::request::Limits;
+
+/// Largest segment (one descriptor's buffer) the driver should use: `size_max`, bytes.
+pub const SIZE_MAX: u32 = 1 << 20;
+/// Most data segments per request the driver should use: `seg_max`.
+pub const SEG_MAX: u32 = 126;
+/// Most buffers (iovecs) per request the device accepts: more than [`SEG_MAX`] for lenient
+/// drivers, bounded by the kernel's `UIO_MAXIOV` so one `readv` can carry a whole request.
+pub const MAX_REQUEST_BUFFERS: usize = 1024;
+/// Largest DISCARD or WRITE_ZEROES range, 512-byte sectors (1 GiB).
+pub const MAX_ZERO_SECTORS: u32 = 1 << 21;
+/// Segments per DISCARD or WRITE_ZEROES request: one, done with one fallocate (the parser
+/// accepts exactly one).
+pub const MAX_ZERO_SEGMENTS: u32 = 1;
+
+/// Size of `struct virtio_blk_config` in bytes.
+pub const CONFIG_SPACE_BYTES: usize = size_of::<virtio_blk_config>();
+
+/// `struct virtio_blk_config` as guest-visible bytes.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(transparent)]
+struct ConfigSpace(virtio_blk_config);
+
+// SAFETY: virtio_blk_config is a packed repr(C) struct of integers and integer arrays: plain
+// old data with no padding and no invalid bit patterns.
+unsafe impl ByteValued for ConfigSpace {}
+
+/// The device model shared by every queue worker of every connection.
+#[derive(Debug)]
+pub struct BlockDevice {
+    image: Image,
+    num_queues: u16,
+    queue_size: u16,
+    features: u64,
+    config: Vec<u8>,
+    limits: Limits,
+    serial: [u8; SERIAL_BYTES],
+}
+
+impl BlockDevice {
+    /// Derives features, configuration space and limits from `config` and the opened `image`.
+    pub fn new(config: &Config, image: Image) -> BlockDevice {
+        let fallocate = image.fallocate_support();
+        let read_only = config.read_only;
+        let discard = !read_only && fallocate.punch_hole;
+        let write_zeroes = !read_only && (fallocate.punch_hole || fallocate.zero_range);
+        let limits = Limits {
+            capacity_sectors: image.capacity_sectors(),
+            read_only,
+            discard,
+            write_zeroes,
+            max_zero_sectors: MAX_ZERO_SECTORS,
+            max_buffers: MAX_REQUEST_BUFFERS,
+        };
+        let features = device_features(&limits);
+        let config_space = config_space(&image, config.num_queues, &limits);
+        let serial = serial(config.serial.as_deref(), &image);
+        BlockDevice {
+            image,
+            num_queues: config.num_queues,
+            queue_size: config.queue_size,
+            features,
+            config: config_space.as_slice().to_vec(),
+            limits,
+            serial,
+        }
+    }
+
+    /// The image served.
+    pub fn image(&self) -> &Image {
+        &self.image
+    }
+
+    /// Number of request queues.
+    pub fn num_queues(&self) -> u16 {
+        self.num_queues
+    }
+
+    /// Largest virtqueue size.
+    pub fn queue_size(&self) -> u16 {
+        self.queue_size
+    }
+
+    /// Virtio feature bits offered, with VHOST_USER_F_PROTOCOL_FEATURES (bit 30).
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// vhost-user protocol features offered: MQ, CONFIG, REPLY_ACK (vhost-user.rst).
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    /// Request limits for the parser.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The 20-byte device ID for VIRTIO_BLK_T_GET_ID, NUL-padded.
+    pub fn serial(&self) -> &[u8; SERIAL_BYTES] {
+        &self.serial
+    }
+
+    /// `size` bytes of the configuration space from byte `offset`, as VHOST_USER_GET_CONFIG
+    /// returns them: bytes past the end of `struct virtio_blk_config` read as zero, so any
+    /// offset and size are answered without panicking.
+    pub fn config_window(&self, offset: u32, size: u32) -> Vec<u8> {
+        let start = offset as usize;
+        (start..start.saturating_add(size as usize))
+            .map(|i| self.config.get(i).copied().unwrap_or(0))
+            .collect()
+    }
+}
+
+fn device_features(limits: &Limits) -> u64 {
+    let mut bits = vec![
+        VIRTIO_F_VERSION_1,
+        VIRTIO_RING_F_EVENT_IDX,
+        VIRTIO_RING_F_INDIRECT_DESC,
+        VIRTIO_BLK_F_SIZE_MAX,
+        VIRTIO_BLK_F_SEG_MAX,
+        VIRTIO_BLK_F_BLK_SIZE,
+        VIRTIO_BLK_F_FLUSH,
+        VIRTIO_BLK_F_TOPOLOGY,
+        VIRTIO_BLK_F_MQ,
+    ];
+    if limits.read_only {
+        bits.push(VIRTIO_BLK_F_RO);
+    }
+    if limits.discard {
+        bits.push(VIRTIO_BLK_F_DISCARD);
+    }
+    if limits.write_zeroes {
+        bits.push(VIRTIO_BLK_F_WRITE_ZEROES);
+    }
+    bits.iter().fold(
+        VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
+        |acc, b| acc | 1 << b,
+    )
+}
+
+fn config_space(image: &Image, num_queues: u16, limits: &Limits) -> ConfigSpace {
+    let logical = image.logical_block_size();
+    let physical = image.physical_block_size().max(logical);
+    let blocks_per_physical = physical / logical;
+    let physical_sectors = u32::try_from(u64::from(physical) / SECTOR_SIZE).unwrap_or(1);
+    let mut c = virtio_blk_config {
+        capacity: limits.capacity_sectors.to_le(),
+        size_max: SIZE_MAX.to_le(),
+        seg_max: SEG_MAX.to_le(),
+        blk_size: logical.to_le(),
+        num_queues: num_queues.to_le(),
+        ..Default::default()
+    };
+    c.physical_block_exp = u8::try_from(blocks_per_physical.trailing_zeros()).unwrap_or(0);
+    c.min_io_size = u16::try_from(blocks_per_physical).unwrap_or(1).to_le();
+    if limits.discard {
+        c.max_discard_sectors = limits.max_zero_sectors.to_le();
+        c.max_discard_seg = MAX_ZERO_SEGMENTS.to_le();
+        c.discard_sector_alignment = physical_sectors.to_le();
+    }
+    if limits.write_zeroes {
+        c.max_write_zeroes_sectors = limits.max_zero_sectors.to_le();
+        c.max_write_zeroes_seg = MAX_ZERO_SEGMENTS.to_le();
+        c.write_zeroes_may_unmap = u8::from(image.fallocate_support().punch_hole);
+    }
+    ConfigSpace(c)
+}
+
+/// The user's serial, or "pvio-" and the 32-bit FNV-1a hash of the image path in hex.
+fn serial(user: Option<&[u8]>, image: &Image) -> [u8; SERIAL_BYTES] {
+    let default;
+    let bytes = match user {
+        Some(s) => s,
+        None => {
+            let path = image.path().as_os_str().as_encoded_bytes();
+            let hash = path.iter().fold(0x811c_9dc5u32, |h, &b| {
+                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+            });
+            default = format!("pvio-{hash:08x}");
+            default.as_bytes()
+        }
+    };
+    let mut out = [0u8; SERIAL_BYTES];
+    let n = bytes.len().min(SERIAL_BYTES);
+    out[..n].copy_from_slice(&bytes[..n]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::offset_of;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::cli::SocketSource;
+
+    fn device(tag: &str, read_only: bool, serial: Option<&[u8]>) -> (BlockDevice, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("pvio-blk-dev-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("disk.raw");
+        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        let config = Config {
+            socket: SocketSource::Fd(0),
+            image: path.clone(),
+            read_only,
+            num_queues: 3,
+            queue_size: 128,
+            direct: false,
+            serial: serial.map(<[u8]>::to_vec),
+        };
+        let image = Image::open(&path, read_only, false).unwrap();
+        (BlockDevice::new(&config, image), dir)
+    }
+
+    fn le32(dev: &BlockDevice, offset: usize) -> u32 {
+        u32::from_le_bytes(dev.config_window(offset as u32, 4).try_into().unwrap())
+    }
+
+    #[test]
+    fn config_space_fields() {
+        let (dev, dir) = device("cfg", false, None);
+        let cap = dev.config_window(0, 8);
+        assert_eq!(u64::from_le_bytes(cap.try_into().unwrap()), 2048);
+        assert_eq!(
+            le32(&dev, offset_of!(virtio_blk_config, size_max)),
+            SIZE_MAX
+        );
+        assert_eq!(le32(&dev, offset_of!(virtio_blk_config, seg_max)), SEG_MAX);
+        assert_eq!(le32(&dev, offset_of!(virtio_blk_config, blk_size)), 512);
+        let nq = dev.config_window(offset_of!(virtio_blk_config, num_queues) as u32, 2);
+        assert_eq!(nq, 3u16.to_le_bytes());
+        let f = dev.features();
+        assert_ne!(f & (1 << VIRTIO_F_VERSION_1), 0);
+        assert_ne!(f & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(), 0);
+        assert_eq!(f & (1 << VIRTIO_BLK_F_RO), 0);
+        if f & (1 << VIRTIO_BLK_F_DISCARD) != 0 {
+            let off = offset_of!(virtio_blk_config, max_discard_seg);
+            assert_eq!(le32(&dev, off), MAX_ZERO_SEGMENTS);
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn config_window_never_panics() {
+        let (dev, dir) = device("win", false, None);
+        assert_eq!(
+            dev.config_window(0, CONFIG_SPACE_BYTES as u32).len(),
+            CONFIG_SPACE_BYTES
+        );
+        assert_eq!(dev.config_window(CONFIG_SPACE_BYTES as u32 - 2, 8).len(), 8);
+        assert_eq!(&dev.config_window(CONFIG_SPACE_BYTES as u32, 4), &[0; 4]);
+        assert_eq!(dev.config_window(u32::MAX, 3), vec![0; 3]);
+        assert!(dev.config_window(7, 0).is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn read_only_features() {
+        let (dev, dir) = device("ro", true, Some(b"disk-7"));
+        let f = dev.features();
+        assert_ne!(f & (1 << VIRTIO_BLK_F_RO), 0);
+        assert_eq!(
+            f & (1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES),
+            0
+        );
+        assert_eq!(&dev.serial()[..6], b"disk-7");
+        assert!(dev.serial()[6..].iter().all(|&b| b == 0));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn default_serial_is_stable_per_path() {
+        let (a, dir) = device("ser", false, None);
+        assert_eq!(&a.serial()[..5], b"pvio-");
+        let (b, _) = device("ser", false, None);
+        assert_eq!(a.serial(), b.serial());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

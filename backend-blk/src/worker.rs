@@ -1,0 +1,641 @@
+//! One request queue's data path: pop descriptor chains, parse them, submit their I/O to this
+//! queue's io_uring, complete them into the used ring and notify the driver once per batch.
+//!
+//! Data moves with READV/WRITEV whose iovecs point straight into guest memory (a buffer that
+//! crosses guest memory regions becomes several iovecs). A transfer that completes short, or
+//! that has more iovecs than one `readv` takes (`UIO_MAXIOV`), is resubmitted for the rest.
+//! Each in-flight request owns a load guard of the guest memory it points into, so a
+//! VHOST_USER_SET_MEM_TABLE cannot unmap it while the kernel may still touch it.
+
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use io_uring::{opcode, squeue, types};
+use log::{log, warn, Level};
+use vhost_user_backend::{VringRwLock, VringT};
+use virtio_queue::{DescriptorChain, QueueT};
+use vm_memory::{
+    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
+    GuestMemoryLoadGuard, GuestMemoryMmap,
+};
+
+use crate::device::BlockDevice;
+use crate::image::SECTOR_SIZE;
+use crate::request::{self, GuestRange, Parsed, Request, RequestError};
+use crate::status::Status;
+use crate::uring::{Completion, Ring, Slab, UringError};
+
+/// Guest memory as mapped from the front-end's memory table (no dirty-page bitmap).
+pub type GuestRam = GuestMemoryMmap<()>;
+/// Guest memory that VHOST_USER_SET_MEM_TABLE can replace while workers run.
+pub type GuestRamAtomic = GuestMemoryAtomic<GuestRam>;
+/// A snapshot of guest memory that stays mapped while held.
+type GuestRamGuard = GuestMemoryLoadGuard<GuestRam>;
+/// The vring type of this back-end.
+pub type Vring = VringRwLock<GuestRamAtomic>;
+
+/// Most iovecs one READV/WRITEV takes (`UIO_MAXIOV`).
+const MAX_IOVECS_PER_OP: usize = 1024;
+/// How often an operation that fails with EAGAIN or EINTR is tried again before IOERR.
+const MAX_RETRIES: u8 = 8;
+
+/// iovecs pointing into guest memory.
+struct IoVecs(Vec<libc::iovec>);
+
+// SAFETY: the pointers refer to guest memory mapped by the `GuestRamGuard` held next to them
+// in the same `InFlight`; they are never dereferenced by this process, only handed to the
+// kernel, so moving them to another thread is sound.
+unsafe impl Send for IoVecs {}
+
+/// What an in-flight request is waiting for.
+enum Op {
+    /// READV (`write == false`) or WRITEV of the not-yet-transferred iovecs.
+    Transfer {
+        write: bool,
+        fd: RawFd,
+        iovecs: IoVecs,
+        /// First iovec not fully transferred.
+        next: usize,
+        /// File offset of `iovecs[next]`'s start, bytes.
+        offset: u64,
+        /// Bytes still to transfer.
+        remaining: u64,
+    },
+    /// fdatasync.
+    Sync,
+    /// fallocate of `len` bytes at `offset` with `mode`.
+    Fallocate { mode: i32, offset: u64, len: u64 },
+}
+
+/// A request handed to io_uring and not yet completed.
+struct InFlight {
+    head_index: u16,
+    status: GuestAddress,
+    /// Bytes written to device-writable buffers when the request succeeds (IN data).
+    data_written: u32,
+    retries: u8,
+    op: Op,
+    /// Keeps the guest memory that `op` points into mapped.
+    mem: GuestRamGuard,
+}
+
+/// What a completion means for its request.
+enum Progress {
+    /// Submit the next part.
+    Again,
+    /// Complete with this status.
+    Done(Status),
+}
+
+impl InFlight {
+    /// The submission entry for the current state of `op`, tagged with `key`.
+    fn sqe(&self, key: usize, image_fd: RawFd) -> squeue::Entry {
+        let entry = match &self.op {
+            Op::Transfer {
+                write,
+                fd,
+                iovecs,
+                next,
+                offset,
+                ..
+            } => {
+                let iov = &iovecs.0[*next..];
+                // At most MAX_IOVECS_PER_OP, which fits in u32.
+                let count = iov.len().min(MAX_IOVECS_PER_OP) as u32;
+                if *write {
+                    opcode::Writev::new(types::Fd(*fd), iov.as_ptr(), count)
+                        .offset(*offset)
+                        .build()
+                } else {
+                    opcode::Readv::new(types::Fd(*fd), iov.as_ptr(), count)
+                        .offset(*offset)
+                        .build()
+                }
+            }
+            Op::Sync => opcode::Fsync::new(types::Fd(image_fd))
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+            Op::Fallocate { mode, offset, len } => {
+                opcode::Fallocate::new(types::Fd(image_fd), *len)
+                    .offset(*offset)
+                    .mode(*mode)
+                    .build()
+            }
+        };
+        entry.user_data(key as u64)
+    }
+
+    /// Accounts for a completion with `result` (bytes or `-errno`).
+    fn advance(&mut self, result: i32) -> Progress {
+        if result == -libc::EAGAIN || result == -libc::EINTR {
+            self.retries += 1;
+            return if self.retries <= MAX_RETRIES {
+                Progress::Again
+            } else {
+                Progress::Done(Status::IoErr)
+            };
+        }
+        if result < 0 {
+            return Progress::Done(Status::from_errno(-result));
+        }
+        let Op::Transfer {
+            iovecs,
+            next,
+            offset,
+            remaining,
+            ..
+        } = &mut self.op
+        else {
+            return Progress::Done(Status::Ok);
+        };
+        // result >= 0 here.
+        let done = (result as u64).min(*remaining);
+        *remaining -= done;
+        *offset += done;
+        consume(&mut iovecs.0, next, done);
+        if *remaining == 0 {
+            Progress::Done(Status::Ok)
+        } else if done == 0 {
+            // End of file before the end of the request: the image shrank under us.
+            Progress::Done(Status::IoErr)
+        } else {
+            Progress::Again
+        }
+    }
+}
+
+/// Drops `bytes` from the front of `iovecs[*next..]`.
+fn consume(iovecs: &mut [libc::iovec], next: &mut usize, mut bytes: u64) {
+    while bytes > 0 {
+        let Some(iov) = iovecs.get_mut(*next) else {
+            return;
+        };
+        let len = iov.iov_len as u64;
+        if bytes >= len {
+            bytes -= len;
+            *next += 1;
+        } else {
+            // bytes < len, which is a usize.
+            iov.iov_base = iov.iov_base.wrapping_byte_add(bytes as usize);
+            iov.iov_len -= bytes as usize;
+            bytes = 0;
+        }
+    }
+}
+
+/// How a parsed request proceeds.
+enum Start {
+    /// Complete now with this status and this many bytes written to device-writable buffers.
+    Done(Status, u32),
+    /// Submit this operation; on success the request wrote this many bytes.
+    Submit(Op, u32),
+}
+
+/// The state of one request queue, driven by its worker thread (and, to stop the queue, by the
+/// vhost-user control thread, under the back-end's per-queue mutex).
+pub struct QueueWorker {
+    queue_index: u16,
+    device: Arc<BlockDevice>,
+    mem: GuestRamAtomic,
+    ring: Ring,
+    inflight: Slab<InFlight>,
+    /// The vring this worker serves, remembered from the first kick.
+    vring: Option<Vring>,
+    /// Used entries were added since the last notification decision.
+    used_added: bool,
+    completions: Vec<Completion>,
+}
+
+impl QueueWorker {
+    /// A worker for queue `queue_index` with an io_uring of `device.queue_size()` entries (at
+    /// most one operation per descriptor chain is in flight, so it never overflows).
+    ///
+    /// # Errors
+    /// [`UringError`] when the ring cannot be set up.
+    pub fn new(
+        queue_index: u16,
+        device: Arc<BlockDevice>,
+        mem: GuestRamAtomic,
+    ) -> Result<QueueWorker, UringError> {
+        let entries = u32::from(device.queue_size()).max(2);
+        Ok(QueueWorker {
+            queue_index,
+            ring: Ring::new(entries)?,
+            inflight: Slab::with_capacity(entries as usize),
+            completions: Vec::with_capacity(2 * entries as usize),
+            device,
+            mem,
+            vring: None,
+            used_added: false,
+        })
+    }
+
+    /// The eventfd the kernel signals for every completion.
+    pub fn completion_fd(&self) -> RawFd {
+        self.ring.eventfd()
+    }
+
+    /// Number of requests waiting for the kernel.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Handles a kick: takes every available descriptor chain, re-enabling notifications and
+    /// looking again until the available ring is really empty (with VIRTIO_RING_F_EVENT_IDX
+    /// this also publishes avail_event), submits their I/O with one `io_uring_enter`, and
+    /// completes what is already done.
+    pub fn process_queue(&mut self, vring: &Vring) {
+        if self.vring.is_none() {
+            self.vring = Some(vring.clone());
+        }
+        loop {
+            if let Err(e) = vring.disable_notification() {
+                warn!(
+                    "queue {}: cannot disable notifications: {e}",
+                    self.queue_index
+                );
+            }
+            let mem = self.mem.memory();
+            loop {
+                // The vring lock must be released before `start` adds used entries.
+                let chain = vring
+                    .get_mut()
+                    .get_queue_mut()
+                    .pop_descriptor_chain(mem.clone());
+                let Some(chain) = chain else { break };
+                self.start(chain, mem.clone());
+            }
+            match vring.enable_notification() {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    warn!(
+                        "queue {}: cannot enable notifications: {e}",
+                        self.queue_index
+                    );
+                    break;
+                }
+            }
+        }
+        self.run_ring();
+    }
+
+    /// Handles the completion eventfd: reaps and completes finished requests.
+    pub fn process_completions(&mut self) {
+        self.ring.clear_eventfd();
+        self.run_ring();
+    }
+
+    /// Waits until every in-flight request has completed and is in the used ring. Used when
+    /// the front-end stops the queue (VHOST_USER_GET_VRING_BASE), resets the device, or leaves.
+    pub fn drain(&mut self) {
+        while !self.inflight.is_empty() {
+            if let Err(e) = self.ring.submit_and_wait_one() {
+                warn!(
+                    "queue {}: cannot wait for {} in-flight requests: {e}",
+                    self.queue_index,
+                    self.inflight.len()
+                );
+                return;
+            }
+            self.reap_once();
+        }
+        self.notify();
+    }
+
+    /// Parses one chain and starts (or at once completes) its request.
+    fn start(&mut self, chain: DescriptorChain<GuestRamGuard>, mem: GuestRamGuard) {
+        let head = chain.head_index();
+        match request::parse(chain, self.device.limits()) {
+            Ok(Parsed { request, status }) => match self.plan(request, &mem) {
+                Start::Done(result, written) => self.complete(head, status, result, written, &mem),
+                Start::Submit(op, data_written) => {
+                    let key = self.inflight.insert(InFlight {
+                        head_index: head,
+                        status,
+                        data_written,
+                        retries: 0,
+                        op,
+                        mem,
+                    });
+                    self.push(key);
+                }
+            },
+            Err(rejected) => {
+                let level = match rejected.error {
+                    RequestError::Unsupported(_) => Level::Debug,
+                    _ => Level::Warn,
+                };
+                log!(
+                    level,
+                    "queue {}: descriptor chain {head}: {}",
+                    self.queue_index,
+                    rejected.error
+                );
+                let result = Status::from(&rejected.error);
+                match rejected.status {
+                    Some(addr) => self.complete(head, addr, result, 0, &mem),
+                    None => self.add_used(head, 0),
+                }
+            }
+        }
+    }
+
+    /// Turns a request into an io_uring operation, or completes it at once.
+    fn plan(&self, request: Request, mem: &GuestRam) -> Start {
+        let fallocate = self.device.image().fallocate_support();
+        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        match request {
+            Request::Read { sector, buffers } => self.plan_transfer(false, sector, &buffers, mem),
+            Request::Write { sector, buffers } => self.plan_transfer(true, sector, &buffers, mem),
+            Request::Flush => Start::Submit(Op::Sync, 0),
+            Request::GetId { buffers } => match write_ranges(mem, &buffers, self.device.serial()) {
+                Some(written) => Start::Done(Status::Ok, written),
+                None => Start::Done(Status::IoErr, 0),
+            },
+            Request::Discard { sector, sectors } => plan_fallocate(punch, sector, sectors),
+            Request::WriteZeroes {
+                sector,
+                sectors,
+                unmap,
+            } => {
+                // Without ZERO_RANGE a punched hole reads as zeroes too.
+                let mode = if (unmap && fallocate.punch_hole) || !fallocate.zero_range {
+                    punch
+                } else {
+                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+                };
+                plan_fallocate(mode, sector, sectors)
+            }
+        }
+    }
+
+    fn plan_transfer(
+        &self,
+        write: bool,
+        sector: u64,
+        buffers: &[GuestRange],
+        mem: &GuestRam,
+    ) -> Start {
+        let remaining = request::total(buffers);
+        if remaining == 0 {
+            return Start::Done(Status::Ok, 0);
+        }
+        let Some(iovecs) = iovecs(mem, buffers) else {
+            warn!(
+                "queue {}: guest buffers vanished from guest memory",
+                self.queue_index
+            );
+            return Start::Done(Status::IoErr, 0);
+        };
+        // The parser checked sector + length against the capacity, so this cannot overflow.
+        let offset = sector * SECTOR_SIZE;
+        let fd = self.device.image().fd_for(
+            offset,
+            iovecs.iter().map(|v| (v.iov_base as u64, v.iov_len as u64)),
+        );
+        // A chain's total length fits in u32 (virtio-queue bounds it).
+        let data_written = if write {
+            0
+        } else {
+            u32::try_from(remaining).unwrap_or(u32::MAX)
+        };
+        let op = Op::Transfer {
+            write,
+            fd,
+            iovecs: IoVecs(iovecs),
+            next: 0,
+            offset,
+            remaining,
+        };
+        Start::Submit(op, data_written)
+    }
+
+    /// Queues the operation of in-flight entry `key`; fails the request if that is impossible.
+    fn push(&mut self, key: usize) {
+        let image_fd = self.device.image().fd();
+        let Some(entry) = self.inflight.get_mut(key) else {
+            return;
+        };
+        let sqe = entry.sqe(key, image_fd);
+        // SAFETY: the entry at `key` owns the iovec array (its heap buffer does not move when
+        // the slab grows) and the guard that keeps the guest memory behind the iovecs mapped;
+        // it leaves the slab only when the completion tagged `key` is reaped, or just below if
+        // the kernel never got the entry.
+        if let Err(e) = unsafe { self.ring.push(&sqe) } {
+            warn!("queue {}: cannot queue I/O: {e}", self.queue_index);
+            if let Some(entry) = self.inflight.remove(key) {
+                self.finish(entry, Status::IoErr);
+            }
+        }
+    }
+
+    /// Submits queued operations, completes finished ones until none is left, then notifies.
+    fn run_ring(&mut self) {
+        loop {
+            if self.ring.has_unsubmitted() {
+                if let Err(e) = self.ring.submit() {
+                    warn!("queue {}: io_uring submit failed: {e}", self.queue_index);
+                }
+            }
+            if !self.reap_once() {
+                break;
+            }
+        }
+        self.notify();
+    }
+
+    /// Handles every available completion; returns whether there was any.
+    fn reap_once(&mut self) -> bool {
+        let mut completions = std::mem::take(&mut self.completions);
+        self.ring.reap(&mut completions);
+        let any = !completions.is_empty();
+        for c in completions.drain(..) {
+            self.on_completion(c);
+        }
+        self.completions = completions;
+        any
+    }
+
+    fn on_completion(&mut self, c: Completion) {
+        let key = usize::try_from(c.key).unwrap_or(usize::MAX);
+        let Some(entry) = self.inflight.get_mut(key) else {
+            warn!(
+                "queue {}: completion for unknown operation {key}",
+                self.queue_index
+            );
+            return;
+        };
+        match entry.advance(c.result) {
+            Progress::Again => self.push(key),
+            Progress::Done(status) => {
+                if status != Status::Ok {
+                    let why = if c.result < 0 {
+                        std::io::Error::from_raw_os_error(-c.result).to_string()
+                    } else {
+                        "unexpected end of file".to_string()
+                    };
+                    warn!(
+                        "queue {}: descriptor chain {}: I/O failed: {why}",
+                        self.queue_index, entry.head_index
+                    );
+                }
+                if let Some(entry) = self.inflight.remove(key) {
+                    self.finish(entry, status);
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, entry: InFlight, status: Status) {
+        let written = if status == Status::Ok {
+            entry.data_written
+        } else {
+            0
+        };
+        self.complete(entry.head_index, entry.status, status, written, &entry.mem);
+    }
+
+    /// Writes the status byte and adds the chain to the used ring with the bytes written to
+    /// device-writable buffers (`written` data bytes plus the status byte).
+    fn complete(
+        &mut self,
+        head: u16,
+        addr: GuestAddress,
+        status: Status,
+        written: u32,
+        mem: &GuestRam,
+    ) {
+        if let Err(e) = mem.write_obj(status.byte(), addr) {
+            warn!(
+                "queue {}: cannot write the status byte at {:#x}: {e}",
+                self.queue_index, addr.0
+            );
+        }
+        self.add_used(head, written.saturating_add(1));
+    }
+
+    fn add_used(&mut self, head: u16, len: u32) {
+        let Some(vring) = &self.vring else {
+            warn!(
+                "queue {}: no vring to complete chain {head}",
+                self.queue_index
+            );
+            return;
+        };
+        match vring.add_used(head, len) {
+            Ok(()) => self.used_added = true,
+            Err(e) => warn!(
+                "queue {}: cannot add chain {head} to the used ring: {e}",
+                self.queue_index
+            ),
+        }
+    }
+
+    /// Signals the driver once for everything added since the last call, if it wants it.
+    fn notify(&mut self) {
+        if !std::mem::take(&mut self.used_added) {
+            return;
+        }
+        let Some(vring) = &self.vring else { return };
+        match vring.needs_notification() {
+            Ok(true) => {
+                if let Err(e) = vring.signal_used_queue() {
+                    warn!(
+                        "queue {}: cannot signal the used ring: {e}",
+                        self.queue_index
+                    );
+                }
+            }
+            Ok(false) => {}
+            Err(e) => warn!("queue {}: cannot read used_event: {e}", self.queue_index),
+        }
+    }
+}
+
+impl Drop for QueueWorker {
+    fn drop(&mut self) {
+        self.drain();
+        if !self.inflight.is_empty() {
+            // The kernel may still write into the guest memory these entries keep mapped:
+            // leak them rather than unmap it under the kernel.
+            std::mem::forget(std::mem::take(&mut self.inflight));
+        }
+    }
+}
+
+fn plan_fallocate(mode: i32, sector: u64, sectors: u32) -> Start {
+    if sectors == 0 {
+        return Start::Done(Status::Ok, 0);
+    }
+    let op = Op::Fallocate {
+        mode,
+        // Checked against the capacity by the parser: no overflow.
+        offset: sector * SECTOR_SIZE,
+        len: u64::from(sectors) * SECTOR_SIZE,
+    };
+    Start::Submit(op, 0)
+}
+
+/// Host iovecs for guest `buffers`, one per guest memory region each buffer touches.
+fn iovecs(mem: &GuestRam, buffers: &[GuestRange]) -> Option<Vec<libc::iovec>> {
+    let mut out = Vec::with_capacity(buffers.len());
+    for b in buffers {
+        for slice in GuestMemoryBackend::get_slices(mem, b.addr, b.len as usize) {
+            let slice = slice.ok()?;
+            out.push(libc::iovec {
+                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                iov_len: slice.len(),
+            });
+        }
+    }
+    Some(out)
+}
+
+/// Copies `data` into the front of `buffers` (as much as fits); returns the bytes written.
+fn write_ranges(mem: &GuestRam, buffers: &[GuestRange], data: &[u8]) -> Option<u32> {
+    let mut done = 0usize;
+    for b in buffers {
+        if done == data.len() {
+            break;
+        }
+        let n = (b.len as usize).min(data.len() - done);
+        mem.write_slice(&data[done..done + n], b.addr).ok()?;
+        done += n;
+    }
+    u32::try_from(done).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iov(base: usize, len: usize) -> libc::iovec {
+        libc::iovec {
+            iov_base: base as *mut libc::c_void,
+            iov_len: len,
+        }
+    }
+
+    #[test]
+    fn consume_walks_iovecs() {
+        let mut v = vec![iov(0x1000, 512), iov(0x3000, 1024)];
+        let mut next = 0;
+        consume(&mut v, &mut next, 100);
+        assert_eq!(
+            (next, v[0].iov_base as usize, v[0].iov_len),
+            (0, 0x1064, 412)
+        );
+        consume(&mut v, &mut next, 412);
+        assert_eq!(next, 1);
+        consume(&mut v, &mut next, 1000);
+        assert_eq!(
+            (next, v[1].iov_base as usize, v[1].iov_len),
+            (1, 0x33e8, 24)
+        );
+        consume(&mut v, &mut next, 24);
+        assert_eq!(next, 2);
+        consume(&mut v, &mut next, 5);
+        assert_eq!(next, 2, "past the end is ignored");
+    }
+}
