@@ -27,7 +27,7 @@ use frontend_guest::host::{
 };
 use frontend_guest::mem::GuestRam;
 use frontend_guest::virtq::{
-    write_table_entry, Descriptor, RawDescriptor, RawNext, VIRTIO_F_VERSION_1,
+    write_table_entry, Descriptor, RawDescriptor, RawNext, VirtqError, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
     VIRTQ_DESC_F_WRITE,
 };
@@ -523,15 +523,28 @@ fn deep_queue_of_mixed_requests() {
     let mut expect = std::collections::HashMap::new();
     let (mut next, mut done) = (0u64, 0u64);
     while done < 512 {
+        // Writes go indirect (1 descriptor), reads direct (3): up to 64 in flight in a
+        // 128-descriptor queue, waiting whenever the descriptors run out.
         while q.in_flight() < 64 && next < 512 {
-            let sector = 4096 + next * 8;
-            let t = if next % 2 == 0 {
-                q.submit_write(sector, &pattern(4096, next as u8)).unwrap()
+            let submitted = if next % 2 == 0 {
+                let data = pattern(4096, next as u8);
+                q.submit(&Request {
+                    request_type: VIRTIO_BLK_T_OUT,
+                    sector: 4096 + next * 8,
+                    data: Data::Out(&[&data]),
+                    form: ChainForm::Indirect,
+                })
             } else {
-                q.submit_read(sector - 4096, 4096).unwrap()
+                q.submit_read(next * 8, 4096)
             };
-            expect.insert(t, next);
-            next += 1;
+            match submitted {
+                Ok(t) => {
+                    expect.insert(t, next);
+                    next += 1;
+                }
+                Err(Error::Virtq(VirtqError::QueueFull { .. })) => break,
+                Err(e) => panic!("submit {next}: {e}"),
+            }
         }
         let c = q.wait_completion(TIMEOUT).unwrap();
         let n = expect
