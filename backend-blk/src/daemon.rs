@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{getsockopt, sockopt};
@@ -95,8 +95,9 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
         device.features()
     );
     let served = serve(&device, &mut listener, &signals);
-    if let Err(e) = device.image().sync() {
-        warn!("fdatasync of the image failed: {e}");
+    match device.image().sync() {
+        Ok(()) => debug!("image synced"),
+        Err(e) => warn!("fdatasync of the image failed: {e}"),
     }
     drop(listener); // removes a socket file it created
     info!("stopped");
@@ -162,6 +163,7 @@ fn serve_connection(
     } else {
         Ended::Disconnected
     };
+    debug!("waiting for the connection thread");
     let (daemon, result) = session
         .join()
         .map_err(|_| DaemonError::Session("the connection thread panicked".to_string()))?;
@@ -177,6 +179,7 @@ fn serve_connection(
         handler.send_exit_event();
     }
     drop(daemon);
+    debug!("queue workers stopped");
     let in_flight = backend.in_flight();
     if in_flight > 0 {
         info!("waiting for {in_flight} in-flight request(s)");
