@@ -15,18 +15,23 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds binary `bin` of package `package` with the profile of the running test executable and
+/// Builds binary `bin` of package `package` with the profile of the running test (or binary) and
 /// returns its path, e.g. `workspace_bin("backend-blk", "backend-blk")`.
 ///
 /// # Panics
 /// When cargo fails to build it: the test cannot go on without the binary.
 pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe of the test");
-    // target/<profile>/deps/<test-exe>
-    let profile_dir = exe
+    // Test executables are target/<profile>/deps/<test-exe>; binaries (the demo) are
+    // target/<profile>/<bin>.
+    let exe_dir = exe
         .parent()
-        .and_then(Path::parent)
-        .expect("test executables live in target/<profile>/deps");
+        .expect("executables live in target/<profile>[/deps]");
+    let profile_dir = if exe_dir.ends_with("deps") {
+        exe_dir.parent().expect("target/<profile>/deps")
+    } else {
+        exe_dir
+    };
     let target_dir = profile_dir.parent().expect("target/<profile>");
     let profile = profile_dir
         .file_name()
@@ -38,9 +43,19 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
         .args(["build", "--quiet", "-p", package, "--bin", bin])
         .env("CARGO_TARGET_DIR", target_dir);
     if profile != "debug" {
-        cmd.args(["--profile", if profile == "release" { "release" } else { profile }]);
+        cmd.args([
+            "--profile",
+            if profile == "release" {
+                "release"
+            } else {
+                profile
+            },
+        ]);
     }
     let status = cmd.status().expect("run cargo build");
-    assert!(status.success(), "cargo build -p {package} --bin {bin} failed");
+    assert!(
+        status.success(),
+        "cargo build -p {package} --bin {bin} failed"
+    );
     profile_dir.join(bin)
 }

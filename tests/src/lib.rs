@@ -1,4 +1,36 @@
-//! Helpers for pvio's workspace-level end-to-end tests: locating (and building) the workspace's
-//! binaries, building guest initramfs images and running QEMU guests.
+//! Helpers for pvio's workspace-level end-to-end tests and the demo: locating (and building) the
+//! workspace's binaries, starting vhost-user-blk back-ends, building guest initramfs images and
+//! running Linux guests under QEMU.
+//!
+//! A guest test goes: [`image`] makes a disk image, [`backend`] serves it on a socket,
+//! [`initramfs`] packs a busybox guest whose `/init` runs a shell script, [`qemu`] boots it
+//! with a vhost-user-blk disk, and [`console`] reads the `@@pvio key value` lines the script
+//! printed; [`guest::GuestKit`] ties the guest side together.
 
+pub mod backend;
 pub mod bins;
+pub mod console;
+pub mod cpio;
+pub mod guest;
+pub mod image;
+pub mod initramfs;
+pub mod prereq;
+pub mod qemu;
+pub mod tmp;
+
+/// Turns an error into a test failure that prints it with `Display` (guest errors carry the
+/// console log, which `unwrap`'s `Debug` output would squeeze into one escaped line).
+pub trait OrPanic<T> {
+    /// Returns the value, or panics with "`what`: `error`".
+    fn or_panic(self, what: &str) -> T;
+}
+
+impl<T, E: std::fmt::Display> OrPanic<T> for Result<T, E> {
+    #[track_caller]
+    fn or_panic(self, what: &str) -> T {
+        match self {
+            Ok(value) => value,
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! Boots a Linux guest under `qemu-system-x86_64` with vhost-user-blk disks and collects its
+//! serial console.
+//!
+//! The command follows the recipe verified in shared/REAL-CLIENTS.md: guest RAM is a
+//! `memory-backend-memfd` with `share=on` (vhost-user back-ends map it), each disk is a
+//! `vhost-user-blk-pci` device on a `-chardev socket` to a back-end that already listens,
+//! `-no-reboot` turns the guest's `poweroff -f` (and a panic, with `panic=-1`) into QEMU's exit.
+//! The accelerator is TCG unless `PVIO_QEMU_ACCEL=kvm`: on this project's machines /dev/kvm is a
+//! software KVM under which a Linux kernel crawls, while TCG boots to userspace in ~2.5 s.
+//! A run has a deadline; past it QEMU is killed and the run fails with the console so far.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::console::Console;
+use crate::prereq::{self, Missing};
+
+/// The environment variable choosing the accelerator: `tcg` (default) or `kvm`.
+pub const ACCEL_ENV: &str = "PVIO_QEMU_ACCEL";
+
+/// Set (to anything) to echo every guest's console to standard error as it runs.
+pub const ECHO_ENV: &str = "PVIO_GUEST_ECHO";
+
+/// The kernel command line: serial console, few messages, reboot (so exit, with -no-reboot) at
+/// once on panic.
+const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1";
+
+/// How often a running guest is checked for exit, deadline and cancellation.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Errors of a guest run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// QEMU is not installed.
+    #[error(transparent)]
+    Missing(#[from] Missing),
+    /// `PVIO_QEMU_ACCEL` holds something other than `tcg` or `kvm`.
+    #[error("{ACCEL_ENV}={0:?}: expected `tcg` or `kvm`")]
+    BadAccel(String),
+    /// QEMU could not be started or waited for.
+    #[error("running qemu-system-x86_64: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The guest did not power off before the deadline; QEMU was killed.
+    #[error("the guest did not finish within {deadline:?}; QEMU killed. console:\n{console}")]
+    Timeout {
+        /// The deadline that passed.
+        deadline: Duration,
+        /// The console output until then.
+        console: String,
+    },
+    /// The run was cancelled (the cancel flag was set); QEMU was killed.
+    #[error("guest run cancelled")]
+    Cancelled,
+    /// QEMU exited with a failure status.
+    #[error("qemu-system-x86_64 exited with {status}; stderr:\n{stderr}\nconsole:\n{console}")]
+    Failed {
+        /// QEMU's exit status.
+        status: ExitStatus,
+        /// QEMU's standard error.
+        stderr: String,
+        /// The console output.
+        console: String,
+    },
+}
+
+/// How QEMU runs the guest's CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// QEMU's binary translator (`-accel tcg`): works everywhere, slower.
+    Tcg,
+    /// Hardware virtualization (`-accel kvm -cpu host`): needs VT-x/AMD-V, not a software KVM.
+    Kvm,
+}
+
+impl Accel {
+    /// The accelerator named by `PVIO_QEMU_ACCEL` (`tcg` when unset).
+    ///
+    /// # Errors
+    /// [`Error::BadAccel`] for any other value.
+    pub fn from_env() -> Result<Self, Error> {
+        match std::env::var(ACCEL_ENV).as_deref() {
+            Err(_) | Ok("") | Ok("tcg") => Ok(Self::Tcg),
+            Ok("kvm") => Ok(Self::Kvm),
+            Ok(other) => Err(Error::BadAccel(other.to_string())),
+        }
+    }
+
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Self::Tcg => &["-accel", "tcg"],
+            Self::Kvm => &["-accel", "kvm", "-cpu", "host"],
+        }
+    }
+}
+
+/// A `vhost-user-blk-pci` disk whose back-end listens on `socket`; the guest sees disks as
+/// `/dev/vda`, `/dev/vdb`, ... in the order given.
+#[derive(Debug, Clone)]
+pub struct BlkDisk {
+    /// The back-end's vhost-user socket.
+    pub socket: PathBuf,
+    /// Number of virtqueues the device offers the driver (`num-queues=`).
+    pub num_queues: u16,
+}
+
+/// One guest to boot: the machine and what it runs.
+#[derive(Debug, Clone)]
+pub struct Guest {
+    /// The kernel bzImage.
+    pub kernel: PathBuf,
+    /// The initramfs ([`crate::initramfs::Initramfs::write`]).
+    pub initrd: PathBuf,
+    /// The accelerator.
+    pub accel: Accel,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// vhost-user-blk disks.
+    pub disks: Vec<BlkDisk>,
+    /// Wall-clock limit for the whole run, boot to power-off.
+    pub deadline: Duration,
+    /// Echo console lines to standard error as they arrive, each prefixed by this string.
+    pub echo: Option<String>,
+    /// When set to true by someone else (e.g. a signal handler), the run kills QEMU and fails
+    /// with [`Error::Cancelled`].
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+/// What a finished run left.
+#[derive(Debug, Clone)]
+pub struct GuestRun {
+    /// The serial console output.
+    pub console: Console,
+    /// Wall-clock time from starting QEMU to its exit.
+    pub wall: Duration,
+}
+
+impl Guest {
+    /// A guest with one vCPU, 256 MiB of RAM, no disks, a 180 s deadline, the accelerator of
+    /// [`Accel::from_env`], and the console echoed (prefix `guest| `) when `PVIO_GUEST_ECHO` is
+    /// set.
+    ///
+    /// # Errors
+    /// [`Error::BadAccel`].
+    pub fn new(kernel: &Path, initrd: &Path) -> Result<Self, Error> {
+        Ok(Self {
+            kernel: kernel.to_path_buf(),
+            initrd: initrd.to_path_buf(),
+            accel: Accel::from_env()?,
+            memory_mib: 256,
+            vcpus: 1,
+            disks: Vec::new(),
+            deadline: Duration::from_secs(180),
+            echo: std::env::var_os(ECHO_ENV).map(|_| "guest| ".to_string()),
+            cancel: None,
+        })
+    }
+
+    /// The qemu-system-x86_64 arguments for this guest.
+    pub fn args(&self) -> Vec<String> {
+        let mem = self.memory_mib;
+        let machine = [
+            format!("-m {mem}M -smp {} -nic none", self.vcpus),
+            format!(
+                "-object memory-backend-memfd,id=mem,size={mem}M,share=on -numa node,memdev=mem"
+            ),
+            "-nographic -monitor none -serial stdio -no-reboot".to_string(),
+        ];
+        // None of these words has a space inside; paths and the command line are added whole.
+        let mut args: Vec<String> = self.accel.args().iter().map(|a| a.to_string()).collect();
+        args.extend(
+            machine
+                .iter()
+                .flat_map(|a| a.split(' '))
+                .map(str::to_string),
+        );
+        args.extend(["-kernel".into(), self.kernel.display().to_string()]);
+        args.extend(["-initrd".into(), self.initrd.display().to_string()]);
+        args.extend(["-append".into(), KERNEL_CMDLINE.into()]);
+        for (i, disk) in self.disks.iter().enumerate() {
+            args.push("-chardev".into());
+            args.push(format!("socket,id=blk{i},path={}", disk.socket.display()));
+            args.push("-device".into());
+            args.push(format!(
+                "vhost-user-blk-pci,chardev=blk{i},num-queues={}",
+                disk.num_queues
+            ));
+        }
+        args
+    }
+
+    /// Boots the guest and waits for QEMU to exit (the guest powered off), the deadline, or
+    /// cancellation.
+    ///
+    /// # Errors
+    /// QEMU is missing, fails to start, exits non-zero ([`Error::Failed`]), or is killed at the
+    /// deadline ([`Error::Timeout`]) or on cancellation ([`Error::Cancelled`]). A guest whose
+    /// script failed still powers off normally: check [`Console::check_exit`].
+    pub fn run(&self) -> Result<GuestRun, Error> {
+        let qemu = prereq::program("qemu-system-x86_64", "qemu-system-x86")?;
+        prereq::file(&self.kernel, "linux-image-amd64")?;
+        let start = Instant::now();
+        let mut child = Command::new(qemu)
+            .args(self.args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(Error::Spawn)?;
+        let console = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("stdout was piped");
+        let stderr = child.stderr.take().expect("stderr was piped");
+        let console_reader = spawn_console_reader(stdout, Arc::clone(&console), self.echo.clone());
+        let stderr_reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            // A read error only shortens the diagnostics; the exit status tells the outcome.
+            let _ = BufReader::new(stderr).read_to_string(&mut text);
+            text
+        });
+
+        let waited = self.wait(&mut child, start);
+        // QEMU has exited (or was killed): its pipes are closed, the readers end.
+        let _ = console_reader.join();
+        let stderr = stderr_reader.join().unwrap_or_default();
+        let text = String::from_utf8_lossy(&console.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_owned();
+        match waited {
+            Ok(status) if status.success() => Ok(GuestRun {
+                console: Console::new(&text),
+                wall: start.elapsed(),
+            }),
+            Ok(status) => Err(Error::Failed {
+                status,
+                stderr,
+                console: Console::new(&text).text().to_string(),
+            }),
+            Err(WaitEnd::Timeout) => Err(Error::Timeout {
+                deadline: self.deadline,
+                console: Console::new(&text).text().to_string(),
+            }),
+            Err(WaitEnd::Cancelled) => Err(Error::Cancelled),
+            Err(WaitEnd::Io(e)) => Err(Error::Spawn(e)),
+        }
+    }
+
+    /// Polls `child` until it exits; kills it at the deadline or on cancellation.
+    fn wait(&self, child: &mut Child, start: Instant) -> Result<ExitStatus, WaitEnd> {
+        loop {
+            if let Some(status) = child.try_wait().map_err(WaitEnd::Io)? {
+                return Ok(status);
+            }
+            let cancelled = self
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed));
+            if cancelled || start.elapsed() > self.deadline {
+                // Killing an exited child fails harmlessly; wait reaps it either way.
+                let _ = child.kill();
+                child.wait().map_err(WaitEnd::Io)?;
+                return Err(if cancelled {
+                    WaitEnd::Cancelled
+                } else {
+                    WaitEnd::Timeout
+                });
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+}
+
+/// Why waiting for QEMU ended without an exit status of its own.
+enum WaitEnd {
+    Timeout,
+    Cancelled,
+    Io(std::io::Error),
+}
+
+/// Reads QEMU's standard output (the guest's serial console) into `console` until it closes,
+/// echoing each line to standard error after `echo` when given.
+fn spawn_console_reader(
+    stdout: impl Read + Send + 'static,
+    console: Arc<Mutex<Vec<u8>>>,
+    echo: Option<String>,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if let Some(prefix) = &echo {
+                        eprintln!("{prefix}{}", String::from_utf8_lossy(&line).trim_end());
+                    }
+                    console
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend_from_slice(&line);
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_has_shared_memory_and_one_device_per_disk() {
+        let mut guest = Guest::new(Path::new("/k"), Path::new("/i")).unwrap();
+        guest.accel = Accel::Tcg;
+        guest.memory_mib = 512;
+        guest.vcpus = 2;
+        guest.disks = vec![
+            BlkDisk {
+                socket: "/s/a.sock".into(),
+                num_queues: 2,
+            },
+            BlkDisk {
+                socket: "/s/b.sock".into(),
+                num_queues: 1,
+            },
+        ];
+        let args = guest.args().join(" ");
+        assert!(args.starts_with("-accel tcg -m 512M -smp 2 "), "{args}");
+        assert!(args.contains(
+            "-object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem"
+        ));
+        assert!(
+            args.contains("-chardev socket,id=blk0,path=/s/a.sock"),
+            "{args}"
+        );
+        assert!(
+            args.contains("-device vhost-user-blk-pci,chardev=blk0,num-queues=2"),
+            "{args}"
+        );
+        assert!(
+            args.contains("-device vhost-user-blk-pci,chardev=blk1,num-queues=1"),
+            "{args}"
+        );
+        assert!(args.contains("-no-reboot") && args.contains("-kernel /k -initrd /i -append"));
+    }
+
+    #[test]
+    fn kvm_uses_the_host_cpu() {
+        assert_eq!(Accel::Kvm.args(), ["-accel", "kvm", "-cpu", "host"]);
+    }
+}
