@@ -391,6 +391,19 @@ mod tests {
     }
 
     #[test]
+    fn no_o_direct_falls_back_to_buffered_io() {
+        // procfs refuses O_DIRECT with EINVAL, like the file systems without it (tmpfs before
+        // Linux 6.6, some FUSE and network file systems).
+        let img = Image::open(Path::new("/proc/version"), true, true).unwrap();
+        assert!(!img.is_direct());
+        assert_eq!(
+            img.fd_for(1, [(1, 1)]),
+            img.fd(),
+            "one descriptor for everything"
+        );
+    }
+
+    #[test]
     fn fd_choice_follows_alignment() {
         let path = temp_image("align", &[0u8; 8192]);
         let img = Image::open(&path, false, true).unwrap();

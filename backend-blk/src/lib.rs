@@ -46,7 +46,9 @@ pub fn run(cli: cli::Cli) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
     match daemon::run(&config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

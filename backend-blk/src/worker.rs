@@ -11,7 +11,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types};
-use log::{log, warn, Level};
+use log::{log, trace, warn, Level};
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{
@@ -307,7 +307,10 @@ impl QueueWorker {
     fn start(&mut self, chain: DescriptorChain<GuestRamGuard>, mem: GuestRamGuard) {
         let head = chain.head_index();
         match request::parse(chain, self.device.limits()) {
-            Ok(Parsed { request, status }) => match self.plan(request, &mem) {
+            Ok(Parsed { request, status }) => match {
+                trace!("queue {}: chain {head}: {request:?}", self.queue_index);
+                self.plan(request, &mem)
+            } {
                 Start::Done(result, written) => self.complete(head, status, result, written, &mem),
                 Start::Submit(op, data_written) => {
                     let key = self.inflight.insert(InFlight {
@@ -458,6 +461,7 @@ impl QueueWorker {
     }
 
     fn on_completion(&mut self, c: Completion) {
+        trace!("queue {}: completion {c:?}", self.queue_index);
         let key = usize::try_from(c.key).unwrap_or(usize::MAX);
         let Some(entry) = self.inflight.get_mut(key) else {
             warn!(
@@ -615,6 +619,87 @@ mod tests {
             iov_base: base as *mut libc::c_void,
             iov_len: len,
         }
+    }
+
+    fn transfer(iovecs: Vec<libc::iovec>) -> InFlight {
+        let ram = GuestRam::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        let remaining = iovecs.iter().map(|v| v.iov_len as u64).sum();
+        InFlight {
+            head_index: 3,
+            status: GuestAddress(0x10),
+            data_written: 0,
+            retries: 0,
+            op: Op::Transfer {
+                write: false,
+                fd: 7,
+                iovecs: IoVecs(iovecs),
+                next: 0,
+                offset: 4096,
+                remaining,
+            },
+            mem: GuestMemoryAtomic::new(ram).memory(),
+        }
+    }
+
+    fn state(f: &InFlight) -> (usize, u64, u64) {
+        match &f.op {
+            Op::Transfer {
+                next,
+                offset,
+                remaining,
+                ..
+            } => (*next, *offset, *remaining),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn short_transfers_resume_where_they_stopped() {
+        let mut f = transfer(vec![iov(0x1000, 512), iov(0x3000, 1024)]);
+        assert!(matches!(f.advance(700), Progress::Again));
+        assert_eq!(state(&f), (1, 4096 + 700, 836));
+        let sqe = format!("{:?}", f.sqe(9, 5));
+        assert!(sqe.contains("user_data: 9"), "{sqe}");
+        assert!(matches!(f.advance(836), Progress::Done(Status::Ok)));
+    }
+
+    #[test]
+    fn end_of_file_errors_and_retries_are_bounded() {
+        let mut f = transfer(vec![iov(0x1000, 512)]);
+        assert!(matches!(f.advance(0), Progress::Done(Status::IoErr)), "EOF");
+        let mut f = transfer(vec![iov(0x1000, 512)]);
+        assert!(matches!(
+            f.advance(-libc::EIO),
+            Progress::Done(Status::IoErr)
+        ));
+        let mut f = transfer(vec![iov(0x1000, 512)]);
+        assert!(matches!(
+            f.advance(-libc::EOPNOTSUPP),
+            Progress::Done(Status::Unsupp)
+        ));
+        let mut f = transfer(vec![iov(0x1000, 512)]);
+        for _ in 0..MAX_RETRIES {
+            assert!(matches!(f.advance(-libc::EAGAIN), Progress::Again));
+        }
+        assert!(matches!(
+            f.advance(-libc::EAGAIN),
+            Progress::Done(Status::IoErr)
+        ));
+    }
+
+    #[test]
+    fn more_iovecs_than_one_readv_takes_are_split() {
+        let many: Vec<_> = (0..MAX_IOVECS_PER_OP + 10)
+            .map(|i| iov(0x1000 * (i + 1), 512))
+            .collect();
+        let mut f = transfer(many);
+        let first = (MAX_IOVECS_PER_OP * 512) as i32;
+        assert!(matches!(f.advance(first), Progress::Again));
+        assert_eq!(
+            state(&f),
+            (MAX_IOVECS_PER_OP, 4096 + first as u64, 10 * 512)
+        );
+        assert!(matches!(f.advance(10 * 512), Progress::Done(Status::Ok)));
     }
 
     #[test]

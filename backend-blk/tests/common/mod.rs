@@ -55,10 +55,19 @@ pub fn command() -> Command {
 }
 
 /// Polls `cond` every millisecond until it holds or [`DEADLINE`] passes.
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    wait_until_or(what, cond, String::new);
+}
+
+/// [`wait_until`], adding `context()` (e.g. the daemon log) to the failure message.
+pub fn wait_until_or(what: &str, mut cond: impl FnMut() -> bool, context: impl Fn() -> String) {
     let end = Instant::now() + DEADLINE;
     while !cond() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
+        assert!(
+            Instant::now() < end,
+            "timed out waiting for {what}\n{}",
+            context()
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 }
