@@ -21,7 +21,7 @@ use vm_memory::{
 
 use crate::device::BlockDevice;
 use crate::image::SECTOR_SIZE;
-use crate::request::{self, GuestRange, Parsed, Request, RequestError};
+use crate::request::{self, GuestRange, Parsed, Rejected, Request, RequestError};
 use crate::status::Status;
 use crate::uring::{Completion, Ring, Slab, UringError};
 
@@ -306,41 +306,43 @@ impl QueueWorker {
     /// Parses one chain and starts (or at once completes) its request.
     fn start(&mut self, chain: DescriptorChain<GuestRamGuard>, mem: GuestRamGuard) {
         let head = chain.head_index();
-        match request::parse(chain, self.device.limits()) {
-            Ok(Parsed { request, status }) => match {
-                trace!("queue {}: chain {head}: {request:?}", self.queue_index);
-                self.plan(request, &mem)
-            } {
-                Start::Done(result, written) => self.complete(head, status, result, written, &mem),
-                Start::Submit(op, data_written) => {
-                    let key = self.inflight.insert(InFlight {
-                        head_index: head,
-                        status,
-                        data_written,
-                        retries: 0,
-                        op,
-                        mem,
-                    });
-                    self.push(key);
-                }
-            },
-            Err(rejected) => {
-                let level = match rejected.error {
-                    RequestError::Unsupported(_) => Level::Debug,
-                    _ => Level::Warn,
-                };
-                log!(
-                    level,
-                    "queue {}: descriptor chain {head}: {}",
-                    self.queue_index,
-                    rejected.error
-                );
-                let result = Status::from(&rejected.error);
-                match rejected.status {
-                    Some(addr) => self.complete(head, addr, result, 0, &mem),
-                    None => self.add_used(head, 0),
-                }
+        let Parsed { request, status } = match request::parse(chain, self.device.limits()) {
+            Ok(parsed) => parsed,
+            Err(rejected) => return self.reject(head, rejected, &mem),
+        };
+        trace!("queue {}: chain {head}: {request:?}", self.queue_index);
+        match self.plan(request, &mem) {
+            Start::Done(result, written) => self.complete(head, status, result, written, &mem),
+            Start::Submit(op, data_written) => {
+                let key = self.inflight.insert(InFlight {
+                    head_index: head,
+                    status,
+                    data_written,
+                    retries: 0,
+                    op,
+                    mem,
+                });
+                self.push(key);
             }
+        }
+    }
+
+    /// Completes a chain that cannot be served: status byte (if any) and used entry.
+    fn reject(&mut self, head: u16, rejected: Rejected, mem: &GuestRam) {
+        let level = match rejected.error {
+            RequestError::Unsupported(_) => Level::Debug,
+            _ => Level::Warn,
+        };
+        log!(
+            level,
+            "queue {}: descriptor chain {head}: {}",
+            self.queue_index,
+            rejected.error
+        );
+        let result = Status::from(&rejected.error);
+        match rejected.status {
+            Some(addr) => self.complete(head, addr, result, 0, mem),
+            None => self.add_used(head, 0),
         }
     }
 
