@@ -50,6 +50,7 @@ fn bad_arguments_fail_with_one_line() {
     let missing = dir.join("missing.raw");
     let dir_path = dir.0.to_str().unwrap();
     let in_missing_folder = dir.join("no/such/folder/s.sock");
+    let base = |extra: &[&'static str]| [&["--socket", s, "--image", i][..], extra].concat();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--socket", s], "--image"),
         (vec!["--image", i], "--socket"),
@@ -70,34 +71,13 @@ fn bad_arguments_fail_with_one_line() {
             ],
             "cannot listen",
         ),
-        (
-            vec!["--socket", s, "--image", i, "--queue-size", "100"],
-            "power of two",
-        ),
-        (
-            vec!["--socket", s, "--image", i, "--queue-size", "0"],
-            "power of two",
-        ),
-        (
-            vec!["--socket", s, "--image", i, "--queue-size", "2048"],
-            "--queue-size",
-        ),
-        (
-            vec!["--socket", s, "--image", i, "--num-queues", "0"],
-            "--num-queues",
-        ),
-        (
-            vec!["--socket", s, "--image", i, "--num-queues", "x"],
-            "--num-queues",
-        ),
-        (
-            vec!["--socket", s, "--image", i, "--direct", "maybe"],
-            "--direct",
-        ),
-        (
-            vec!["--socket", s, "--image", i, "--frobnicate"],
-            "--frobnicate",
-        ),
+        (base(&["--queue-size", "100"]), "power of two"),
+        (base(&["--queue-size", "0"]), "power of two"),
+        (base(&["--queue-size", "2048"]), "--queue-size"),
+        (base(&["--num-queues", "0"]), "--num-queues"),
+        (base(&["--num-queues", "x"]), "--num-queues"),
+        (base(&["--direct", "maybe"]), "--direct"),
+        (base(&["--frobnicate"]), "--frobnicate"),
         (vec!["--socket", s, "--fd", "3", "--image", i], "--fd"),
         (vec!["--fd", "0", "--image", i], "not a listening socket"),
         (vec!["--socket", i, "--image", i], "not a socket"),
@@ -157,13 +137,7 @@ fn sigterm_on_an_idle_daemon_exits_zero_and_removes_the_socket() {
     let dir = TempDir::new("cli-term");
     make_image(&dir.join("disk.raw"), 64);
     let mut d = Daemon::start(&dir, &["--image", dir.join("disk.raw").to_str().unwrap()]);
-    let status = d.signal_and_wait(Signal::SIGTERM);
-    assert!(
-        status.success(),
-        "exit status {status}; log: {}",
-        d.log_text()
-    );
-    assert!(!d.socket.exists(), "socket removed");
+    d.assert_clean_stop(Signal::SIGTERM);
 }
 
 #[test]
@@ -179,13 +153,7 @@ fn sigint_with_convention_aliases_exits_zero() {
         "off",
     ];
     let mut d = Daemon::start(&dir, &args);
-    let status = d.signal_and_wait(Signal::SIGINT);
-    assert!(
-        status.success(),
-        "exit status {status}; log: {}",
-        d.log_text()
-    );
-    assert!(!d.socket.exists(), "socket removed");
+    d.assert_clean_stop(Signal::SIGINT);
 }
 
 #[test]
@@ -198,7 +166,7 @@ fn a_stale_socket_file_is_replaced() {
     common::wait_until("the daemon to listen", || {
         std::os::unix::net::UnixStream::connect(&d.socket).is_ok()
     });
-    assert!(d.signal_and_wait(Signal::SIGTERM).success());
+    d.assert_clean_stop(Signal::SIGTERM);
 }
 
 #[test]

@@ -204,9 +204,5 @@ fn write_then_read_through_one_queue() {
 
     assert_eq!(fe.get_vring_base(0).unwrap(), 3, "three chains consumed");
     drop(fe);
-    assert!(
-        d.signal_and_wait(Signal::SIGTERM).success(),
-        "log: {}",
-        d.log_text()
-    );
+    d.assert_clean_stop(Signal::SIGTERM);
 }

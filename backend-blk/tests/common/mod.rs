@@ -109,6 +109,17 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Sends `signal` and checks the daemon exits with status 0 and removes its socket file.
+    pub fn assert_clean_stop(&mut self, signal: nix::sys::signal::Signal) {
+        let status = self.signal_and_wait(signal);
+        assert!(
+            status.success(),
+            "exit status {status}; log: {}",
+            self.log_text()
+        );
+        assert!(!self.socket.exists(), "socket file removed");
+    }
+
     /// Sends `signal` and waits for the exit status.
     pub fn signal_and_wait(&mut self, signal: nix::sys::signal::Signal) -> ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
