@@ -117,6 +117,19 @@ impl BlkBackendConfig {
         }
     }
 
+    /// The back-end's command line for `kind`, as a shell would show it (for messages).
+    ///
+    /// # Errors
+    /// qemu-storage-daemon is not installed.
+    pub fn command_line(&self, kind: &BlkBackendKind) -> Result<String, Missing> {
+        let cmd = self.command(kind)?;
+        let words = std::iter::once(cmd.get_program()).chain(cmd.get_args());
+        Ok(words
+            .map(|w| w.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" "))
+    }
+
     fn command(&self, kind: &BlkBackendKind) -> Result<Command, Missing> {
         let on_off = |b: bool| if b { "on" } else { "off" };
         match kind {
@@ -352,25 +365,12 @@ mod tests {
     fn backend_blk_command_follows_its_cli() {
         let mut config = BlkBackendConfig::new(Path::new("/d/img.raw"), Path::new("/d/s.sock"), 4);
         config.direct = Some(false);
-        let cmd = config
-            .command(&BlkBackendKind::Pvio("/x/backend-blk".into()))
+        let line = config
+            .command_line(&BlkBackendKind::Pvio("/x/backend-blk".into()))
             .unwrap();
-        let args: Vec<_> = cmd
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
         assert_eq!(
-            args,
-            [
-                "--socket",
-                "/d/s.sock",
-                "--image",
-                "/d/img.raw",
-                "--num-queues",
-                "4",
-                "--direct",
-                "off"
-            ]
+            line,
+            "/x/backend-blk --socket /d/s.sock --image /d/img.raw --num-queues 4 --direct off"
         );
     }
 

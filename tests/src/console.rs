@@ -34,10 +34,10 @@ pub struct Console {
 }
 
 impl Console {
-    /// Wraps console output.
+    /// Wraps console output, without carriage returns and terminal escapes.
     pub fn new(raw: &str) -> Self {
         Self {
-            text: raw.replace('\r', ""),
+            text: strip_escapes(raw).replace('\r', ""),
         }
     }
 
@@ -89,6 +89,28 @@ impl Console {
     }
 }
 
+/// `text` without terminal escape sequences (the firmware's `ESC c` would reset the terminal
+/// the console is echoed to): CSI sequences `ESC [ ... final` and two-byte `ESC x`.
+pub fn strip_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        if chars.next() == Some('[') {
+            // Parameter and intermediate bytes, then one final byte in '@'..='~'.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +133,16 @@ mod tests {
             err.contains("@@pvio missing") && err.contains("SeaBIOS"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn escapes_are_removed() {
+        assert_eq!(
+            strip_escapes("\x1bc\x1b[?7l\x1b[2JSeaBIOS \x1b[0mok"),
+            "SeaBIOS ok"
+        );
+        assert_eq!(strip_escapes("plain [text]"), "plain [text]");
+        assert_eq!(strip_escapes("cut \x1b"), "cut ");
     }
 
     #[test]

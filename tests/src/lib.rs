@@ -5,12 +5,14 @@
 //! A guest test goes: [`image`] makes a disk image, [`backend`] serves it on a socket,
 //! [`initramfs`] packs a busybox guest whose `/init` runs a shell script, [`qemu`] boots it
 //! with a vhost-user-blk disk, and [`console`] reads the `@@pvio key value` lines the script
-//! printed; [`guest::GuestKit`] ties the guest side together.
+//! printed; [`guest::GuestKit`] ties the guest side together. [`demo`] is the README's main
+//! job built from the same parts.
 
 pub mod backend;
 pub mod bins;
 pub mod console;
 pub mod cpio;
+pub mod demo;
 pub mod guest;
 pub mod image;
 pub mod initramfs;

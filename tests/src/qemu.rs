@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::console::Console;
+use crate::console::{self, Console};
 use crate::prereq::{self, Missing};
 
 /// The environment variable choosing the accelerator: `tcg` (default) or `kvm`.
@@ -129,7 +129,7 @@ pub struct Guest {
     pub echo: Option<String>,
     /// When set to true by someone else (e.g. a signal handler), the run kills QEMU and fails
     /// with [`Error::Cancelled`].
-    pub cancel: Option<Arc<AtomicBool>>,
+    pub cancel: Option<&'static AtomicBool>,
 }
 
 /// What a finished run left.
@@ -297,7 +297,8 @@ fn spawn_console_reader(
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
                     if let Some(prefix) = &echo {
-                        eprintln!("{prefix}{}", String::from_utf8_lossy(&line).trim_end());
+                        let text = String::from_utf8_lossy(&line);
+                        eprintln!("{prefix}{}", console::strip_escapes(text.trim_end()));
                     }
                     console
                         .lock()

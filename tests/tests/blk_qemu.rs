@@ -399,3 +399,36 @@ fn read_only_disk_refuses_guest_writes_backend_blk() {
         "a read-only image changed"
     );
 }
+
+/// The README's main job (`scripts/demo.sh` runs `pvio-demo`), on a small disk and workload:
+/// it boots, runs its workload, checks the data on both sides and reports figures.
+#[test]
+fn demo_runs_its_workload_backend_blk() {
+    use clap::Parser;
+    use pvio_tests::demo::{self, Options};
+    let options = Options::parse_from([
+        "pvio-demo",
+        "--image-mib",
+        "64",
+        "--workload-mib",
+        "16",
+        "--vcpus",
+        "1",
+        "--num-queues",
+        "1",
+    ]);
+    let report = demo::run(&options).or_panic("the demo");
+    eprintln!("{report}");
+    assert_eq!(report.workload_mib, 16);
+    for seconds in [
+        report.write_seconds,
+        report.read_seconds,
+        report.small_read_seconds,
+    ] {
+        assert!(
+            (0.0..120.0).contains(&seconds),
+            "implausible guest timing: {report}"
+        );
+    }
+    assert!(report.boot_seconds > 0.0, "{report}");
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs the Debian packages pvio's tests and demo use, only those that are missing:
+# QEMU (qemu-system-x86_64, qemu-storage-daemon), a Linux kernel with its modules and a static
+# busybox for the test guests, fio, the xenstore tools and socat. Idempotent; uses sudo when not
+# run as root. Debian 12 (bookworm) or later.
+set -euo pipefail
+
+packages=(
+    qemu-system-x86   # qemu-system-x86_64 and qemu-storage-daemon
+    linux-image-amd64 # the guest kernel (/boot/vmlinuz-*) and its virtio modules
+    kmod              # modinfo, to find the modules
+    xz-utils          # .ko.xz modules
+    busybox-static    # the guest's userspace
+    fio
+    xenstore-utils
+    socat
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$p")
+    fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "install-deps: all packages present"
+    exit 0
+fi
+
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+    if ! command -v sudo >/dev/null; then
+        echo "install-deps: need root or sudo to install: ${missing[*]}" >&2
+        exit 1
+    fi
+    sudo=(sudo)
+fi
+echo "install-deps: installing ${missing[*]}"
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
