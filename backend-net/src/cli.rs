@@ -1,0 +1,265 @@
+//! Command line of `backend-net` and its validation into a [`Config`].
+//!
+//! Two modes: `--tap NAME` bridges one front-end to an existing TAP device; `--switch` makes
+//! every `--socket` a port of a learning L2 switch. `--socket-path` is accepted as an alias, as
+//! in the "Backend program conventions" of QEMU's `docs/interop/vhost-user.rst`.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::mac::MacAddr;
+
+/// Largest `--num-queue-pairs`: one worker thread per pair, and vhost-user-backend describes a
+/// thread's queues with a 64-bit mask that must also hold the control queue.
+pub const MAX_QUEUE_PAIRS: u16 = 16;
+/// Largest `--queue-size`: QEMU's `VIRTQUEUE_MAX_SIZE`.
+pub const MAX_QUEUE_SIZE: u16 = 1024;
+/// Smallest `--mtu`: the IPv4 minimum (RFC 791), bytes.
+pub const MIN_MTU: u16 = 68;
+/// Largest `--mtu`, bytes. Frames of up to this many bytes (plus Ethernet and VLAN headers)
+/// pass without segmentation offload.
+pub const MAX_MTU: u16 = 16_000;
+/// Largest number of `--socket`s (switch ports).
+pub const MAX_PORTS: usize = 64;
+/// Default base MAC address: locally administered, QEMU's 52:54:00 prefix, then "pv".
+pub const DEFAULT_MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x70, 0x76, 0x01]);
+
+/// `backend-net`: a vhost-user-net back-end that bridges virtio-net front-ends (QEMU's
+/// `-netdev vhost-user`, cloud-hypervisor, DPDK's virtio-user) to a TAP device or to each other.
+#[derive(Debug, Parser)]
+#[command(
+    name = "backend-net",
+    version,
+    about = "vhost-user-net back-end: bridges guests to a TAP device (--tap) or to each other \
+             through a learning L2 switch (--switch)",
+    long_about = None,
+    after_help = "TAP mode: backend-net --socket PATH --tap NAME [--num-queue-pairs N]\n\
+                  Switch mode: backend-net --switch --socket PATH1 --socket PATH2 ...\n\n\
+                  The TAP must exist (ip tuntap add dev NAME mode tap [multi_queue]). Each socket \
+                  serves one front-end at a time and waits for the next when it leaves. SIGUSR1 \
+                  prints the counters; SIGINT or SIGTERM stop the daemon cleanly.\n\
+                  Logging: RUST_LOG=debug|info|warn (default info)."
+)]
+pub struct Cli {
+    /// Unix socket to create and listen on; repeat it in switch mode, one per port.
+    #[arg(
+        long,
+        visible_alias = "socket-path",
+        value_name = "PATH",
+        required = true
+    )]
+    pub socket: Vec<PathBuf>,
+
+    /// Bridge the front-end to this existing TAP device.
+    #[arg(
+        long,
+        value_name = "NAME",
+        conflicts_with = "switch",
+        required_unless_present = "switch"
+    )]
+    pub tap: Option<String>,
+
+    /// Make every --socket a port of a learning L2 switch between the front-ends.
+    #[arg(long)]
+    pub switch: bool,
+
+    /// Queue pairs (receiveq/transmitq) offered per front-end, each served by its own thread;
+    /// in TAP mode each pair gets its own TAP queue (the TAP needs multi_queue for N > 1).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub num_queue_pairs: u16,
+
+    /// MAC address offered in the configuration space; switch port i gets this plus i.
+    #[arg(long, value_name = "MAC", default_value_t = DEFAULT_MAC)]
+    pub mac: MacAddr,
+
+    /// MTU offered to the driver (VIRTIO_NET_F_MTU), bytes.
+    #[arg(long, value_name = "N", default_value_t = 1500)]
+    pub mtu: u16,
+
+    /// Largest virtqueue size the front-end may set: a power of two up to 1024.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub queue_size: u16,
+
+    /// Frames that may wait per receive queue while the driver has no receive buffers; more are
+    /// dropped and counted.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub rx_backlog: usize,
+
+    /// Serve the counters as JSON to whoever connects to this unix socket.
+    #[arg(long, value_name = "PATH")]
+    pub stats_socket: Option<PathBuf>,
+}
+
+/// What the daemon bridges its front-ends to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One front-end and the existing TAP device of this name.
+    Tap(String),
+    /// A learning switch between all front-ends.
+    Switch,
+}
+
+/// Validated daemon configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// TAP or switch.
+    pub mode: Mode,
+    /// One socket per port (exactly one in TAP mode).
+    pub sockets: Vec<PathBuf>,
+    /// Queue pairs per front-end, 1 to [`MAX_QUEUE_PAIRS`].
+    pub queue_pairs: u16,
+    /// MAC of port 0; port i has `mac.offset(i)`.
+    pub mac: MacAddr,
+    /// MTU in bytes, [`MIN_MTU`] to [`MAX_MTU`].
+    pub mtu: u16,
+    /// Largest virtqueue size, a power of two up to [`MAX_QUEUE_SIZE`].
+    pub queue_size: u16,
+    /// Frames that may wait per receive queue.
+    pub rx_backlog: usize,
+    /// Where to serve counters.
+    pub stats_socket: Option<PathBuf>,
+}
+
+/// A command line that parses but does not make sense.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `--num-queue-pairs` is 0 or above [`MAX_QUEUE_PAIRS`].
+    #[error("--num-queue-pairs {0} is out of range: give 1 to {MAX_QUEUE_PAIRS}")]
+    QueuePairs(u16),
+    /// `--queue-size` is not a power of two or is above [`MAX_QUEUE_SIZE`].
+    #[error("--queue-size {0} is invalid: give a power of two from 2 to {MAX_QUEUE_SIZE}")]
+    QueueSize(u16),
+    /// `--mtu` is outside [`MIN_MTU`]..=[`MAX_MTU`].
+    #[error("--mtu {0} is out of range: give {MIN_MTU} to {MAX_MTU}")]
+    Mtu(u16),
+    /// TAP mode with more or fewer than one socket.
+    #[error("--tap serves exactly one front-end: give one --socket (got {0})")]
+    TapSockets(usize),
+    /// Too many switch ports.
+    #[error("--switch takes at most {MAX_PORTS} sockets (got {0})")]
+    TooManyPorts(usize),
+    /// The same socket path twice.
+    #[error("socket {0} is given twice")]
+    DuplicateSocket(PathBuf),
+    /// `--mac` is a group address.
+    #[error("--mac {0} is a multicast address: give a unicast one")]
+    MulticastMac(MacAddr),
+    /// `--rx-backlog` is zero.
+    #[error("--rx-backlog must be at least 1")]
+    RxBacklog,
+}
+
+impl Cli {
+    /// Checks the parsed arguments and builds the [`Config`].
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first argument that does not make sense.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        if self.num_queue_pairs == 0 || self.num_queue_pairs > MAX_QUEUE_PAIRS {
+            return Err(ConfigError::QueuePairs(self.num_queue_pairs));
+        }
+        if !self.queue_size.is_power_of_two() || !(2..=MAX_QUEUE_SIZE).contains(&self.queue_size) {
+            return Err(ConfigError::QueueSize(self.queue_size));
+        }
+        if !(MIN_MTU..=MAX_MTU).contains(&self.mtu) {
+            return Err(ConfigError::Mtu(self.mtu));
+        }
+        if self.mac.is_multicast() {
+            return Err(ConfigError::MulticastMac(self.mac));
+        }
+        if self.rx_backlog == 0 {
+            return Err(ConfigError::RxBacklog);
+        }
+        let mode = match self.tap {
+            Some(name) if self.socket.len() == 1 => Mode::Tap(name),
+            Some(_) => return Err(ConfigError::TapSockets(self.socket.len())),
+            None if self.socket.len() > MAX_PORTS => {
+                return Err(ConfigError::TooManyPorts(self.socket.len()))
+            }
+            None => Mode::Switch,
+        };
+        for (i, s) in self.socket.iter().enumerate() {
+            if self.socket[..i].contains(s) {
+                return Err(ConfigError::DuplicateSocket(s.clone()));
+            }
+        }
+        Ok(Config {
+            mode,
+            sockets: self.socket,
+            queue_pairs: self.num_queue_pairs,
+            mac: self.mac,
+            mtu: self.mtu,
+            queue_size: self.queue_size,
+            rx_backlog: self.rx_backlog,
+            stats_socket: self.stats_socket,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let cli = Cli::try_parse_from(std::iter::once("backend-net").chain(args.iter().copied()))
+            .map_err(|e| e.kind().to_string())?;
+        cli.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn tap_mode_defaults() {
+        let c = parse(&["--socket", "/s", "--tap", "tap0"]).unwrap();
+        assert_eq!(
+            c,
+            Config {
+                mode: Mode::Tap("tap0".into()),
+                sockets: vec!["/s".into()],
+                queue_pairs: 1,
+                mac: DEFAULT_MAC,
+                mtu: 1500,
+                queue_size: 256,
+                rx_backlog: 256,
+                stats_socket: None,
+            }
+        );
+    }
+
+    #[test]
+    fn switch_mode_takes_many_sockets() {
+        let c = parse(&[
+            "--switch",
+            "--socket",
+            "/a",
+            "--socket-path",
+            "/b",
+            "--mac",
+            "02:00:00:00:00:10",
+        ])
+        .unwrap();
+        assert_eq!(c.mode, Mode::Switch);
+        assert_eq!(c.sockets, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(c.mac, MacAddr([2, 0, 0, 0, 0, 0x10]));
+    }
+
+    #[test]
+    fn bad_arguments_are_named() {
+        assert!(
+            parse(&["--socket", "/s"]).is_err(),
+            "needs --tap or --switch"
+        );
+        assert!(parse(&["--tap", "t"]).is_err(), "needs --socket");
+        assert!(parse(&["--socket", "/s", "--tap", "t", "--switch"]).is_err());
+        let e = parse(&["--socket", "/a", "--socket", "/b", "--tap", "t"]).unwrap_err();
+        assert!(e.contains("exactly one"), "{e}");
+        let e = parse(&["--socket", "/s", "--tap", "t", "--num-queue-pairs", "0"]).unwrap_err();
+        assert!(e.contains("--num-queue-pairs 0"), "{e}");
+        assert!(parse(&["--socket", "/s", "--tap", "t", "--num-queue-pairs", "17"]).is_err());
+        assert!(parse(&["--socket", "/s", "--tap", "t", "--queue-size", "100"]).is_err());
+        assert!(parse(&["--socket", "/s", "--tap", "t", "--mtu", "67"]).is_err());
+        assert!(parse(&["--socket", "/s", "--tap", "t", "--mac", "01:00:5e:00:00:01"]).is_err());
+        assert!(parse(&["--socket", "/s", "--tap", "t", "--mac", "nonsense"]).is_err());
+        let e = parse(&["--switch", "--socket", "/a", "--socket", "/a"]).unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+    }
+}

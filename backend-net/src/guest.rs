@@ -1,0 +1,362 @@
+//! Guest memory as the data path sees it: descriptor chains walked into host-mapped slices,
+//! checked against the memory table, and scatter / gather copies over them.
+//!
+//! A chain is walked once ([`walk`]); every descriptor's range must lie in guest memory (a range
+//! that crosses memory regions becomes several slices), device-readable buffers must precede
+//! device-writable ones (virtio 1.2 §2.7.4.2), and the chain must end properly (no link out of
+//! the table, no loop, valid indirect tables; virtio-queue's walk is bounded by the queue size).
+//! Slices live in one per-batch arena (`Vec<VolatileSlice>`) and chains refer to ranges of it,
+//! so a batch allocates once.
+
+use std::ops::Range;
+
+use vhost_user_backend::VringRwLock;
+use virtio_queue::DescriptorChain;
+use vm_memory::{
+    GuestAddress, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryLoadGuard, GuestMemoryMmap,
+    VolatileSlice,
+};
+
+/// Guest memory as mapped from the front-end's memory table (no dirty-page bitmap).
+pub type GuestRam = GuestMemoryMmap<()>;
+/// Guest memory that VHOST_USER_SET_MEM_TABLE can replace while workers run.
+pub type GuestRamAtomic = GuestMemoryAtomic<GuestRam>;
+/// A snapshot of guest memory that stays mapped while held.
+pub type GuestRamGuard = GuestMemoryLoadGuard<GuestRam>;
+/// The vring type of this back-end.
+pub type Vring = VringRwLock<GuestRamAtomic>;
+/// A piece of guest memory mapped in this process.
+pub type Slice<'m> = VolatileSlice<'m, ()>;
+
+/// A descriptor chain the device cannot use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// A buffer lies (partly) outside guest memory.
+    #[error("buffer {addr:#x}+{len} is outside guest memory")]
+    OutOfMemory {
+        /// Guest-physical address.
+        addr: u64,
+        /// Length in bytes.
+        len: u32,
+    },
+    /// The walk stopped early: a link outside the descriptor table, a loop, or a bad indirect
+    /// table.
+    #[error("descriptor chain is broken (bad link, loop or indirect table)")]
+    Broken,
+    /// A device-readable buffer after a device-writable one.
+    #[error("device-readable buffer after a device-writable one")]
+    ReadableAfterWritable,
+}
+
+/// The buffers of one walked chain: ranges of the arena passed to [`walk`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chain {
+    /// Head descriptor index, for the used ring.
+    pub head: u16,
+    /// Device-readable slices.
+    pub readable: Range<usize>,
+    /// Device-writable slices.
+    pub writable: Range<usize>,
+    /// Bytes in the device-readable buffers.
+    pub readable_len: usize,
+    /// Bytes in the device-writable buffers.
+    pub writable_len: usize,
+}
+
+/// Walks `chain`, appending its buffers' slices (mapped through `mem`) to `arena`.
+///
+/// # Errors
+/// [`ChainError`]; `arena` may then hold slices of the partial walk, which the caller drops
+/// with `arena.truncate`.
+pub fn walk<'m, M>(
+    chain: DescriptorChain<M>,
+    mem: &'m GuestRam,
+    arena: &mut Vec<Slice<'m>>,
+) -> Result<Chain, ChainError>
+where
+    M: std::ops::Deref,
+    M::Target: vm_memory::GuestMemory,
+{
+    let head = chain.head_index();
+    let start = arena.len();
+    let mut first_writable = None;
+    let (mut readable_len, mut writable_len) = (0usize, 0usize);
+    let mut ended = false;
+    for desc in chain {
+        if desc.is_write_only() {
+            first_writable.get_or_insert(arena.len());
+            writable_len += desc.len() as usize;
+        } else if first_writable.is_some() {
+            return Err(ChainError::ReadableAfterWritable);
+        } else {
+            readable_len += desc.len() as usize;
+        }
+        map(mem, desc.addr(), desc.len(), arena)?;
+        ended = !desc.has_next();
+    }
+    if !ended {
+        return Err(ChainError::Broken);
+    }
+    let split = first_writable.unwrap_or(arena.len());
+    Ok(Chain {
+        head,
+        readable: start..split,
+        writable: split..arena.len(),
+        readable_len,
+        writable_len,
+    })
+}
+
+/// Appends the slices that map `len` bytes at `addr`.
+fn map<'m>(
+    mem: &'m GuestRam,
+    addr: GuestAddress,
+    len: u32,
+    arena: &mut Vec<Slice<'m>>,
+) -> Result<(), ChainError> {
+    let bad = ChainError::OutOfMemory { addr: addr.0, len };
+    for slice in GuestMemoryBackend::get_slices(mem, addr, len as usize) {
+        arena.push(slice.map_err(|_| bad)?);
+    }
+    Ok(())
+}
+
+/// A read or write position in a list of slices.
+#[derive(Clone, Debug)]
+pub struct Cursor<'a, 'm> {
+    slices: &'a [Slice<'m>],
+    index: usize,
+    offset: usize,
+}
+
+impl<'a, 'm> Cursor<'a, 'm> {
+    /// A cursor at the start of `slices`.
+    pub fn new(slices: &'a [Slice<'m>]) -> Self {
+        Cursor {
+            slices,
+            index: 0,
+            offset: 0,
+        }
+    }
+
+    /// The next piece of at most `max` bytes, advancing past it; `None` at the end.
+    pub fn next_piece(&mut self, max: usize) -> Option<Slice<'m>> {
+        while let Some(s) = self.slices.get(self.index) {
+            let left = s.len() - self.offset;
+            if left == 0 {
+                self.index += 1;
+                self.offset = 0;
+                continue;
+            }
+            let n = left.min(max);
+            let piece = s.subslice(self.offset, n).ok()?;
+            self.offset += n;
+            return Some(piece);
+        }
+        None
+    }
+
+    /// Skips `n` bytes; returns how many were skipped (fewer at the end).
+    pub fn skip(&mut self, n: usize) -> usize {
+        let mut done = 0;
+        while done < n {
+            match self.next_piece(n - done) {
+                Some(p) => done += p.len(),
+                None => break,
+            }
+        }
+        done
+    }
+
+    /// Copies up to `out.len()` bytes out; returns how many.
+    pub fn read(&mut self, out: &mut [u8]) -> usize {
+        let mut done = 0;
+        while done < out.len() {
+            match self.next_piece(out.len() - done) {
+                Some(p) => done += p.copy_to(&mut out[done..]),
+                None => break,
+            }
+        }
+        done
+    }
+
+    /// Copies up to `data.len()` bytes in; returns how many.
+    pub fn write(&mut self, data: &[u8]) -> usize {
+        let mut done = 0;
+        while done < data.len() {
+            match self.next_piece(data.len() - done) {
+                Some(p) => {
+                    p.copy_from(&data[done..done + p.len()]);
+                    done += p.len();
+                }
+                None => break,
+            }
+        }
+        done
+    }
+
+    /// Copies up to `len` bytes from `src` into this cursor's slices; returns how many.
+    pub fn copy_from_cursor(&mut self, src: &mut Cursor<'_, '_>, len: usize) -> usize {
+        let mut done = 0;
+        while done < len {
+            let Some(from) = src.next_piece(len - done) else {
+                break;
+            };
+            let mut moved = 0;
+            while moved < from.len() {
+                let Some(to) = self.next_piece(from.len() - moved) else {
+                    return done + moved;
+                };
+                // `to.len() <= from.len() - moved`, so the subslice is in range.
+                if let Ok(part) = from.subslice(moved, to.len()) {
+                    part.copy_to_volatile_slice(to);
+                }
+                moved += to.len();
+            }
+            done += moved;
+        }
+        done
+    }
+
+    /// Appends `iovec`s for the rest of the slices, at most `len` bytes, to `out`; returns the
+    /// bytes they cover.
+    pub fn iovecs(&mut self, len: usize, out: &mut Vec<libc::iovec>) -> usize {
+        let mut done = 0;
+        while done < len {
+            let Some(p) = self.next_piece(len - done) else {
+                break;
+            };
+            out.push(libc::iovec {
+                iov_base: p.ptr_guard_mut().as_ptr().cast(),
+                iov_len: p.len(),
+            });
+            done += p.len();
+        }
+        done
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use virtio_bindings::virtio_ring::{
+        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
+    use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::{Queue, QueueOwnedT};
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+
+    /// Two regions with a hole: [0, 64 KiB) and [128 KiB, 192 KiB).
+    pub(crate) fn two_region_ram() -> GuestRam {
+        GuestRam::from_ranges(&[(GuestAddress(0), 0x10000), (GuestAddress(0x20000), 0x10000)])
+            .unwrap()
+    }
+
+    fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, next))
+    }
+
+    /// Builds a queue holding one chain of `descs` and walks it.
+    fn walk_descs(mem: &GuestRam, descs: &[RawDescriptor]) -> Result<(Chain, usize), ChainError> {
+        let vq = MockSplitQueue::new(mem, 16);
+        vq.add_desc_chains(descs, 0).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let chain = q.iter(mem).unwrap().next().unwrap();
+        let mut arena = Vec::new();
+        walk(chain, mem, &mut arena).map(|c| (c, arena.len()))
+    }
+
+    /// Maps `len` bytes at `addr` into `arena` (for tests of other modules).
+    pub(crate) fn map_for_test<'m>(
+        mem: &'m GuestRam,
+        addr: u64,
+        len: u32,
+        arena: &mut Vec<Slice<'m>>,
+    ) {
+        map(mem, GuestAddress(addr), len, arena).unwrap();
+    }
+
+    #[test]
+    fn walks_readable_then_writable() {
+        let mem = two_region_ram();
+        let (c, slices) = walk_descs(
+            &mem,
+            &[
+                desc(0x1000, 12, VRING_DESC_F_NEXT, 1),
+                desc(0x2000, 100, VRING_DESC_F_NEXT, 2),
+                desc(0x3000, 200, VRING_DESC_F_WRITE, 0),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.readable, 0..2);
+        assert_eq!(c.writable, 2..3);
+        assert_eq!((c.readable_len, c.writable_len, slices), (112, 200, 3));
+    }
+
+    #[test]
+    fn rejects_bad_chains() {
+        let mem = two_region_ram();
+        let outside = walk_descs(&mem, &[desc(0x18000, 16, 0, 0)]);
+        assert_eq!(
+            outside,
+            Err(ChainError::OutOfMemory {
+                addr: 0x18000,
+                len: 16
+            })
+        );
+        let crossing_hole = walk_descs(&mem, &[desc(0xff00, 0x200, 0, 0)]);
+        assert!(matches!(crossing_hole, Err(ChainError::OutOfMemory { .. })));
+        let order = walk_descs(
+            &mem,
+            &[
+                desc(0x1000, 16, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 1),
+                desc(0x2000, 16, 0, 0),
+            ],
+        );
+        assert_eq!(order, Err(ChainError::ReadableAfterWritable));
+        let bad_link = walk_descs(&mem, &[desc(0x1000, 16, VRING_DESC_F_NEXT, 99)]);
+        assert_eq!(bad_link, Err(ChainError::Broken));
+        let bad_indirect = walk_descs(&mem, &[desc(0x1000, 17, VRING_DESC_F_INDIRECT, 0)]);
+        assert_eq!(bad_indirect, Err(ChainError::Broken));
+    }
+
+    #[test]
+    fn cursor_copies_across_slices() {
+        let mem = two_region_ram();
+        mem.write_slice(b"hello world", GuestAddress(0x100))
+            .unwrap();
+        let mut arena = Vec::new();
+        map(&mem, GuestAddress(0x100), 5, &mut arena).unwrap();
+        map(&mem, GuestAddress(0x105), 6, &mut arena).unwrap();
+        let mut out = [0u8; 11];
+        assert_eq!(Cursor::new(&arena).read(&mut out), 11);
+        assert_eq!(&out, b"hello world");
+        let mut c = Cursor::new(&arena);
+        assert_eq!(c.skip(6), 6);
+        let mut rest = [0u8; 10];
+        assert_eq!(c.read(&mut rest), 5);
+        let mut dst = Vec::new();
+        map(&mem, GuestAddress(0x20000), 3, &mut dst).unwrap();
+        map(&mem, GuestAddress(0x20010), 20, &mut dst).unwrap();
+        let n = Cursor::new(&dst).copy_from_cursor(&mut Cursor::new(&arena), 11);
+        assert_eq!(n, 11);
+        let mut got = [0u8; 3];
+        mem.read_slice(&mut got, GuestAddress(0x20000)).unwrap();
+        assert_eq!(&got, b"hel");
+        let mut got = [0u8; 8];
+        mem.read_slice(&mut got, GuestAddress(0x20010)).unwrap();
+        assert_eq!(&got, b"lo world");
+        let mut iov = Vec::new();
+        let mut c = Cursor::new(&dst);
+        c.skip(2);
+        assert_eq!(c.iovecs(10, &mut iov), 10);
+        assert_eq!(
+            iov.iter().map(|v| v.iov_len).collect::<Vec<_>>(),
+            vec![1, 9]
+        );
+        assert_eq!(Cursor::new(&dst).write(b"0123456789012345678901234"), 23);
+    }
+}

@@ -1,0 +1,32 @@
+//! pvio's network back-end: a vhost-user-net daemon (vhost-user.rst, virtio 1.2 §5.1).
+//!
+//! It serves virtio-net to vhost-user front-ends (QEMU, cloud-hypervisor, DPDK virtio-user)
+//! and bridges their frames either to a TAP device (`--tap`, one front-end) or between
+//! front-ends through a learning L2 switch (`--switch`, one socket per port), the equivalent of
+//! Xen's netback with a bridge in Dom0.
+//!
+//! Modules, control path apart from data path:
+//! - [`cli`]: command line and validated [`cli::Config`].
+//! - [`device`]: feature bits, configuration space, consequences of the acked features.
+//! - [`hdr`]: the virtio-net header and the checks a transmitted one must pass.
+//! - [`ctrl`]: control queue commands and the receive filter.
+//! - [`mac`], [`fdb`]: MAC addresses and the switch's learning table.
+//! - [`offload`]: software checksum and TCP segmentation for receivers without the offload.
+//! - [`guest`]: descriptor chains walked into guest memory slices.
+//! - [`rx`]: filling receive buffers (merged buffers) and the backlog of waiting frames.
+//! - [`stats`]: counters per port and queue pair.
+//! - [`tap`], [`uring`]: the TAP device and the io_uring that moves frames to and from it.
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod ctrl;
+pub mod device;
+pub mod fdb;
+pub mod guest;
+pub mod hdr;
+pub mod mac;
+pub mod offload;
+pub mod rx;
+pub mod stats;
+pub mod tap;
+pub mod uring;

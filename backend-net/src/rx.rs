@@ -1,0 +1,488 @@
+//! Putting one frame into a driver's receive queue (virtio 1.2 §5.1.6.3 and §5.1.6.4).
+//!
+//! With VIRTIO_NET_F_MRG_RXBUF a frame may span several descriptor chains: the device takes
+//! chains until their device-writable space holds the header and the frame, writes the header
+//! (with `num_buffers` = chains used) at the start of the first, the frame after it, and puts
+//! each chain in the used ring with the bytes written into it. Without it a frame must fit one
+//! chain. Chains taken but not needed (the frame did not fit after all) are given back by
+//! moving the queue's next available index back, so nothing is lost.
+
+use std::collections::VecDeque;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+
+use crate::device::Acked;
+use crate::guest::{walk, Cursor, GuestRam, Slice};
+use crate::hdr::NetHdr;
+use crate::stats::{Drop, QueueStats};
+
+/// Where the frame's bytes come from.
+#[derive(Clone, Debug)]
+pub enum Payload<'a, 'm> {
+    /// Guest memory (another guest's transmit chain, after its header).
+    Guest(Cursor<'a, 'm>),
+    /// A local buffer (a backlogged or re-segmented frame, or a TAP bounce buffer).
+    Local(&'a [u8]),
+}
+
+/// What happened to a frame offered to a receive queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Written into this many chains.
+    Delivered(u16),
+    /// Not enough receive buffers now; nothing was consumed.
+    NoBuffers,
+    /// Can never fit the driver's buffers (one chain too small without MRG_RXBUF).
+    TooBig,
+}
+
+/// How `total` bytes spread over buffers of `capacities`, filling each in turn: the bytes
+/// written per buffer, or `None` when they do not fit.
+pub fn split_lengths(capacities: &[usize], total: usize) -> Option<Vec<u32>> {
+    let mut left = total;
+    let mut out = Vec::new();
+    for &cap in capacities {
+        if left == 0 {
+            break;
+        }
+        let n = cap.min(left);
+        out.push(u32::try_from(n).ok()?);
+        left -= n;
+    }
+    (left == 0).then_some(out)
+}
+
+/// Writes `hdr` (its first `acked.hdr_len()` bytes, `num_buffers` set) and `len` bytes of
+/// `payload` into the receive `queue`. Chains that cannot be used (outside guest memory,
+/// broken, device-readable parts, no writable space) are returned to the driver empty and
+/// counted as [`Drop::RxBadChain`] in `stats`. `arena` is scratch space, left as it was found.
+pub fn deliver<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestRam,
+    acked: Acked,
+    hdr: &NetHdr,
+    payload: Payload<'_, '_>,
+    len: usize,
+    arena: &mut Vec<Slice<'m>>,
+    stats: &QueueStats,
+) -> Delivery {
+    let base = arena.len();
+    let hdr_len = acked.hdr_len();
+    let needed = hdr_len + len;
+    let mut heads: Vec<(u16, usize)> = Vec::new();
+    let mut capacity = 0usize;
+    while capacity < needed {
+        if !acked.mrg_rxbuf() && !heads.is_empty() {
+            give_back(queue, heads.len());
+            arena.truncate(base);
+            return Delivery::TooBig;
+        }
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            give_back(queue, heads.len());
+            arena.truncate(base);
+            return Delivery::NoBuffers;
+        };
+        let mark = arena.len();
+        let head = chain.head_index();
+        match walk(chain, mem, arena) {
+            Ok(c) if c.readable_len == 0 && c.writable_len > 0 => {
+                capacity += c.writable_len;
+                heads.push((c.head, c.writable_len));
+            }
+            Ok(_) => {
+                arena.truncate(mark);
+                log::warn!("receive chain {head} has no writable space or readable parts");
+                bad_chain(queue, mem, head, stats);
+            }
+            Err(e) => {
+                arena.truncate(mark);
+                log::warn!("receive chain {head}: {e}");
+                bad_chain(queue, mem, head, stats);
+            }
+        }
+    }
+    let num_buffers = u16::try_from(heads.len()).unwrap_or(u16::MAX);
+    let mut dst = Cursor::new(&arena[base..]);
+    let h = NetHdr {
+        num_buffers,
+        ..*hdr
+    }
+    .to_bytes();
+    dst.write(&h[..hdr_len]);
+    match payload {
+        Payload::Guest(mut src) => dst.copy_from_cursor(&mut src, len),
+        Payload::Local(bytes) => dst.write(&bytes[..len.min(bytes.len())]),
+    };
+    let capacities: Vec<usize> = heads.iter().map(|&(_, cap)| cap).collect();
+    let lengths = split_lengths(&capacities, needed).unwrap_or_default();
+    for (&(head, _), used) in heads.iter().zip(lengths) {
+        if let Err(e) = queue.add_used(mem, head, used) {
+            log::warn!("receive queue: add_used({head}) failed: {e}");
+        }
+    }
+    arena.truncate(base);
+    Delivery::Delivered(num_buffers)
+}
+
+/// Moves the next available index back over `n` chains taken and not used.
+fn give_back(queue: &mut Queue, n: usize) {
+    for _ in 0..n {
+        queue.go_to_previous_position();
+    }
+}
+
+/// Returns an unusable receive chain to the driver with nothing written.
+fn bad_chain(queue: &mut Queue, mem: &GuestRam, head: u16, stats: &QueueStats) {
+    stats.drop(Drop::RxBadChain);
+    if let Err(e) = queue.add_used(mem, head, 0) {
+        log::warn!("receive queue: add_used({head}) failed: {e}");
+    }
+}
+
+/// A frame waiting for receive buffers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    /// Its header.
+    pub hdr: NetHdr,
+    /// The frame without header.
+    pub frame: Vec<u8>,
+}
+
+/// Frames waiting for receive buffers, at most `capacity` of them.
+#[derive(Debug)]
+pub struct Backlog {
+    frames: VecDeque<Pending>,
+    capacity: usize,
+}
+
+impl Backlog {
+    /// An empty backlog holding up to `capacity` frames.
+    pub fn new(capacity: usize) -> Backlog {
+        Backlog {
+            frames: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    /// Queues a frame; false (frame dropped) when full.
+    pub fn push(&mut self, p: Pending) -> bool {
+        if self.frames.len() >= self.capacity {
+            return false;
+        }
+        self.frames.push_back(p);
+        true
+    }
+
+    /// The oldest frame.
+    pub fn front(&self) -> Option<&Pending> {
+        self.frames.front()
+    }
+
+    /// Removes the oldest frame.
+    pub fn pop(&mut self) -> Option<Pending> {
+        self.frames.pop_front()
+    }
+
+    /// Frames waiting.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Drops everything.
+    pub fn clear(&mut self) {
+        self.frames.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+    use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, Bytes, GuestAddress};
+
+    use super::*;
+    use crate::hdr::HDR_LEN;
+
+    const MRG: Acked = Acked(1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF);
+    const PLAIN: Acked = Acked(1 << VIRTIO_F_VERSION_1);
+
+    fn ram() -> GuestRam {
+        GuestRam::from_ranges(&[(GuestAddress(0), 0x100000)]).unwrap()
+    }
+
+    fn writable(addr: u64, len: u32) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(
+            addr,
+            len,
+            VRING_DESC_F_WRITE as u16,
+            0,
+        ))
+    }
+
+    /// A queue of size 16 offering one single-buffer chain per entry of `bufs` (addr, len).
+    fn queue_with<'a>(
+        mem: &'a GuestRam,
+        bufs: &[(u64, u32)],
+    ) -> (MockSplitQueue<'a, GuestRam>, Queue) {
+        let vq = MockSplitQueue::new(mem, 16);
+        let descs: Vec<RawDescriptor> = bufs.iter().map(|&(a, l)| writable(a, l)).collect();
+        vq.add_desc_chains(&descs, 0).unwrap();
+        let q = vq.create_queue().unwrap();
+        (vq, q)
+    }
+
+    fn used(mem: &GuestRam, vq: &MockSplitQueue<'_, GuestRam>, i: u64) -> (u32, u32) {
+        let at = vq.used_addr().checked_add(4 + 8 * i).unwrap();
+        (
+            mem.read_obj(at).unwrap(),
+            mem.read_obj(at.checked_add(4).unwrap()).unwrap(),
+        )
+    }
+
+    #[test]
+    fn merges_a_frame_over_three_buffers() {
+        let mem = ram();
+        let (vq, mut q) = queue_with(
+            &mem,
+            &[
+                (0x10000, 100),
+                (0x20000, 100),
+                (0x30000, 100),
+                (0x40000, 100),
+            ],
+        );
+        let frame: Vec<u8> = (0..250u32).map(|i| i as u8).collect();
+        let stats = QueueStats::default();
+        let mut arena = Vec::new();
+        let hdr = NetHdr {
+            flags: 2,
+            ..Default::default()
+        };
+        let d = deliver(
+            &mut q,
+            &mem,
+            MRG,
+            &hdr,
+            Payload::Local(&frame),
+            frame.len(),
+            &mut arena,
+            &stats,
+        );
+        assert_eq!(d, Delivery::Delivered(3));
+        assert!(arena.is_empty());
+        let mut h = [0u8; HDR_LEN];
+        mem.read_slice(&mut h, GuestAddress(0x10000)).unwrap();
+        assert_eq!(
+            NetHdr::parse(&h).unwrap(),
+            NetHdr {
+                flags: 2,
+                num_buffers: 3,
+                ..Default::default()
+            }
+        );
+        let mut got = vec![0u8; 250];
+        mem.read_slice(&mut got[..88], GuestAddress(0x10000 + 12))
+            .unwrap();
+        mem.read_slice(&mut got[88..188], GuestAddress(0x20000))
+            .unwrap();
+        mem.read_slice(&mut got[188..], GuestAddress(0x30000))
+            .unwrap();
+        assert_eq!(got, frame);
+        assert_eq!(used(&mem, &vq, 0), (0, 100));
+        assert_eq!(used(&mem, &vq, 1), (1, 100));
+        assert_eq!(used(&mem, &vq, 2), (2, 62));
+        assert_eq!(q.next_used(), 3);
+        assert_eq!(q.next_avail(), 3, "the fourth chain stays available");
+    }
+
+    #[test]
+    fn gives_chains_back_when_short_of_buffers() {
+        let mem = ram();
+        let (_vq, mut q) = queue_with(&mem, &[(0x10000, 100), (0x20000, 100)]);
+        let stats = QueueStats::default();
+        let mut arena = Vec::new();
+        let d = deliver(
+            &mut q,
+            &mem,
+            MRG,
+            &NetHdr::default(),
+            Payload::Local(&[0; 300]),
+            300,
+            &mut arena,
+            &stats,
+        );
+        assert_eq!(d, Delivery::NoBuffers);
+        assert_eq!((q.next_avail(), q.next_used()), (0, 0));
+        let d = deliver(
+            &mut q,
+            &mem,
+            PLAIN,
+            &NetHdr::default(),
+            Payload::Local(&[0; 150]),
+            150,
+            &mut arena,
+            &stats,
+        );
+        assert_eq!(
+            d,
+            Delivery::TooBig,
+            "without MRG_RXBUF one chain must hold it"
+        );
+        assert_eq!(q.next_avail(), 0);
+        let d = deliver(
+            &mut q,
+            &mem,
+            PLAIN,
+            &NetHdr::default(),
+            Payload::Local(&[0; 60]),
+            60,
+            &mut arena,
+            &stats,
+        );
+        assert_eq!(d, Delivery::Delivered(1));
+    }
+
+    #[test]
+    fn bad_receive_chains_are_returned_empty() {
+        let mem = ram();
+        let vq = MockSplitQueue::new(&mem, 16);
+        let descs = [
+            RawDescriptor::from(SplitDescriptor::new(0x10000, 10, 0, 0)),
+            writable(0x7fff_0000, 100),
+            writable(0x20000, 1000),
+        ];
+        vq.add_desc_chains(&descs, 0).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let stats = QueueStats::default();
+        let mut arena = Vec::new();
+        let d = deliver(
+            &mut q,
+            &mem,
+            MRG,
+            &NetHdr::default(),
+            Payload::Local(&[1; 60]),
+            60,
+            &mut arena,
+            &stats,
+        );
+        assert_eq!(d, Delivery::Delivered(1));
+        assert_eq!(stats.drops(Drop::RxBadChain), 2);
+        assert_eq!(used(&mem, &vq, 0), (0, 0));
+        assert_eq!(used(&mem, &vq, 1), (1, 0));
+        assert_eq!(used(&mem, &vq, 2), (2, 72));
+    }
+
+    #[test]
+    fn copies_from_another_guests_chain() {
+        let mem = ram();
+        mem.write_slice(&[9u8; 500], GuestAddress(0x50000)).unwrap();
+        let vq = MockSplitQueue::new(&mem, 16);
+        let descs = [
+            RawDescriptor::from(SplitDescriptor::new(
+                0x10000,
+                40,
+                (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16,
+                1,
+            )),
+            writable(0x11000, 2000),
+        ];
+        vq.build_desc_chain(&descs).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let mut src_arena = Vec::new();
+        crate::guest::tests::map_for_test(&mem, 0x50000, 500, &mut src_arena);
+        let stats = QueueStats::default();
+        let mut arena = Vec::new();
+        let src = Cursor::new(&src_arena);
+        let d = deliver(
+            &mut q,
+            &mem,
+            PLAIN,
+            &NetHdr::default(),
+            Payload::Guest(src),
+            500,
+            &mut arena,
+            &stats,
+        );
+        assert_eq!(d, Delivery::Delivered(1));
+        let mut got = [0u8; 500];
+        mem.read_slice(&mut got[..28], GuestAddress(0x10000 + 12))
+            .unwrap();
+        mem.read_slice(&mut got[28..], GuestAddress(0x11000))
+            .unwrap();
+        assert!(got.iter().all(|&b| b == 9));
+        assert_eq!(used(&mem, &vq, 0), (0, 512));
+    }
+
+    #[test]
+    fn backlog_is_bounded() {
+        let mut b = Backlog::new(2);
+        let p = Pending {
+            hdr: NetHdr::default(),
+            frame: vec![1],
+        };
+        assert!(b.push(p.clone()) && b.push(p.clone()));
+        assert!(!b.push(p.clone()));
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.pop(), Some(p));
+        b.clear();
+        assert!(b.is_empty());
+    }
+
+    proptest! {
+        /// The lengths cover the total exactly, each within its buffer, all but the last full.
+        #[test]
+        fn split_lengths_fill_in_order(caps in proptest::collection::vec(1usize..5000, 1..40), total in 0usize..70_000) {
+            match split_lengths(&caps, total) {
+                Some(lens) => {
+                    prop_assert_eq!(lens.iter().map(|&l| l as usize).sum::<usize>(), total);
+                    for (i, &l) in lens.iter().enumerate() {
+                        prop_assert!(l as usize <= caps[i]);
+                        if i + 1 < lens.len() {
+                            prop_assert_eq!(l as usize, caps[i]);
+                        }
+                        prop_assert!(l > 0);
+                    }
+                }
+                None => prop_assert!(caps.iter().sum::<usize>() < total),
+            }
+        }
+
+        /// Frames of any size into buffers of any sizes: delivered iff they fit, and then the
+        /// bytes read back in order.
+        #[test]
+        fn deliver_round_trips(sizes in proptest::collection::vec(16u32..3000, 1..10), len in 14usize..8000) {
+            let mem = ram();
+            let bufs: Vec<(u64, u32)> = sizes.iter().enumerate().map(|(i, &s)| (0x10000 * (i as u64 + 1), s)).collect();
+            let (_vq, mut q) = queue_with(&mem, &bufs);
+            let frame: Vec<u8> = (0..len).map(|i| (i * 31) as u8).collect();
+            let stats = QueueStats::default();
+            let mut arena = Vec::new();
+            let d = deliver(&mut q, &mem, MRG, &NetHdr::default(), Payload::Local(&frame), len, &mut arena, &stats);
+            let total: usize = sizes.iter().map(|&s| s as usize).sum();
+            if total >= len + HDR_LEN {
+                let lens = split_lengths(&sizes.iter().map(|&s| s as usize).collect::<Vec<_>>(), len + HDR_LEN).unwrap();
+                prop_assert_eq!(d, Delivery::Delivered(lens.len() as u16));
+                let mut got = Vec::new();
+                for (i, &l) in lens.iter().enumerate() {
+                    let mut b = vec![0u8; l as usize];
+                    mem.read_slice(&mut b, GuestAddress(bufs[i].0)).unwrap();
+                    got.extend(b);
+                }
+                prop_assert_eq!(&got[HDR_LEN..], &frame[..]);
+            } else {
+                prop_assert_eq!(d, Delivery::NoBuffers);
+                prop_assert_eq!(q.next_avail(), 0);
+            }
+        }
+    }
+}
