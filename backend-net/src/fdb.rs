@@ -159,7 +159,7 @@ mod tests {
             }
             for station in 0..8u8 {
                 let want = match model.get(&station) {
-                    Some(&p) if p == 0 => Forward::Local,
+                    Some(&0) => Forward::Local,
                     Some(&p) => Forward::Port(p),
                     None => Forward::Flood,
                 };

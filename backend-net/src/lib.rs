@@ -16,8 +16,11 @@
 //! - [`rx`]: filling receive buffers (merged buffers) and the backlog of waiting frames.
 //! - [`stats`]: counters per port and queue pair.
 //! - [`tap`], [`uring`]: the TAP device and the io_uring that moves frames to and from it.
+//! - [`port`], [`switch`], [`worker`]: per-port state, the switch, the queue-pair data path.
+//! - [`backend`], [`server`]: the vhost-user back-end and the daemon's life cycle.
 #![deny(missing_docs)]
 
+pub mod backend;
 pub mod cli;
 pub mod ctrl;
 pub mod device;
@@ -26,7 +29,23 @@ pub mod guest;
 pub mod hdr;
 pub mod mac;
 pub mod offload;
+pub mod port;
 pub mod rx;
+pub mod server;
 pub mod stats;
+pub mod switch;
 pub mod tap;
 pub mod uring;
+pub mod worker;
+
+/// `error` and its sources as one line: "outer: cause: root cause".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        line.push_str(": ");
+        line.push_str(&s.to_string());
+        source = s.source();
+    }
+    line
+}

@@ -25,6 +25,28 @@ pub enum Payload<'a, 'm> {
     Local(&'a [u8]),
 }
 
+/// A frame to put into a receive queue.
+#[derive(Clone, Debug)]
+pub struct RxFrame<'a, 'm> {
+    /// Its header (`num_buffers` is set on delivery).
+    pub hdr: NetHdr,
+    /// Its bytes.
+    pub payload: Payload<'a, 'm>,
+    /// Bytes of frame in `payload`.
+    pub len: usize,
+}
+
+impl<'a> RxFrame<'a, 'static> {
+    /// A frame held in local memory.
+    pub fn local(hdr: NetHdr, bytes: &'a [u8]) -> RxFrame<'a, 'static> {
+        RxFrame {
+            hdr,
+            payload: Payload::Local(bytes),
+            len: bytes.len(),
+        }
+    }
+}
+
 /// What happened to a frame offered to a receive queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivery {
@@ -52,20 +74,19 @@ pub fn split_lengths(capacities: &[usize], total: usize) -> Option<Vec<u32>> {
     (left == 0).then_some(out)
 }
 
-/// Writes `hdr` (its first `acked.hdr_len()` bytes, `num_buffers` set) and `len` bytes of
-/// `payload` into the receive `queue`. Chains that cannot be used (outside guest memory,
+/// Writes `frame.hdr` (its first `acked.hdr_len()` bytes, `num_buffers` set) and the frame
+/// into the receive `queue`. Chains that cannot be used (outside guest memory,
 /// broken, device-readable parts, no writable space) are returned to the driver empty and
 /// counted as [`Drop::RxBadChain`] in `stats`. `arena` is scratch space, left as it was found.
 pub fn deliver<'m>(
     queue: &mut Queue,
     mem: &'m GuestRam,
     acked: Acked,
-    hdr: &NetHdr,
-    payload: Payload<'_, '_>,
-    len: usize,
+    frame: &RxFrame<'_, '_>,
     arena: &mut Vec<Slice<'m>>,
     stats: &QueueStats,
 ) -> Delivery {
+    let RxFrame { hdr, payload, len } = frame.clone();
     let base = arena.len();
     let hdr_len = acked.hdr_len();
     let needed = hdr_len + len;
@@ -103,11 +124,7 @@ pub fn deliver<'m>(
     }
     let num_buffers = u16::try_from(heads.len()).unwrap_or(u16::MAX);
     let mut dst = Cursor::new(&arena[base..]);
-    let h = NetHdr {
-        num_buffers,
-        ..*hdr
-    }
-    .to_bytes();
+    let h = NetHdr { num_buffers, ..hdr }.to_bytes();
     dst.write(&h[..hdr_len]);
     match payload {
         Payload::Guest(mut src) => dst.copy_from_cursor(&mut src, len),
@@ -272,9 +289,11 @@ mod tests {
             &mut q,
             &mem,
             MRG,
-            &hdr,
-            Payload::Local(&frame),
-            frame.len(),
+            &RxFrame {
+                hdr,
+                payload: Payload::Local(&frame),
+                len: frame.len(),
+            },
             &mut arena,
             &stats,
         );
@@ -315,9 +334,11 @@ mod tests {
             &mut q,
             &mem,
             MRG,
-            &NetHdr::default(),
-            Payload::Local(&[0; 300]),
-            300,
+            &RxFrame {
+                hdr: NetHdr::default(),
+                payload: Payload::Local(&[0; 300]),
+                len: 300,
+            },
             &mut arena,
             &stats,
         );
@@ -327,9 +348,11 @@ mod tests {
             &mut q,
             &mem,
             PLAIN,
-            &NetHdr::default(),
-            Payload::Local(&[0; 150]),
-            150,
+            &RxFrame {
+                hdr: NetHdr::default(),
+                payload: Payload::Local(&[0; 150]),
+                len: 150,
+            },
             &mut arena,
             &stats,
         );
@@ -343,9 +366,11 @@ mod tests {
             &mut q,
             &mem,
             PLAIN,
-            &NetHdr::default(),
-            Payload::Local(&[0; 60]),
-            60,
+            &RxFrame {
+                hdr: NetHdr::default(),
+                payload: Payload::Local(&[0; 60]),
+                len: 60,
+            },
             &mut arena,
             &stats,
         );
@@ -369,9 +394,11 @@ mod tests {
             &mut q,
             &mem,
             MRG,
-            &NetHdr::default(),
-            Payload::Local(&[1; 60]),
-            60,
+            &RxFrame {
+                hdr: NetHdr::default(),
+                payload: Payload::Local(&[1; 60]),
+                len: 60,
+            },
             &mut arena,
             &stats,
         );
@@ -407,9 +434,11 @@ mod tests {
             &mut q,
             &mem,
             PLAIN,
-            &NetHdr::default(),
-            Payload::Guest(src),
-            500,
+            &RxFrame {
+                hdr: NetHdr::default(),
+                payload: Payload::Guest(src),
+                len: 500,
+            },
             &mut arena,
             &stats,
         );
@@ -467,7 +496,7 @@ mod tests {
             let frame: Vec<u8> = (0..len).map(|i| (i * 31) as u8).collect();
             let stats = QueueStats::default();
             let mut arena = Vec::new();
-            let d = deliver(&mut q, &mem, MRG, &NetHdr::default(), Payload::Local(&frame), len, &mut arena, &stats);
+            let d = deliver(&mut q, &mem, MRG, &RxFrame::local(NetHdr::default(), &frame), &mut arena, &stats);
             let total: usize = sizes.iter().map(|&s| s as usize).sum();
             if total >= len + HDR_LEN {
                 let lens = split_lengths(&sizes.iter().map(|&s| s as usize).collect::<Vec<_>>(), len + HDR_LEN).unwrap();

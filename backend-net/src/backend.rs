@@ -1,0 +1,299 @@
+//! The vhost-user side of one connection: the [`VhostUserBackend`] implementation that
+//! vhost-user-backend's daemon drives (control path on the daemon thread, one worker thread per
+//! queue pair), and the control queue.
+//!
+//! Queues: receiveq N is vring 2N, transmitq N is vring 2N+1, the controlq is vring 2P for P
+//! pairs (virtio 1.2 §5.1.2). Worker thread N serves pair N; thread 0 also serves the
+//! controlq. Within a thread the vrings are numbered 0 (receive), 1 (transmit), 2 (control);
+//! the TAP queue's readiness arrives as [`NetBackend::tap_event`].
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::{VhostUserBackend, VringT};
+use virtio_queue::QueueT;
+use vm_memory::GuestAddressSpace;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use crate::ctrl::{self, Command, ACK_ERR, ACK_OK, MAX_COMMAND_BYTES};
+use crate::device::{self, Acked};
+use crate::guest::{walk, Cursor, GuestRam, GuestRamAtomic, Vring};
+use crate::port::{notify, Port};
+use crate::switch::Switch;
+use crate::tap::TapQueue;
+use crate::uring::UringError;
+use crate::worker::{Path, TapPath, Worker};
+
+/// What the pairs of a connection are bridged to.
+#[derive(Clone, Debug)]
+pub enum Dataplane {
+    /// One TAP queue per pair.
+    Tap(Vec<Arc<TapQueue>>),
+    /// The switch.
+    Switch(Arc<Switch>),
+}
+
+/// The back-end of one front-end connection on one port.
+#[derive(Debug)]
+pub struct NetBackend {
+    port: Arc<Port>,
+    dataplane: Dataplane,
+    queue_size: u16,
+    config: Vec<u8>,
+    mem: GuestRamAtomic,
+    workers: Vec<Mutex<Worker>>,
+    event_idx: AtomicBool,
+}
+
+impl NetBackend {
+    /// A back-end for `port` bridged to `dataplane`, with guest memory `mem` (the atomic the
+    /// daemon updates on VHOST_USER_SET_MEM_TABLE), queues of up to `queue_size` descriptors and
+    /// `rx_backlog` frames waiting per receive queue.
+    ///
+    /// # Errors
+    /// [`UringError`] when a TAP pair's io_uring cannot be created.
+    pub fn new(
+        port: Arc<Port>,
+        dataplane: Dataplane,
+        mem: GuestRamAtomic,
+        queue_size: u16,
+        rx_backlog: usize,
+    ) -> Result<NetBackend, UringError> {
+        let workers = (0..usize::from(port.queue_pairs))
+            .map(|q| {
+                let path = match &dataplane {
+                    Dataplane::Tap(taps) => {
+                        Path::Tap(Box::new(TapPath::new(taps[q].clone(), rx_backlog)?))
+                    }
+                    Dataplane::Switch(sw) => Path::Switch(sw.clone()),
+                };
+                Ok(Mutex::new(Worker::new(q, port.clone(), mem.clone(), path)))
+            })
+            .collect::<Result<_, UringError>>()?;
+        Ok(NetBackend {
+            config: device::config_space(port.mac, port.queue_pairs, port.mtu),
+            port,
+            dataplane,
+            queue_size,
+            mem,
+            workers,
+            event_idx: AtomicBool::new(false),
+        })
+    }
+
+    /// The device event number of a TAP queue's readiness in its worker's epoll.
+    pub fn tap_event(&self) -> u64 {
+        self.num_queues() as u64 + 1
+    }
+
+    /// The front-end left: the port forgets it (filter, features, backlogs, learned stations),
+    /// and the TAP queues are detached.
+    pub fn disconnect(&self) {
+        for q in 0..self.workers.len() {
+            self.worker(q).detach_tap();
+        }
+        self.port.reset();
+        if let Dataplane::Switch(sw) = &self.dataplane {
+            sw.port_gone(self.port.id);
+        }
+    }
+
+    fn worker(&self, q: usize) -> MutexGuard<'_, Worker> {
+        self.workers[q].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serves the control queue until it is empty.
+    fn process_ctrl(&self, vring: &Vring) {
+        let guard = self.mem.memory();
+        let mem: &GuestRam = &guard;
+        loop {
+            if let Err(e) = vring.disable_notification() {
+                log::warn!("control queue: {e}");
+            }
+            loop {
+                let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(mem);
+                let Some(chain) = chain else { break };
+                let head = chain.head_index();
+                let used = self.ctrl_chain(chain, mem);
+                if let Err(e) = vring.add_used(head, used) {
+                    log::warn!("control queue: add_used({head}): {e}");
+                }
+            }
+            match vring.enable_notification() {
+                Ok(true) => continue,
+                _ => break,
+            }
+        }
+        notify(vring);
+    }
+
+    /// Executes one control chain; returns the bytes written (the ack, or 0 for a chain with
+    /// no room for it).
+    fn ctrl_chain(&self, chain: virtio_queue::DescriptorChain<&GuestRam>, mem: &GuestRam) -> u32 {
+        let mut arena = Vec::new();
+        let c = match walk(chain, mem, &mut arena) {
+            Ok(c) if c.writable_len > 0 => c,
+            Ok(_) | Err(_) => {
+                log::warn!("control chain without room for the ack, or broken");
+                self.port.stats.ctrl_err.fetch_add(1, Ordering::Relaxed);
+                return 0;
+            }
+        };
+        let ack = if c.readable_len > MAX_COMMAND_BYTES {
+            ACK_ERR
+        } else {
+            let mut cmd = vec![0u8; c.readable_len];
+            Cursor::new(&arena[c.readable.clone()]).read(&mut cmd);
+            self.execute(&cmd)
+        };
+        let counter = if ack == ACK_OK {
+            &self.port.stats.ctrl_ok
+        } else {
+            &self.port.stats.ctrl_err
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Cursor::new(&arena[c.writable]).write(&[ack]);
+        1
+    }
+
+    fn execute(&self, cmd: &[u8]) -> u8 {
+        match ctrl::parse(cmd, self.port.acked(), self.port.queue_pairs) {
+            Ok(Command::QueuePairs(n)) => {
+                self.port.update(|s| s.active_pairs = n);
+                for q in 0..self.workers.len() {
+                    self.worker(q).set_tap_attached(q < usize::from(n));
+                }
+                ACK_OK
+            }
+            Ok(command) => {
+                self.port.update(|s| s.filter.apply(&command));
+                ACK_OK
+            }
+            Err(e) => {
+                log::debug!("port {}: {e}", self.port.id);
+                ACK_ERR
+            }
+        }
+    }
+}
+
+impl VhostUserBackend for NetBackend {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        2 * usize::from(self.port.queue_pairs) + 1
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        device::features(self.port.queue_pairs)
+    }
+
+    fn acked_features(&self, features: u64) {
+        let acked = Acked(features);
+        self.port.update(|s| {
+            s.acked = acked;
+            s.connected = true;
+        });
+        if let Dataplane::Tap(taps) = &self.dataplane {
+            for tap in taps {
+                let r = tap
+                    .set_vnet_hdr_len(acked.hdr_len())
+                    .and_then(|()| tap.set_offloads(acked.tun_offloads()));
+                if let Err(e) = r {
+                    log::error!("{}", crate::error_chain(&e));
+                }
+            }
+        }
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        device::protocol_features()
+    }
+
+    fn reset_device(&self) {
+        self.disconnect();
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        device::config_window(&self.config, offset, size)
+    }
+
+    fn update_memory(&self, _mem: GuestRamAtomic) -> io::Result<()> {
+        // The daemon swaps the mapping inside the atomic this back-end already holds.
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        let pairs = usize::from(self.port.queue_pairs);
+        (0..pairs)
+            .map(|q| {
+                let pair = 0b11u64 << (2 * q);
+                if q == 0 {
+                    pair | 1 << (2 * pairs)
+                } else {
+                    pair
+                }
+            })
+            .collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK)
+            .map_err(|e| log::error!("cannot create a worker exit event: {e}"))
+            .ok()
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        let q = queue_index as usize / 2;
+        if queue_index % 2 == 0 && q < self.workers.len() {
+            self.worker(q).detach_tap();
+            if let Some(rxq) = self.port.rx_queue(q) {
+                rxq.detach();
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        let (Some(worker), [rx, tx, rest @ ..]) = (self.workers.get(thread_id), vrings) else {
+            return Ok(());
+        };
+        match device_event {
+            0 => worker.lock().unwrap_or_else(|p| p.into_inner()).rx_kick(rx),
+            1 => worker.lock().unwrap_or_else(|p| p.into_inner()).tx_kick(tx),
+            2 => {
+                if let [ctrl] = rest {
+                    self.process_ctrl(ctrl);
+                }
+            }
+            e if u64::from(e) == self.tap_event() => {
+                worker
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .tap_readable(rx);
+            }
+            e => log::debug!("unexpected device event {e} on worker {thread_id}"),
+        }
+        Ok(())
+    }
+}

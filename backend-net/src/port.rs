@@ -1,0 +1,325 @@
+//! A port: one vhost-user socket, and the state of whichever front-end is connected to it that
+//! other threads need (counters, acked features, receive filter, receive queues). A port lives
+//! as long as the daemon; front-ends come and go.
+//!
+//! In switch mode other ports' workers put frames into this port's receive queues
+//! ([`RxQueue::offer`]); when the driver has no receive buffers the frames wait in a bounded
+//! backlog, and this port's own worker moves them in when the driver kicks the receive queue
+//! ([`RxQueue::drain`]).
+
+use std::sync::{Mutex, MutexGuard, RwLock};
+
+use vhost_user_backend::VringT;
+use vm_memory::GuestAddressSpace;
+
+use crate::ctrl::RxFilter;
+use crate::device::Acked;
+use crate::fdb::PortId;
+use crate::guest::{GuestRamAtomic, Vring};
+use crate::mac::MacAddr;
+use crate::rx::{deliver, Backlog, Delivery, Payload, Pending, RxFrame};
+use crate::stats::{Drop, PortStats, QueueStats};
+
+/// What the connected front-end negotiated and asked for.
+#[derive(Clone, Debug)]
+pub struct PortState {
+    /// A front-end is connected and has acked its features.
+    pub connected: bool,
+    /// The features it acked.
+    pub acked: Acked,
+    /// Its receive filter.
+    pub filter: RxFilter,
+    /// Queue pairs it uses (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET; all offered ones until then).
+    pub active_pairs: u16,
+}
+
+/// One port.
+#[derive(Debug)]
+pub struct Port {
+    /// Index on the command line.
+    pub id: PortId,
+    /// MAC address in the configuration space.
+    pub mac: MacAddr,
+    /// MTU in bytes.
+    pub mtu: u16,
+    /// Queue pairs offered.
+    pub queue_pairs: u16,
+    /// Counters.
+    pub stats: PortStats,
+    rx: Vec<RxQueue>,
+    state: RwLock<PortState>,
+}
+
+impl Port {
+    /// A port with no front-end yet.
+    pub fn new(id: PortId, mac: MacAddr, mtu: u16, queue_pairs: u16, rx_backlog: usize) -> Port {
+        Port {
+            id,
+            mac,
+            mtu,
+            queue_pairs,
+            stats: PortStats::new(queue_pairs),
+            rx: (0..queue_pairs).map(|_| RxQueue::new(rx_backlog)).collect(),
+            state: RwLock::new(PortState {
+                connected: false,
+                acked: Acked::default(),
+                filter: RxFilter::new(mac),
+                active_pairs: queue_pairs,
+            }),
+        }
+    }
+
+    /// A copy of the front-end's state.
+    pub fn state(&self) -> PortState {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The features the front-end acked.
+    pub fn acked(&self) -> Acked {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).acked
+    }
+
+    /// Whether the front-end's receive filter takes frames to `dst`.
+    pub fn accepts(&self, dst: MacAddr) -> bool {
+        self.state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .filter
+            .accepts(dst)
+    }
+
+    /// Queue pairs the front-end uses.
+    pub fn active_pairs(&self) -> u16 {
+        self.state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .active_pairs
+    }
+
+    /// Changes the front-end's state.
+    pub fn update(&self, f: impl FnOnce(&mut PortState)) {
+        f(&mut self.state.write().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Back to no front-end: reset filter, queues detached, backlogs dropped.
+    pub fn reset(&self) {
+        self.update(|s| {
+            *s = PortState {
+                connected: false,
+                acked: Acked::default(),
+                filter: RxFilter::new(self.mac),
+                active_pairs: self.queue_pairs,
+            }
+        });
+        self.rx.iter().for_each(RxQueue::detach);
+    }
+
+    /// Receive queue of pair `q`.
+    pub fn rx_queue(&self, q: usize) -> Option<&RxQueue> {
+        self.rx.get(q)
+    }
+
+    /// The receive queue a frame that arrived on the sender's queue pair `from_q` goes to:
+    /// among the pairs the driver uses whose receive queue is running, the `from_q`-th modulo
+    /// their number (so one flow stays on one queue and in order).
+    pub fn pick_rx_queue(&self, from_q: usize, active_pairs: u16) -> Option<(usize, &RxQueue)> {
+        let ready: Vec<usize> = (0..usize::from(active_pairs).min(self.rx.len()))
+            .filter(|&q| self.rx[q].is_ready())
+            .collect();
+        let q = *ready.get(from_q % ready.len().max(1))?;
+        Some((q, &self.rx[q]))
+    }
+}
+
+/// A receive queue other threads deliver into.
+pub struct RxQueue {
+    inner: Mutex<RxInner>,
+}
+
+impl std::fmt::Debug for RxQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.lock();
+        f.debug_struct("RxQueue")
+            .field("attached", &inner.ring.is_some())
+            .field("backlog", &inner.backlog.len())
+            .finish()
+    }
+}
+
+struct RxInner {
+    ring: Option<(Vring, GuestRamAtomic)>,
+    backlog: Backlog,
+}
+
+/// What happened to an offered frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offer {
+    /// In the driver's receive buffers.
+    Delivered,
+    /// Waiting in the backlog.
+    Queued,
+    /// Dropped and counted.
+    Dropped,
+}
+
+impl RxQueue {
+    fn new(backlog: usize) -> RxQueue {
+        RxQueue {
+            inner: Mutex::new(RxInner {
+                ring: None,
+                backlog: Backlog::new(backlog),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RxInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes the running vring (and the guest memory it lives in) the target of deliveries.
+    pub fn attach(&self, vring: &Vring, mem: &GuestRamAtomic) {
+        let mut inner = self.lock();
+        if inner.ring.is_none() {
+            inner.ring = Some((vring.clone(), mem.clone()));
+        }
+    }
+
+    /// Stops deliveries (the vring stopped or the front-end left) and drops the backlog.
+    pub fn detach(&self) {
+        let mut inner = self.lock();
+        inner.ring = None;
+        inner.backlog.clear();
+    }
+
+    /// Whether a running, enabled vring is attached.
+    pub fn is_ready(&self) -> bool {
+        self.lock()
+            .ring
+            .as_ref()
+            .is_some_and(|(v, _)| v.get_ref().is_enabled())
+    }
+
+    /// Frames in the backlog.
+    pub fn backlog_len(&self) -> usize {
+        self.lock().backlog.len()
+    }
+
+    /// Offers `frame` to a driver that acked `acked`: into its buffers if nothing waits before it and buffers are there, else into
+    /// the backlog, else dropped ([`Drop::RxNoBuffers`]); a frame that can never fit is
+    /// dropped as [`Drop::RxTooBig`]. Counted in `stats`. The caller notifies the driver
+    /// afterwards ([`RxQueue::notify`]), once per batch.
+    pub fn offer(&self, acked: Acked, frame: &RxFrame<'_, '_>, stats: &QueueStats) -> Offer {
+        let mut inner = self.lock();
+        let RxInner { ring, backlog } = &mut *inner;
+        let Some((vring, mem)) = ring.as_ref() else {
+            stats.drop(Drop::RxNoBuffers);
+            return Offer::Dropped;
+        };
+        if backlog.is_empty() {
+            match deliver_now(vring, mem, acked, frame, stats) {
+                Delivery::Delivered(_) => return Offer::Delivered,
+                Delivery::TooBig => return Offer::Dropped,
+                Delivery::NoBuffers => {}
+            }
+        }
+        let pending = Pending {
+            hdr: frame.hdr,
+            frame: payload_bytes(frame),
+        };
+        if backlog.push(pending) {
+            Offer::Queued
+        } else {
+            stats.drop(Drop::RxNoBuffers);
+            Offer::Dropped
+        }
+    }
+
+    /// Moves backlogged frames into the driver's buffers while there are some; true if any
+    /// moved (the caller then notifies).
+    pub fn drain(&self, acked: Acked, stats: &QueueStats) -> bool {
+        let mut inner = self.lock();
+        let RxInner { ring, backlog } = &mut *inner;
+        let Some((vring, mem)) = ring.as_ref() else {
+            return false;
+        };
+        let mut moved = false;
+        while let Some(p) = backlog.front() {
+            match deliver_now(vring, mem, acked, &RxFrame::local(p.hdr, &p.frame), stats) {
+                Delivery::Delivered(_) => moved = true,
+                Delivery::TooBig => {}
+                Delivery::NoBuffers => break,
+            }
+            backlog.pop();
+        }
+        moved
+    }
+
+    /// Sends the driver a used buffer notification if it wants one (EVENT_IDX respected).
+    pub fn notify(&self) {
+        let inner = self.lock();
+        if let Some((vring, _)) = inner.ring.as_ref() {
+            notify(vring);
+        }
+    }
+}
+
+/// Sends a used buffer notification on `vring` if the driver wants one.
+pub fn notify(vring: &Vring) {
+    match vring.needs_notification() {
+        Ok(true) => {
+            if let Err(e) = vring.signal_used_queue() {
+                log::warn!("cannot signal used queue: {e}");
+            }
+        }
+        Ok(false) => {}
+        Err(e) => log::warn!("cannot check for notification: {e}"),
+    }
+}
+
+/// One delivery attempt; when buffers are short, re-arms the driver's notifications and tries
+/// again if buffers arrived meanwhile (so a kick is never missed).
+fn deliver_now(
+    vring: &Vring,
+    mem: &GuestRamAtomic,
+    acked: Acked,
+    frame: &RxFrame<'_, '_>,
+    stats: &QueueStats,
+) -> Delivery {
+    let guard = mem.memory();
+    let mut arena = Vec::new();
+    loop {
+        let mut state = vring.get_mut();
+        let d = deliver(
+            state.get_queue_mut(),
+            &guard,
+            acked,
+            frame,
+            &mut arena,
+            stats,
+        );
+        match d {
+            Delivery::Delivered(_) => stats.rx(frame.len),
+            Delivery::TooBig => stats.drop(Drop::RxTooBig),
+            Delivery::NoBuffers => {
+                if let Ok(true) = state.enable_notification() {
+                    continue;
+                }
+            }
+        }
+        return d;
+    }
+}
+
+/// A copy of the frame's bytes.
+fn payload_bytes(frame: &RxFrame<'_, '_>) -> Vec<u8> {
+    let len = frame.len;
+    match frame.payload.clone() {
+        Payload::Local(b) => b[..len.min(b.len())].to_vec(),
+        Payload::Guest(mut c) => {
+            let mut v = vec![0u8; len];
+            let n = c.read(&mut v);
+            v.truncate(n);
+            v
+        }
+    }
+}

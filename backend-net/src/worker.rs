@@ -1,0 +1,660 @@
+//! One queue pair's data path, run by its own vring worker thread: the transmit queue (frames
+//! from the driver), the receive queue (frames to the driver), and in TAP mode the TAP queue of
+//! the pair.
+//!
+//! Transmit: take up to [`BATCH`] chains, check each ([`parse_tx`]: chain in guest memory,
+//! device-readable only, header and size valid; bad ones are dropped and counted), pass the
+//! good ones on (one WRITEV each, the whole batch in one `io_uring_enter`, or through the
+//! switch), return all chains to the used ring and notify the driver once. With EVENT_IDX the
+//! queue is re-checked after re-enabling notifications, until really empty.
+//!
+//! Receive from the TAP: while the driver has buffers, read a batch of frames with one
+//! `io_uring_enter`. When every buffer of the next chains can take a whole frame, the READVs
+//! point straight into the driver's buffers (no copy); otherwise (mergeable buffers smaller
+//! than a frame) frames land in bounce buffers and are then spread over as many chains as they
+//! need. Frames that find no buffers wait in a bounded backlog, and the TAP is not read again
+//! until the driver returns buffers (it kicks the receive queue).
+
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use vhost_user_backend::VringT;
+use virtio_queue::{QueueOwnedT, QueueT};
+use vm_memory::GuestAddressSpace;
+
+use crate::device::Acked;
+use crate::guest::{walk, Cursor, GuestRam, GuestRamAtomic, Slice, Vring};
+use crate::hdr::{HdrError, NetHdr, TxLimits, HDR_LEN};
+use crate::mac::MacAddr;
+use crate::port::{notify, Port};
+use crate::rx::{deliver, Backlog, Delivery, Pending, RxFrame};
+use crate::stats::{Drop, QueueStats};
+use crate::switch::{Switch, Touched};
+use crate::tap::TapQueue;
+use crate::uring::{Op, Ring, UringError, BATCH};
+
+/// Frames read into bounce buffers per batch (each buffer holds a largest frame).
+const BOUNCE_BATCH: usize = 16;
+
+/// A frame taken from the transmit queue that passed the checks.
+#[derive(Debug)]
+pub struct TxFrame {
+    /// Its device-readable slices (header included) in the batch arena.
+    pub slices: Range<usize>,
+    /// Its header.
+    pub hdr: NetHdr,
+    /// Frame bytes after the header.
+    pub len: usize,
+}
+
+/// Checks one transmit chain: walked into `arena`, device-readable only, a header of
+/// `acked.hdr_len()` bytes that passes [`NetHdr::check_tx`] with `limits`.
+///
+/// # Errors
+/// The drop reason to count.
+pub fn parse_tx<'m, M>(
+    chain: virtio_queue::DescriptorChain<M>,
+    mem: &'m GuestRam,
+    arena: &mut Vec<Slice<'m>>,
+    acked: Acked,
+    limits: &TxLimits,
+) -> Result<TxFrame, Drop>
+where
+    M: std::ops::Deref,
+    M::Target: vm_memory::GuestMemory,
+{
+    let head = chain.head_index();
+    let c = walk(chain, mem, arena).map_err(|e| {
+        log::warn!("transmit chain {head}: {e}");
+        Drop::TxBadChain
+    })?;
+    if c.writable_len > 0 {
+        log::warn!("transmit chain {head} has device-writable buffers");
+        return Err(Drop::TxBadChain);
+    }
+    let hdr_len = acked.hdr_len();
+    let mut bytes = [0u8; HDR_LEN];
+    let got = Cursor::new(&arena[c.readable.clone()]).read(&mut bytes[..hdr_len]);
+    let checked = if got < hdr_len {
+        Err(HdrError::Short { len: got, hdr_len })
+    } else {
+        NetHdr::parse(&bytes[..hdr_len]).and_then(|h| {
+            let len = c.readable_len - hdr_len;
+            h.check_tx(len, limits).map(|()| TxFrame {
+                slices: c.readable.clone(),
+                hdr: h,
+                len,
+            })
+        })
+    };
+    checked.map_err(|e| {
+        log::warn!("transmit chain {head}: {e}");
+        match e {
+            HdrError::FrameTooLarge { .. } => Drop::TxTooBig,
+            _ => Drop::TxBadHeader,
+        }
+    })
+}
+
+/// Where a pair's frames go.
+#[derive(Debug)]
+pub enum Path {
+    /// To and from this TAP queue.
+    Tap(Box<TapPath>),
+    /// Through the switch.
+    Switch(Arc<Switch>),
+}
+
+/// The TAP side of a pair.
+#[derive(Debug)]
+pub struct TapPath {
+    tap: Arc<TapQueue>,
+    ring: Ring,
+    backlog: Backlog,
+    attached: bool,
+    bounce: Vec<Vec<u8>>,
+}
+
+impl TapPath {
+    /// Serves `tap` with a fresh io_uring; up to `backlog` frames wait for receive buffers.
+    ///
+    /// # Errors
+    /// [`UringError`] when the ring cannot be created.
+    pub fn new(tap: Arc<TapQueue>, backlog: usize) -> Result<TapPath, UringError> {
+        Ok(TapPath {
+            tap,
+            ring: Ring::new()?,
+            backlog: Backlog::new(backlog),
+            attached: false,
+            bounce: Vec::new(),
+        })
+    }
+}
+
+/// The worker state of one queue pair.
+#[derive(Debug)]
+pub struct Worker {
+    q: usize,
+    port: Arc<Port>,
+    mem: GuestRamAtomic,
+    path: Path,
+}
+
+impl Worker {
+    /// The worker of pair `q` of `port`.
+    pub fn new(q: usize, port: Arc<Port>, mem: GuestRamAtomic, path: Path) -> Worker {
+        Worker { q, port, mem, path }
+    }
+
+    fn stats(&self) -> &QueueStats {
+        self.port.stats.queue(self.q)
+    }
+
+    /// The driver kicked the receive queue (it added buffers), or the ring just started.
+    pub fn rx_kick(&mut self, rx: &Vring) {
+        match &mut self.path {
+            Path::Switch(_) => {
+                let Some(rxq) = self.port.rx_queue(self.q) else {
+                    return;
+                };
+                rxq.attach(rx, &self.mem);
+                if rxq.drain(self.port.acked(), self.port.stats.queue(self.q)) {
+                    rxq.notify();
+                }
+            }
+            Path::Tap(_) => self.tap_rx(rx),
+        }
+    }
+
+    /// The TAP queue became readable.
+    pub fn tap_readable(&mut self, rx: &Vring) {
+        self.tap_rx(rx);
+    }
+
+    /// Attaches or detaches the TAP queue (the driver changed the number of pairs it uses).
+    pub fn set_tap_attached(&mut self, attached: bool) {
+        if let Path::Tap(t) = &mut self.path {
+            set_attached(t, attached);
+        }
+    }
+
+    /// Stops using the TAP queue (the ring stopped or the front-end left).
+    pub fn detach_tap(&mut self) {
+        if let Path::Tap(t) = &mut self.path {
+            set_attached(t, false);
+            t.backlog.clear();
+        }
+    }
+
+    /// The driver kicked the transmit queue.
+    pub fn tx_kick(&mut self, tx: &Vring) {
+        let guard = self.mem.memory();
+        let mem: &GuestRam = &guard;
+        let acked = self.port.acked();
+        let limits = acked.tx_limits(self.port.mtu);
+        let mut touched = Touched::new();
+        loop {
+            if let Err(e) = tx.disable_notification() {
+                log::warn!("transmit queue {}: {e}", self.q);
+            }
+            loop {
+                let chains: Vec<_> = {
+                    let mut state = tx.get_mut();
+                    let queue = state.get_queue_mut();
+                    (0..BATCH)
+                        .map_while(|_| queue.pop_descriptor_chain(mem))
+                        .collect()
+                };
+                if chains.is_empty() {
+                    break;
+                }
+                let mut arena = Vec::with_capacity(chains.len() * 2);
+                let mut heads = Vec::with_capacity(chains.len());
+                let mut frames = Vec::with_capacity(chains.len());
+                for chain in chains {
+                    heads.push(chain.head_index());
+                    let mark = arena.len();
+                    match parse_tx(chain, mem, &mut arena, acked, &limits) {
+                        Ok(f) => frames.push(f),
+                        Err(why) => {
+                            arena.truncate(mark);
+                            self.stats().drop(why);
+                        }
+                    }
+                }
+                self.transmit(&frames, &arena, acked, &mut touched);
+                let mut state = tx.get_mut();
+                for head in heads {
+                    if let Err(e) = state.add_used(head, 0) {
+                        log::warn!("transmit queue {}: add_used({head}): {e}", self.q);
+                    }
+                }
+            }
+            match tx.enable_notification() {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    log::warn!("transmit queue {}: {e}", self.q);
+                    break;
+                }
+            }
+        }
+        notify(tx);
+    }
+
+    fn transmit(
+        &mut self,
+        frames: &[TxFrame],
+        arena: &[Slice<'_>],
+        acked: Acked,
+        touched: &mut Touched,
+    ) {
+        let stats = self.port.stats.queue(self.q);
+        match &mut self.path {
+            Path::Switch(sw) => {
+                let hdr_len = acked.hdr_len();
+                for f in frames {
+                    let mut cur = Cursor::new(&arena[f.slices.clone()]);
+                    cur.skip(hdr_len);
+                    sw.forward(&self.port, self.q, &f.hdr, cur, f.len, touched);
+                }
+                sw.notify(touched);
+            }
+            Path::Tap(t) => tap_write(t, frames, arena, acked.hdr_len(), stats),
+        }
+    }
+
+    /// Reads frames from the TAP into the receive queue while the driver has buffers.
+    fn tap_rx(&mut self, rx: &Vring) {
+        let Path::Tap(t) = &mut self.path else { return };
+        let port = &self.port;
+        let q = self.q;
+        let ready = rx.get_ref().is_enabled() && usize::from(port.active_pairs()) > q;
+        if !ready {
+            set_attached(t, false);
+            return;
+        }
+        set_attached(t, true);
+        let guard = self.mem.memory();
+        let mem: &GuestRam = &guard;
+        let acked = port.acked();
+        let rx_need = acked.hdr_len() + acked.max_rx_frame(port.mtu);
+        let stats = port.stats.queue(q);
+        let mut delivered = false;
+        loop {
+            let (moved, backlog_empty) = drain_backlog(t, rx, mem, acked, stats);
+            delivered |= moved;
+            if !backlog_empty {
+                break;
+            }
+            let avail = available(rx, mem);
+            if avail == 0 {
+                match rx.enable_notification() {
+                    Ok(true) => continue,
+                    _ => break,
+                }
+            }
+            let outcome = match direct_read(t, rx, mem, acked, rx_need, avail.min(BATCH), port, q) {
+                Some(o) => o,
+                None => bounce_read(t, rx, mem, acked, rx_need, avail.min(BOUNCE_BATCH), port, q),
+            };
+            delivered |= outcome.delivered;
+            if outcome.tap_empty {
+                break;
+            }
+        }
+        if delivered {
+            notify(rx);
+        }
+    }
+}
+
+/// The result of one receive batch.
+struct ReadOutcome {
+    /// Frames went into the used ring.
+    delivered: bool,
+    /// A read found the TAP queue empty.
+    tap_empty: bool,
+}
+
+fn set_attached(t: &mut TapPath, attached: bool) {
+    if t.attached == attached {
+        return;
+    }
+    match t.tap.set_attached(attached) {
+        Ok(()) => t.attached = attached,
+        Err(e) => log::warn!("{e}"),
+    }
+}
+
+/// Chains the driver made available and the device has not taken yet.
+fn available(rx: &Vring, mem: &GuestRam) -> usize {
+    let state = rx.get_ref();
+    let queue = state.get_queue();
+    match queue.avail_idx(mem, Ordering::Acquire) {
+        Ok(idx) => usize::from((idx - std::num::Wrapping(queue.next_avail())).0)
+            .min(usize::from(queue.size())),
+        Err(_) => 0,
+    }
+}
+
+/// Moves backlogged frames into receive buffers; returns (some moved, backlog now empty).
+fn drain_backlog(
+    t: &mut TapPath,
+    rx: &Vring,
+    mem: &GuestRam,
+    acked: Acked,
+    stats: &QueueStats,
+) -> (bool, bool) {
+    let mut moved = false;
+    let mut arena = Vec::new();
+    while let Some(p) = t.backlog.front() {
+        let mut state = rx.get_mut();
+        let len = p.frame.len();
+        match deliver(
+            state.get_queue_mut(),
+            mem,
+            acked,
+            &RxFrame::local(p.hdr, &p.frame),
+            &mut arena,
+            stats,
+        ) {
+            Delivery::Delivered(_) => {
+                stats.rx(len);
+                moved = true;
+            }
+            Delivery::TooBig => stats.drop(Drop::RxTooBig),
+            Delivery::NoBuffers => match state.enable_notification() {
+                Ok(true) => continue,
+                _ => return (moved, false),
+            },
+        }
+        t.backlog.pop();
+    }
+    (moved, true)
+}
+
+/// Reads up to `n` frames straight into receive chains that each hold a largest frame
+/// (`need` bytes). `None` when the next chain is smaller (use bounce buffers instead).
+#[allow(clippy::too_many_arguments)]
+fn direct_read(
+    t: &mut TapPath,
+    rx: &Vring,
+    mem: &GuestRam,
+    acked: Acked,
+    need: usize,
+    n: usize,
+    port: &Port,
+    q: usize,
+) -> Option<ReadOutcome> {
+    let stats = port.stats.queue(q);
+    let hdr_len = acked.hdr_len();
+    let mut state = rx.get_mut();
+    let queue = state.get_queue_mut();
+    let mut arena = Vec::with_capacity(n);
+    let mut kept: Vec<(u16, Range<usize>)> = Vec::with_capacity(n);
+    let mut consumed_bad = false;
+    while kept.len() < n {
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            break;
+        };
+        let head = chain.head_index();
+        let mark = arena.len();
+        let usable = match walk(chain, mem, &mut arena) {
+            Ok(c) if c.readable_len == 0 && c.writable_len >= need => Some(c.writable),
+            Ok(c) if c.readable_len == 0 && c.writable_len > 0 => None,
+            Ok(_) | Err(_) => {
+                arena.truncate(mark);
+                if kept.is_empty() {
+                    // Nothing taken before it: return it empty and go on.
+                    log::warn!("receive chain {head} is unusable");
+                    stats.drop(Drop::RxBadChain);
+                    if let Err(e) = queue.add_used(mem, head, 0) {
+                        log::warn!("receive queue {q}: add_used({head}): {e}");
+                    }
+                    consumed_bad = true;
+                    continue;
+                }
+                queue.go_to_previous_position();
+                break;
+            }
+        };
+        match usable {
+            Some(range) => kept.push((head, range)),
+            None => {
+                arena.truncate(mark);
+                queue.go_to_previous_position();
+                if kept.is_empty() {
+                    drop(state);
+                    if consumed_bad {
+                        notify(rx);
+                    }
+                    return None;
+                }
+                break;
+            }
+        }
+    }
+    if kept.is_empty() {
+        return Some(ReadOutcome {
+            delivered: consumed_bad,
+            tap_empty: false,
+        });
+    }
+    let mut iovecs = Vec::with_capacity(kept.len() * 2);
+    let mut spans = Vec::with_capacity(kept.len());
+    for (_, range) in &kept {
+        let start = iovecs.len();
+        Cursor::new(&arena[range.clone()]).iovecs(need, &mut iovecs);
+        spans.push((start, iovecs.len() - start));
+    }
+    let results = run(t, &iovecs, &spans, false);
+    // Frames go into the first chains, in order; a chain whose read found nothing (or a
+    // filtered frame) is filled by the next frame, so the unused chains are the last ones
+    // taken and can be given back.
+    let mut next = 0usize;
+    let mut tap_empty = false;
+    for (i, &r) in results.iter().enumerate() {
+        let Ok(bytes) = usize::try_from(r) else {
+            tap_empty |= r == -libc::EAGAIN;
+            if r != -libc::EAGAIN {
+                log::warn!("TAP read failed: {}", std::io::Error::from_raw_os_error(-r));
+            }
+            continue;
+        };
+        if bytes < hdr_len + crate::mac::ETH_HLEN {
+            continue;
+        }
+        let src = &arena[kept[i].1.clone()];
+        let mut dst_mac = [0u8; 6];
+        let mut c = Cursor::new(src);
+        c.skip(hdr_len);
+        c.read(&mut dst_mac);
+        if !port.accepts(MacAddr(dst_mac)) {
+            stats.drop(Drop::RxFiltered);
+            continue;
+        }
+        if i != next {
+            let dst = &arena[kept[next].1.clone()];
+            Cursor::new(dst).copy_from_cursor(&mut Cursor::new(src), bytes);
+        }
+        let slot = &arena[kept[next].1.clone()];
+        if hdr_len == HDR_LEN {
+            let mut c = Cursor::new(slot);
+            c.skip(HDR_LEN - 2);
+            c.write(&1u16.to_le_bytes());
+        }
+        // bytes <= need, which is far below u32::MAX.
+        if let Err(e) = queue.add_used(mem, kept[next].0, bytes as u32) {
+            log::warn!("receive queue {q}: add_used: {e}");
+        }
+        stats.rx(bytes - hdr_len);
+        next += 1;
+    }
+    for _ in next..kept.len() {
+        queue.go_to_previous_position();
+    }
+    Some(ReadOutcome {
+        delivered: next > 0 || consumed_bad,
+        tap_empty,
+    })
+}
+
+/// Reads up to `n` frames into bounce buffers of `need` bytes, then spreads each over as many
+/// receive chains as it needs; frames that find no buffers go to the backlog.
+#[allow(clippy::too_many_arguments)]
+fn bounce_read(
+    t: &mut TapPath,
+    rx: &Vring,
+    mem: &GuestRam,
+    acked: Acked,
+    need: usize,
+    n: usize,
+    port: &Port,
+    q: usize,
+) -> ReadOutcome {
+    let stats = port.stats.queue(q);
+    let hdr_len = acked.hdr_len();
+    let n = n.max(1);
+    if t.bounce.len() < n || t.bounce.first().is_some_and(|b| b.len() != need) {
+        t.bounce = (0..n).map(|_| vec![0u8; need]).collect();
+    }
+    let iovecs: Vec<libc::iovec> = t.bounce[..n]
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    let spans: Vec<(usize, usize)> = (0..n).map(|i| (i, 1)).collect();
+    let results = run(t, &iovecs, &spans, false);
+    let mut out = ReadOutcome {
+        delivered: false,
+        tap_empty: false,
+    };
+    let mut arena = Vec::new();
+    for (i, &r) in results.iter().enumerate() {
+        let Ok(bytes) = usize::try_from(r) else {
+            out.tap_empty |= r == -libc::EAGAIN;
+            continue;
+        };
+        let buf = &t.bounce[i][..bytes.min(need)];
+        let (Ok(hdr), Some(frame)) = (
+            NetHdr::parse(&buf[..hdr_len.min(buf.len())]),
+            buf.get(hdr_len..),
+        ) else {
+            continue;
+        };
+        if !MacAddr::destination(frame).is_some_and(|d| port.accepts(d)) {
+            stats.drop(Drop::RxFiltered);
+            continue;
+        }
+        let hdr = NetHdr {
+            num_buffers: 0,
+            ..hdr
+        };
+        if !t.backlog.is_empty() {
+            backlog_or_drop(&mut t.backlog, hdr, frame, stats);
+            continue;
+        }
+        let mut state = rx.get_mut();
+        match deliver(
+            state.get_queue_mut(),
+            mem,
+            acked,
+            &RxFrame::local(hdr, frame),
+            &mut arena,
+            stats,
+        ) {
+            Delivery::Delivered(_) => {
+                stats.rx(frame.len());
+                out.delivered = true;
+            }
+            Delivery::TooBig => stats.drop(Drop::RxTooBig),
+            Delivery::NoBuffers => backlog_or_drop(&mut t.backlog, hdr, frame, stats),
+        }
+    }
+    out
+}
+
+fn backlog_or_drop(backlog: &mut Backlog, hdr: NetHdr, frame: &[u8], stats: &QueueStats) {
+    if !backlog.push(Pending {
+        hdr,
+        frame: frame.to_vec(),
+    }) {
+        stats.drop(Drop::RxNoBuffers);
+    }
+}
+
+/// Writes the checked transmit frames to the TAP, one WRITEV each (our copy of the header, then
+/// the frame straight from guest memory), in one batch.
+fn tap_write(
+    t: &mut TapPath,
+    frames: &[TxFrame],
+    arena: &[Slice<'_>],
+    hdr_len: usize,
+    stats: &QueueStats,
+) {
+    if frames.is_empty() {
+        return;
+    }
+    let hdrs: Vec<[u8; HDR_LEN]> = frames
+        .iter()
+        .map(|f| {
+            NetHdr {
+                num_buffers: 0,
+                ..f.hdr
+            }
+            .to_bytes()
+        })
+        .collect();
+    let mut iovecs = Vec::with_capacity(frames.len() * 3);
+    let mut spans = Vec::with_capacity(frames.len());
+    for (f, h) in frames.iter().zip(&hdrs) {
+        let start = iovecs.len();
+        iovecs.push(libc::iovec {
+            iov_base: h.as_ptr().cast_mut().cast(),
+            iov_len: hdr_len,
+        });
+        let mut c = Cursor::new(&arena[f.slices.clone()]);
+        c.skip(hdr_len);
+        c.iovecs(f.len, &mut iovecs);
+        spans.push((start, iovecs.len() - start));
+    }
+    let results = run(t, &iovecs, &spans, true);
+    for (f, r) in frames.iter().zip(results) {
+        if r < 0 {
+            log::debug!(
+                "TAP write failed: {}",
+                std::io::Error::from_raw_os_error(-r)
+            );
+            stats.drop(Drop::TxTapError);
+        } else {
+            stats.tx(f.len);
+        }
+    }
+}
+
+/// Runs one READV or WRITEV per span of `iovecs` on the TAP; returns each one's result.
+fn run(t: &mut TapPath, iovecs: &[libc::iovec], spans: &[(usize, usize)], write: bool) -> Vec<i32> {
+    let fd = t.tap.fd();
+    let ops: Vec<Op> = spans
+        .iter()
+        .map(|&(start, count)| Op {
+            write,
+            fd,
+            iov: iovecs[start..].as_ptr(),
+            // At most a chain's descriptors (<= 1024 queue size) plus region splits.
+            count: u32::try_from(count).unwrap_or(u32::MAX),
+        })
+        .collect();
+    let mut results = Vec::with_capacity(ops.len());
+    // SAFETY: `iovecs` and the buffers they point to (guest memory kept mapped by the caller's
+    // memory guard, or our own header and bounce buffers) are borrowed for this whole call, and
+    // `Ring::run` returns only after every operation completed.
+    if let Err(e) = unsafe { t.ring.run(&ops, &mut results) } {
+        log::error!("TAP I/O: {e}");
+    }
+    results
+}
