@@ -349,7 +349,10 @@ impl Session {
         self.stop.set_session(id, None);
         backend.disconnect();
         match result {
-            Ok(()) => log::info!("port {id}: front-end disconnected"),
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => log::info!("port {id}: front-end disconnected"),
             Err(e) => log::warn!("port {id}: front-end connection ended: {e}"),
         }
         Ok(())

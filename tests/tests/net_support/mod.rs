@@ -1,0 +1,475 @@
+//! Shared parts of the backend-net tests: the daemon as a process with its counters, network
+//! namespaces and TAP devices that remove themselves, and DPDK's testpmd as a vhost-user-net
+//! front-end.
+//!
+//! Everything a test creates is named after the test process (pid and a counter), so tests run
+//! in parallel under nextest, and is removed on drop, also when the test fails. Network traffic
+//! only ever goes to addresses inside namespaces the test made.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use pvio_tests::bins::workspace_bin;
+use pvio_tests::prereq;
+use serde_json::Value;
+
+/// How long a process may take to start listening or to exit.
+pub const PROCESS_DEADLINE: Duration = Duration::from_secs(30);
+/// How often a condition with a deadline is checked.
+pub const POLL: Duration = Duration::from_millis(20);
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this test process: `<prefix><pid % 100000>x<n>`, at most 15 bytes for
+/// prefixes up to 3 bytes (interface names).
+pub fn unique(prefix: &str) -> String {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id() % 100_000)
+}
+
+/// Polls `f` until it returns `Some` or `deadline` passes; panics naming `what` then.
+pub fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Runs a command, panicking with its output when it fails.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {} failed ({}): {}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace made for one test (`ip netns add`), deleted on drop with everything in
+/// it. Creating one needs root (CAP_SYS_ADMIN); without it the test fails saying so.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `pvio-<unique>` with its loopback up.
+    pub fn new() -> Netns {
+        prereq::program("ip", "iproute2").unwrap_or_else(|e| panic!("{e}"));
+        let name = unique("pvio-ns");
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("run ip netns add");
+        assert!(
+            out.status.success(),
+            "cannot create network namespace {name}: {} (the backend-net TAP and QEMU tests need \
+             root: CAP_SYS_ADMIN and CAP_NET_ADMIN)",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip ARGS` inside the namespace.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// Runs `program ARGS` inside the namespace.
+    pub fn exec(&self, program: &str, args: &[&str]) -> String {
+        let mut all = vec!["netns", "exec", &self.name, program];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Creates TAP `name` (multi_queue when `multi_queue`) with `addr` (CIDR) and brings it up.
+    pub fn add_tap(&self, name: &str, multi_queue: bool, addr: &str) {
+        let mut args = vec!["tuntap", "add", "dev", name, "mode", "tap"];
+        if multi_queue {
+            args.push("multi_queue");
+        }
+        self.ip(&args);
+        self.ip(&["addr", "add", addr, "dev", name]);
+        self.ip(&["link", "set", name, "up"]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace removes its TAPs and addresses.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A running backend-net with a stats socket.
+#[derive(Debug)]
+pub struct NetDaemon {
+    child: Option<Child>,
+    sockets: Vec<PathBuf>,
+    stats: PathBuf,
+    log: PathBuf,
+}
+
+/// The backend-net binary, built with the test's profile.
+pub fn backend_net() -> PathBuf {
+    workspace_bin("backend-net", "backend-net")
+}
+
+impl NetDaemon {
+    /// `backend-net --switch` with `ports` sockets `port<i>.sock` in `dir`, plus `extra`
+    /// arguments.
+    pub fn switch(dir: &Path, ports: usize, extra: &[&str]) -> NetDaemon {
+        let sockets: Vec<PathBuf> = (0..ports)
+            .map(|i| dir.join(format!("port{i}.sock")))
+            .collect();
+        let mut args: Vec<String> = vec!["--switch".into()];
+        for s in &sockets {
+            args.extend(["--socket".into(), s.display().to_string()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start(Command::new(backend_net()), dir, sockets, &args)
+    }
+
+    /// `backend-net --tap TAP` run inside `netns`, socket `tap.sock` in `dir`, plus `extra`.
+    pub fn tap(dir: &Path, netns: &Netns, tap: &str, extra: &[&str]) -> NetDaemon {
+        let socket = dir.join("tap.sock");
+        let mut args: Vec<String> = vec![
+            "--tap".into(),
+            tap.into(),
+            "--socket".into(),
+            socket.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start(netns.command(&backend_net()), dir, vec![socket], &args)
+    }
+
+    fn start(mut cmd: Command, dir: &Path, sockets: Vec<PathBuf>, args: &[String]) -> NetDaemon {
+        let stats = dir.join(format!("stats-{}.sock", unique("")));
+        let log = dir.join(format!("backend-net-{}.log", unique("")));
+        let out = File::create(&log).expect("create the daemon log");
+        cmd.args(args)
+            .arg("--stats-socket")
+            .arg(&stats)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup log"))
+            .stderr(out);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        let child = cmd.spawn().expect("start backend-net");
+        let mut d = NetDaemon {
+            child: Some(child),
+            sockets,
+            stats,
+            log,
+        };
+        // The stats socket is bound after the vhost-user sockets listen: once it answers, all do.
+        wait_for("backend-net to listen", PROCESS_DEADLINE, || {
+            if let Some(status) = d.try_wait() {
+                panic!(
+                    "backend-net exited with {status} before listening; log:\n{}",
+                    d.log()
+                );
+            }
+            d.try_stats()
+        });
+        d
+    }
+
+    /// The vhost-user sockets, by port.
+    pub fn sockets(&self) -> &[PathBuf] {
+        &self.sockets
+    }
+
+    /// Its standard error so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    fn try_stats(&self) -> Option<Value> {
+        let mut s = UnixStream::connect(&self.stats).ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// The counters of port `i` (see backend-net's stats module).
+    pub fn port(&self, i: usize) -> Value {
+        let all = self
+            .try_stats()
+            .unwrap_or_else(|| panic!("stats socket does not answer; log:\n{}", self.log()));
+        all["ports"][i].clone()
+    }
+
+    /// Polls port `i`'s counters until `pred` holds.
+    pub fn wait_port(&self, i: usize, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        let end = Instant::now() + PROCESS_DEADLINE;
+        loop {
+            last = self
+                .try_stats()
+                .map(|v| v["ports"][i].clone())
+                .unwrap_or(last);
+            if pred(&last) {
+                return last;
+            }
+            assert!(
+                Instant::now() < end,
+                "timed out waiting for {what}; port {i}: {last}\nlog:\n{}",
+                self.log()
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Sends SIGTERM, waits for a clean exit (status 0) and checks the sockets are gone.
+    pub fn stop(mut self) {
+        let mut child = self.child.take().expect("running");
+        let pid = Pid::from_raw(child.id() as i32);
+        kill(pid, Signal::SIGTERM).expect("SIGTERM backend-net");
+        let status = wait_for(
+            "backend-net to exit after SIGTERM",
+            PROCESS_DEADLINE,
+            || child.try_wait().ok().flatten(),
+        );
+        assert!(
+            status.success(),
+            "backend-net exited with {status}; log:\n{}",
+            self.log()
+        );
+        for s in self.sockets.iter().chain([&self.stats]) {
+            assert!(!s.exists(), "{} left behind", s.display());
+        }
+    }
+}
+
+impl Drop for NetDaemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Counter `key` of a port's JSON (0 if absent).
+pub fn counter(port: &Value, key: &str) -> u64 {
+    port[key].as_u64().unwrap_or(0)
+}
+
+/// Drop counter `reason` of a port's JSON.
+pub fn drops(port: &Value, reason: &str) -> u64 {
+    port["drops"][reason].as_u64().unwrap_or(0)
+}
+
+/// DPDK testpmd in interactive mode with one `net_virtio_user` port: a vhost-user-net
+/// front-end without a VM (shared/REAL-CLIENTS.md).
+pub struct TestPmd {
+    child: Child,
+    stdin: ChildStdin,
+    output: Arc<Mutex<String>>,
+    prefix: String,
+}
+
+/// testpmd's prompt.
+const PROMPT: &str = "testpmd> ";
+
+/// The Debian package with dpdk-testpmd.
+pub const DPDK_PACKAGE: &str = "dpdk-dev";
+
+impl TestPmd {
+    /// Starts testpmd on `lcores` (main lcore first: "1,0" forwards on lcore 0) with a
+    /// `net_virtio_user` port on `socket` with `queues` queue pairs, forwarding mode `mode`
+    /// (txonly, rxonly, io...), `extra` testpmd arguments, and waits for the prompt (the port
+    /// is then connected and started).
+    pub fn start(socket: &Path, lcores: &str, queues: u16, mode: &str, extra: &[&str]) -> TestPmd {
+        let program =
+            prereq::program("dpdk-testpmd", DPDK_PACKAGE).unwrap_or_else(|e| panic!("{e}"));
+        let prefix = unique("pvio-dpdk-");
+        let main = lcores.split(',').next().expect("lcore list");
+        // testpmd prints with stdio, block-buffered on a pipe: stdbuf makes it line-buffered so
+        // each command's output arrives before the next prompt.
+        let mut cmd = Command::new("stdbuf");
+        cmd.arg("-oL")
+            .arg(program)
+            .args([
+                "-l",
+                lcores,
+                "--main-lcore",
+                main,
+                "--no-pci",
+                "--no-huge",
+                "-m",
+                "512",
+            ])
+            .args(["--file-prefix", &prefix, "--log-level", "lib.eal:error"])
+            .arg("--vdev")
+            .arg(format!(
+                "net_virtio_user0,path={},queues={queues}",
+                socket.display()
+            ))
+            .args([
+                "--",
+                "-i",
+                "--total-num-mbufs=16384",
+                &format!("--forward-mode={mode}"),
+            ])
+            .args([
+                format!("--rxq={queues}"),
+                format!("--txq={queues}"),
+                format!("--nb-cores={}", 1),
+            ])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start dpdk-testpmd");
+        let stdin = child.stdin.take().expect("piped");
+        let output = Arc::new(Mutex::new(String::new()));
+        for pipe in [
+            Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().expect("piped")),
+        ] {
+            let out = output.clone();
+            std::thread::spawn(move || {
+                let mut pipe = pipe;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    out.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        let mut t = TestPmd {
+            child,
+            stdin,
+            output,
+            prefix,
+        };
+        t.wait_prompt(0, "");
+        t
+    }
+
+    /// Waits for the prompt that follows `echo` (the command line as testpmd echoes it) after
+    /// byte `from` of the output, and returns what came between them.
+    fn wait_prompt(&mut self, from: usize, echo: &str) -> String {
+        let output = self.output.clone();
+        let mut exited = None;
+        let text = wait_for("testpmd's prompt", PROCESS_DEADLINE, || {
+            let text = output.lock().unwrap();
+            let rest = &text[from.min(text.len())..];
+            let after_echo = rest.find(echo).map(|e| e + echo.len())?;
+            if let Some(at) = rest[after_echo..].find(PROMPT) {
+                return Some(rest[after_echo..after_echo + at].to_string());
+            }
+            exited = self.child.try_wait().ok().flatten();
+            exited.map(|_| String::new())
+        });
+        if let Some(status) = exited {
+            panic!("dpdk-testpmd exited with {status}:\n{}", self.output());
+        }
+        text
+    }
+
+    /// Everything testpmd printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Runs one interactive command and returns what it printed.
+    pub fn command(&mut self, line: &str) -> String {
+        let from = self.output.lock().unwrap().len();
+        writeln!(self.stdin, "{line}").expect("write to testpmd");
+        self.wait_prompt(from, line)
+    }
+
+    /// Port 0's (RX-packets, TX-packets) from `show port stats 0`.
+    pub fn port_stats(&mut self) -> (u64, u64) {
+        let text = self.command("show port stats 0");
+        let field = |name: &str| -> u64 {
+            let at = text
+                .find(name)
+                .unwrap_or_else(|| panic!("no {name} in:\n{text}"));
+            text[at + name.len()..]
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("bad {name} in:\n{text}"))
+        };
+        (field("RX-packets:"), field("TX-packets:"))
+    }
+
+    /// Quits and waits for the exit.
+    pub fn quit(mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let status = wait_for("testpmd to quit", PROCESS_DEADLINE, || {
+            self.child.try_wait().ok().flatten()
+        });
+        assert!(
+            status.success(),
+            "testpmd exited with {status}:\n{}",
+            self.output()
+        );
+    }
+}
+
+impl Drop for TestPmd {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(&self.prefix));
+    }
+}
