@@ -30,17 +30,9 @@ pub const BLK_MODULES: &[&str] = &[
 ];
 
 /// [`BLK_MODULES`] plus what virtio-net needs, in load order.
-pub const NET_MODULES: &[&str] = &[
-    "virtio_ring",
-    "virtio",
-    "virtio_pci_legacy_dev",
-    "virtio_pci_modern_dev",
-    "virtio_pci",
-    "virtio_blk",
-    "failover",
-    "net_failover",
-    "virtio_net",
-];
+pub fn net_modules() -> Vec<&'static str> {
+    [BLK_MODULES, &["failover", "net_failover", "virtio_net"]].concat()
+}
 
 /// The prefix of the console lines a guest script uses to report results: `@@pvio key value`.
 pub const MARKER: &str = "@@pvio";
@@ -309,6 +301,17 @@ mod tests {
         assert!(
             init.starts_with("#!/bin/sh\n") && init.contains("for m in virtio_ring virtio; do")
         );
+    }
+
+    #[test]
+    fn every_listed_module_exists_for_the_kernel() {
+        let kernel = GuestKernel::find().unwrap();
+        for name in net_modules() {
+            assert!(
+                kernel.module(name).unwrap().starts_with(b"\x7fELF"),
+                "{name}"
+            );
+        }
     }
 
     #[test]
