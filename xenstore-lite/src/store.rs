@@ -1,0 +1,755 @@
+//! The request processor: connections, the dispatch table, and the handlers of every
+//! message type (C xenstored `core.c` `wire_funcs[]` / `process_message`).
+//!
+//! A connection is a domain id plus a byte stream: the transport (a unix socket today, a
+//! shared-memory ring later) [`Store::feed`]s the bytes it receives and sends what
+//! [`Store::take_output`] returns; the processor does not know how bytes travel. Each request
+//! is answered in order with its own req_id and tx_id; watch events (req_id = tx_id = 0) are
+//! queued after the reply of the request that caused them.
+//!
+//! [`dispatch`](Store::dispatch) checks centrally, before any handler runs: an unknown type
+//! (`ENOSYS`), a privileged type from an unprivileged caller (`EACCES`), and the transaction
+//! id (`ENOENT` when unknown) unless the type ignores it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::domain::{Domains, DOMID_SELF};
+use crate::journal::{Journal, JournalError};
+use crate::ops;
+use crate::path::{self, INTRODUCE_DOMAIN, RELEASE_DOMAIN};
+use crate::perms::{Caller, NodePerms};
+use crate::quota::Quotas;
+use crate::transaction::{Committed, Lookup, Overlay, Transaction, TxView};
+use crate::tree::Tree;
+use crate::watch::{self, PendingEvent, Watch};
+use crate::wire::{
+    self, Decoder, Errno, Header, Message, MsgType, WireError, XENSTORE_PAYLOAD_MAX,
+};
+
+/// Identifies a connection within a [`Store`].
+pub type ConnId = u64;
+
+/// Output kept for a connection that does not read, beyond which watch events are dropped
+/// (bytes).
+const MAX_QUEUED_BYTES: usize = 16 << 20;
+
+type Result<T> = std::result::Result<T, Errno>;
+
+/// Dispatch flag: only privileged callers (`XS_FLAG_PRIV`).
+const PRIV: u8 = 1;
+/// Dispatch flag: the header's tx_id is ignored (`XS_FLAG_NOTID`).
+const NOTID: u8 = 2;
+
+type Handler = fn(&mut Store, &Req<'_>) -> Result<Vec<u8>>;
+
+/// The dispatch table: handler and flags of each supported type.
+fn op_table(t: MsgType) -> Option<(Handler, u8)> {
+    use MsgType as T;
+    Some(match t {
+        T::DIRECTORY => (Store::do_directory, 0),
+        T::READ => (Store::do_read, 0),
+        T::GET_PERMS => (Store::do_get_perms, 0),
+        T::WATCH => (Store::do_watch, NOTID),
+        T::UNWATCH => (Store::do_unwatch, NOTID),
+        T::TRANSACTION_START => (Store::do_transaction_start, 0),
+        T::TRANSACTION_END => (Store::do_transaction_end, 0),
+        T::INTRODUCE => (Store::do_introduce, PRIV),
+        T::RELEASE => (Store::do_release, PRIV),
+        T::GET_DOMAIN_PATH => (Store::do_get_domain_path, 0),
+        T::WRITE => (Store::do_write, 0),
+        T::MKDIR => (Store::do_mkdir, 0),
+        T::RM => (Store::do_rm, 0),
+        T::SET_PERMS => (Store::do_set_perms, 0),
+        T::IS_DOMAIN_INTRODUCED => (Store::do_is_domain_introduced, PRIV),
+        T::RESUME => (Store::do_resume, PRIV),
+        T::SET_TARGET => (Store::do_set_target, PRIV),
+        T::RESET_WATCHES => (Store::do_reset_watches, 0),
+        T::DIRECTORY_PART => (Store::do_directory_part, 0),
+        _ => return None,
+    })
+}
+
+/// One request being handled.
+struct Req<'a> {
+    conn: ConnId,
+    caller: Caller,
+    payload: &'a [u8],
+    /// The open transaction named by the header, if any.
+    tx: Option<u32>,
+}
+
+fn ok() -> Vec<u8> {
+    b"OK\0".to_vec()
+}
+
+fn parse_domid(s: &str) -> Result<u32> {
+    s.parse::<u32>()
+        .ok()
+        .filter(|d| *d <= 0xffff)
+        .ok_or(Errno::EINVAL)
+}
+
+fn encode_event(path: &str, token: &[u8]) -> Option<Vec<u8>> {
+    let mut payload = Vec::with_capacity(path.len() + token.len() + 2);
+    payload.extend_from_slice(path.as_bytes());
+    payload.push(0);
+    payload.extend_from_slice(token);
+    payload.push(0);
+    (payload.len() <= XENSTORE_PAYLOAD_MAX)
+        .then(|| wire::encode(MsgType::WATCH_EVENT, 0, 0, &payload))
+}
+
+#[derive(Debug)]
+struct ConnState {
+    domid: u32,
+    decoder: Decoder,
+    out: Vec<u8>,
+    replies: usize,
+    watches: Vec<Watch>,
+    transactions: HashMap<u32, Transaction>,
+    next_tx: u32,
+    closed: bool,
+}
+
+/// The whole store: tree, domains, connections, and the journal when durable.
+#[derive(Debug)]
+pub struct Store {
+    tree: Tree,
+    domains: Domains,
+    conns: BTreeMap<ConnId, ConnState>,
+    next_conn: ConnId,
+    quotas: Quotas,
+    journal: Option<Journal>,
+    ready: BTreeSet<ConnId>,
+    deferred: Vec<(ConnId, Vec<u8>)>,
+}
+
+impl Store {
+    /// A store serving `tree`, journaling into `journal` when given.
+    pub fn new(tree: Tree, journal: Option<Journal>, quotas: Quotas) -> Self {
+        Store {
+            tree,
+            domains: Domains::new(),
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            quotas,
+            journal,
+            ready: BTreeSet::new(),
+            deferred: Vec::new(),
+        }
+    }
+
+    /// An in-memory store with the initial tree and Xen's default quotas.
+    pub fn in_memory() -> Self {
+        Self::new(Tree::new(), None, Quotas::default())
+    }
+
+    /// The committed tree.
+    pub fn tree(&self) -> &Tree {
+        &self.tree
+    }
+
+    /// The introduced domains.
+    pub fn domains(&self) -> &Domains {
+        &self.domains
+    }
+
+    /// Opens a connection for a client of domain `domid` (0 = privileged).
+    pub fn connect(&mut self, domid: u32) -> ConnId {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.conns.insert(
+            id,
+            ConnState {
+                domid,
+                decoder: Decoder::new(),
+                out: Vec::new(),
+                replies: 0,
+                watches: Vec::new(),
+                transactions: HashMap::new(),
+                next_tx: 1,
+                closed: false,
+            },
+        );
+        id
+    }
+
+    /// Drops a connection with its open transactions (uncommitted, so nothing changes) and
+    /// its watches.
+    pub fn disconnect(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+        self.ready.remove(&conn);
+    }
+
+    /// Feeds bytes received on `conn` and handles every whole request they complete, as far
+    /// as the outstanding-request quota allows (the rest stays buffered; see
+    /// [`Store::process`]).
+    ///
+    /// # Errors
+    /// A protocol error that ends the connection (an E2BIG error reply is queued first and
+    /// the connection is marked closed).
+    pub fn feed(&mut self, conn: ConnId, bytes: &[u8]) -> std::result::Result<(), WireError> {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.decoder.push(bytes);
+        }
+        self.process(conn)
+    }
+
+    /// Handles buffered whole requests of `conn` while it may take more.
+    ///
+    /// # Errors
+    /// As [`Store::feed`].
+    pub fn process(&mut self, conn: ConnId) -> std::result::Result<(), WireError> {
+        while self.wants_input(conn) {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return Ok(());
+            };
+            match c.decoder.next_message() {
+                Ok(Some(msg)) => self.handle_message(conn, &msg),
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    let WireError::PayloadTooLarge { header, .. } = &e;
+                    log::warn!("connection {conn}: {e}; closing it");
+                    self.queue(conn, wire::encode_error(header, Errno::E2BIG), true);
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.closed = true;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `conn` may take another request: it is open and, for an unprivileged domain,
+    /// has fewer replies waiting than the outstanding-request quota.
+    pub fn wants_input(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| !c.closed && (c.domid == 0 || c.replies < self.quotas.outstanding))
+    }
+
+    /// Whether `conn` has ended (protocol error, or its domain was released): send its
+    /// remaining output, then drop it.
+    pub fn is_closed(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_none_or(|c| c.closed)
+    }
+
+    /// Connections with output waiting, emptying the set.
+    pub fn take_ready(&mut self) -> Vec<ConnId> {
+        std::mem::take(&mut self.ready).into_iter().collect()
+    }
+
+    /// Everything queued for `conn`: replies and watch events, in order.
+    pub fn take_output(&mut self, conn: ConnId) -> Vec<u8> {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Vec::new();
+        };
+        c.replies = 0;
+        std::mem::take(&mut c.out)
+    }
+
+    /// Makes appended journal records durable and compacts the journal when it has grown.
+    /// Call once per poll round before sending any output of that round.
+    ///
+    /// # Errors
+    /// The journal could not be synced; replies of this round must not be sent.
+    pub fn sync(&mut self) -> std::result::Result<(), JournalError> {
+        let Some(j) = &mut self.journal else {
+            return Ok(());
+        };
+        j.sync()?;
+        if j.wants_compaction() {
+            if let Err(e) = j.compact(&self.tree) {
+                log::error!("snapshot failed, keeping the journal: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn queue(&mut self, conn: ConnId, bytes: Vec<u8>, reply: bool) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !reply && c.out.len() > MAX_QUEUED_BYTES {
+            log::warn!("connection {conn} does not read; dropping a watch event");
+            return;
+        }
+        c.replies += usize::from(reply);
+        c.out.extend_from_slice(&bytes);
+        self.ready.insert(conn);
+    }
+
+    fn caller_for(domains: &Domains, domid: u32) -> Caller {
+        Caller {
+            domid,
+            privileged: domid == 0,
+            target: domains.target_of(domid),
+        }
+    }
+
+    /// Handles one request and queues its reply, then the watch events it caused.
+    pub fn handle_message(&mut self, conn: ConnId, msg: &Message) {
+        let header = msg.header;
+        let reply = match self.dispatch(conn, msg) {
+            Ok(payload) if payload.len() <= XENSTORE_PAYLOAD_MAX => {
+                let mut out = Vec::with_capacity(wire::HEADER_LEN + payload.len());
+                out.extend_from_slice(
+                    &Header {
+                        len: payload.len() as u32,
+                        ..header
+                    }
+                    .encode(),
+                );
+                out.extend_from_slice(&payload);
+                out
+            }
+            Ok(_) => wire::encode_error(&header, Errno::E2BIG),
+            Err(e) => {
+                log::debug!("connection {conn}: {:?} failed: {e}", msg.msg_type());
+                wire::encode_error(&header, e)
+            }
+        };
+        self.queue(conn, reply, true);
+        for (c, ev) in std::mem::take(&mut self.deferred) {
+            self.queue(c, ev, false);
+        }
+    }
+
+    fn dispatch(&mut self, conn: ConnId, msg: &Message) -> Result<Vec<u8>> {
+        let (handler, flags) = msg.msg_type().and_then(op_table).ok_or(Errno::ENOSYS)?;
+        let c = self.conns.get(&conn).ok_or(Errno::EINVAL)?;
+        let caller = Self::caller_for(&self.domains, c.domid);
+        if flags & PRIV != 0 && !caller.privileged {
+            return Err(Errno::EACCES);
+        }
+        let id = msg.header.tx_id;
+        let tx = if flags & NOTID != 0 || id == 0 {
+            None
+        } else if c.transactions.contains_key(&id) {
+            Some(id)
+        } else {
+            return Err(Errno::ENOENT);
+        };
+        let req = Req {
+            conn,
+            caller,
+            payload: &msg.payload,
+            tx,
+        };
+        handler(self, &req)
+    }
+
+    fn canonical(&self, req: &Req<'_>, raw: &str, allow_special: bool) -> Result<String> {
+        let rel_max = (!req.caller.privileged).then_some(self.quotas.path_max);
+        path::canonicalize(req.caller.domid, raw, allow_special, rel_max)
+    }
+
+    fn path_arg(&self, req: &Req<'_>, allow_special: bool) -> Result<String> {
+        let raw = wire::one_arg(req.payload).ok_or(Errno::EINVAL)?;
+        self.canonical(req, raw, allow_special)
+    }
+
+    /// Runs `f` in the request's transaction as one all-or-nothing step.
+    fn in_transaction<T>(
+        &mut self,
+        req: &Req<'_>,
+        id: u32,
+        f: impl FnOnce(&mut TxView<'_>, &Caller, &Quotas) -> Result<T>,
+    ) -> Result<T> {
+        let tx = self
+            .conns
+            .get_mut(&req.conn)
+            .and_then(|c| c.transactions.get_mut(&id))
+            .ok_or(Errno::ENOENT)?;
+        tx.overlay.begin_op();
+        let mut r = f(
+            &mut TxView::new(&self.tree, &mut tx.overlay),
+            &req.caller,
+            &self.quotas,
+        );
+        if r.is_ok()
+            && !req.caller.privileged
+            && tx.overlay.accessed() > self.quotas.transaction_nodes
+        {
+            r = Err(Errno::ENOSPC);
+        }
+        if r.is_ok() {
+            tx.overlay.end_op();
+        } else {
+            tx.overlay.rollback_op();
+        }
+        r
+    }
+
+    fn read_op(
+        &mut self,
+        req: &Req<'_>,
+        f: impl FnOnce(&mut dyn Lookup, &Caller) -> Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        match req.tx {
+            None => f(&mut Committed(&self.tree), &req.caller),
+            Some(id) => self.in_transaction(req, id, |view, caller, _| f(view, caller)),
+        }
+    }
+
+    fn mutate(
+        &mut self,
+        req: &Req<'_>,
+        f: impl FnOnce(&mut TxView<'_>, &Caller, &Quotas) -> Result<()>,
+    ) -> Result<Vec<u8>> {
+        match req.tx {
+            Some(id) => self.in_transaction(req, id, f)?,
+            None => {
+                let mut overlay = Overlay::new();
+                f(
+                    &mut TxView::new(&self.tree, &mut overlay),
+                    &req.caller,
+                    &self.quotas,
+                )?;
+                self.commit(overlay)?;
+            }
+        }
+        Ok(ok())
+    }
+
+    /// Journals, applies and announces an overlay's changes.
+    fn commit(&mut self, overlay: Overlay) -> Result<()> {
+        let (changes, events) = overlay.finish();
+        if !changes.is_empty() {
+            if let Some(j) = &mut self.journal {
+                j.append(&changes).map_err(|e| {
+                    log::error!("journal append failed, change refused: {e}");
+                    Errno::EIO
+                })?;
+            }
+            self.tree.apply(&changes);
+        }
+        for ev in &events {
+            self.fire(ev);
+        }
+        Ok(())
+    }
+
+    /// Queues (deferred) an event for every watch it reaches.
+    fn fire(&mut self, ev: &PendingEvent) {
+        let parent = if ev.path.starts_with('@') {
+            Some("/")
+        } else {
+            path::parent(&ev.path)
+        };
+        let parent_perms = parent.and_then(|p| self.tree.get(p)).map(|n| &n.perms);
+        for (id, c) in &self.conns {
+            let caller = Self::caller_for(&self.domains, c.domid);
+            let mut allowed = None;
+            for w in &c.watches {
+                if !w.matches(&ev.path, ev.exact) {
+                    continue;
+                }
+                let ok =
+                    *allowed.get_or_insert_with(|| watch::permitted(&caller, ev, parent_perms));
+                if !ok {
+                    break;
+                }
+                if let Some(bytes) = encode_event(w.reported_path(&ev.path), &w.token) {
+                    self.deferred.push((*id, bytes));
+                }
+            }
+        }
+    }
+
+    fn fire_special(&mut self, path: &str) {
+        let perms = self
+            .tree
+            .get(path)
+            .map(|n| n.perms.clone())
+            .into_iter()
+            .collect();
+        self.fire(&PendingEvent {
+            path: path.to_owned(),
+            exact: true,
+            perms,
+        });
+    }
+
+    fn do_read(&mut self, req: &Req<'_>) -> Result<Vec<u8>> {
+        let p = self.path_arg(req, false)?;
+        self.read_op(req, |v, c| ops::read(v, c, &p))
+    }
+
+    fn do_directory(&mut self, req: &Req<'_>) -> Result<Vec<u8>> {
+        let p = self.path_arg(req, false)?;
+        self.read_op(req, |v, c| ops::directory(v, c, &p))
+    }
+
+    fn do_directory_part(&mut self, req: &Req<'_>) -> Result<Vec<u8>> {
+        let args = wire::exact_strings(req.payload, 2).ok_or(Errno::EINVAL)?;
+        let p = self.canonical(req, args[0], false)?;
+        let offset: usize = args[1].parse().map_err(|_| Errno::EINVAL)?;
+        self.read_op(req, |v, c| ops::directory_part(v, c, &p, offset))
+    }
+
+    fn do_get_perms(&mut self, req: &Req<'_>) -> Result<Vec<u8>> {
+        let p = self.path_arg(req, true)?;
+        self.read_op(req, |v, c| ops::get_perms(v, c, &p))
+    }
+
+    fn do_write(&mut self, req: &Req<'_>) -> Result<Vec<u8>> {
+        let nul = req
+            .payload
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or(Errno::EINVAL)?;
+        let raw = std::str::from_utf8(&req.payload[..nul]).map_err(|_| Errno::EINVAL)?;
+        let p = self.canonical(req, raw, false)?;
+        let value = &req.payload[nul + 1..];
+        self.mutate(req, |tx, c, q| ops::write(tx, c, q, &p, value))
+    }
+
+    fn do_mkdir(&mut self, req: &Req<'_>) -> Result<Vec<u8>> {
+        let p = self.path_arg(req, false)?;
+        self.mutate(req, |tx, c, q| ops::mkdir(tx, c, q, &p))
+    }
+
+    fn do_rm(&mut self, req: &Req<'_>) -> Result<Vec<u8>> {
+        let p = self.path_arg(req, false)?;
+        self.mutate(req, |tx, c, _| ops::rm(tx, c, &p))
+    }
+
+    fn do_set_perms(&mut self, req: &Req<'_>) -> Result<Vec<u8>> {
+        let parts = wire::split_strings(req.payload);
+        let (raw, entries) = parts.split_first().ok_or(Errno::EINVAL)?;
+        let raw = std::str::from_utf8(raw).map_err(|_| Errno::EINVAL)?;
+        let entries = entries
+            .iter()
+            .map(|e| std::str::from_utf8(e).map_err(|_| Errno::EINVAL))
+            .collect::<Result<Vec<_>>>()?;
+        let perms = NodePerms::parse(&entries).map_err(|_| Errno::EINVAL)?;
+        let p = self.canonical(req, raw, true)?;
+        self.mutate(req, |tx, c, q| ops::set_perms(tx, c, q, &p, perms))
+    }
+
+    fn do_watch(&mut self, req: &Req<'_>) -> Result<Vec<u8>> {
+        let parts = wire::split_strings(req.payload);
+        if !(2..=3).contains(&parts.len()) || req.payload.last() != Some(&0) {
+            return Err(Errno::EINVAL);
+        }
+        let raw = std::str::from_utf8(parts[0]).map_err(|_| Errno::EINVAL)?;
+        let depth = match parts.get(2) {
+            Some(d) => Some(
+                std::str::from_utf8(d)
+                    .ok()
+                    .and_then(|d| d.parse::<usize>().ok())
+                    .ok_or(Errno::EINVAL)?,
+            ),
+            None => None,
+        };
+        let canonical = self.canonical(req, raw, true)?;
+        let relative = !raw.starts_with('/') && !raw.starts_with('@');
+        let watch = Watch {
+            relative_prefix: if relative {
+                path::domain_home(req.caller.domid).len() + 1
+            } else {
+                0
+            },
+            path: canonical,
+            token: parts[1].to_vec(),
+            depth,
+        };
+        let c = self.conns.get_mut(&req.conn).ok_or(Errno::EINVAL)?;
+        if c.watches
+            .iter()
+            .any(|w| w.path == watch.path && w.token == watch.token)
+        {
+            return Err(Errno::EEXIST);
+        }
+        if !req.caller.privileged && c.watches.len() >= self.quotas.watches {
+            return Err(Errno::E2BIG);
+        }
+        if let Some(ev) = encode_event(raw, &watch.token) {
+            self.deferred.push((req.conn, ev));
+        }
+        c.watches.push(watch);
+        Ok(ok())
+    }
+
+    fn do_unwatch(&mut self, req: &Req<'_>) -> Result<Vec<u8>> {
+        let args = wire::split_strings(req.payload);
+        if args.len() != 2 {
+            return Err(Errno::EINVAL);
+        }
+        let raw = std::str::from_utf8(args[0]).map_err(|_| Errno::EINVAL)?;
+        let canonical = self.canonical(req, raw, true)?;
+        let c = self.conns.get_mut(&req.conn).ok_or(Errno::EINVAL)?;
+        let i = c
+            .watches
+            .iter()
+            .position(|w| w.path == canonical && w.token == args[1])
+            .ok_or(Errno::ENOENT)?;
+        c.watches.remove(i);
+        Ok(ok())
+    }
+
+    fn do_transaction_start(&mut self, req: &Req<'_>) -> Result<Vec<u8>> {
+        if req.tx.is_some() {
+            return Err(Errno::EBUSY);
+        }
+        let c = self.conns.get_mut(&req.conn).ok_or(Errno::EINVAL)?;
+        if !req.caller.privileged && c.transactions.len() >= self.quotas.transactions {
+            return Err(Errno::ENOSPC);
+        }
+        let mut id = c.next_tx;
+        while id == 0 || c.transactions.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        c.next_tx = id.wrapping_add(1);
+        c.transactions.insert(
+            id,
+            Transaction {
+                id,
+                overlay: Overlay::new(),
+            },
+        );
+        let mut reply = id.to_string().into_bytes();
+        reply.push(0);
+        Ok(reply)
+    }
+
+    fn do_transaction_end(&mut self, req: &Req<'_>) -> Result<Vec<u8>> {
+        let commit = match wire::one_arg(req.payload) {
+            Some("T") => true,
+            Some("F") => false,
+            _ => return Err(Errno::EINVAL),
+        };
+        let id = req.tx.ok_or(Errno::ENOENT)?;
+        let tx = self
+            .conns
+            .get_mut(&req.conn)
+            .and_then(|c| c.transactions.remove(&id))
+            .ok_or(Errno::ENOENT)?;
+        if commit {
+            if tx.overlay.conflicts_with(&self.tree) {
+                return Err(Errno::EAGAIN);
+            }
+            let domid = req.caller.domid;
+            if !req.caller.privileged
+                && tx.overlay.grows(domid)
+                && tx.overlay.owned_after(&self.tree, domid) > self.quotas.nodes as i64
+            {
+                return Err(Errno::ENOSPC);
+            }
+            self.commit(tx.overlay)?;
+        }
+        Ok(ok())
+    }
+
+    fn do_introduce(&mut self, req: &Req<'_>) -> Result<Vec<u8>> {
+        let args = wire::split_strings(req.payload);
+        if args.len() < 3 {
+            return Err(Errno::EINVAL);
+        }
+        let text = |b: &[u8]| {
+            std::str::from_utf8(b)
+                .map(str::to_owned)
+                .map_err(|_| Errno::EINVAL)
+        };
+        let domid = parse_domid(&text(args[0])?)?;
+        let gfn: u64 = text(args[1])?.parse().map_err(|_| Errno::EINVAL)?;
+        let port: u32 = text(args[2])?.parse().map_err(|_| Errno::EINVAL)?;
+        if port == 0 || domid == DOMID_SELF {
+            return Err(Errno::EINVAL);
+        }
+        if self.domains.introduce(domid, gfn, port) && domid != 0 {
+            self.fire_special(INTRODUCE_DOMAIN);
+        }
+        Ok(ok())
+    }
+
+    fn domid_arg(req: &Req<'_>) -> Result<u32> {
+        parse_domid(wire::one_arg(req.payload).ok_or(Errno::EINVAL)?)
+    }
+
+    fn do_release(&mut self, req: &Req<'_>) -> Result<Vec<u8>> {
+        let domid = Self::domid_arg(req)?;
+        self.domains.release(domid)?;
+        for c in self.conns.values_mut().filter(|c| c.domid == domid) {
+            c.watches.clear();
+            c.transactions.clear();
+            c.closed = true;
+        }
+        self.remove_domain_nodes(domid);
+        self.fire_special(RELEASE_DOMAIN);
+        Ok(ok())
+    }
+
+    /// Removes every subtree whose top node the released domain owns (C
+    /// `domain_tree_remove`).
+    fn remove_domain_nodes(&mut self, domid: u32) {
+        let mut roots = Vec::new();
+        let mut stack = vec!["/".to_owned()];
+        while let Some(p) = stack.pop() {
+            let Some(node) = self.tree.get(&p) else {
+                continue;
+            };
+            if node.perms.owner() == domid {
+                roots.push(p);
+                continue;
+            }
+            stack.extend(node.children.iter().map(|c| path::child(&p, c)));
+        }
+        if roots.is_empty() {
+            return;
+        }
+        let mut overlay = Overlay::new();
+        let mut view = TxView::new(&self.tree, &mut overlay);
+        for r in &roots {
+            if let Err(e) = ops::rm(&mut view, &Caller::DOM0, r) {
+                log::warn!("cannot remove {r} of released domain {domid}: {e}");
+            }
+        }
+        if let Err(e) = self.commit(overlay) {
+            log::error!("cannot remove the nodes of released domain {domid}: {e}");
+        }
+    }
+
+    fn do_get_domain_path(&mut self, req: &Req<'_>) -> Result<Vec<u8>> {
+        let mut out = path::domain_home(Self::domid_arg(req)?).into_bytes();
+        out.push(0);
+        Ok(out)
+    }
+
+    fn do_is_domain_introduced(&mut self, req: &Req<'_>) -> Result<Vec<u8>> {
+        let yes = self.domains.is_introduced(Self::domid_arg(req)?);
+        Ok(if yes { b"T\0" } else { b"F\0" }.to_vec())
+    }
+
+    fn do_resume(&mut self, req: &Req<'_>) -> Result<Vec<u8>> {
+        let domid = Self::domid_arg(req)?;
+        if domid == 0 {
+            return Err(Errno::EINVAL);
+        }
+        self.domains.get(domid).ok_or(Errno::ENOENT)?;
+        Ok(ok())
+    }
+
+    fn do_set_target(&mut self, req: &Req<'_>) -> Result<Vec<u8>> {
+        let args = wire::split_strings(req.payload);
+        if args.len() < 2 {
+            return Err(Errno::EINVAL);
+        }
+        let id = |b: &[u8]| {
+            std::str::from_utf8(b)
+                .map_err(|_| Errno::EINVAL)
+                .and_then(parse_domid)
+        };
+        self.domains.set_target(id(args[0])?, id(args[1])?)?;
+        Ok(ok())
+    }
+
+    fn do_reset_watches(&mut self, req: &Req<'_>) -> Result<Vec<u8>> {
+        let c = self.conns.get_mut(&req.conn).ok_or(Errno::EINVAL)?;
+        c.watches.clear();
+        c.transactions.clear();
+        Ok(ok())
+    }
+}
