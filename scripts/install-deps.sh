@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages pvio's tests and demo use, only those that are missing:
 # QEMU (qemu-system-x86_64, qemu-storage-daemon), a Linux kernel with its modules and a static
-# busybox for the test guests, fio, the xenstore tools and socat. Idempotent; uses sudo when not
+# busybox for the test guests, fio, the xenstore tools, socat, DPDK's testpmd and iproute2. Idempotent; uses sudo when not
 # run as root. Debian 12 (bookworm) or later.
 set -euo pipefail
 
@@ -14,6 +14,8 @@ packages=(
     fio
     xenstore-utils
     socat
+    dpdk-dev          # dpdk-testpmd: net_virtio_user / net_vhost, a real vhost-user-net peer
+    iproute2          # ip netns, for the network tests' own namespaces
 )
 
 missing=()
