@@ -753,3 +753,7 @@ impl Store {
         Ok(ok())
     }
 }
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;
