@@ -462,10 +462,10 @@ fn list(ops: &mut dyn XsOps, keys: &[String], prefix: bool, out: &mut Vec<u8>) -
             warn(&format!("could not list path {k}"));
             return true;
         };
-        let pref = if k == "/" { "" } else { k.as_str() };
         for c in children {
+            // Like xenstore-list 4.17 (Debian 12): the key and a slash, even for `/`.
             if prefix {
-                out.extend_from_slice(format!("{pref}/").as_bytes());
+                out.extend_from_slice(format!("{k}/").as_bytes());
             }
             out.extend_from_slice(format!("{c}\n").as_bytes());
         }
