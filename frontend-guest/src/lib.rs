@@ -17,6 +17,9 @@
 //! drives virtio-blk queues with the driver core ([`host::BlkDevice`]). Protocol tests and the
 //! load generator use it to exercise any vhost-user-blk back-end (pvio's backend-blk,
 //! qemu-storage-daemon).
+//!
+//! With the `bench` feature (default), [`bench`] is that load generator, run as
+//! `frontend-guest bench blk --socket PATH ...`.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
 
@@ -26,6 +29,9 @@ pub mod virtq;
 
 #[cfg(feature = "std")]
 pub mod host;
+
+#[cfg(feature = "bench")]
+pub mod bench;
 
 pub use mem::{GuestRam, MemError};
 pub use virtq::{

@@ -394,15 +394,48 @@ impl BlkQueue {
     /// [`Error::Virtq`] (e.g. queue full), [`Error::EventFd`].
     pub fn submit(&mut self, req: &Request<'_>) -> Result<Token> {
         self.check_request(req)?;
-        let slot = self
-            .free_slots
-            .pop()
-            .ok_or(crate::virtq::VirtqError::QueueFull {
-                needed: 1,
-                free: self.vq.num_free(),
-            })?;
+        let slot = self.take_slot()?;
         match self.add_request(slot, req) {
             Ok((head, read_len)) => self.publish(head, Some(slot), read_len),
+            Err(e) => {
+                self.free_slots.push(slot);
+                Err(e)
+            }
+        }
+    }
+
+    /// Submits a request whose data segments are caller-owned guest buffers (from
+    /// [`HostRam::alloc`], reused across requests; each [`Buffer`] gives its direction): only
+    /// the 16-byte header and the status sentinel are written; the data is neither copied in,
+    /// poisoned nor copied back, so the [`Completion`]'s `data` is empty and nothing is
+    /// allocated per request. This is the load generator's zero-copy path.
+    ///
+    /// # Errors
+    /// [`Error::TooManySegments`], [`Error::IndirectNotNegotiated`], [`Error::Virtq`] (e.g.
+    /// queue full, or a buffer outside guest RAM), [`Error::EventFd`].
+    pub fn submit_prepared(
+        &mut self,
+        request_type: u32,
+        sector: u64,
+        data: &[Buffer],
+        form: ChainForm,
+    ) -> Result<Token> {
+        if data.len() > MAX_DATA_SEGMENTS {
+            return Err(Error::TooManySegments {
+                segments: data.len(),
+                max: MAX_DATA_SEGMENTS,
+            });
+        }
+        if form == ChainForm::Indirect && !self.indirect {
+            return Err(Error::IndirectNotNegotiated);
+        }
+        let slot = self.take_slot()?;
+        let header = RequestHeader {
+            request_type,
+            sector,
+        };
+        match self.add_chain(slot, &header, data, form) {
+            Ok(head) => self.publish(head, Some(slot), 0),
             Err(e) => {
                 self.free_slots.push(slot);
                 Err(e)
@@ -659,14 +692,36 @@ impl BlkQueue {
             request_type: req.request_type,
             sector: req.sector,
         };
+        let head = self.add_chain(slot, &header, &data, req.form)?;
+        Ok((head, read_len))
+    }
+
+    /// Takes a free request slot.
+    fn take_slot(&mut self) -> Result<u64> {
+        Ok(self
+            .free_slots
+            .pop()
+            .ok_or(crate::virtq::VirtqError::QueueFull {
+                needed: 1,
+                free: self.vq.num_free(),
+            })?)
+    }
+
+    /// Adds the chain header → `data` → status of a request laid out in `slot`.
+    fn add_chain(
+        &mut self,
+        slot: u64,
+        header: &RequestHeader,
+        data: &[Buffer],
+        form: ChainForm,
+    ) -> Result<u16> {
         let bufs = RequestBuffers {
             header: slot,
-            data: &data,
+            data,
             status: slot + STATUS_OFFSET,
-            indirect_table: (req.form == ChainForm::Indirect).then_some(slot + TABLE_OFFSET),
+            indirect_table: (form == ChainForm::Indirect).then_some(slot + TABLE_OFFSET),
         };
-        let head = blk::add_request(&mut self.vq, &*self.ram, &header, &bufs)?;
-        Ok((head, read_len))
+        Ok(blk::add_request(&mut self.vq, &*self.ram, header, &bufs)?)
     }
 
     /// Records the request, publishes the available index and kicks if the device wants it.

@@ -204,6 +204,17 @@ impl VhostUserConnection {
         })
     }
 
+    /// The process id of the back-end on the other end of the socket (SO_PEERCRED), e.g. to
+    /// read its CPU time from /proc.
+    ///
+    /// # Errors
+    /// [`Error::Socket`] if the socket option cannot be read.
+    pub fn peer_pid(&self) -> Result<i32> {
+        nix::sys::socket::getsockopt(&self.sock, nix::sys::socket::sockopt::PeerCredentials)
+            .map(|cred| cred.pid())
+            .map_err(|e| Error::Socket(e.into()))
+    }
+
     /// The virtio feature bits the back-end offered (VHOST_USER_GET_FEATURES).
     pub fn offered_features(&self) -> u64 {
         self.offered_features
