@@ -104,10 +104,30 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-/// Encodes changes as a record payload: `count: u32`, then per change `kind: u8` (0 remove,
-/// 1 put), `path`, and for a put `value`, `nperms: u32` with `(domid: u32, letter: u8)`
-/// each, `nchildren: u32` with each name; byte strings are `len: u32` then the bytes.
-pub fn encode_changes(changes: &[Change]) -> Vec<u8> {
+/// Children list encodings of a put.
+const CHILDREN_FULL: u8 = 0;
+const CHILDREN_SAME: u8 = 1;
+const CHILDREN_APPENDED: u8 = 2;
+
+/// How to encode `new` given the node's children before the commit: unchanged, the old
+/// list plus names at the end (a child created), or the whole list.
+fn children_delta<'a>(old: Option<&[String]>, new: &'a [String]) -> (u8, &'a [String]) {
+    match old {
+        Some(old) if old == new => (CHILDREN_SAME, &[]),
+        Some(old) if new.len() > old.len() && new.starts_with(old) => {
+            (CHILDREN_APPENDED, &new[old.len()..])
+        }
+        _ => (CHILDREN_FULL, new),
+    }
+}
+
+/// Encodes one commit as a record payload: `count: u32`, then per change `kind: u8` (0
+/// remove, 1 put), `path`, and for a put `value`, `nperms: u32` with `(domid: u32,
+/// letter: u8)` each, then the children as `mode: u8` (0 the whole list, 1 unchanged, 2
+/// appended to the old list), `n: u32` and `n` names. Byte strings are `len: u32` then the
+/// bytes. `before` is the tree the commit applies to (`None`: encode every list whole), so
+/// creating a child of a large directory does not journal the directory's whole list.
+pub fn encode_changes(changes: &[Change], before: Option<&Tree>) -> Vec<u8> {
     let mut out = Vec::new();
     put_u32(&mut out, changes.len());
     for c in changes {
@@ -120,8 +140,13 @@ pub fn encode_changes(changes: &[Change]) -> Vec<u8> {
                 out.extend_from_slice(&e.domid.to_le_bytes());
                 out.push(e.kind.letter() as u8);
             }
-            put_u32(&mut out, n.children.len());
-            for child in &n.children {
+            let old = before
+                .and_then(|t| t.get(&c.path))
+                .map(|o| o.children.as_slice());
+            let (mode, names) = children_delta(old, &n.children);
+            out.push(mode);
+            put_u32(&mut out, names.len());
+            for child in names {
                 put_bytes(&mut out, child.as_bytes());
             }
         }
@@ -166,7 +191,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn decode_node(r: &mut Reader<'_>) -> Option<Node> {
+fn decode_node(r: &mut Reader<'_>, old: Option<&Node>) -> Option<Node> {
     let value = r.bytes()?.to_vec();
     let nperms = r.len()?;
     let mut entries = Vec::with_capacity(nperms);
@@ -176,11 +201,18 @@ fn decode_node(r: &mut Reader<'_>) -> Option<Node> {
         entries.push(PermEntry { domid, kind });
     }
     let perms = NodePerms::from_entries(entries).ok()?;
-    let nchildren = r.len()?;
-    let mut children = Vec::with_capacity(nchildren);
-    for _ in 0..nchildren {
-        children.push(r.string()?);
+    let mode = r.u8()?;
+    let n = r.len()?;
+    let mut names = Vec::with_capacity(n);
+    for _ in 0..n {
+        names.push(r.string()?);
     }
+    let children = match mode {
+        CHILDREN_FULL => names,
+        CHILDREN_SAME => old?.children.clone(),
+        CHILDREN_APPENDED => old?.children.iter().cloned().chain(names).collect(),
+        _ => return None,
+    };
     Some(Node {
         value,
         perms,
@@ -189,8 +221,9 @@ fn decode_node(r: &mut Reader<'_>) -> Option<Node> {
     })
 }
 
-/// Decodes a record payload made by [`encode_changes`]; `None` when malformed.
-pub fn decode_changes(payload: &[u8]) -> Option<Vec<Change>> {
+/// Decodes a record payload made by [`encode_changes`] with the same `before` tree; `None`
+/// when malformed.
+pub fn decode_changes(payload: &[u8], before: Option<&Tree>) -> Option<Vec<Change>> {
     let mut r = Reader(payload);
     let count = r.len()?;
     let mut changes = Vec::with_capacity(count);
@@ -202,7 +235,8 @@ pub fn decode_changes(payload: &[u8]) -> Option<Vec<Change>> {
         };
         let path = r.string()?;
         let node = if put {
-            Some(decode_node(&mut r)?)
+            let old = before.and_then(|t| t.get(&path));
+            Some(decode_node(&mut r, old)?)
         } else {
             None
         };
@@ -222,10 +256,10 @@ fn frame(payload: &[u8]) -> Vec<u8> {
 
 /// Outcome of scanning a file of records.
 enum Scan {
-    /// Every record was whole; the decoded commits.
-    Clean(Vec<Vec<Change>>),
-    /// The records before `valid_len` were whole; what follows is a torn tail.
-    Torn(Vec<Vec<Change>>, u64),
+    /// Every record was whole and applied; how many.
+    Clean(usize),
+    /// This many records were whole and applied; a torn tail starts at the offset.
+    Torn(usize, u64),
 }
 
 /// Whether `data` begins with a whole record whose checksum holds.
@@ -239,9 +273,10 @@ fn starts_valid_record(data: &[u8]) -> bool {
         .is_some_and(|p| crc32fast::hash(p) == crc)
 }
 
-/// Reads the records in `data` (starting at `base` within the file named `path`).
-fn scan(path: &Path, data: &[u8], base: usize) -> Result<Scan> {
-    let mut commits = Vec::new();
+/// Applies the records in `data` (starting at `base` within the file named `path`) to
+/// `tree`, each decoded against the tree as it was before it.
+fn scan(path: &Path, data: &[u8], base: usize, tree: &mut Tree) -> Result<Scan> {
+    let mut commits = 0;
     let mut pos = 0;
     while pos < data.len() {
         let rest = &data[pos..];
@@ -256,10 +291,13 @@ fn scan(path: &Path, data: &[u8], base: usize) -> Result<Scan> {
         let payload = &rest[RECORD_HEADER..RECORD_HEADER + len];
         let end = pos + RECORD_HEADER + len;
         let decoded = (crc32fast::hash(payload) == crc)
-            .then(|| decode_changes(payload))
+            .then(|| decode_changes(payload, Some(tree)))
             .flatten();
         match decoded {
-            Some(c) => commits.push(c),
+            Some(c) => {
+                tree.apply(&c);
+                commits += 1;
+            }
             None if !starts_valid_record(&data[end..]) => return Ok(Scan::Torn(commits, offset)),
             None => {
                 return Err(JournalError::Corrupt {
@@ -312,7 +350,7 @@ impl Journal {
         let path = Self::journal_path(dir, epoch);
         let mut valid_len = 0u64;
         if let Some(data) = read_file(&path)? {
-            let commits = match scan(&path, &data, 0)? {
+            let commits = match scan(&path, &data, 0, &mut tree)? {
                 Scan::Clean(c) => {
                     valid_len = data.len() as u64;
                     c
@@ -327,10 +365,7 @@ impl Journal {
                     c
                 }
             };
-            for c in &commits {
-                tree.apply(c);
-            }
-            log::info!("{}: replayed {} commits", path.display(), commits.len());
+            log::info!("{}: replayed {commits} commits", path.display());
         }
         let file = OpenOptions::new()
             .create(true)
@@ -371,13 +406,10 @@ impl Journal {
             return Err(corrupt("bad snapshot header"));
         }
         let epoch = u64::from_le_bytes(data[8..16].try_into().map_err(|_| corrupt("short"))?);
-        let Scan::Clean(commits) = scan(&path, &data[16..], 16)? else {
+        let mut tree = Tree::empty();
+        let Scan::Clean(_) = scan(&path, &data[16..], 16, &mut tree)? else {
             return Err(corrupt("truncated snapshot"));
         };
-        let mut tree = Tree::empty();
-        for c in &commits {
-            tree.apply(c);
-        }
         tree.check()
             .map_err(|_| corrupt("snapshot tree is inconsistent"))?;
         Ok((tree, epoch))
@@ -402,13 +434,13 @@ impl Journal {
         }
     }
 
-    /// Appends one commit. With [`SyncMode::Always`] it is on disk when this returns; with
+    /// Appends one commit that is about to be applied to `tree`. With [`SyncMode::Always`] it is on disk when this returns; with
     /// `Batch` after the next [`Journal::sync`].
     ///
     /// # Errors
     /// The write or sync failed; the caller must not apply or acknowledge the commit.
-    pub fn append(&mut self, changes: &[Change]) -> Result<()> {
-        let record = frame(&encode_changes(changes));
+    pub fn append(&mut self, changes: &[Change], tree: &Tree) -> Result<()> {
+        let record = frame(&encode_changes(changes, Some(tree)));
         let path = Self::journal_path(&self.dir, self.epoch);
         if let Err(e) = self.file.write_all(&record) {
             // Cut off whatever part of the record reached the file.
@@ -465,7 +497,7 @@ impl Journal {
         data.extend_from_slice(SNAPSHOT_MAGIC);
         data.extend_from_slice(&next.to_le_bytes());
         for change in tree.snapshot_changes() {
-            data.extend_from_slice(&frame(&encode_changes(std::slice::from_ref(&change))));
+            data.extend_from_slice(&frame(&encode_changes(std::slice::from_ref(&change), None)));
         }
         let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
         f.write_all(&data).map_err(io_err(&tmp))?;
@@ -543,13 +575,44 @@ mod tests {
             // Generations are not journaled: a replay assigns fresh ones.
             change.node.as_mut().unwrap().generation = NO_GENERATION;
         }
-        assert_eq!(decode_changes(&encode_changes(&c)).unwrap(), c);
+        assert_eq!(
+            decode_changes(&encode_changes(&c, Some(&t)), Some(&t)).unwrap(),
+            c
+        );
+        assert_eq!(decode_changes(&encode_changes(&c, None), None).unwrap(), c);
         let rm = vec![Change {
             path: "/x".into(),
             node: None,
         }];
-        assert_eq!(decode_changes(&encode_changes(&rm)).unwrap(), rm);
-        assert!(decode_changes(&encode_changes(&rm)[..5]).is_none());
+        assert_eq!(
+            decode_changes(&encode_changes(&rm, None), None).unwrap(),
+            rm
+        );
+        assert!(decode_changes(&encode_changes(&rm, None)[..5], None).is_none());
+    }
+
+    #[test]
+    fn creating_a_child_journals_only_the_new_name() {
+        let mut t = Tree::new();
+        for i in 0..100 {
+            let c = put(&t, &format!("/child-{i}"), b"");
+            t.apply(&c);
+        }
+        let mut c = put(&t, "/new", b"v");
+        for change in &mut c {
+            change.node.as_mut().unwrap().generation = NO_GENERATION;
+        }
+        let delta = encode_changes(&c, Some(&t));
+        let full = encode_changes(&c, None);
+        assert!(
+            delta.len() * 10 < full.len(),
+            "{} vs {}",
+            delta.len(),
+            full.len()
+        );
+        assert_eq!(decode_changes(&delta, Some(&t)).unwrap(), c);
+        // A delta cannot be decoded without its base.
+        assert!(decode_changes(&delta, None).is_none());
     }
 
     #[test]
@@ -558,12 +621,12 @@ mod tests {
         let (mut j, mut tree) = Journal::open(&dir, SyncMode::Always, 1 << 20).unwrap();
         for i in 0..20 {
             let c = put(&tree, &format!("/k{i}"), format!("v{i}").as_bytes());
-            j.append(&c).unwrap();
+            j.append(&c, &tree).unwrap();
             tree.apply(&c);
         }
         j.compact(&tree).unwrap();
         let c = put(&tree, "/after", b"snap");
-        j.append(&c).unwrap();
+        j.append(&c, &tree).unwrap();
         tree.apply(&c);
         drop(j);
         let (_, loaded) = Journal::open(&dir, SyncMode::Always, 1 << 20).unwrap();
@@ -585,7 +648,7 @@ mod tests {
         let (mut j, mut tree) = Journal::open(&dir, SyncMode::Never, 1 << 20).unwrap();
         for i in 0..3 {
             let c = put(&tree, &format!("/k{i}"), b"v");
-            j.append(&c).unwrap();
+            j.append(&c, &tree).unwrap();
             tree.apply(&c);
         }
         drop(j);
@@ -611,7 +674,7 @@ mod tests {
             let mut ends = Vec::new();
             for i in 0..n {
                 let c = put(&tree, &format!("/k{i}"), b"value");
-                j.append(&c).unwrap();
+                j.append(&c, &tree).unwrap();
                 tree.apply(&c);
                 ends.push(j.len());
             }

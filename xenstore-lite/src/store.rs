@@ -418,7 +418,7 @@ impl Store {
         let (changes, events) = overlay.finish();
         if !changes.is_empty() {
             if let Some(j) = &mut self.journal {
-                j.append(&changes).map_err(|e| {
+                j.append(&changes, &self.tree).map_err(|e| {
                     log::error!("journal append failed, change refused: {e}");
                     Errno::EIO
                 })?;
