@@ -1,0 +1,108 @@
+//! `blk-compare`: backend-blk vs qemu-storage-daemon vs raw io_uring, one command; writes
+//! `blk-report.md`, `blk-results.json` and SVG plots (see benches/README.md).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use pvio_benches::matrix;
+use pvio_benches::runner::{self, Options};
+use pvio_benches::systems::{Medium, Programs};
+
+/// Compare pvio's backend-blk with qemu-storage-daemon and raw io_uring (fio).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Seconds per run.
+    #[arg(long, default_value_t = 3.0)]
+    runtime: f64,
+    /// Repeats per point and system (the report gives the median and spread).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Smoke mode: 4 KiB random read and write at QD 8, one queue, tmpfs only, one repeat,
+    /// 64 MiB image (use with a short --runtime).
+    #[arg(long)]
+    quick: bool,
+    /// Only the tmpfs image.
+    #[arg(long)]
+    tmpfs_only: bool,
+    /// Image size in MiB.
+    #[arg(long, default_value_t = 1024)]
+    image_mib: u64,
+    /// Output folder (report, plots, results, on-disk image).
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Folder of the tmpfs image.
+    #[arg(long, default_value = "/dev/shm")]
+    tmpfs: PathBuf,
+    /// Folder holding the frontend-guest and backend-blk binaries (default: this program's).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+fn main() {
+    env_logger::init();
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        let mut msg = format!("blk-compare: {e}");
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        eprintln!("{msg}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> pvio_benches::Result<()> {
+    let bin_dir = match args.bin_dir {
+        Some(d) => d,
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(PathBuf::from))
+            .unwrap_or_default(),
+    };
+    let quick = args.quick;
+    let opts = Options {
+        runtime: Duration::from_secs_f64(args.runtime.max(0.1)),
+        repeats: if quick { 1 } else { args.repeats.max(1) },
+        points: if quick {
+            matrix::quick()
+        } else {
+            matrix::full()
+        },
+        media: if quick || args.tmpfs_only {
+            vec![Medium::Tmpfs]
+        } else {
+            vec![Medium::Tmpfs, Medium::Disk]
+        },
+        image_bytes: if quick {
+            64 << 20
+        } else {
+            args.image_mib.max(16) << 20
+        },
+        out_dir: args.out,
+        tmpfs_dir: args.tmpfs,
+        programs: Programs::find(&bin_dir)?,
+        notes: machine_notes(),
+    };
+    let md = runner::run(&opts)?;
+    println!("{md}");
+    eprintln!("wrote {}", opts.out_dir.join("blk-report.md").display());
+    Ok(())
+}
+
+fn machine_notes() -> Vec<String> {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    vec![format!(
+        "Machine: {cpus} CPUs, kernel {}, load average at start {}",
+        kernel.trim(),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )]
+}
