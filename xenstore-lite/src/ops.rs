@@ -189,7 +189,7 @@ pub fn write(
 /// XS_MKDIR: creates an empty node unless it exists.
 ///
 /// # Errors
-/// As [`write`].
+/// As [`write()`].
 pub fn mkdir(tx: &mut TxView<'_>, caller: &Caller, quotas: &Quotas, path: &str) -> Result<()> {
     if !access_or_missing(tx, caller, path, Access::WRITE)? {
         create(tx, caller, quotas, path, b"")?;

@@ -7,7 +7,7 @@
 //! is answered in order with its own req_id and tx_id; watch events (req_id = tx_id = 0) are
 //! queued after the reply of the request that caused them.
 //!
-//! [`dispatch`](Store::dispatch) checks centrally, before any handler runs: an unknown type
+//! The dispatch step checks centrally, before any handler runs: an unknown type
 //! (`ENOSYS`), a privileged type from an unprivileged caller (`EACCES`), and the transaction
 //! id (`ENOENT` when unknown) unless the type ignores it.
 
@@ -80,6 +80,11 @@ struct Req<'a> {
 
 fn ok() -> Vec<u8> {
     b"OK\0".to_vec()
+}
+
+/// A payload string as text (paths, numbers and tokens are ASCII); `EINVAL` otherwise.
+fn text(b: &[u8]) -> Result<&str> {
+    std::str::from_utf8(b).map_err(|_| Errno::EINVAL)
 }
 
 fn parse_domid(s: &str) -> Result<u32> {
@@ -500,7 +505,7 @@ impl Store {
             .iter()
             .position(|&b| b == 0)
             .ok_or(Errno::EINVAL)?;
-        let raw = std::str::from_utf8(&req.payload[..nul]).map_err(|_| Errno::EINVAL)?;
+        let raw = text(&req.payload[..nul])?;
         let p = self.canonical(req, raw, false)?;
         let value = &req.payload[nul + 1..];
         self.mutate(req, |tx, c, q| ops::write(tx, c, q, &p, value))
@@ -519,10 +524,11 @@ impl Store {
     fn do_set_perms(&mut self, req: &Req<'_>) -> Result<Vec<u8>> {
         let parts = wire::split_strings(req.payload);
         let (raw, entries) = parts.split_first().ok_or(Errno::EINVAL)?;
-        let raw = std::str::from_utf8(raw).map_err(|_| Errno::EINVAL)?;
+        let raw = text(raw)?;
         let entries = entries
             .iter()
-            .map(|e| std::str::from_utf8(e).map_err(|_| Errno::EINVAL))
+            .copied()
+            .map(text)
             .collect::<Result<Vec<_>>>()?;
         let perms = NodePerms::parse(&entries).map_err(|_| Errno::EINVAL)?;
         let p = self.canonical(req, raw, true)?;
@@ -534,14 +540,9 @@ impl Store {
         if !(2..=3).contains(&parts.len()) || req.payload.last() != Some(&0) {
             return Err(Errno::EINVAL);
         }
-        let raw = std::str::from_utf8(parts[0]).map_err(|_| Errno::EINVAL)?;
+        let raw = text(parts[0])?;
         let depth = match parts.get(2) {
-            Some(d) => Some(
-                std::str::from_utf8(d)
-                    .ok()
-                    .and_then(|d| d.parse::<usize>().ok())
-                    .ok_or(Errno::EINVAL)?,
-            ),
+            Some(d) => Some(text(d)?.parse::<usize>().map_err(|_| Errno::EINVAL)?),
             None => None,
         };
         let canonical = self.canonical(req, raw, true)?;
@@ -578,7 +579,7 @@ impl Store {
         if args.len() != 2 {
             return Err(Errno::EINVAL);
         }
-        let raw = std::str::from_utf8(args[0]).map_err(|_| Errno::EINVAL)?;
+        let raw = text(args[0])?;
         let canonical = self.canonical(req, raw, true)?;
         let c = self.conns.get_mut(&req.conn).ok_or(Errno::EINVAL)?;
         let i = c
@@ -648,12 +649,7 @@ impl Store {
         if args.len() < 3 {
             return Err(Errno::EINVAL);
         }
-        let text = |b: &[u8]| {
-            std::str::from_utf8(b)
-                .map(str::to_owned)
-                .map_err(|_| Errno::EINVAL)
-        };
-        let domid = parse_domid(&text(args[0])?)?;
+        let domid = parse_domid(text(args[0])?)?;
         let gfn: u64 = text(args[1])?.parse().map_err(|_| Errno::EINVAL)?;
         let port: u32 = text(args[2])?.parse().map_err(|_| Errno::EINVAL)?;
         if port == 0 || domid == DOMID_SELF {
@@ -737,11 +733,7 @@ impl Store {
         if args.len() < 2 {
             return Err(Errno::EINVAL);
         }
-        let id = |b: &[u8]| {
-            std::str::from_utf8(b)
-                .map_err(|_| Errno::EINVAL)
-                .and_then(parse_domid)
-        };
+        let id = |b| text(b).and_then(parse_domid);
         self.domains.set_target(id(args[0])?, id(args[1])?)?;
         Ok(ok())
     }
