@@ -32,6 +32,9 @@ pub type ConnId = u64;
 /// Output kept for a connection that does not read, beyond which watch events are dropped
 /// (bytes).
 const MAX_QUEUED_BYTES: usize = 16 << 20;
+/// Queued output beyond which no further request of the connection is read, privileged or
+/// not (bytes): a client that sends without reading cannot make the daemon grow.
+pub const INPUT_STOP_BYTES: usize = 1 << 20;
 
 type Result<T> = std::result::Result<T, Errno>;
 
@@ -226,12 +229,15 @@ impl Store {
         Ok(())
     }
 
-    /// Whether `conn` may take another request: it is open and, for an unprivileged domain,
-    /// has fewer replies waiting than the outstanding-request quota.
+    /// Whether `conn` may take another request: it is open, has less than
+    /// [`INPUT_STOP_BYTES`] of output waiting and, for an unprivileged domain, fewer replies
+    /// waiting than the outstanding-request quota.
     pub fn wants_input(&self, conn: ConnId) -> bool {
-        self.conns
-            .get(&conn)
-            .is_some_and(|c| !c.closed && (c.domid == 0 || c.replies < self.quotas.outstanding))
+        self.conns.get(&conn).is_some_and(|c| {
+            !c.closed
+                && c.out.len() < INPUT_STOP_BYTES
+                && (c.domid == 0 || c.replies < self.quotas.outstanding)
+        })
     }
 
     /// Whether `conn` has ended (protocol error, or its domain was released): send its

@@ -687,6 +687,33 @@ fn outstanding_quota_stops_reading_until_replies_are_taken() {
 }
 
 #[test]
+fn a_privileged_client_that_never_reads_is_paused() {
+    let mut h = Harness::new();
+    let c = h.conn(0);
+    h.write(c, &format!("/v/{}", "k".repeat(10)), &"x".repeat(4000))
+        .unwrap();
+    let mut bytes = Vec::new();
+    for i in 0..1000 {
+        bytes.extend_from_slice(&encode(MsgType::READ, i, 0, b"/v/kkkkkkkkkk\0"));
+    }
+    h.store.feed(c, &bytes).unwrap();
+    assert!(
+        !h.store.wants_input(c),
+        "1000 replies of 4 KiB are not queued at once"
+    );
+    let mut d = Decoder::new();
+    let mut replies = 0;
+    while replies < 1000 {
+        d.push(&h.store.take_output(c));
+        while d.next_message().unwrap().is_some() {
+            replies += 1;
+        }
+        h.store.process(c).unwrap();
+    }
+    assert!(h.store.wants_input(c));
+}
+
+#[test]
 fn oversized_payload_gets_e2big_and_closes() {
     let mut h = Harness::new();
     let c = h.conn(0);
