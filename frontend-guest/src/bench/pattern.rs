@@ -162,7 +162,7 @@ mod tests {
             next = first + len;
         }
         assert_eq!(next, blocks);
-        assert!(Pattern::new(RwMode::Read, 1, 1, 2, 1).is_none());
+        assert!(Pattern::new(RwMode::Read, 1, 0, 2, 1).is_none());
     }
 
     #[test]
