@@ -285,14 +285,16 @@ mod tests {
         assert!(parse_duration("3h").is_err());
     }
 
+    fn parse_blk(extra: &[&str]) -> Result<BlkArgs, clap::Error> {
+        let base = ["frontend-guest", "bench", "blk", "--socket", "/s"];
+        let cli = Cli::try_parse_from(base.iter().chain(extra))?;
+        let Command::Bench(BenchCommand::Blk(args)) = cli.command;
+        Ok(args)
+    }
+
     #[test]
     fn command_line_parses_to_a_workload() {
-        let cli = Cli::try_parse_from([
-            "frontend-guest",
-            "bench",
-            "blk",
-            "--socket",
-            "/s",
+        let args = parse_blk(&[
             "--rw",
             "randwrite",
             "--bs",
@@ -306,7 +308,6 @@ mod tests {
             "--verify",
         ])
         .unwrap();
-        let Command::Bench(BenchCommand::Blk(args)) = cli.command;
         let w = args.workload();
         assert_eq!(
             (w.rw, w.bs, w.iodepth, w.queues),
@@ -314,25 +315,8 @@ mod tests {
         );
         assert_eq!(w.runtime, Duration::from_secs(3));
         assert!(w.verify && w.indirect);
-        assert!(Cli::try_parse_from([
-            "frontend-guest",
-            "bench",
-            "blk",
-            "--socket",
-            "/s",
-            "--rw",
-            "x"
-        ])
-        .is_err());
-        assert!(Cli::try_parse_from([
-            "frontend-guest",
-            "bench",
-            "blk",
-            "--socket",
-            "/s",
-            "--iodepth",
-            "0"
-        ])
-        .is_err());
+        assert!(parse_blk(&["--rw", "x"]).is_err());
+        assert!(parse_blk(&["--iodepth", "0"]).is_err());
+        assert!(parse_blk(&["--queue-size", "100"]).is_err());
     }
 }
