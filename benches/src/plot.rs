@@ -26,13 +26,13 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// A "nice" axis maximum at or above `v`: 1, 2 or 5 times a power of ten.
+/// A "nice" axis maximum at or above `v`: 1, 2, 2.5 or 5 times a power of ten.
 pub fn nice_max(v: f64) -> f64 {
     if v <= 0.0 || !v.is_finite() {
         return 1.0;
     }
     let p = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
+    [1.0, 2.0, 2.5, 5.0, 10.0]
         .into_iter()
         .map(|m| m * p)
         .find(|&c| c >= v)
@@ -172,6 +172,8 @@ mod tests {
     fn nice_maxima() {
         assert_eq!(nice_max(0.0), 1.0);
         assert_eq!(nice_max(3.0), 5.0);
+        assert_eq!(nice_max(256_000.0), 500_000.0);
+        assert_eq!(nice_max(240_000.0), 250_000.0);
         assert_eq!(nice_max(120_000.0), 200_000.0);
         assert_eq!(nice_max(100.0), 100.0);
     }
