@@ -199,6 +199,7 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn acked_features(&self, features: u64) {
+        log::debug!("port {}: driver acked features {features:#x}", self.port.id);
         let acked = Acked(features);
         self.port.update(|s| {
             s.acked = acked;
@@ -275,6 +276,10 @@ impl VhostUserBackend for NetBackend {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
+        log::trace!(
+            "port {}: worker {thread_id} event {device_event}",
+            self.port.id
+        );
         let (Some(worker), [rx, tx, rest @ ..]) = (self.workers.get(thread_id), vrings) else {
             return Ok(());
         };

@@ -30,6 +30,7 @@ pub mod hdr;
 pub mod mac;
 pub mod offload;
 pub mod port;
+pub mod relay;
 pub mod rx;
 pub mod server;
 pub mod stats;

@@ -9,9 +9,10 @@
 
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::unix::net::UnixListener;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -27,6 +28,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::backend::{Dataplane, NetBackend};
 use crate::cli::{Config, Mode};
 use crate::port::Port;
+use crate::relay;
 use crate::switch::Switch;
 use crate::tap::{self, TapError};
 use crate::uring::UringError;
@@ -71,6 +73,9 @@ pub enum Error {
     #[error(transparent)]
     Uring(#[from] UringError),
 }
+
+/// Numbers the private folders of the handler sockets.
+static RELAY_DIRS: AtomicU32 = AtomicU32::new(0);
 
 /// What every thread needs to know to stop.
 struct Stop {
@@ -315,6 +320,33 @@ impl Session {
         }
     }
 
+    /// Connects `daemon` to the front-end's stream `front` through a [`relay`]: the daemon
+    /// accepts on a listener in a fresh private (0700) folder, the relay connects to it.
+    fn attach_through_relay(
+        &self,
+        daemon: &mut VhostUserDaemon<Arc<NetBackend>>,
+        front: UnixStream,
+    ) -> Result<[JoinHandle<()>; 2], Box<dyn std::error::Error>> {
+        let n = RELAY_DIRS.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "pvio-net-{}-{}-{n}",
+            std::process::id(),
+            self.port.id
+        ));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let result = (|| -> Result<_, Box<dyn std::error::Error>> {
+            let mut inner_listener = Listener::new(dir.join("handler.sock"), true)?;
+            let inner = UnixStream::connect(dir.join("handler.sock"))?;
+            daemon
+                .start(&mut inner_listener)
+                .map_err(|e| format!("cannot start the vhost-user daemon: {e}"))?;
+            Ok(relay::spawn(front, inner)?)
+        })();
+        // The listener removed its socket when dropped inside the closure.
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
     /// Accepts one front-end and serves it until it leaves.
     fn connection(&self, listener: &mut Listener) -> Result<(), Box<dyn std::error::Error>> {
         let id = self.port.id;
@@ -328,9 +360,12 @@ impl Session {
         )?);
         let mut daemon = VhostUserDaemon::new(format!("backend-net-{id}"), backend.clone(), mem)
             .map_err(|e| format!("cannot create the vhost-user daemon: {e}"))?;
-        daemon
-            .start(listener)
-            .map_err(|e| format!("cannot accept the front-end: {e}"))?;
+        let front = match listener.accept() {
+            Ok(Some(stream)) => stream,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(format!("cannot accept the front-end: {e}").into()),
+        };
+        let relay = self.attach_through_relay(&mut daemon, front)?;
         self.port.stats.connections.fetch_add(1, Ordering::Relaxed);
         log::info!("port {id}: front-end connected");
         if let Dataplane::Tap(taps) = &self.dataplane {
@@ -347,6 +382,9 @@ impl Session {
         }
         let result = daemon.wait();
         self.stop.set_session(id, None);
+        for t in relay {
+            let _ = t.join();
+        }
         backend.disconnect();
         match result {
             Ok(())

@@ -108,6 +108,19 @@ pub struct BlkDisk {
     pub num_queues: u16,
 }
 
+/// A `virtio-net-pci` NIC on a `-netdev vhost-user` whose back-end listens on `socket`; the
+/// guest sees NICs as `eth0`, `eth1`, ... in the order given. MSI-X is off (`vectors=0`):
+/// QEMU 7.2 under TCG crashes with MSI-X on a vhost-user netdev (shared/REAL-CLIENTS.md).
+#[derive(Debug, Clone)]
+pub struct NetNic {
+    /// The back-end's vhost-user socket.
+    pub socket: PathBuf,
+    /// The NIC's MAC address, e.g. `52:54:00:12:34:56`.
+    pub mac: String,
+    /// Queue pairs (`queues=` of the netdev; `mq=on` when more than one).
+    pub queue_pairs: u16,
+}
+
 /// One guest to boot: the machine and what it runs.
 #[derive(Debug, Clone)]
 pub struct Guest {
@@ -123,6 +136,8 @@ pub struct Guest {
     pub vcpus: u32,
     /// vhost-user-blk disks.
     pub disks: Vec<BlkDisk>,
+    /// vhost-user-net NICs.
+    pub nics: Vec<NetNic>,
     /// Wall-clock limit for the whole run, boot to power-off.
     pub deadline: Duration,
     /// Echo console lines to standard error as they arrive, each prefixed by this string.
@@ -156,6 +171,7 @@ impl Guest {
             memory_mib: 256,
             vcpus: 1,
             disks: Vec::new(),
+            nics: Vec::new(),
             deadline: Duration::from_secs(180),
             echo: std::env::var_os(ECHO_ENV).map(|_| "guest| ".to_string()),
             cancel: None,
@@ -190,6 +206,19 @@ impl Guest {
             args.push(format!(
                 "vhost-user-blk-pci,chardev=blk{i},num-queues={}",
                 disk.num_queues
+            ));
+        }
+        for (i, nic) in self.nics.iter().enumerate() {
+            let q = nic.queue_pairs;
+            let mq = if q > 1 { ",mq=on" } else { "" };
+            args.push("-chardev".into());
+            args.push(format!("socket,id=net{i},path={}", nic.socket.display()));
+            args.push("-netdev".into());
+            args.push(format!("vhost-user,id=n{i},chardev=net{i},queues={q}"));
+            args.push("-device".into());
+            args.push(format!(
+                "virtio-net-pci,netdev=n{i},mac={},vectors=0{mq}",
+                nic.mac
             ));
         }
         args
@@ -348,6 +377,29 @@ mod tests {
             "{args}"
         );
         assert!(args.contains("-no-reboot") && args.contains("-kernel /k -initrd /i -append"));
+    }
+
+    #[test]
+    fn nics_are_vhost_user_netdevs_without_msix() {
+        let mut guest = Guest::new(Path::new("/k"), Path::new("/i")).unwrap();
+        guest.nics = vec![NetNic {
+            socket: "/s/n.sock".into(),
+            mac: "52:54:00:00:00:01".into(),
+            queue_pairs: 2,
+        }];
+        let args = guest.args().join(" ");
+        assert!(
+            args.contains("-chardev socket,id=net0,path=/s/n.sock"),
+            "{args}"
+        );
+        assert!(
+            args.contains("-netdev vhost-user,id=n0,chardev=net0,queues=2"),
+            "{args}"
+        );
+        assert!(
+            args.contains("-device virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01,vectors=0,mq=on"),
+            "{args}"
+        );
     }
 
     #[test]
