@@ -188,6 +188,13 @@ impl SharedInfo {
         }
     }
 
+    /// Whether a wake-up has been raised and not yet collected by [`SharedInfo::take_pending`]
+    /// (the upcall flag), checked without a syscall.
+    pub fn upcall_pending(&self) -> bool {
+        // Acquire: pairs with the senders' SeqCst swap; a scan that follows sees their bits.
+        self.upcall().load(Ordering::Acquire) != 0
+    }
+
     /// Whether `port`'s pending bit is set.
     pub fn is_pending(&self, port: Port) -> bool {
         let (w, bit) = split(port);

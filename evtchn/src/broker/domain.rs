@@ -301,8 +301,14 @@ impl Domain {
     /// [`BrokerError::Doorbell`] if polling or reading the eventfd fails.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<Vec<Port>> {
         let deadline = timeout.map(|t| Instant::now() + t);
+        // Without a raised upcall nothing can be pending that was not already taken: skip the
+        // scan (and its eventfd read) and go straight to sleep.
+        let mut ports = if self.shared_info.upcall_pending() {
+            self.pending()?
+        } else {
+            Vec::new()
+        };
         loop {
-            let ports = self.pending()?;
             if !ports.is_empty() {
                 return Ok(ports);
             }
@@ -324,6 +330,8 @@ impl Domain {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(BrokerError::Doorbell(e)),
             }
+            // Always drain after a poll, so a doorbell rung late cannot keep poll returning.
+            ports = self.pending()?;
         }
     }
 

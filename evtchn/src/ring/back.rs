@@ -118,7 +118,7 @@ impl<Req: RingSlot, Rsp: RingSlot> BackRing<Req, Rsp> {
             &self.ring,
             Index::ReqProd,
             Index::ReqEvent,
-            self.req_cons,
+            self.req_cons.wrapping_add(1),
             check,
         )?;
         self.req_prod = prod;

@@ -122,12 +122,25 @@ impl<Req: RingSlot, Rsp: RingSlot> FrontRing<Req, Rsp> {
     /// # Errors
     /// [`RingError::ResponseOverflow`] if the back end's `rsp_prod` is invalid.
     pub fn final_check_for_responses(&mut self) -> Result<bool> {
+        self.final_check_for_responses_after(1)
+    }
+
+    /// [`FrontRing::final_check_for_responses`] that asks to be woken only once `count` more
+    /// responses are published (`rsp_event = rsp_cons + count`), the hold-off netfront uses to
+    /// batch completions (it waits for half of the requests in flight). `count` is clamped to
+    /// `1..=in_flight()` so the wake-up is certain to come once the back end answers every
+    /// request.
+    ///
+    /// # Errors
+    /// [`RingError::ResponseOverflow`] if the back end's `rsp_prod` is invalid.
+    pub fn final_check_for_responses_after(&mut self, count: u32) -> Result<bool> {
+        let count = count.clamp(1, self.in_flight().max(1));
         let check = self.checker();
         let (prod, n) = final_check(
             &self.ring,
             Index::RspProd,
             Index::RspEvent,
-            self.rsp_cons,
+            self.rsp_cons.wrapping_add(count),
             check,
         )?;
         self.rsp_prod = prod;

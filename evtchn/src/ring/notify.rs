@@ -76,13 +76,14 @@ pub(crate) fn load_producer<I: RingIndices, E>(
 }
 
 /// `RING_FINAL_CHECK_FOR_{REQUESTS,RESPONSES}`: if nothing is unconsumed, asks the producer for a
-/// notification at the next entry (`event = cons + 1`) and checks once more. Returns
-/// `(prod, unconsumed)`; the caller may sleep only if `unconsumed` is 0.
+/// notification when it publishes the entry before index `wake_at` (ring.h uses `cons + 1`: the
+/// next entry) and checks once more. Returns `(prod, unconsumed)`; the caller may sleep only if
+/// `unconsumed` is 0, and only if the producer is certain to reach `wake_at`.
 pub(crate) fn final_check<I: RingIndices, E>(
     h: &I,
     prod: Index,
     event: Index,
-    cons: u32,
+    wake_at: u32,
     check: impl Fn(u32) -> Result<u32, E>,
 ) -> Result<(u32, u32), E> {
     let first = load_producer(h, prod, &check)?;
@@ -90,7 +91,7 @@ pub(crate) fn final_check<I: RingIndices, E>(
         return Ok(first);
     }
     // Relaxed: ordered before the re-check below by the fence that follows.
-    h.store(event, cons.wrapping_add(1), Ordering::Relaxed);
+    h.store(event, wake_at, Ordering::Relaxed);
     // Full fence: the event-index store above is ordered before the producer-index load in the
     // re-check (ring.h's mb()). Pairs with the fence in `publish`: either the producer sees our
     // event index and notifies, or we see its new producer index here.
@@ -176,7 +177,7 @@ mod loom_tests {
                 if cons == total {
                     break;
                 }
-                let (_, n) = final_check(&*idx, Index::ReqProd, Index::ReqEvent, cons, |p| {
+                let (_, n) = final_check(&*idx, Index::ReqProd, Index::ReqEvent, cons + 1, |p| {
                     check(p, cons)
                 })
                 .unwrap();
