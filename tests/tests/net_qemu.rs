@@ -43,6 +43,12 @@ fn guest_ping(peer: &str) -> String {
     )
 }
 
+/// Guest shell: wait (up to about two minutes) until `peer` answers a ping; the other guest may
+/// still be booting.
+fn wait_for_peer(peer: &str) -> String {
+    format!("i=0; until ping -c 1 -W 1 {peer} > /dev/null; do i=$((i+1)); [ $i -lt 120 ]; done\n")
+}
+
 /// Guest shell: make /tmp/up of random data and report its digest as `up`.
 fn guest_make_data() -> String {
     format!(
@@ -238,16 +244,16 @@ fn two_guests_talk_through_the_switch() {
     // B receives: it listens, reports what it got; A waits for B to answer pings, then sends.
     let script_b = [
         guest_ip("10.78.0.2/24"),
+        wait_for_peer("10.78.0.1"),
+        guest_ping("10.78.0.1"),
         "nc -l -p 5001 > /tmp/got\n".to_string(),
         "echo \"@@pvio got $(sha256sum < /tmp/got | cut -d' ' -f1)\"\n".to_string(),
-        guest_ping("10.78.0.1"),
     ]
     .concat();
     let script_a = [
         guest_ip("10.78.0.1/24"),
         guest_make_data(),
-        "i=0; until ping -c 1 -W 1 10.78.0.2 > /dev/null; do i=$((i+1)); [ $i -lt 120 ]; done\n"
-            .to_string(),
+        wait_for_peer("10.78.0.2"),
         guest_ping("10.78.0.2"),
         "i=0; until nc 10.78.0.2 5001 < /tmp/up; do i=$((i+1)); [ $i -lt 50 ]; sleep 1; done\n"
             .to_string(),
