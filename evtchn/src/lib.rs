@@ -16,7 +16,7 @@
 //! [`Domain::alloc_unbound`] a port, publish both in XenStore); the back end maps the grant
 //! ([`Domain::map_grant`]), binds ([`Domain::bind_interdomain`]); then both push to their ring
 //! and [`Domain::notify`] only when `push_*_and_check_notify` says so, and wait on
-//! [`Domain::as_fd`] after `final_check_for_*` came back empty.
+//! the [`Domain`]'s fd (`AsFd`) after `final_check_for_*` came back empty.
 //!
 //! Shared memory is touched only through atomics and volatile copies in [`mapping`]; indices
 //! and slots written by the peer are untrusted and validated. `unsafe` lives in [`mapping`] and

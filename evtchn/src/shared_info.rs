@@ -1,7 +1,7 @@
 //! The event-channel page of one receiving endpoint: Xen's 2-level event channel ABI
 //! (public/xen.h `struct shared_info` and `struct vcpu_info`) with one virtual CPU.
 //!
-//! Layout (byte offsets, as in Xen's `shared_info` on 64-bit with vcpu_info[0] at the start):
+//! Layout (byte offsets, as in Xen's `shared_info` on 64-bit with `vcpu_info[0]` at the start):
 //!
 //! | bytes        | field                                                            |
 //! |--------------|------------------------------------------------------------------|
@@ -269,6 +269,31 @@ mod tests {
         s.take_pending(&mut out);
         assert_eq!(out, vec![2]);
         assert!(s.is_pending(1));
+    }
+
+    #[test]
+    fn a_scribbled_page_yields_only_valid_ports() {
+        let s = page();
+        let mut x = 0x1234_5678_9abc_def1u64;
+        for w in 0..(PAGE_SIZE / 8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            s.region()
+                .atomic_u64(w * 8)
+                .unwrap()
+                .store(x, Ordering::Relaxed);
+        }
+        let mut out = Vec::new();
+        s.take_pending(&mut out);
+        assert!(!out.is_empty());
+        assert!(out.iter().all(|&p| p < NR_EVENT_CHANNELS));
+        assert!(
+            out.windows(2).all(|w| w[0] < w[1]),
+            "ascending, no duplicates"
+        );
+        // Every delivered port is cleared; masked ones stay.
+        assert!(out.iter().all(|&p| !s.is_pending(p)));
     }
 
     #[test]

@@ -18,8 +18,8 @@
 //! suppression on this ring.
 //!
 //! - [`XsRingBackend`] is xenstored's side of one guest domain, created on XS_INTRODUCE from
-//!   the guest's (domid, grant ref, port). It never blocks: register [`Domain::as_fd`] in the
-//!   server's poll loop, and on readiness call [`Domain::pending`] and
+//!   the guest's (domid, grant ref, port). It never blocks: register the [`Domain`]'s fd
+//!   (`AsFd`) in the server's poll loop, and on readiness call [`Domain::pending`] and
 //!   [`XsRingBackend::read_available`] for the guests whose [`XsRingBackend::local_port`] fired.
 //! - [`XsRingFrontend`] is the guest's side, a blocking `Read + Write` byte stream, so a
 //!   xenstore client written for a socket runs over it unchanged.

@@ -4,12 +4,11 @@
 mod common;
 
 use std::os::fd::AsFd;
-use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use common::{temp_path, Req, Rsp, WAKE_DEADLINE};
-use evtchn::{Broker, BrokerError, Domain, SendOutcome, SharedRing};
+use common::{next_or_sleep, ring_channel, temp_path, WAKE_DEADLINE};
+use evtchn::{Broker, BrokerError, Domain, SendOutcome};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
@@ -280,57 +279,30 @@ fn a_toolstack_socket_pins_the_domain_id() {
 #[test]
 fn tight_notify_and_wait_loop_loses_no_wake_up() {
     // One request at a time: each side sleeps after every message, so a single lost wake-up
-    // stalls the loop and fails the deadline in `Domain::wait`.
+    // stalls the loop and fails the deadline in `next_or_sleep`.
     let broker = Broker::new();
-    let front_dom = broker.connect(1).unwrap();
-    let back_dom = Arc::new(broker.connect(0).unwrap());
-    let (gref, region) = front_dom.grant_access(0, 1).unwrap();
-    let fp = front_dom.alloc_unbound(0).unwrap();
-    let back_region = back_dom.map_grant(1, gref).unwrap();
-    let bp = back_dom.bind_interdomain(1, fp).unwrap();
-    let shared = SharedRing::<Req, Rsp>::new(region).unwrap();
-    shared.init(0);
-    let mut front = shared.front(0);
-    let mut back = SharedRing::<Req, Rsp>::new(back_region).unwrap().back(0);
+    let (mut front, mut back) = ring_channel(&broker);
     const ROUND_TRIPS: u64 = 50_000;
 
     let back_thread = thread::spawn(move || {
         for i in 0..ROUND_TRIPS {
-            let req = loop {
-                if let Some(r) = back.pop_request().unwrap() {
-                    break r;
-                }
-                if !back.final_check_for_requests().unwrap() {
-                    assert!(
-                        !back_dom.wait(Some(WAKE_DEADLINE)).unwrap().is_empty(),
-                        "back end lost a wake-up at {i}"
-                    );
-                }
-            };
+            let req = next_or_sleep(&mut back.ring, &back.dom, "back end");
             assert_eq!(req[0], i);
-            back.push_response(&[i, 0]).unwrap();
-            if back.push_responses_and_check_notify() {
-                back_dom.notify(bp).unwrap();
+            back.ring.push_response(&[i, 0]).unwrap();
+            if back.ring.push_responses_and_check_notify() {
+                back.dom.notify(back.port).unwrap();
             }
         }
     });
     for i in 0..ROUND_TRIPS {
-        front.push_request(&[i; 8]).unwrap();
-        if front.push_requests_and_check_notify() {
-            front_dom.notify(fp).unwrap();
+        front.ring.push_request(&[i; 8]).unwrap();
+        if front.ring.push_requests_and_check_notify() {
+            front.dom.notify(front.port).unwrap();
         }
-        let rsp = loop {
-            if let Some(r) = front.pop_response().unwrap() {
-                break r;
-            }
-            if !front.final_check_for_responses().unwrap() {
-                assert!(
-                    !front_dom.wait(Some(WAKE_DEADLINE)).unwrap().is_empty(),
-                    "front end lost a wake-up at {i}"
-                );
-            }
-        };
-        assert_eq!(rsp[0], i);
+        assert_eq!(
+            next_or_sleep(&mut front.ring, &front.dom, "front end")[0],
+            i
+        );
     }
     back_thread.join().unwrap();
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 
-use common::{make_req, run_back, run_front, Req, Rng, Rsp};
+use common::{make_req, ring_channel, run_back, run_front, Req, Rng, Rsp};
 use evtchn::ring::{REQ_EVENT_OFFSET, REQ_PROD_OFFSET, RSP_EVENT_OFFSET, RSP_PROD_OFFSET};
 use evtchn::{BackRing, Broker, FrontRing, RingError, SharedRegion, SharedRing};
 use proptest::prelude::*;
@@ -32,21 +32,11 @@ fn ring_pair<Q: evtchn::RingSlot, S: evtchn::RingSlot>(
 #[test]
 fn two_threads_stream_two_million_requests_in_order() {
     let broker = Broker::new();
-    let front_dom = Arc::new(broker.connect(1).unwrap());
-    let back_dom = Arc::new(broker.connect(0).unwrap());
-    let (gref, region) = front_dom.grant_access(0, 1).unwrap();
-    let front_port = front_dom.alloc_unbound(0).unwrap();
-    let back_region = back_dom.map_grant(1, gref).unwrap();
-    let back_port = back_dom.bind_interdomain(1, front_port).unwrap();
-
-    let shared = SharedRing::<Req, Rsp>::new(region).unwrap();
-    shared.init(0);
-    let mut front = shared.front(0);
-    let mut back = SharedRing::<Req, Rsp>::new(back_region).unwrap().back(0);
+    let (mut front, mut back) = ring_channel(&broker);
     const TOTAL: u64 = 2_000_000;
-
-    let back_thread = thread::spawn(move || run_back(&mut back, &back_dom, back_port, TOTAL, 7));
-    let front_stats = run_front(&mut front, &front_dom, front_port, TOTAL, 11);
+    let back_thread =
+        thread::spawn(move || run_back(&mut back.ring, &back.dom, back.port, TOTAL, 7));
+    let front_stats = run_front(&mut front.ring, &front.dom, front.port, TOTAL, 11);
     let back_stats = back_thread.join().unwrap();
     // Suppression must have kept notifications well below one per message.
     assert!(
@@ -145,6 +135,33 @@ fn final_check_arms_the_event_index() {
     assert!(back.final_check_for_requests().unwrap());
     assert!(!front.final_check_for_responses().unwrap());
     assert_eq!(spy.read_obj::<u32>(RSP_EVENT_OFFSET).unwrap(), 101);
+}
+
+#[test]
+fn response_hold_off_wakes_after_the_asked_count() {
+    let (mut front, mut back, spy) = ring_pair::<u64, u64>(1, 7);
+    for i in 0..10 {
+        front.push_request(&i).unwrap();
+    }
+    front.push_requests_and_check_notify();
+    // Ask to be woken after 4 of the 10 in flight.
+    assert!(!front.final_check_for_responses_after(4).unwrap());
+    assert_eq!(spy.read_obj::<u32>(RSP_EVENT_OFFSET).unwrap(), 7 + 4);
+    let mut notified_at = None;
+    for i in 0..10 {
+        back.pop_request().unwrap().unwrap();
+        back.push_response(&i).unwrap();
+        if back.push_responses_and_check_notify() {
+            notified_at.get_or_insert(i + 1);
+        }
+    }
+    assert_eq!(notified_at, Some(4));
+    // More than is in flight is clamped, so the wake-up can always come.
+    while front.pop_response().unwrap().is_some() {}
+    front.push_request(&0).unwrap();
+    front.push_requests_and_check_notify();
+    assert!(!front.final_check_for_responses_after(1000).unwrap());
+    assert_eq!(spy.read_obj::<u32>(RSP_EVENT_OFFSET).unwrap(), 7 + 10 + 1);
 }
 
 #[test]

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{connect, UnixAddr};
 
+use super::server::seqpacket_socket;
 use super::wire::{self, Op, Reply, Request};
 use super::{BrokerError, Result};
 use crate::doorbell::Doorbell;
@@ -103,13 +104,7 @@ impl Domain {
     /// [`BrokerError::Socket`] if the socket cannot connect; hello errors as in
     /// [`Domain::from_socket`].
     pub fn connect(path: &Path, domid: DomId) -> Result<Self> {
-        let sock = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(BrokerError::Socket)?;
+        let sock = seqpacket_socket().map_err(BrokerError::Socket)?;
         let addr = UnixAddr::new(path).map_err(BrokerError::Socket)?;
         connect(sock.as_raw_fd(), &addr).map_err(BrokerError::Socket)?;
         Self::from_socket(sock, domid)
@@ -250,7 +245,7 @@ impl Domain {
     }
 
     /// EVTCHNOP_unmask: clears the mask bit; if `port` is pending, rings this endpoint's own
-    /// doorbell so the next [`Domain::wait`] or poll of [`Domain::as_fd`] delivers it.
+    /// doorbell so the next [`Domain::wait`] or a poll of its fd (`AsFd`) delivers it.
     ///
     /// # Errors
     /// [`BrokerError::InvalidPort`], [`BrokerError::Doorbell`].
@@ -277,7 +272,7 @@ impl Domain {
     /// the doorbell), in ascending order, without blocking. Masked ports stay pending. Ports
     /// this endpoint does not hold (a misbehaving peer's scribbles) are dropped.
     ///
-    /// Call it when the fd from [`Domain::as_fd`] polls readable, then check the rings of the
+    /// Call it when this endpoint's fd (`AsFd`) polls readable, then check the rings of the
     /// returned ports (with the rings' final check before sleeping again).
     ///
     /// # Errors

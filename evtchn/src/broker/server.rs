@@ -375,13 +375,7 @@ impl Broker {
     /// # Errors
     /// [`BrokerError::Listen`] on socket, bind or listen failure.
     pub fn listen(&self, path: &Path) -> Result<BrokerListener> {
-        let sock = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(BrokerError::Listen)?;
+        let sock = seqpacket_socket().map_err(BrokerError::Listen)?;
         let addr = UnixAddr::new(path).map_err(BrokerError::Listen)?;
         bind(sock.as_raw_fd(), &addr).map_err(BrokerError::Listen)?;
         listen(&sock, Backlog::MAXCONN).map_err(BrokerError::Listen)?;
@@ -460,6 +454,16 @@ fn reply(sock: &OwnedFd, answer: OpResult<'_>) -> Result<()> {
         Err(e) => (Reply(Err(e)), Vec::new()),
     };
     wire::send(sock.as_fd(), &msg.encode(), &fds)
+}
+
+/// A new unconnected, close-on-exec unix SOCK_SEQPACKET socket.
+pub(crate) fn seqpacket_socket() -> nix::Result<OwnedFd> {
+    socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
 }
 
 /// A connected pair of SOCK_SEQPACKET unix sockets.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use evtchn::{BackRing, Domain, FrontRing, Port, SendOutcome};
+use evtchn::{BackRing, Broker, Domain, FrontRing, Port, SendOutcome, SharedRing};
 
 /// A 64-byte request: word 0 is the sequence number, the rest is derived from it.
 pub type Req = [u64; 8];
@@ -170,4 +170,81 @@ pub fn temp_path(tag: &str) -> PathBuf {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     std::env::temp_dir().join(format!("evtchn-{tag}-{}-{n}", std::process::id()))
+}
+
+/// One end of a ring channel: its domain connection, its port and its ring.
+pub struct End<R> {
+    pub dom: Domain,
+    pub port: Port,
+    pub ring: R,
+}
+
+/// The front end of a test ring channel.
+pub type FrontEnd = End<FrontRing<Req, Rsp>>;
+/// The back end of a test ring channel.
+pub type BackEnd = End<BackRing<Req, Rsp>>;
+
+/// A one-page ring between domain 1 (front end) and domain 0 (back end), set up as a split
+/// driver does: grant + unbound port on the front, map + bind on the back.
+pub fn ring_channel(broker: &Broker) -> (FrontEnd, BackEnd) {
+    let front_dom = broker.connect(1).unwrap();
+    let back_dom = broker.connect(0).unwrap();
+    let (gref, region) = front_dom.grant_access(0, 1).unwrap();
+    let front_port = front_dom.alloc_unbound(0).unwrap();
+    let back_region = back_dom.map_grant(1, gref).unwrap();
+    let back_port = back_dom.bind_interdomain(1, front_port).unwrap();
+    let shared = SharedRing::<Req, Rsp>::new(region).unwrap();
+    shared.init(0);
+    let front = End {
+        dom: front_dom,
+        port: front_port,
+        ring: shared.front(0),
+    };
+    let back = End {
+        dom: back_dom,
+        port: back_port,
+        ring: SharedRing::new(back_region).unwrap().back(0),
+    };
+    (front, back)
+}
+
+/// The consuming half of either ring end, for loops that take one entry at a time.
+pub trait Consumer {
+    type Item;
+    fn pop(&mut self) -> Option<Self::Item>;
+    fn final_check(&mut self) -> bool;
+}
+
+impl Consumer for FrontRing<Req, Rsp> {
+    type Item = Rsp;
+    fn pop(&mut self) -> Option<Rsp> {
+        self.pop_response().unwrap()
+    }
+    fn final_check(&mut self) -> bool {
+        self.final_check_for_responses().unwrap()
+    }
+}
+
+impl Consumer for BackRing<Req, Rsp> {
+    type Item = Req;
+    fn pop(&mut self) -> Option<Req> {
+        self.pop_request().unwrap()
+    }
+    fn final_check(&mut self) -> bool {
+        self.final_check_for_requests().unwrap()
+    }
+}
+
+/// Takes the next entry, sleeping on `dom` after an empty final check; fails on a lost
+/// wake-up (no notification within [`WAKE_DEADLINE`]).
+pub fn next_or_sleep<C: Consumer>(ring: &mut C, dom: &Domain, side: &str) -> C::Item {
+    loop {
+        if let Some(item) = ring.pop() {
+            return item;
+        }
+        if !ring.final_check() {
+            let ports = dom.wait(Some(WAKE_DEADLINE)).unwrap();
+            assert!(!ports.is_empty(), "{side} lost a wake-up");
+        }
+    }
 }
