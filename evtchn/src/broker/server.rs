@@ -64,21 +64,33 @@ struct State {
 }
 
 /// A successful operation: reply values and the descriptors to attach.
-struct Answer<'a> {
+struct Answer {
     vals: [u32; 3],
-    fds: Vec<BorrowedFd<'a>>,
+    /// Duplicates of the table's descriptors, so the reply is sent after the lock is released
+    /// (a client that does not read its replies must not stall the broker).
+    fds: Vec<OwnedFd>,
 }
 
-impl<'a> Answer<'a> {
+impl Answer {
     fn vals(vals: [u32; 3]) -> Self {
         Self {
             vals,
             fds: Vec::new(),
         }
     }
+
+    /// An answer carrying duplicates of `fds`; EMFILE/ENFILE if they cannot be duplicated.
+    fn with_fds(vals: [u32; 3], fds: &[BorrowedFd<'_>]) -> OpResult {
+        let fds = fds
+            .iter()
+            .map(|f| f.try_clone_to_owned())
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| e.raw_os_error().map_or(Errno::EMFILE, Errno::from_raw))?;
+        Ok(Self { vals, fds })
+    }
 }
 
-type OpResult<'a> = std::result::Result<Answer<'a>, Errno>;
+type OpResult = std::result::Result<Answer, Errno>;
 
 impl State {
     fn tables(&mut self, domid: DomId) -> &mut DomainTables {
@@ -102,15 +114,12 @@ impl State {
     }
 
     /// Answer carrying endpoint `id`'s event-channel page and doorbell.
-    fn endpoint_answer(&self, id: EndpointId, vals: [u32; 3]) -> OpResult<'_> {
+    fn endpoint_answer(&self, id: EndpointId, vals: [u32; 3]) -> OpResult {
         let ep = self.endpoints.get(&id).ok_or(Errno::ESRCH)?;
-        Ok(Answer {
-            vals,
-            fds: vec![ep.shared_info.fd(), ep.doorbell.as_fd()],
-        })
+        Answer::with_fds(vals, &[ep.shared_info.fd(), ep.doorbell.as_fd()])
     }
 
-    fn dispatch(&mut self, me: EndpointId, domid: DomId, req: Request) -> OpResult<'_> {
+    fn dispatch(&mut self, me: EndpointId, domid: DomId, req: Request) -> OpResult {
         let [a, b, _] = req.args;
         match req.op {
             Op::Hello => Err(Errno::EISCONN),
@@ -124,13 +133,7 @@ impl State {
         }
     }
 
-    fn grant_access(
-        &mut self,
-        me: EndpointId,
-        domid: DomId,
-        remote: u32,
-        pages: u32,
-    ) -> OpResult<'_> {
+    fn grant_access(&mut self, me: EndpointId, domid: DomId, remote: u32, pages: u32) -> OpResult {
         let remote = domid_arg(remote)?;
         let pages_usize = pages as usize;
         if pages_usize == 0 || pages_usize > MAX_REGION_PAGES {
@@ -147,18 +150,19 @@ impl State {
             log::warn!("grant for domain {domid}: {e}");
             Errno::ENOMEM
         })?;
-        let grant = tables.grants.entry(gref).or_insert(Grant {
-            owner: me,
-            remote,
-            region,
-        });
-        Ok(Answer {
-            vals: [gref, pages, 0],
-            fds: vec![grant.region.fd()],
-        })
+        let answer = Answer::with_fds([gref, pages, 0], &[region.fd()])?;
+        tables.grants.insert(
+            gref,
+            Grant {
+                owner: me,
+                remote,
+                region,
+            },
+        );
+        Ok(answer)
     }
 
-    fn map_grant(&mut self, domid: DomId, granter: u32, gref: GrantRef) -> OpResult<'_> {
+    fn map_grant(&mut self, domid: DomId, granter: u32, gref: GrantRef) -> OpResult {
         let granter = domid_arg(granter)?;
         let grant = self
             .domains
@@ -169,13 +173,10 @@ impl State {
             return Err(Errno::EPERM);
         }
         let pages = (grant.region.len() / PAGE_SIZE) as u32;
-        Ok(Answer {
-            vals: [pages, 0, 0],
-            fds: vec![grant.region.fd()],
-        })
+        Answer::with_fds([pages, 0, 0], &[grant.region.fd()])
     }
 
-    fn end_access(&mut self, me: EndpointId, domid: DomId, gref: GrantRef) -> OpResult<'_> {
+    fn end_access(&mut self, me: EndpointId, domid: DomId, gref: GrantRef) -> OpResult {
         let grants = &mut self.tables(domid).grants;
         match grants.get(&gref) {
             Some(g) if g.owner == me => {
@@ -195,7 +196,7 @@ impl State {
             .ok_or(Errno::ENOSPC)
     }
 
-    fn alloc_unbound(&mut self, me: EndpointId, domid: DomId, remote: u32) -> OpResult<'_> {
+    fn alloc_unbound(&mut self, me: EndpointId, domid: DomId, remote: u32) -> OpResult {
         let remote = domid_arg(remote)?;
         let port = self.free_port(domid)?;
         self.tables(domid).ports.insert(
@@ -214,7 +215,7 @@ impl State {
         domid: DomId,
         remote: u32,
         remote_port: Port,
-    ) -> OpResult<'_> {
+    ) -> OpResult {
         let remote = domid_arg(remote)?;
         let target = match self.tables(remote).ports.get(&remote_port) {
             Some(PortEntry {
@@ -243,7 +244,7 @@ impl State {
         self.endpoint_answer(target, [port, target, remote_port])
     }
 
-    fn route(&mut self, me: EndpointId, domid: DomId, port: Port) -> OpResult<'_> {
+    fn route(&mut self, me: EndpointId, domid: DomId, port: Port) -> OpResult {
         let (remote, remote_port) = match self.owned_port(me, domid, port)? {
             PortState::Interdomain {
                 remote,
@@ -399,15 +400,14 @@ impl Broker {
                     break;
                 }
             };
-            let mut state = self.lock();
             let answer = match Request::decode(&buf) {
-                Ok(req) => state.dispatch(me, domid, req),
+                Ok(req) => self.lock().dispatch(me, domid, req),
                 Err(e) => {
                     log::warn!("domain {domid} sent {e}");
                     Err(Errno::EINVAL)
                 }
             };
-            // The reply is sent under the lock: the descriptors borrow the tables.
+            // Sent without the lock held: a client slow to read stalls only its own thread.
             if let Err(e) = reply(sock, answer) {
                 log::warn!("replying to domain {domid}: {e}");
                 break;
@@ -428,19 +428,21 @@ impl Broker {
             (Some(Ok(d)), _) => Ok(d),
             _ => Err(Errno::EINVAL),
         };
-        let mut state = self.lock();
-        let registered = domid.and_then(|d| {
-            state.hello(d).map(|id| (id, d)).map_err(|e| {
-                log::warn!("hello from domain {d}: {e}");
-                Errno::ENOMEM
-            })
-        });
-        let answer = registered.and_then(|(id, _)| state.endpoint_answer(id, [id, 0, 0]));
-        let sent = reply(sock, answer);
-        match (registered, sent) {
+        let (registered, answer) = {
+            let mut state = self.lock();
+            let registered = domid.and_then(|d| {
+                state.hello(d).map(|id| (id, d)).map_err(|e| {
+                    log::warn!("hello from domain {d}: {e}");
+                    Errno::ENOMEM
+                })
+            });
+            let answer = registered.and_then(|(id, _)| state.endpoint_answer(id, [id, 0, 0]));
+            (registered, answer)
+        };
+        match (registered, reply(sock, answer)) {
             (Ok(r), Ok(())) => Some(r),
             (Ok((id, _)), Err(_)) => {
-                state.disconnect(id);
+                self.lock().disconnect(id);
                 None
             }
             _ => None,
@@ -448,12 +450,13 @@ impl Broker {
     }
 }
 
-fn reply(sock: &OwnedFd, answer: OpResult<'_>) -> Result<()> {
+fn reply(sock: &OwnedFd, answer: OpResult) -> Result<()> {
     let (msg, fds) = match answer {
         Ok(a) => (Reply(Ok(a.vals)), a.fds),
         Err(e) => (Reply(Err(e)), Vec::new()),
     };
-    wire::send(sock.as_fd(), &msg.encode(), &fds)
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+    wire::send(sock.as_fd(), &msg.encode(), &borrowed)
 }
 
 /// A new unconnected, close-on-exec unix SOCK_SEQPACKET socket.

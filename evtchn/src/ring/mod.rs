@@ -161,9 +161,9 @@ impl<Req: RingSlot, Rsp: RingSlot> SharedRing<Req, Rsp> {
             (Index::ReqEvent, start.wrapping_add(1)),
             (Index::RspEvent, start.wrapping_add(1)),
         ] {
-            // Release: the ring is not yet published, but a later Release store of the ring-ref
-            // hand-off (a socket send) orders these anyway; Release keeps each store ordered
-            // after any earlier slot clearing by this process.
+            // Release: ordered after any earlier writes this process made to the slots. The peer
+            // first learns of the ring through the ring-ref hand-off (a syscall), which orders
+            // these stores before anything it reads.
             self.store(index, value, Ordering::Release);
         }
     }
