@@ -25,6 +25,7 @@
 
 pub mod blk;
 pub mod mem;
+pub mod net;
 pub mod virtq;
 
 #[cfg(feature = "std")]

@@ -9,6 +9,7 @@
 //! Any vhost-user-blk back-end can serve it; it is tested against qemu-storage-daemon.
 
 pub mod blk;
+pub mod net;
 pub mod ram;
 pub mod vhost;
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 /// The protocol feature set type of [`VhostUserConnection::protocol_features`].
 pub use ::vhost::vhost_user::VhostUserProtocolFeatures;
 pub use blk::{BlkDevice, BlkOptions, BlkQueue, ChainForm, Completion, Data, Request, Token};
+pub use net::{NetDevice, NetError, NetOptions, NetQueuePair, Received};
 pub use ram::HostRam;
 pub use vhost::{ConnectOptions, VhostUserConnection, VringFds, Watchdog};
 

@@ -7,6 +7,8 @@
 //! only ever goes to addresses inside namespaces the test made.
 #![allow(dead_code)]
 
+pub mod frames;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

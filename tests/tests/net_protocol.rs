@@ -1,0 +1,731 @@
+//! backend-net against pvio's own mock front-end (frontend-guest's virtio-net driver over
+//! vhost-user): frames through the switch and through a TAP in a network namespace this test
+//! creates, offloads passed through or done in software, multi-queue, control queue commands,
+//! malformed transmit chains, the receive backlog and reconnects. Every check crosses the real
+//! socket boundary to the real daemon process; the daemon's counters come from its stats socket.
+
+mod net_support;
+
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use frontend_guest::host::net::{NetResult, ALL_FEATURES};
+use frontend_guest::GuestRam;
+use frontend_guest::host::{NetDevice, NetOptions, Received};
+use frontend_guest::net::{
+    NetHdr, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_MQ,
+    VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_NOBCAST,
+    VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_ERR, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_OK,
+};
+use frontend_guest::virtq::{RawDescriptor, RawNext, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
+use net_support::frames::{self, tcp4, udp4};
+use net_support::{counter, drops, NetDaemon, Netns};
+use pvio_tests::tmp::TempDir;
+
+const WAIT: Duration = Duration::from_secs(10);
+const BROADCAST: [u8; 6] = [0xff; 6];
+
+fn connect(daemon: &NetDaemon, port: usize, opts: &NetOptions) -> NetDevice {
+    NetDevice::connect(&daemon.sockets()[port], opts)
+        .unwrap_or_else(|e| panic!("connect to port {port}: {e}\n{}", daemon.log()))
+}
+
+fn with_features(features: u64) -> NetOptions {
+    NetOptions {
+        features,
+        ..NetOptions::default()
+    }
+}
+
+fn mac(dev: &NetDevice) -> [u8; 6] {
+    dev.config().mac
+}
+
+fn send(dev: &mut NetDevice, hdr: &NetHdr, frame: &[u8]) {
+    let pair = dev.pair(0).unwrap();
+    pair.send(hdr, frame).unwrap();
+    pair.wait_tx_done().unwrap();
+}
+
+/// Receives frames on `pair` until one satisfies `want` (others, e.g. IPv6 neighbour
+/// discovery from a namespace, are skipped); panics after [`WAIT`].
+fn recv_where(dev: &mut NetDevice, pair: usize, want: impl Fn(&Received) -> bool) -> Received {
+    let end = Instant::now() + WAIT;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no matching frame within {WAIT:?}");
+        if let Some(r) = dev.pair(pair).unwrap().recv(left).unwrap() {
+            if want(&r) {
+                return r;
+            }
+        }
+    }
+}
+
+fn recv_frame(dev: &mut NetDevice) -> Received {
+    recv_where(dev, 0, |_| true)
+}
+
+/// Nothing arrives on `dev` within a short while (used after a frame that must be dropped;
+/// the positive case in the same test bounds how long delivery takes).
+fn assert_nothing(dev: &mut NetDevice) -> NetResult<()> {
+    let got = dev.pair(0)?.recv(Duration::from_millis(300))?;
+    assert!(got.is_none(), "unexpected frame {got:?}");
+    Ok(())
+}
+
+/// A learns the switch its address with a broadcast that B receives, and B answers.
+fn introduce(a: &mut NetDevice, b: &mut NetDevice) {
+    let (ma, mb) = (mac(a), mac(b));
+    send(
+        a,
+        &NetHdr::default(),
+        &frames::ethernet(BROADCAST, ma, 0x88b5, b"hello from A"),
+    );
+    assert_eq!(recv_frame(b).frame[6..12], ma);
+    send(
+        b,
+        &NetHdr::default(),
+        &frames::ethernet(ma, mb, 0x88b5, b"hello from B"),
+    );
+    assert_eq!(recv_frame(a).frame[6..12], mb);
+}
+
+#[test]
+fn switch_passes_frames_of_every_size_and_offloads_untouched() {
+    let dir = TempDir::new("net-proto-sizes").unwrap();
+    let daemon = NetDaemon::switch(dir.path(), 2, &[]);
+    let mut a = connect(&daemon, 0, &NetOptions::default());
+    let mut b = connect(&daemon, 1, &NetOptions::default());
+    introduce(&mut a, &mut b);
+    let (ma, mb) = (mac(&a), mac(&b));
+    for len in [60usize, 1514, 1518] {
+        let frame = frames::ethernet(mb, ma, 0x88b5, &vec![len as u8; len - 14]);
+        send(&mut a, &NetHdr::default(), &frame);
+        let r = recv_frame(&mut b);
+        assert_eq!(r.frame, frame, "{len}-byte frame");
+        assert_eq!(r.hdr.gso_type, 0);
+    }
+    // A 64 KiB TCP segmentation offload frame with a partial checksum: B acked GUEST_TSO4 and
+    // GUEST_CSUM, so it arrives as it was sent, spread over many 2 KiB merged buffers.
+    let payload: Vec<u8> = (0..62_000u32).map(|i| (i * 7) as u8).collect();
+    let frame = tcp4(mb, ma, [10, 80, 0, 1], [10, 80, 0, 2], 1000, &payload, true);
+    let hdr = NetHdr {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+        num_buffers: 0,
+    };
+    send(&mut a, &hdr, &frame);
+    let r = recv_frame(&mut b);
+    assert_eq!(r.frame, frame);
+    assert_eq!(
+        (r.hdr.gso_type, r.hdr.gso_size, r.hdr.flags),
+        (VIRTIO_NET_HDR_GSO_TCPV4, 1448, VIRTIO_NET_HDR_F_NEEDS_CSUM)
+    );
+    assert!(
+        r.hdr.num_buffers > 30,
+        "merged buffers: {}",
+        r.hdr.num_buffers
+    );
+    // The same frame scattered over many small descriptors.
+    a.pair(0)
+        .unwrap()
+        .send_scattered(&hdr, &frame, 1000)
+        .unwrap();
+    assert_eq!(recv_frame(&mut b).frame, frame);
+    let p0 = daemon.port(0);
+    assert_eq!(counter(&p0, "tx_frames"), 6, "{p0}");
+    daemon.stop();
+}
+
+#[test]
+fn switch_segments_and_checksums_for_a_receiver_without_offloads() {
+    let dir = TempDir::new("net-proto-gso").unwrap();
+    let daemon = NetDaemon::switch(dir.path(), 2, &[]);
+    let mut a = connect(&daemon, 0, &NetOptions::default());
+    let plain = ALL_FEATURES
+        & !(1 << VIRTIO_NET_F_GUEST_TSO4
+            | 1 << VIRTIO_NET_F_GUEST_TSO6
+            | 1 << VIRTIO_NET_F_GUEST_CSUM);
+    let mut b = connect(&daemon, 1, &with_features(plain));
+    introduce(&mut a, &mut b);
+    let (ma, mb) = (mac(&a), mac(&b));
+    let payload: Vec<u8> = (0..4000u32).map(|i| (i * 13) as u8).collect();
+    let frame = tcp4(mb, ma, [10, 80, 0, 1], [10, 80, 0, 2], 5000, &payload, true);
+    let hdr = NetHdr {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+        num_buffers: 0,
+    };
+    send(&mut a, &hdr, &frame);
+    let mut joined = Vec::new();
+    for i in 0..3 {
+        let r = recv_frame(&mut b);
+        assert_eq!(r.hdr.gso_type, 0, "segment {i} is a plain frame");
+        assert!(frames::tcp4_checksums_ok(&r.frame), "segment {i} checksums");
+        assert!(frames::tcp4_payload(&r.frame).len() <= 1448);
+        joined.extend_from_slice(frames::tcp4_payload(&r.frame));
+    }
+    assert_eq!(joined, payload);
+    // A single frame with a partial checksum arrives with the checksum filled in.
+    let small = tcp4(
+        mb,
+        ma,
+        [10, 80, 0, 1],
+        [10, 80, 0, 2],
+        9,
+        b"partial checksum",
+        true,
+    );
+    let csum = NetHdr {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        csum_start: 34,
+        csum_offset: 16,
+        ..NetHdr::default()
+    };
+    send(&mut a, &csum, &small);
+    let r = recv_frame(&mut b);
+    assert!(frames::tcp4_checksums_ok(&r.frame));
+    assert_eq!(
+        r.frame,
+        tcp4(
+            mb,
+            ma,
+            [10, 80, 0, 1],
+            [10, 80, 0, 2],
+            9,
+            b"partial checksum",
+            false
+        )
+    );
+    daemon.stop();
+}
+
+#[test]
+fn switch_learns_floods_and_forgets() {
+    let dir = TempDir::new("net-proto-learn").unwrap();
+    let daemon = NetDaemon::switch(dir.path(), 3, &[]);
+    let mut a = connect(&daemon, 0, &NetOptions::default());
+    let mut b = connect(&daemon, 1, &NetOptions::default());
+    let mut c = connect(&daemon, 2, &NetOptions::default());
+    let (ma, mb) = (mac(&a), mac(&b));
+    // B has not sent anything: a frame to B floods, C sees it too.
+    send(
+        &mut a,
+        &NetHdr::default(),
+        &frames::ethernet(mb, ma, 0x88b5, b"before learning"),
+    );
+    assert_eq!(recv_frame(&mut b).frame[14..], *b"before learning");
+    assert_eq!(recv_frame(&mut c).frame[14..], *b"before learning");
+    // Once B has sent, frames to B go to B only.
+    send(
+        &mut b,
+        &NetHdr::default(),
+        &frames::ethernet(ma, mb, 0x88b5, b"B speaks"),
+    );
+    assert_eq!(recv_frame(&mut a).frame[14..], *b"B speaks");
+    // A was learned from its first frame: B's answer went to A only.
+    assert_nothing(&mut c).unwrap();
+    send(
+        &mut a,
+        &NetHdr::default(),
+        &frames::ethernet(mb, ma, 0x88b5, b"after learning"),
+    );
+    assert_eq!(recv_frame(&mut b).frame[14..], *b"after learning");
+    send(
+        &mut a,
+        &NetHdr::default(),
+        &frames::ethernet(mb, ma, 0x88b5, b"again"),
+    );
+    assert_eq!(recv_frame(&mut b).frame[14..], *b"again");
+    assert_nothing(&mut c).unwrap();
+    // B goes away: the switch forgets it and floods again; a new B connects and gets them.
+    drop(b);
+    daemon.wait_port(1, "B's disconnect", |p| counter(p, "connections") == 1);
+    let mut b2 = connect(&daemon, 1, &NetOptions::default());
+    send(
+        &mut a,
+        &NetHdr::default(),
+        &frames::ethernet(mb, ma, 0x88b5, b"after B left"),
+    );
+    assert_eq!(recv_frame(&mut c).frame[14..], *b"after B left");
+    assert_eq!(recv_frame(&mut b2).frame[14..], *b"after B left");
+    assert_eq!(counter(&daemon.port(1), "connections"), 2);
+    daemon.stop();
+}
+
+#[test]
+fn control_queue_sets_the_receive_filter_and_refuses_the_rest() {
+    let dir = TempDir::new("net-proto-ctrl").unwrap();
+    let daemon = NetDaemon::switch(dir.path(), 2, &["--num-queue-pairs", "2"]);
+    let mut a = connect(&daemon, 0, &NetOptions::default());
+    let mut b = connect(&daemon, 1, &NetOptions::default());
+    let (ma, mb) = (mac(&a), mac(&b));
+    let other = [0x52, 0x54, 0, 0x99, 0, 1];
+    let extra = [0x52, 0x54, 0, 0x99, 0, 2];
+    assert_eq!(
+        b.ctrl(VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, &[0])
+            .unwrap(),
+        VIRTIO_NET_OK
+    );
+    send(
+        &mut a,
+        &NetHdr::default(),
+        &frames::ethernet(other, ma, 0x88b5, b"to nobody"),
+    );
+    send(
+        &mut a,
+        &NetHdr::default(),
+        &frames::ethernet(mb, ma, 0x88b5, b"to B"),
+    );
+    assert_eq!(
+        recv_frame(&mut b).frame[14..],
+        *b"to B",
+        "the unknown address was filtered"
+    );
+    let mut tables = vec![0u8; 64];
+    let n = frontend_guest::net::mac_table(&[extra], &mut tables).unwrap();
+    let m = frontend_guest::net::mac_table(&[], &mut tables[n..]).unwrap();
+    tables.truncate(n + m);
+    assert_eq!(
+        b.ctrl(VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET, &tables)
+            .unwrap(),
+        VIRTIO_NET_OK
+    );
+    send(
+        &mut a,
+        &NetHdr::default(),
+        &frames::ethernet(extra, ma, 0x88b5, b"to the table"),
+    );
+    assert_eq!(recv_frame(&mut b).frame[14..], *b"to the table");
+    assert_eq!(
+        b.ctrl(VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_NOBCAST, &[1])
+            .unwrap(),
+        VIRTIO_NET_OK
+    );
+    send(
+        &mut a,
+        &NetHdr::default(),
+        &frames::ethernet(BROADCAST, ma, 0x88b5, b"broadcast"),
+    );
+    send(
+        &mut a,
+        &NetHdr::default(),
+        &frames::ethernet(mb, ma, 0x88b5, b"after broadcast"),
+    );
+    assert_eq!(recv_frame(&mut b).frame[14..], *b"after broadcast");
+    let p1 = daemon.port(1);
+    assert_eq!(drops(&p1, "rx_filtered"), 2, "{p1}");
+    // Unknown classes and commands, and bad arguments, are refused; the queue goes on.
+    assert_eq!(b.ctrl(9, 0, &[]).unwrap(), VIRTIO_NET_ERR, "unknown class");
+    assert_eq!(
+        b.ctrl(VIRTIO_NET_CTRL_RX, 7, &[1]).unwrap(),
+        VIRTIO_NET_ERR,
+        "unknown command"
+    );
+    assert_eq!(
+        b.ctrl(VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, &[1, 2])
+            .unwrap(),
+        VIRTIO_NET_ERR,
+        "bad data"
+    );
+    assert_eq!(
+        b.ctrl(
+            VIRTIO_NET_CTRL_MQ,
+            VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
+            &0u16.to_le_bytes()
+        )
+        .unwrap(),
+        VIRTIO_NET_ERR
+    );
+    assert_eq!(
+        b.ctrl(
+            VIRTIO_NET_CTRL_MQ,
+            VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
+            &3u16.to_le_bytes()
+        )
+        .unwrap(),
+        VIRTIO_NET_ERR
+    );
+    assert_eq!(
+        b.ctrl(
+            VIRTIO_NET_CTRL_MQ,
+            VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
+            &2u16.to_le_bytes()
+        )
+        .unwrap(),
+        VIRTIO_NET_OK
+    );
+    // A control chain with no room for the ack is returned unused and counted.
+    let buf = b.ram().alloc(64, 8).unwrap();
+    let used = b
+        .ctrl_raw(&[RawDescriptor {
+            addr: buf,
+            len: 3,
+            flags: 0,
+            next: RawNext::Slot(0),
+        }])
+        .unwrap();
+    assert_eq!(used, 0);
+    assert_eq!(
+        b.ctrl(VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, &[1])
+            .unwrap(),
+        VIRTIO_NET_OK,
+        "still working"
+    );
+    let p1 = daemon.port(1);
+    assert_eq!(
+        (counter(&p1, "ctrl_ok"), counter(&p1, "ctrl_err")),
+        (5, 6),
+        "{p1}"
+    );
+    daemon.stop();
+}
+
+#[test]
+fn malformed_transmit_chains_are_dropped_and_counted() {
+    let dir = TempDir::new("net-proto-bad-tx").unwrap();
+    let daemon = NetDaemon::switch(dir.path(), 2, &[]);
+    let mut a = connect(&daemon, 0, &NetOptions::default());
+    let mut b = connect(&daemon, 1, &NetOptions::default());
+    let (ma, mb) = (mac(&a), mac(&b));
+    let ram = a.ram().clone();
+    let buf = ram.alloc(8192, 64).unwrap();
+    let good = frames::ethernet(mb, ma, 0x88b5, b"a good frame");
+    ram.write(buf, &NetHdr::default().to_bytes()).unwrap();
+    ram.write(buf + 12, &good).unwrap();
+    let raw = |addr, len, flags, next| RawDescriptor {
+        addr,
+        len,
+        flags,
+        next,
+    };
+    let outside = ram.size() + 0x10_000;
+    let chains: Vec<(&str, Vec<RawDescriptor>)> = vec![
+        ("short header", vec![raw(buf, 5, 0, RawNext::Slot(0))]),
+        (
+            "outside guest memory",
+            vec![
+                raw(buf, 12, VIRTQ_DESC_F_NEXT, RawNext::Chain(1)),
+                raw(outside, 60, 0, RawNext::Slot(0)),
+            ],
+        ),
+        (
+            "device-writable buffer",
+            vec![raw(buf, 12 + 60, VIRTQ_DESC_F_WRITE, RawNext::Slot(0))],
+        ),
+        (
+            "broken link",
+            vec![raw(buf, 12, VIRTQ_DESC_F_NEXT, RawNext::Slot(999))],
+        ),
+    ];
+    for (what, descs) in &chains {
+        a.pair(0)
+            .unwrap()
+            .send_raw(descs)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        a.pair(0)
+            .unwrap()
+            .wait_tx_done()
+            .unwrap_or_else(|e| panic!("{what} not returned: {e}"));
+    }
+    let bad_headers = [
+        NetHdr {
+            flags: 2,
+            ..NetHdr::default()
+        },
+        NetHdr {
+            gso_type: 3,
+            gso_size: 100,
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            ..NetHdr::default()
+        },
+        NetHdr {
+            gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+            gso_size: 0,
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            ..NetHdr::default()
+        },
+        NetHdr {
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            csum_start: 60,
+            csum_offset: 16,
+            ..NetHdr::default()
+        },
+    ];
+    for h in &bad_headers {
+        send(&mut a, h, &good);
+    }
+    send(
+        &mut a,
+        &NetHdr::default(),
+        &frames::ethernet(mb, ma, 0x88b5, &[0u8; 3000]),
+    );
+    send(&mut a, &NetHdr::default(), &good[..10]);
+    // The device went on: a good frame still arrives, and only it.
+    send(&mut a, &NetHdr::default(), &good);
+    assert_eq!(recv_frame(&mut b).frame, good);
+    assert_nothing(&mut b).unwrap();
+    let p0 = daemon.port(0);
+    assert_eq!(drops(&p0, "tx_bad_chain"), 3, "{p0}");
+    assert_eq!(drops(&p0, "tx_bad_header"), 6, "{p0}");
+    assert_eq!(drops(&p0, "tx_too_big"), 1, "{p0}");
+    assert_eq!(counter(&p0, "tx_frames"), 1, "{p0}");
+    daemon.stop();
+}
+
+#[test]
+fn receive_backlog_holds_then_drops_and_delivers_in_order() {
+    let dir = TempDir::new("net-proto-backlog").unwrap();
+    let daemon = NetDaemon::switch(dir.path(), 2, &["--rx-backlog", "32"]);
+    let mut a = connect(&daemon, 0, &NetOptions::default());
+    let small = NetOptions {
+        queue_size: 64,
+        ..NetOptions::default()
+    };
+    let mut b = connect(&daemon, 1, &small);
+    introduce(&mut a, &mut b);
+    let (ma, mb) = (mac(&a), mac(&b));
+    // B does not take frames: 64 fill its buffers, 32 wait, 20 are dropped.
+    for seq in 0..116u32 {
+        send(
+            &mut a,
+            &NetHdr::default(),
+            &frames::ethernet(mb, ma, 0x88b5, &seq.to_be_bytes()),
+        );
+    }
+    let p1 = daemon.wait_port(1, "the backlog to fill", |p| {
+        drops(p, "rx_no_buffers") == 20
+    });
+    assert_eq!(counter(&p1, "rx_frames"), 64 + 1, "{p1}");
+    for seq in 0..96u32 {
+        let r = recv_frame(&mut b);
+        assert_eq!(r.frame[14..18], seq.to_be_bytes(), "frames arrive in order");
+    }
+    assert_nothing(&mut b).unwrap();
+    let p1 = daemon.port(1);
+    assert_eq!(
+        (counter(&p1, "rx_frames"), drops(&p1, "rx_no_buffers")),
+        (96 + 1, 20),
+        "{p1}"
+    );
+    daemon.stop();
+}
+
+/// Runs `f` on a thread inside network namespace `ns` (setns affects only that thread).
+fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let file =
+        std::fs::File::open(format!("/var/run/netns/{}", ns.name())).expect("open the namespace");
+    std::thread::spawn(move || {
+        // SAFETY: setns on this thread with a namespace file descriptor that stays open for
+        // the call; it changes only this thread's network namespace.
+        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+#[test]
+fn tap_carries_frames_both_ways_in_a_namespace() {
+    let dir = TempDir::new("net-proto-tap").unwrap();
+    let ns = Netns::new();
+    ns.add_tap("tap0", false, "10.79.0.1/24");
+    let daemon = NetDaemon::tap(dir.path(), &ns, "tap0", &[]);
+    let mut dev = connect(&daemon, 0, &NetOptions::default());
+    let me = mac(&dev);
+    let tap_mac = read_mac(&ns, "tap0");
+    ns.ip(&[
+        "neigh",
+        "add",
+        "10.79.0.2",
+        "lladdr",
+        &fmt_mac(me),
+        "dev",
+        "tap0",
+        "nud",
+        "permanent",
+    ]);
+    // Mock → namespace: an ICMP echo request is answered.
+    let echo = frames::icmp_echo(
+        tap_mac,
+        me,
+        [10, 79, 0, 2],
+        [10, 79, 0, 1],
+        0x77,
+        1,
+        &[0xab; 200],
+    );
+    send(&mut dev, &NetHdr::default(), &echo);
+    let reply = recv_where(&mut dev, 0, |r| {
+        r.frame.len() >= 42 && r.frame[23] == 1 && r.frame[34] == 0
+    });
+    assert_eq!(
+        reply.frame[42..],
+        echo[42..],
+        "echo reply carries the payload"
+    );
+    // Namespace → mock: UDP datagrams from a socket in the namespace.
+    in_netns(&ns, || {
+        let s = UdpSocket::bind("10.79.0.1:7000").unwrap();
+        for i in 0..10u8 {
+            s.send_to(&[i; 1000], "10.79.0.2:7001").unwrap();
+        }
+    });
+    for i in 0..10u8 {
+        let r = recv_where(&mut dev, 0, |r| {
+            frames::udp4_payload(&r.frame).is_some_and(|(p, _)| p == 7001)
+        });
+        let (_, data) = frames::udp4_payload(&r.frame).unwrap();
+        assert_eq!(data, &[i; 1000][..]);
+    }
+    // Mock → namespace UDP, checked by a socket there.
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let receiver = in_netns_spawn(&ns, got.clone());
+    let dgram = udp4(
+        tap_mac,
+        me,
+        ([10, 79, 0, 2], 7003),
+        ([10, 79, 0, 1], 7002),
+        b"to the namespace",
+    );
+    net_support::wait_for("the namespace's UDP socket", WAIT, || {
+        send(&mut dev, &NetHdr::default(), &dgram);
+        (!got.lock().unwrap().is_empty()).then_some(())
+    });
+    receiver.join().unwrap();
+    assert_eq!(got.lock().unwrap()[0], b"to the namespace");
+    let p = daemon.port(0);
+    assert!(
+        counter(&p, "tx_frames") >= 2 && counter(&p, "rx_frames") >= 11,
+        "{p}"
+    );
+    assert_eq!(
+        drops(&p, "tx_tap_error") + drops(&p, "tx_bad_header"),
+        0,
+        "{p}"
+    );
+    drop(dev);
+    daemon.stop();
+}
+
+/// A thread in `ns` that receives one datagram on 10.79.0.1:7002 into `got`.
+fn in_netns_spawn(
+    ns: &Netns,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+) -> std::thread::JoinHandle<()> {
+    let file =
+        std::fs::File::open(format!("/var/run/netns/{}", ns.name())).expect("open the namespace");
+    std::thread::spawn(move || {
+        // SAFETY: as in `in_netns`.
+        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0);
+        let s = UdpSocket::bind("10.79.0.1:7002").unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut buf = [0u8; 2000];
+        let (n, _) = s.recv_from(&mut buf).unwrap();
+        got.lock().unwrap().push(buf[..n].to_vec());
+    })
+}
+
+#[test]
+fn tap_with_two_queue_pairs_spreads_flows() {
+    let dir = TempDir::new("net-proto-tap-mq").unwrap();
+    let ns = Netns::new();
+    ns.add_tap("tap0", true, "10.79.1.1/24");
+    let daemon = NetDaemon::tap(dir.path(), &ns, "tap0", &["--num-queue-pairs", "2"]);
+    let mut dev = connect(
+        &daemon,
+        0,
+        &NetOptions {
+            queue_pairs: 2,
+            ..NetOptions::default()
+        },
+    );
+    let me = mac(&dev);
+    ns.ip(&[
+        "neigh",
+        "add",
+        "10.79.1.2",
+        "lladdr",
+        &fmt_mac(me),
+        "dev",
+        "tap0",
+        "nud",
+        "permanent",
+    ]);
+    // 64 flows (source ports) from the namespace: the TAP hashes them over its two queues.
+    in_netns(&ns, || {
+        for port in 0..64u16 {
+            let s = UdpSocket::bind(("10.79.1.1", 20000 + port)).unwrap();
+            s.send_to(&port.to_be_bytes(), "10.79.1.2:7001").unwrap();
+        }
+    });
+    let mut per_pair = [0usize; 2];
+    let end = Instant::now() + WAIT;
+    while per_pair.iter().sum::<usize>() < 64 {
+        assert!(
+            Instant::now() < end,
+            "only {per_pair:?} of 64 datagrams arrived"
+        );
+        for (q, count) in per_pair.iter_mut().enumerate() {
+            let pair = dev.pair(q).unwrap();
+            while let Some(r) = pair.try_recv().unwrap() {
+                if frames::udp4_payload(&r.frame).is_some_and(|(p, _)| p == 7001) {
+                    *count += 1;
+                }
+            }
+        }
+        dev.pair(0)
+            .unwrap()
+            .wait_rx(Duration::from_millis(20))
+            .unwrap();
+    }
+    assert!(
+        per_pair[0] > 0 && per_pair[1] > 0,
+        "both receive queues used: {per_pair:?}"
+    );
+    // Both transmit queues reach the TAP.
+    let tap_mac = read_mac(&ns, "tap0");
+    for q in 0..2u16 {
+        let echo = frames::icmp_echo(tap_mac, me, [10, 79, 1, 2], [10, 79, 1, 1], 0x99, q, b"mq");
+        dev.pair(usize::from(q))
+            .unwrap()
+            .send(&NetHdr::default(), &echo)
+            .unwrap();
+    }
+    let p = daemon.wait_port(0, "both transmit queues", |p| {
+        (0..2).all(|q| p["queues"][q]["tx_frames"].as_u64().unwrap_or(0) >= 1)
+    });
+    assert_eq!(drops(&p, "tx_tap_error"), 0, "{p}");
+    drop(dev);
+    daemon.stop();
+}
+
+fn read_mac(ns: &Netns, dev: &str) -> [u8; 6] {
+    let text = ns.exec("cat", &[&format!("/sys/class/net/{dev}/address")]);
+    let v: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    v.try_into().unwrap()
+}
+
+fn fmt_mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
