@@ -1,31 +1,34 @@
 //! evtchn benchmark: 64-byte messages through a ring.h `SharedRing` plus event channels,
 //! against a unix SOCK_SEQPACKET socket pair and a pipe, one process each side. Prints the
-//! one-way message rate, the round-trip latency, the doorbells rung per 1000 messages with
-//! notification suppression on and off, and the ratios. No pass or fail.
+//! one-way message rate, the round-trip latency, the doorbells rung and sleeps taken per 1000
+//! messages with notification suppression on and off, and the ratios. No pass or fail.
 //!
 //! - One-way: the sender pushes `--messages` 64-byte messages as fast as it can; the clock stops
 //!   when the receiver has taken the last one (the ring's 64-byte responses free the slots, as in
 //!   every ring.h protocol; the socket and pipe receivers send one final acknowledgement). The
 //!   socket receiver takes one message per `recv` (message boundaries); the pipe receiver reads
 //!   up to 64 KiB per `read`, as a byte stream allows.
-//! - Round trip: one 64-byte request, one 64-byte reply, `--round-trips` times; both sides block
-//!   (the ring sides sleep on their eventfd after `final_check_for_*`, never spin).
-//! - Suppression off: each side publishes every message on its own and notifies every time,
-//!   ignoring ring.h's `*_event` indices. "eventfd writes" counts the notifies that actually rang
-//!   the peer's doorbell (the 2-level pending/upcall bits coalesce some even then).
+//! - Round trip: one 64-byte request, one 64-byte reply, `--round-trips` times.
+//! - Ring sides publish every entry at once (as blkback/netback do) and, with nothing to do,
+//!   run `final_check_for_*` and sleep on their eventfd; they never spin. The front end sleeps
+//!   until half of what is in flight has been answered (netfront's hold-off).
+//! - Suppression off: every entry is followed by a notify, ignoring ring.h's `*_event` indices.
+//!   "eventfd writes" counts the notifies that actually rang the peer's doorbell (the 2-level
+//!   pending/upcall bits coalesce some even then); "sleeps" counts blocking waits.
 //!
 //! The peer process is this binary re-executed with the hidden `peer` subcommand.
 //!
-//! `cargo run --release -p pvio-benches --bin evtchn -- [--messages N] [--round-trips N] [--repeats N]`
+//! `cargo run --release -p pvio-benches --bin evtchn -- [--messages N] [--round-trips N]
+//! [--repeats N] [--ring-pages 1,4]`
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use evtchn::{BackRing, Broker, Domain, FrontRing, Port, SendOutcome, SharedRing};
+use evtchn::{BackRing, Broker, Domain, FrontRing, Port, RingError, SendOutcome, SharedRing};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use nix::unistd::{pipe, read, write};
@@ -33,6 +36,8 @@ use pvio_benches::report::median;
 
 /// One message: 64 bytes, the sequence number in the first 8.
 type Msg = [u8; 64];
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// Benchmark options.
 #[derive(Debug, Parser)]
@@ -48,7 +53,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     repeats: usize,
     /// Ring sizes to measure, in pages (1 page = 32 slots of 64 bytes, a single-page Xen ring;
-    /// 4 pages = 128 slots, as blkif's multi-page rings allow).
+    /// 4 pages = 128 slots, as blkif's multi-page rings allow). The first is used for latency.
     #[arg(long, value_delimiter = ',', default_value = "1,4")]
     ring_pages: Vec<u32>,
     #[command(subcommand)]
@@ -58,10 +63,8 @@ struct Args {
 /// What a run measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Mode {
-    /// One-way stream, ring.h notification suppression on.
+    /// One-way stream.
     OneWay,
-    /// One-way stream, every message published and notified on its own.
-    OneWayNoSuppress,
     /// Request/reply ping-pong.
     RoundTrip,
 }
@@ -87,10 +90,11 @@ enum PeerTransport {
         gref: u32,
         #[arg(long)]
         port: u32,
-        #[arg(long, value_enum)]
-        mode: Mode,
         #[arg(long)]
         count: u64,
+        /// Honour ring.h's notification suppression (`*_event`).
+        #[arg(long)]
+        suppress: bool,
     },
     /// One end of a SOCK_SEQPACKET pair (inherited fd).
     Seqpacket {
@@ -114,27 +118,6 @@ enum PeerTransport {
     },
 }
 
-type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
-
-/// Notifications one side sent.
-#[derive(Debug, Default, Clone, Copy)]
-struct Doorbells {
-    /// `Domain::notify` calls (EVTCHNOP_send).
-    notifies: u64,
-    /// Of those, the ones that wrote the peer's eventfd.
-    eventfd_writes: u64,
-}
-
-impl Doorbells {
-    fn notify(&mut self, dom: &Domain, port: Port) -> BenchResult<()> {
-        self.notifies += 1;
-        if dom.notify(port)? == SendOutcome::Raise {
-            self.eventfd_writes += 1;
-        }
-        Ok(())
-    }
-}
-
 fn msg(seq: u64) -> Msg {
     let mut m = [0u8; 64];
     m[..8].copy_from_slice(&seq.to_le_bytes());
@@ -147,25 +130,85 @@ fn seq_of(m: &[u8]) -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// Sleeps on the event channel; the caller has just seen `final_check_*` come back empty.
-fn sleep_on(dom: &Domain) -> BenchResult<()> {
-    if dom.wait(Some(Duration::from_secs(30)))?.is_empty() {
-        return Err("no notification in 30 s: lost wake-up".into());
-    }
-    Ok(())
+// ---------------------------------------------------------------- ring sides
+
+/// What one ring side did.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    /// `Domain::notify` calls (EVTCHNOP_send).
+    notifies: u64,
+    /// Of those, the ones that wrote the peer's eventfd.
+    eventfd_writes: u64,
+    /// Blocking waits on this side's eventfd.
+    sleeps: u64,
 }
 
-// ---------------------------------------------------------------- ring: front end (parent)
+/// The final check a ring end makes before sleeping.
+trait FinalCheck {
+    fn final_check(&mut self) -> Result<bool, RingError>;
+}
 
-/// Streams `count` messages; returns the doorbells this side rang.
+impl FinalCheck for FrontRing<Msg, Msg> {
+    /// Wake when half of what is in flight has been answered (netfront's hold-off).
+    fn final_check(&mut self) -> Result<bool, RingError> {
+        self.final_check_for_responses_after(self.in_flight() / 2)
+    }
+}
+
+impl FinalCheck for BackRing<Msg, Msg> {
+    fn final_check(&mut self) -> Result<bool, RingError> {
+        self.final_check_for_requests()
+    }
+}
+
+/// One ring side's event channel and behaviour.
+struct Side<'a> {
+    dom: &'a Domain,
+    port: Port,
+    suppress: bool,
+    counts: Counts,
+}
+
+impl<'a> Side<'a> {
+    fn new(dom: &'a Domain, port: Port, suppress: bool) -> Self {
+        Self {
+            dom,
+            port,
+            suppress,
+            counts: Counts::default(),
+        }
+    }
+
+    /// After publishing one entry: notify if the peer asked, or always without suppression.
+    fn published(&mut self, peer_asked: bool) -> BenchResult<()> {
+        if peer_asked || !self.suppress {
+            self.counts.notifies += 1;
+            if self.dom.notify(self.port)? == SendOutcome::Raise {
+                self.counts.eventfd_writes += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Nothing to do: final check, then sleep.
+    fn idle(&mut self, ring: &mut impl FinalCheck) -> BenchResult<()> {
+        if ring.final_check()? {
+            return Ok(());
+        }
+        self.counts.sleeps += 1;
+        if self.dom.wait(Some(Duration::from_secs(30)))?.is_empty() {
+            return Err("no notification in 30 s: lost wake-up".into());
+        }
+        Ok(())
+    }
+}
+
+/// Front end, one-way: streams `count` messages.
 fn ring_front_one_way(
     front: &mut FrontRing<Msg, Msg>,
-    dom: &Domain,
-    port: Port,
+    side: &mut Side<'_>,
     count: u64,
-    suppress: bool,
-) -> BenchResult<Doorbells> {
-    let mut bells = Doorbells::default();
+) -> BenchResult<()> {
     let (mut sent, mut done) = (0u64, 0u64);
     while done < count {
         let mut progressed = false;
@@ -173,11 +216,8 @@ fn ring_front_one_way(
             front.push_request(&msg(sent))?;
             sent += 1;
             progressed = true;
-            // Publish every request at once so the back end can start on it; notify only when
-            // it asked (suppression on) or always (off).
-            if front.push_requests_and_check_notify() || !suppress {
-                bells.notify(dom, port)?;
-            }
+            let asked = front.push_requests_and_check_notify();
+            side.published(asked)?;
         }
         while let Some(rsp) = front.pop_response()? {
             if seq_of(&rsp) != done {
@@ -186,30 +226,25 @@ fn ring_front_one_way(
             done += 1;
             progressed = true;
         }
-        // Nothing to push or pop: the ring is full (or everything is sent). Sleep until half
-        // of what is in flight has been answered, as netfront does, so the back end still has
-        // requests to work on when this side wakes and refills.
-        if !progressed && !front.final_check_for_responses_after(front.in_flight() / 2)? {
-            sleep_on(dom)?;
+        if !progressed {
+            side.idle(front)?;
         }
     }
-    Ok(bells)
+    Ok(())
 }
 
-/// `count` round trips; returns each one's latency in nanoseconds.
+/// Front end, `count` round trips; returns each one's latency in nanoseconds.
 fn ring_front_round_trips(
     front: &mut FrontRing<Msg, Msg>,
-    dom: &Domain,
-    port: Port,
+    side: &mut Side<'_>,
     count: u64,
 ) -> BenchResult<Vec<u64>> {
     let mut lat = Vec::with_capacity(count as usize);
     for i in 0..count {
         let t = Instant::now();
         front.push_request(&msg(i))?;
-        if front.push_requests_and_check_notify() {
-            dom.notify(port)?;
-        }
+        let asked = front.push_requests_and_check_notify();
+        side.published(asked)?;
         loop {
             if let Some(rsp) = front.pop_response()? {
                 if seq_of(&rsp) != i {
@@ -217,26 +252,15 @@ fn ring_front_round_trips(
                 }
                 break;
             }
-            if !front.final_check_for_responses()? {
-                sleep_on(dom)?;
-            }
+            side.idle(front)?;
         }
         lat.push(t.elapsed().as_nanos() as u64);
     }
     Ok(lat)
 }
 
-// ---------------------------------------------------------------- ring: back end (child)
-
-/// Answers `count` requests, each with a copy of itself.
-fn ring_back(
-    back: &mut BackRing<Msg, Msg>,
-    dom: &Domain,
-    port: Port,
-    count: u64,
-    suppress: bool,
-) -> BenchResult<Doorbells> {
-    let mut bells = Doorbells::default();
+/// Back end: answers `count` requests, each with a copy of itself.
+fn ring_back(back: &mut BackRing<Msg, Msg>, side: &mut Side<'_>, count: u64) -> BenchResult<()> {
     let mut seen = 0u64;
     while seen < count {
         let mut answered = false;
@@ -247,32 +271,32 @@ fn ring_back(
             back.push_response(&req)?;
             seen += 1;
             answered = true;
-            // Publish every response at once, as blkback and netback do.
-            if back.push_responses_and_check_notify() || !suppress {
-                bells.notify(dom, port)?;
-            }
+            let asked = back.push_responses_and_check_notify();
+            side.published(asked)?;
         }
-        if !answered && !back.final_check_for_requests()? {
-            sleep_on(dom)?;
+        if !answered {
+            side.idle(back)?;
         }
     }
-    Ok(bells)
+    Ok(())
 }
 
-fn peer_ring(broker: &Path, gref: u32, port: u32, mode: Mode, count: u64) -> BenchResult<()> {
+fn peer_ring(
+    broker: &std::path::Path,
+    gref: u32,
+    port: u32,
+    count: u64,
+    suppress: bool,
+) -> BenchResult<()> {
     let dom = Domain::connect(broker, 0)?;
     let region = dom.map_grant(1, gref)?;
     let local = dom.bind_interdomain(1, port)?;
     let mut back = SharedRing::<Msg, Msg>::new(region)?.back(0);
     println!("ready");
-    let bells = ring_back(
-        &mut back,
-        &dom,
-        local,
-        count,
-        mode != Mode::OneWayNoSuppress,
-    )?;
-    println!("{} {}", bells.notifies, bells.eventfd_writes);
+    let mut side = Side::new(&dom, local, suppress);
+    ring_back(&mut back, &mut side, count)?;
+    let c = side.counts;
+    println!("{} {} {}", c.notifies, c.eventfd_writes, c.sleeps);
     Ok(())
 }
 
@@ -280,7 +304,6 @@ fn peer_ring(broker: &Path, gref: u32, port: u32, mode: Mode, count: u64) -> Ben
 
 fn peer_seqpacket(fd: OwnedFd, mode: Mode, count: u64) -> BenchResult<()> {
     println!("ready");
-    std::io::stdout().flush()?;
     let mut buf = [0u8; 64];
     for i in 0..count {
         let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
@@ -291,16 +314,15 @@ fn peer_seqpacket(fd: OwnedFd, mode: Mode, count: u64) -> BenchResult<()> {
             send(fd.as_raw_fd(), &buf, MsgFlags::empty())?;
         }
     }
-    if mode != Mode::RoundTrip {
+    if mode == Mode::OneWay {
         send(fd.as_raw_fd(), &msg(count), MsgFlags::empty())?;
     }
-    println!("0 0");
+    println!("0 0 0");
     Ok(())
 }
 
 fn peer_pipe(rfd: OwnedFd, wfd: OwnedFd, mode: Mode, count: u64) -> BenchResult<()> {
     println!("ready");
-    std::io::stdout().flush()?;
     let total = count * 64;
     let mut buf = vec![0u8; if mode == Mode::RoundTrip { 64 } else { 65536 }];
     let mut got = 0u64;
@@ -314,10 +336,10 @@ fn peer_pipe(rfd: OwnedFd, wfd: OwnedFd, mode: Mode, count: u64) -> BenchResult<
             write_all(&wfd, &buf[..n])?;
         }
     }
-    if mode != Mode::RoundTrip {
+    if mode == Mode::OneWay {
         write_all(&wfd, &msg(count))?;
     }
-    println!("0 0");
+    println!("0 0 0");
     Ok(())
 }
 
@@ -343,12 +365,8 @@ fn read_exact(fd: &OwnedFd, buf: &mut [u8]) -> BenchResult<()> {
 
 /// Takes an fd number inherited from the parent.
 fn inherited(fd: i32) -> BenchResult<OwnedFd> {
-    // Validate it is open before taking ownership.
-    fcntl(
-        // SAFETY: only borrowed for this one fcntl call, which fails cleanly on a closed fd.
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
-        FcntlArg::F_GETFD,
-    )?;
+    // SAFETY: only borrowed for this one fcntl call, which fails cleanly on a closed fd.
+    fcntl(unsafe { BorrowedFd::borrow_raw(fd) }, FcntlArg::F_GETFD)?;
     // SAFETY: the parent passed this fd number for this process to own; it is open (checked
     // above) and nothing else in this process uses it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -360,9 +378,9 @@ fn run_peer(t: PeerTransport) -> BenchResult<()> {
             broker,
             gref,
             port,
-            mode,
             count,
-        } => peer_ring(&broker, gref, port, mode, count),
+            suppress,
+        } => peer_ring(&broker, gref, port, count, suppress),
         PeerTransport::Seqpacket { fd, mode, count } => peer_seqpacket(inherited(fd)?, mode, count),
         PeerTransport::Pipe {
             rfd,
@@ -403,18 +421,22 @@ impl Peer {
         Ok(s.trim().to_string())
     }
 
-    /// Waits for the peer to finish and returns the doorbells it rang.
-    fn finish(mut self) -> BenchResult<Doorbells> {
+    /// Waits for the peer to finish and returns its counts.
+    fn finish(mut self) -> BenchResult<Counts> {
         let line = self.line()?;
         let status = self.child.wait()?;
         if !status.success() {
             return Err(format!("peer failed: {status}").into());
         }
-        let mut it = line.split_whitespace().map(str::parse::<u64>);
-        match (it.next(), it.next()) {
-            (Some(Ok(notifies)), Some(Ok(eventfd_writes))) => Ok(Doorbells {
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        match v[..] {
+            [notifies, eventfd_writes, sleeps] => Ok(Counts {
                 notifies,
                 eventfd_writes,
+                sleeps,
             }),
             _ => Err(format!("peer printed {line:?}").into()),
         }
@@ -427,12 +449,15 @@ fn mode_arg(mode: Mode) -> String {
         .unwrap_or_default()
 }
 
-/// One one-way run's figures.
-#[derive(Debug, Default, Clone, Copy)]
-struct OneWay {
+/// One ring run's figures.
+#[derive(Debug, Default, Clone)]
+struct RingRun {
+    /// Messages per second (one-way runs).
     rate: f64,
-    front: Doorbells,
-    back: Doorbells,
+    /// Round-trip latencies in nanoseconds (round-trip runs).
+    lat: Vec<u64>,
+    front: Counts,
+    back: Counts,
 }
 
 /// The parent's domain 1 and the broker the peers connect to.
@@ -456,18 +481,15 @@ impl RingSetup {
         })
     }
 
-    /// A fresh ring and port, and a peer process bound to them.
-    fn start(
-        &self,
-        pages: u32,
-        mode: Mode,
-        count: u64,
-    ) -> BenchResult<(FrontRing<Msg, Msg>, Port, Peer, u32)> {
+    /// One run: a fresh ring and port of `pages` pages, a peer process bound to them, and the
+    /// front end doing `mode` for `count` messages.
+    fn run(&self, pages: u32, mode: Mode, count: u64, suppress: bool) -> BenchResult<RingRun> {
         let (gref, region) = self.dom.grant_access(0, pages)?;
         let port = self.dom.alloc_unbound(0)?;
         let shared = SharedRing::<Msg, Msg>::new(region)?;
         shared.init(0);
-        let peer = Peer::spawn(&[
+        let mut front = shared.front(0);
+        let mut args = vec![
             "ring".into(),
             "--broker".into(),
             self.path.display().to_string(),
@@ -475,45 +497,28 @@ impl RingSetup {
             gref.to_string(),
             "--port".into(),
             port.to_string(),
-            "--mode".into(),
-            mode_arg(mode),
             "--count".into(),
             count.to_string(),
-        ])?;
-        Ok((shared.front(0), port, peer, gref))
-    }
-
-    fn end(&self, port: Port, gref: u32) -> BenchResult<()> {
+        ];
+        if suppress {
+            args.push("--suppress".into());
+        }
+        let peer = Peer::spawn(&args)?;
+        let mut side = Side::new(&self.dom, port, suppress);
+        let mut run = RingRun::default();
+        let t = Instant::now();
+        match mode {
+            Mode::OneWay => {
+                ring_front_one_way(&mut front, &mut side, count)?;
+                run.rate = count as f64 / t.elapsed().as_secs_f64();
+            }
+            Mode::RoundTrip => run.lat = ring_front_round_trips(&mut front, &mut side, count)?,
+        }
+        run.front = side.counts;
+        run.back = peer.finish()?;
         self.dom.close(port)?;
         self.dom.end_access(gref)?;
-        Ok(())
-    }
-
-    fn one_way(&self, pages: u32, count: u64, suppress: bool) -> BenchResult<OneWay> {
-        let mode = if suppress {
-            Mode::OneWay
-        } else {
-            Mode::OneWayNoSuppress
-        };
-        let (mut front, port, peer, gref) = self.start(pages, mode, count)?;
-        let t = Instant::now();
-        let front_bells = ring_front_one_way(&mut front, &self.dom, port, count, suppress)?;
-        let secs = t.elapsed().as_secs_f64();
-        let back = peer.finish()?;
-        self.end(port, gref)?;
-        Ok(OneWay {
-            rate: count as f64 / secs,
-            front: front_bells,
-            back,
-        })
-    }
-
-    fn round_trips(&self, pages: u32, count: u64) -> BenchResult<Vec<u64>> {
-        let (mut front, port, peer, gref) = self.start(pages, Mode::RoundTrip, count)?;
-        let lat = ring_front_round_trips(&mut front, &self.dom, port, count)?;
-        peer.finish()?;
-        self.end(port, gref)?;
-        Ok(lat)
+        Ok(run)
     }
 }
 
@@ -523,7 +528,49 @@ fn keep_private(fd: &OwnedFd) -> BenchResult<()> {
     Ok(())
 }
 
-fn seqpacket_run(mode: Mode, count: u64) -> BenchResult<(f64, Vec<u64>)> {
+/// A kernel-transport run: (messages per second, round-trip latencies in nanoseconds).
+type KernelRun = (f64, Vec<u64>);
+
+/// Times `count` messages with `send_one(i)` and, for round trips, `recv_one()` after each;
+/// one-way runs end with one `recv_one()` for the receiver's acknowledgement.
+fn time_kernel(
+    mode: Mode,
+    count: u64,
+    mut send_one: impl FnMut(u64) -> BenchResult<()>,
+    mut recv_one: impl FnMut() -> BenchResult<()>,
+) -> BenchResult<KernelRun> {
+    let mut lat = Vec::new();
+    let t = Instant::now();
+    for i in 0..count {
+        let ti = Instant::now();
+        send_one(i)?;
+        if mode == Mode::RoundTrip {
+            recv_one()?;
+            lat.push(ti.elapsed().as_nanos() as u64);
+        }
+    }
+    if mode == Mode::OneWay {
+        recv_one()?;
+    }
+    Ok((count as f64 / t.elapsed().as_secs_f64(), lat))
+}
+
+fn peer_args(kind: &str, fds: &[(&str, &OwnedFd)], mode: Mode, count: u64) -> Vec<String> {
+    let mut args = vec![kind.to_string()];
+    for (name, fd) in fds {
+        args.push(format!("--{name}"));
+        args.push(fd.as_raw_fd().to_string());
+    }
+    args.extend([
+        "--mode".into(),
+        mode_arg(mode),
+        "--count".into(),
+        count.to_string(),
+    ]);
+    args
+}
+
+fn seqpacket_run(mode: Mode, count: u64) -> BenchResult<KernelRun> {
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -531,79 +578,47 @@ fn seqpacket_run(mode: Mode, count: u64) -> BenchResult<(f64, Vec<u64>)> {
         SockFlag::empty(),
     )?;
     keep_private(&ours)?;
-    let peer = Peer::spawn(&[
-        "seqpacket".into(),
-        "--fd".into(),
-        theirs.as_raw_fd().to_string(),
-        "--mode".into(),
-        mode_arg(mode),
-        "--count".into(),
-        count.to_string(),
-    ])?;
+    let peer = Peer::spawn(&peer_args("seqpacket", &[("fd", &theirs)], mode, count))?;
     drop(theirs);
     let fd = ours.as_raw_fd();
     let mut buf = [0u8; 64];
-    let mut lat = Vec::new();
-    let t = Instant::now();
-    for i in 0..count {
-        let ti = Instant::now();
-        send(fd, &msg(i), MsgFlags::empty())?;
-        if mode == Mode::RoundTrip {
-            recv(fd, &mut buf, MsgFlags::empty())?;
-            lat.push(ti.elapsed().as_nanos() as u64);
-        }
-    }
-    if mode != Mode::RoundTrip {
-        recv(fd, &mut buf, MsgFlags::empty())?;
-    }
-    let secs = t.elapsed().as_secs_f64();
+    let run = time_kernel(
+        mode,
+        count,
+        |i| Ok(send(fd, &msg(i), MsgFlags::empty()).map(drop)?),
+        || Ok(recv(fd, &mut buf, MsgFlags::empty()).map(drop)?),
+    )?;
     peer.finish()?;
-    Ok((count as f64 / secs, lat))
+    Ok(run)
 }
 
-fn pipe_run(mode: Mode, count: u64) -> BenchResult<(f64, Vec<u64>)> {
+fn pipe_run(mode: Mode, count: u64) -> BenchResult<KernelRun> {
     let (to_peer_r, to_peer_w) = pipe()?;
     let (from_peer_r, from_peer_w) = pipe()?;
     keep_private(&to_peer_w)?;
     keep_private(&from_peer_r)?;
-    let peer = Peer::spawn(&[
-        "pipe".into(),
-        "--rfd".into(),
-        to_peer_r.as_raw_fd().to_string(),
-        "--wfd".into(),
-        from_peer_w.as_raw_fd().to_string(),
-        "--mode".into(),
-        mode_arg(mode),
-        "--count".into(),
-        count.to_string(),
-    ])?;
+    let fds = [("rfd", &to_peer_r), ("wfd", &from_peer_w)];
+    let peer = Peer::spawn(&peer_args("pipe", &fds, mode, count))?;
     drop((to_peer_r, from_peer_w));
     let mut buf = [0u8; 64];
-    let mut lat = Vec::new();
-    let t = Instant::now();
-    for i in 0..count {
-        let ti = Instant::now();
-        write_all(&to_peer_w, &msg(i))?;
-        if mode == Mode::RoundTrip {
-            read_exact(&from_peer_r, &mut buf)?;
-            lat.push(ti.elapsed().as_nanos() as u64);
-        }
-    }
-    if mode != Mode::RoundTrip {
-        read_exact(&from_peer_r, &mut buf)?;
-    }
-    let secs = t.elapsed().as_secs_f64();
+    let run = time_kernel(
+        mode,
+        count,
+        |i| write_all(&to_peer_w, &msg(i)),
+        || read_exact(&from_peer_r, &mut buf),
+    )?;
     peer.finish()?;
-    Ok((count as f64 / secs, lat))
+    Ok(run)
 }
 
 // ---------------------------------------------------------------- report
 
 /// Latency summary in microseconds: (mean, p50, p99).
-fn latency(mut ns: Vec<u64>) -> (f64, f64, f64) {
+fn latency(ns: &[u64]) -> (f64, f64, f64) {
     if ns.is_empty() {
         return (f64::NAN, f64::NAN, f64::NAN);
     }
+    let mut ns = ns.to_vec();
     ns.sort_unstable();
     let mean = ns.iter().sum::<u64>() as f64 / ns.len() as f64;
     let at = |q: f64| ns[((ns.len() - 1) as f64 * q) as usize] as f64;
@@ -614,102 +629,119 @@ fn med(xs: impl IntoIterator<Item = f64>) -> f64 {
     median(&xs.into_iter().collect::<Vec<_>>()).unwrap_or(f64::NAN)
 }
 
-fn per_1000(n: u64, msgs: u64) -> f64 {
-    n as f64 * 1000.0 / msgs as f64
-}
-
-fn print_doorbells(label: &str, runs: &[OneWay], msgs: u64) {
-    let f = |g: fn(&OneWay) -> u64| med(runs.iter().map(|r| per_1000(g(r), msgs)));
-    println!(
-        "  {label:<16} requests: {:>8.2} notifies {:>8.2} eventfd writes | responses: {:>8.2} notifies {:>8.2} eventfd writes",
-        f(|r| r.front.notifies),
-        f(|r| r.front.eventfd_writes),
-        f(|r| r.back.notifies),
-        f(|r| r.back.eventfd_writes),
-    );
-}
-
-/// Slots of a ring of `pages` pages of 64-byte messages.
-fn slots(pages: u32) -> BenchResult<u32> {
-    let region = evtchn::SharedRegion::create("probe", pages as usize)?;
-    Ok(SharedRing::<Msg, Msg>::new(region)?.size())
-}
-
-/// The one-way runs of one ring size.
-struct RingRuns {
+/// One ring configuration under test.
+struct RingCase {
+    label: String,
     pages: u32,
-    slots: u32,
-    on: Vec<OneWay>,
-    off: Vec<OneWay>,
+    suppress: bool,
+    runs: Vec<RingRun>,
+}
+
+impl RingCase {
+    fn rate(&self) -> f64 {
+        med(self.runs.iter().map(|r| r.rate))
+    }
+
+    /// Median per 1000 messages of one count.
+    fn per_1000(&self, msgs: u64, f: impl Fn(&RingRun) -> u64) -> f64 {
+        med(self.runs.iter().map(|r| f(r) as f64 * 1000.0 / msgs as f64))
+    }
+}
+
+fn print_rates(cases: &[RingCase], sock: f64, pipe: f64) {
+    println!("\none-way message rate (messages/s; ratios against socketpair and pipe)");
+    for c in cases {
+        let r = c.rate();
+        println!(
+            "  {:<46} {r:>11.0}   {:>5.1}x {:>5.1}x",
+            c.label,
+            r / sock,
+            r / pipe
+        );
+    }
+    println!("  {:<46} {sock:>11.0}", "unix SOCK_SEQPACKET socketpair");
+    println!("  {:<46} {pipe:>11.0}", "pipe");
+}
+
+fn print_counts(cases: &[RingCase], msgs: u64) {
+    println!("\nper 1000 messages, one-way runs: requests side | responses side");
+    println!(
+        "  (notifies = EVTCHNOP_send calls; eventfd = doorbells rung; sleeps = blocking waits)"
+    );
+    for c in cases {
+        let side = |pick: fn(&RingRun) -> Counts| {
+            (
+                c.per_1000(msgs, |r| pick(r).notifies),
+                c.per_1000(msgs, |r| pick(r).eventfd_writes),
+                c.per_1000(msgs, |r| pick(r).sleeps),
+            )
+        };
+        let (fn_, fe, fs) = side(|r| r.front);
+        let (bn, be, bs) = side(|r| r.back);
+        println!(
+            "  {:<46} notifies {fn_:>7.1} eventfd {fe:>6.1} sleeps {fs:>6.1} | notifies {bn:>7.1} eventfd {be:>6.1} sleeps {bs:>6.1}",
+            c.label
+        );
+    }
+}
+
+fn print_latency(rows: &[(String, Vec<u64>)]) {
+    println!("\nround-trip latency (microseconds): mean / p50 / p99, and mean against the ring's");
+    let base = latency(&rows[0].1).0;
+    for (label, ns) in rows {
+        let (m, p50, p99) = latency(ns);
+        println!(
+            "  {label:<46} {m:>8.2} / {p50:>8.2} / {p99:>8.2}   {:>5.2}x",
+            m / base
+        );
+    }
 }
 
 fn run(args: &Args) -> BenchResult<()> {
-    let ring = RingSetup::new()?;
-    let mut rings = Vec::new();
-    for &pages in &args.ring_pages {
-        rings.push(RingRuns {
-            pages,
-            slots: slots(pages)?,
-            on: Vec::new(),
-            off: Vec::new(),
-        });
-    }
+    let setup = RingSetup::new()?;
     let rtt_pages = *args.ring_pages.first().ok_or("--ring-pages is empty")?;
+    let mut cases = Vec::new();
+    for &pages in &args.ring_pages {
+        let region = evtchn::SharedRegion::create("probe", pages as usize)?;
+        let slots = SharedRing::<Msg, Msg>::new(region)?.size();
+        for suppress in [true, false] {
+            let on_off = if suppress { "on" } else { "off" };
+            cases.push(RingCase {
+                label: format!("ring {pages} page(s)/{slots} slots, suppression {on_off}"),
+                pages,
+                suppress,
+                runs: Vec::new(),
+            });
+        }
+    }
     println!(
-        "evtchn benchmark: 64-byte messages, {} one-way, {} round trips, median of {} runs, one process each side",
+        "evtchn benchmark: 64-byte messages, {} one-way, {} round trips, median of {} runs, \
+         one process each side",
         args.messages, args.round_trips, args.repeats
     );
     let (mut sock_rate, mut pipe_rate) = (Vec::new(), Vec::new());
-    let (mut ring_lat, mut sock_lat, mut pipe_lat) = (Vec::new(), Vec::new(), Vec::new());
+    let mut lat: [(String, Vec<u64>); 3] = [
+        (format!("ring {rtt_pages} page(s)"), Vec::new()),
+        ("unix SOCK_SEQPACKET socketpair".into(), Vec::new()),
+        ("pipe".into(), Vec::new()),
+    ];
     for _ in 0..args.repeats {
-        for r in &mut rings {
-            r.on.push(ring.one_way(r.pages, args.messages, true)?);
-            r.off.push(ring.one_way(r.pages, args.messages, false)?);
+        for c in &mut cases {
+            let run = setup.run(c.pages, Mode::OneWay, args.messages, c.suppress)?;
+            c.runs.push(run);
         }
         sock_rate.push(seqpacket_run(Mode::OneWay, args.messages)?.0);
         pipe_rate.push(pipe_run(Mode::OneWay, args.messages)?.0);
-        ring_lat.extend(ring.round_trips(rtt_pages, args.round_trips)?);
-        sock_lat.extend(seqpacket_run(Mode::RoundTrip, args.round_trips)?.1);
-        pipe_lat.extend(pipe_run(Mode::RoundTrip, args.round_trips)?.1);
+        let rt = args.round_trips;
+        lat[0]
+            .1
+            .extend(setup.run(rtt_pages, Mode::RoundTrip, rt, true)?.lat);
+        lat[1].1.extend(seqpacket_run(Mode::RoundTrip, rt)?.1);
+        lat[2].1.extend(pipe_run(Mode::RoundTrip, rt)?.1);
     }
-    let sock = med(sock_rate);
-    let pipe = med(pipe_rate);
-    println!("\none-way message rate (messages/s)");
-    for r in &rings {
-        let on = med(r.on.iter().map(|o| o.rate));
-        let off = med(r.off.iter().map(|o| o.rate));
-        let name = format!("SharedRing {} page(s)/{} slots", r.pages, r.slots);
-        println!("  {name:<34} suppression on  {on:>12.0}");
-        println!("  {name:<34} suppression off {off:>12.0}");
-        println!(
-            "    ratios: vs socketpair {:.1}x, vs pipe {:.1}x, suppression on/off {:.2}x",
-            on / sock,
-            on / pipe,
-            on / off
-        );
-    }
-    println!("  {:<50} {sock:>12.0}", "unix SOCK_SEQPACKET socketpair");
-    println!("  {:<50} {pipe:>12.0}", "pipe");
-
-    let (rm, r50, r99) = latency(ring_lat);
-    let (sm, s50, s99) = latency(sock_lat);
-    let (pm, p50, p99) = latency(pipe_lat);
-    println!("\nround-trip latency (microseconds): mean / p50 / p99");
-    println!("  SharedRing + evtchn              {rm:>8.2} / {r50:>8.2} / {r99:>8.2}");
-    println!("  unix SOCK_SEQPACKET socketpair   {sm:>8.2} / {s50:>8.2} / {s99:>8.2}");
-    println!("  pipe                             {pm:>8.2} / {p50:>8.2} / {p99:>8.2}");
-    println!(
-        "  ratios (mean): socketpair/ring {:.2}x, pipe/ring {:.2}x",
-        sm / rm,
-        pm / rm
-    );
-
-    println!("\ndoorbells per 1000 messages (one-way runs; notifies = EVTCHNOP_send calls)");
-    for r in &rings {
-        println!("  SharedRing {} page(s)/{} slots", r.pages, r.slots);
-        print_doorbells("suppression on", &r.on, args.messages);
-        print_doorbells("suppression off", &r.off, args.messages);
-    }
+    print_rates(&cases, med(sock_rate), med(pipe_rate));
+    print_latency(&lat);
+    print_counts(&cases, args.messages);
     Ok(())
 }
 
