@@ -1,6 +1,9 @@
 //! Shared memory regions: memfd-backed pages mapped `MAP_SHARED` into each process that holds the
 //! file descriptor, the stand-in for a page that Xen's grant tables share between domains.
 //!
+//! Regions are sealed against resizing, and only sealed regions are mapped, so a peer holding
+//! the fd cannot truncate it and make our next access fault (SIGBUS).
+//!
 //! This module and [`crate::ring`] are the only places with `unsafe`. Every access to a mapped
 //! region goes through a bounds- and alignment-checked accessor:
 //! - fields that both sides update are reached only as atomics ([`SharedRegion::atomic_u32`],
@@ -20,6 +23,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 use nix::sys::socket::{accept4, recvmsg, ControlMessageOwned, MsgFlags, SockFlag};
@@ -64,6 +68,13 @@ pub enum MappingError {
         /// Size of the region in bytes.
         size: usize,
     },
+    /// Sealing a new memfd against resizing failed.
+    #[error("sealing the shared region failed")]
+    Seal(#[source] Errno),
+    /// A received region is not sealed against shrinking: the peer could truncate it under our
+    /// mapping and turn the next access into SIGBUS.
+    #[error("received shared region is not sealed against shrinking")]
+    Unsealed,
     /// An access was not aligned for its type.
     #[error("access at offset {offset} is not {align}-byte aligned")]
     Misaligned {
@@ -137,26 +148,36 @@ unsafe impl Send for SharedRegion {}
 unsafe impl Sync for SharedRegion {}
 
 impl SharedRegion {
-    /// Creates a zero-filled memfd of `pages` pages named `name` (shown in /proc/PID/maps) and
-    /// maps it.
+    /// Creates a zero-filled memfd of `pages` pages named `name` (shown in /proc/PID/maps),
+    /// seals its size (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`, so no holder of the fd can
+    /// truncate it under another process's mapping) and maps it.
     ///
     /// # Errors
     /// [`MappingError::BadSize`] if `pages` is 0 or above [`MAX_REGION_PAGES`]; the syscall's error
     /// otherwise.
     pub fn create(name: &str, pages: usize) -> Result<Self> {
         let len = Self::checked_len(pages.saturating_mul(PAGE_SIZE) as u64)?;
-        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC).map_err(MappingError::Memfd)?;
+        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
+            .map_err(MappingError::Memfd)?;
         ftruncate(&fd, len as i64).map_err(MappingError::Truncate)?;
+        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(MappingError::Seal)?;
         Self::map_len(fd, len)
     }
 
     /// Maps a region fd received from the peer (for example over SCM_RIGHTS). Its size is taken
-    /// from `fstat`.
+    /// from `fstat`; it must be sealed against shrinking (as [`SharedRegion::create`] does), so a
+    /// peer cannot make our accesses fault.
     ///
     /// # Errors
-    /// [`MappingError::BadSize`] if the file is not 1..=[`MAX_REGION_PAGES`] whole pages; the
-    /// syscall's error otherwise.
+    /// [`MappingError::Unsealed`] for a file that may shrink; [`MappingError::BadSize`] if the
+    /// file is not 1..=[`MAX_REGION_PAGES`] whole pages; the syscall's error otherwise.
     pub fn map(fd: OwnedFd) -> Result<Self> {
+        let seals = fcntl(&fd, FcntlArg::F_GET_SEALS).map_err(|_| MappingError::Unsealed)?;
+        if SealFlag::from_bits_truncate(seals) & SealFlag::F_SEAL_SHRINK != SealFlag::F_SEAL_SHRINK
+        {
+            return Err(MappingError::Unsealed);
+        }
         let st = fstat(&fd).map_err(MappingError::Stat)?;
         let len = Self::checked_len(u64::try_from(st.st_size).unwrap_or(0))?;
         Self::map_len(fd, len)
@@ -407,11 +428,26 @@ mod tests {
             Err(MappingError::BadSize { len: 0 })
         ));
         assert!(SharedRegion::create("test", MAX_REGION_PAGES + 1).is_err());
-        let fd = memfd_create("odd", MFdFlags::MFD_CLOEXEC).unwrap();
+        let fd = memfd_create("odd", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).unwrap();
         ftruncate(&fd, 100).unwrap();
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK)).unwrap();
         assert!(matches!(
             SharedRegion::map(fd),
             Err(MappingError::BadSize { len: 100 })
         ));
+    }
+
+    #[test]
+    fn regions_cannot_be_truncated_under_a_mapping() {
+        let r = SharedRegion::create("test", 1).unwrap();
+        assert!(
+            ftruncate(r.fd(), 0).is_err(),
+            "a peer must not shrink the region"
+        );
+        assert!(ftruncate(r.fd(), 2 * PAGE_SIZE as i64).is_err());
+        // An unsealed file from a peer is refused before it is mapped.
+        let fd = memfd_create("unsealed", MFdFlags::MFD_CLOEXEC).unwrap();
+        ftruncate(&fd, PAGE_SIZE as i64).unwrap();
+        assert!(matches!(SharedRegion::map(fd), Err(MappingError::Unsealed)));
     }
 }
