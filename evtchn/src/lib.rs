@@ -19,8 +19,8 @@
 //! the [`Domain`]'s fd (`AsFd`) after `final_check_for_*` came back empty.
 //!
 //! Shared memory is touched only through atomics and volatile copies in [`mapping`]; indices
-//! and slots written by the peer are untrusted and validated. `unsafe` lives in [`mapping`] and
-//! [`ring`] only.
+//! and slots written by the peer are untrusted and validated. `unsafe` lives in [`mapping`]
+//! only; the rings are safe code over its accessors.
 
 pub mod broker;
 pub mod doorbell;

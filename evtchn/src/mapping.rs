@@ -4,8 +4,8 @@
 //! Regions are sealed against resizing, and only sealed regions are mapped, so a peer holding
 //! the fd cannot truncate it and make our next access fault (SIGBUS).
 //!
-//! This module and [`crate::ring`] are the only places with `unsafe`. Every access to a mapped
-//! region goes through a bounds- and alignment-checked accessor:
+//! This module is the only place with `unsafe` ([`crate::ring`] is safe code on top of it).
+//! Every access to a mapped region goes through a bounds- and alignment-checked accessor:
 //! - fields that both sides update are reached only as atomics ([`SharedRegion::atomic_u32`],
 //!   [`SharedRegion::atomic_u64`]);
 //! - everything else is copied in or out with volatile accesses ([`SharedRegion::read_obj`],
