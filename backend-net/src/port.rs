@@ -17,7 +17,7 @@ use crate::device::Acked;
 use crate::fdb::PortId;
 use crate::guest::{GuestRamAtomic, Vring};
 use crate::mac::MacAddr;
-use crate::rx::{deliver, Backlog, Delivery, Payload, Pending, RxFrame};
+use crate::rx::{arm_for_more_buffers, deliver, Backlog, Delivery, Payload, Pending, RxFrame};
 use crate::stats::{Drop, PortStats, QueueStats};
 
 /// What the connected front-end negotiated and asked for.
@@ -219,7 +219,7 @@ impl RxQueue {
             match deliver_now(vring, mem, acked, frame, stats) {
                 Delivery::Delivered(_) => return Offer::Delivered,
                 Delivery::TooBig => return Offer::Dropped,
-                Delivery::NoBuffers => {}
+                Delivery::NoBuffers { .. } => {}
             }
         }
         let pending = Pending {
@@ -247,7 +247,7 @@ impl RxQueue {
             match deliver_now(vring, mem, acked, &RxFrame::local(p.hdr, &p.frame), stats) {
                 Delivery::Delivered(_) => moved = true,
                 Delivery::TooBig => {}
-                Delivery::NoBuffers => break,
+                Delivery::NoBuffers { .. } => break,
             }
             backlog.pop();
         }
@@ -300,8 +300,8 @@ fn deliver_now(
         match d {
             Delivery::Delivered(_) => stats.rx(frame.len),
             Delivery::TooBig => stats.drop(Drop::RxTooBig),
-            Delivery::NoBuffers => {
-                if let Ok(true) = state.enable_notification() {
+            Delivery::NoBuffers { seen_avail } => {
+                if arm_for_more_buffers(state.get_queue_mut(), &guard, seen_avail) {
                     continue;
                 }
             }

@@ -52,8 +52,12 @@ impl<'a> RxFrame<'a, 'static> {
 pub enum Delivery {
     /// Written into this many chains.
     Delivered(u16),
-    /// Not enough receive buffers now; nothing was consumed.
-    NoBuffers,
+    /// Not enough receive buffers now; nothing was consumed. `seen_avail` is the driver's
+    /// available index the attempt ran up to (for [`arm_for_more_buffers`]).
+    NoBuffers {
+        /// The available index seen when the buffers ran out.
+        seen_avail: u16,
+    },
     /// Can never fit the driver's buffers (one chain too small without MRG_RXBUF).
     TooBig,
 }
@@ -99,9 +103,10 @@ pub fn deliver<'m>(
             return Delivery::TooBig;
         }
         let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            let seen_avail = queue.next_avail();
             give_back(queue, heads.len());
             arena.truncate(base);
-            return Delivery::NoBuffers;
+            return Delivery::NoBuffers { seen_avail };
         };
         let mark = arena.len();
         let head = chain.head_index();
@@ -139,6 +144,22 @@ pub fn deliver<'m>(
     }
     arena.truncate(base);
     Delivery::Delivered(num_buffers)
+}
+
+/// Asks the driver to kick the queue when it makes buffers available beyond index
+/// `seen_avail` (from [`Delivery::NoBuffers`]; virtio 1.2 §2.7.10), and says whether it already
+/// has (then the caller tries again instead of waiting).
+///
+/// With VIRTIO_RING_F_EVENT_IDX, `avail_event` is set to `seen_avail`, not to the device's next
+/// available index: after chains were given back because a frame needed more than were there,
+/// the next index lags behind, and arming there would report "more buffers" at once and forever
+/// while suppressing the kick the device waits for.
+pub fn arm_for_more_buffers(queue: &mut Queue, mem: &GuestRam, seen_avail: u16) -> bool {
+    let next = queue.next_avail();
+    queue.set_next_avail(seen_avail);
+    let more = queue.enable_notification(mem);
+    queue.set_next_avail(next);
+    more.unwrap_or(false)
 }
 
 /// Moves the next available index back over `n` chains taken and not used.
@@ -225,6 +246,7 @@ mod tests {
     use virtio_queue::desc::split::Descriptor as SplitDescriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::QueueT;
     use vm_memory::{Address, Bytes, GuestAddress};
 
     use super::*;
@@ -342,7 +364,7 @@ mod tests {
             &mut arena,
             &stats,
         );
-        assert_eq!(d, Delivery::NoBuffers);
+        assert!(matches!(d, Delivery::NoBuffers { .. }));
         assert_eq!((q.next_avail(), q.next_used()), (0, 0));
         let d = deliver(
             &mut q,
@@ -375,6 +397,38 @@ mod tests {
             &stats,
         );
         assert_eq!(d, Delivery::Delivered(1));
+    }
+
+    #[test]
+    fn arming_after_a_short_attempt_waits_for_new_buffers() {
+        let mem = ram();
+        let (vq, mut q) = queue_with(&mem, &[(0x10000, 100), (0x20000, 100)]);
+        q.set_event_idx(true);
+        let stats = QueueStats::default();
+        let mut arena = Vec::new();
+        let frame = RxFrame::local(NetHdr::default(), &[0; 300]);
+        let d = deliver(&mut q, &mem, MRG, &frame, &mut arena, &stats);
+        assert_eq!(d, Delivery::NoBuffers { seen_avail: 2 });
+        assert!(
+            !arm_for_more_buffers(&mut q, &mem, 2),
+            "no buffers beyond the two seen"
+        );
+        assert_eq!(q.next_avail(), 0, "the two chains stay available");
+        let avail_event = vq.used_addr().checked_add(4 + 8 * 16).unwrap();
+        assert_eq!(
+            mem.read_obj::<u16>(avail_event).unwrap(),
+            2,
+            "kick wanted past index 2"
+        );
+        vq.add_desc_chains(&[writable(0x30000, 200)], 2).unwrap();
+        assert!(
+            arm_for_more_buffers(&mut q, &mem, 2),
+            "a new buffer arrived"
+        );
+        assert_eq!(
+            deliver(&mut q, &mem, MRG, &frame, &mut arena, &stats),
+            Delivery::Delivered(3)
+        );
     }
 
     #[test]
@@ -509,7 +563,7 @@ mod tests {
                 }
                 prop_assert_eq!(&got[HDR_LEN..], &frame[..]);
             } else {
-                prop_assert_eq!(d, Delivery::NoBuffers);
+                prop_assert!(matches!(d, Delivery::NoBuffers { .. }), "{:?}", d);
                 prop_assert_eq!(q.next_avail(), 0);
             }
         }

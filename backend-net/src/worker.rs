@@ -28,7 +28,7 @@ use crate::guest::{walk, Cursor, GuestRam, GuestRamAtomic, Slice, Vring};
 use crate::hdr::{HdrError, NetHdr, TxLimits, HDR_LEN};
 use crate::mac::MacAddr;
 use crate::port::{notify, Port};
-use crate::rx::{deliver, Backlog, Delivery, Pending, RxFrame};
+use crate::rx::{arm_for_more_buffers, deliver, Backlog, Delivery, Pending, RxFrame};
 use crate::stats::{Drop, QueueStats};
 use crate::switch::{Switch, Touched};
 use crate::tap::TapQueue;
@@ -365,10 +365,12 @@ fn drain_backlog(
                 moved = true;
             }
             Delivery::TooBig => stats.drop(Drop::RxTooBig),
-            Delivery::NoBuffers => match state.enable_notification() {
-                Ok(true) => continue,
-                _ => return (moved, false),
-            },
+            Delivery::NoBuffers { seen_avail } => {
+                if arm_for_more_buffers(state.get_queue_mut(), mem, seen_avail) {
+                    continue;
+                }
+                return (moved, false);
+            }
         }
         t.backlog.pop();
     }
@@ -572,7 +574,7 @@ fn bounce_read(
                 out.delivered = true;
             }
             Delivery::TooBig => stats.drop(Drop::RxTooBig),
-            Delivery::NoBuffers => backlog_or_drop(&mut t.backlog, hdr, frame, stats),
+            Delivery::NoBuffers { .. } => backlog_or_drop(&mut t.backlog, hdr, frame, stats),
         }
     }
     out

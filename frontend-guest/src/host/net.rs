@@ -165,7 +165,7 @@ impl NetDevice {
     /// more than one pair tells the device so (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET).
     ///
     /// # Errors
-    /// [`Error::MissingFeature`] without VERSION_1 or the CONFIG protocol feature,
+    /// [`Error::MissingFeature`] without VERSION_1,
     /// [`Error::TooManyQueues`], and connection, RAM and queue errors.
     pub fn connect(path: impl AsRef<Path>, opts: &NetOptions) -> NetResult<Self> {
         let max_queues = 2 * u64::from(opts.queue_pairs) + 1;
@@ -178,14 +178,19 @@ impl NetDevice {
             }
             .into());
         }
-        let raw = conn.config(CONFIG_BYTES as u32)?;
-        let config = NetConfig::parse(&raw).ok_or(Error::BadConfig { len: raw.len() })?;
-        let features = offered & opts.features;
+        let config = read_config(&mut conn)?;
+        let mut features = offered & opts.features;
         let max_pairs = if features & bit(VIRTIO_NET_F_MQ) != 0 {
             config.max_virtqueue_pairs.max(1)
         } else {
             1
         };
+        // A back-end that counts the control queue in VHOST_USER_GET_QUEUE_NUM serves it;
+        // DPDK's vhost PMD counts queue pairs and leaves the control queue to the front-end.
+        let ctrl_index = net::ctrl_queue(max_pairs);
+        if conn.queue_num().is_some_and(|n| n <= ctrl_index as u64) {
+            features &= !bit(VIRTIO_NET_F_CTRL_VQ);
+        }
         if opts.queue_pairs == 0 || opts.queue_pairs > max_pairs {
             return Err(Error::TooManyQueues {
                 requested: opts.queue_pairs,
@@ -312,6 +317,33 @@ impl NetDevice {
     }
 }
 
+/// Numbers the made-up MAC addresses of devices without a configuration space.
+static LOCAL_MACS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The configuration space, or, when the back-end does not offer VHOST_USER_PROTOCOL_F_CONFIG
+/// (DPDK's vhost PMD), one made up as a VMM would: a locally administered MAC address unique
+/// in this process, link up, the queue pairs of VHOST_USER_GET_QUEUE_NUM, MTU 1500.
+fn read_config(conn: &mut VhostUserConnection) -> NetResult<NetConfig> {
+    match conn.config(CONFIG_BYTES as u32) {
+        Ok(raw) => Ok(NetConfig::parse(&raw).ok_or(Error::BadConfig { len: raw.len() })?),
+        Err(Error::MissingFeature { .. }) => {
+            let n = LOCAL_MACS
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .to_be_bytes();
+            let pid = (std::process::id() as u16).to_be_bytes();
+            Ok(NetConfig {
+                mac: [0x02, pid[0], pid[1], n[1], n[2], n[3]],
+                status: 1,
+                max_virtqueue_pairs: conn
+                    .queue_num()
+                    .map_or(1, |q| u16::try_from(q).unwrap_or(u16::MAX)),
+                mtu: 1500,
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn tx_slot_bytes(opts: &NetOptions) -> u64 {
     (net::HDR_LEN as u64 + u64::from(opts.max_frame_bytes)).next_multiple_of(64)
 }
@@ -346,8 +378,8 @@ pub struct NetQueuePair {
     /// Transmit slot by head index, while in flight (`None` for raw chains).
     tx_pending: Vec<Option<Option<u64>>>,
     tx_free: Vec<u64>,
-    /// Frame length in each primed slot, by slot address.
-    primed: Vec<(u64, u32)>,
+    /// Length of the frame [`NetQueuePair::prime_tx`] wrote into every slot.
+    primed_len: Option<u32>,
 }
 
 impl NetQueuePair {
@@ -389,7 +421,7 @@ impl NetQueuePair {
                 .rev()
                 .map(|i| tx_base + i * tx_stride)
                 .collect(),
-            primed: Vec::new(),
+            primed_len: None,
         })
     }
 
@@ -442,10 +474,19 @@ impl NetQueuePair {
             max: self.max_frame_bytes,
         })?;
         let slot = self.take_tx_slot()?;
-        let data = slot + self.hdr_len as u64;
-        self.ram.write(data, frame)?;
-        self.add_tx(hdr, slot, &[Buffer::readable(data, len)])?;
+        self.ram.write(slot, &hdr.to_bytes()[..self.hdr_len])?;
+        self.ram.write(slot + self.hdr_len as u64, frame)?;
+        self.add_contiguous(slot, len)?;
         self.flush_tx()
+    }
+
+    /// Adds the one-descriptor chain of the header and `len` frame bytes laid out in `slot`.
+    fn add_contiguous(&mut self, slot: u64, len: u32) -> NetResult<()> {
+        // hdr_len is 10 or 12 and len is at most max_frame_bytes, both far below u32::MAX.
+        let buf = [Buffer::readable(slot, self.hdr_len as u32 + len)];
+        let head = self.tx.add(&*self.ram, &[&buf])?;
+        self.tx_pending[usize::from(head)] = Some(Some(slot));
+        Ok(())
     }
 
     /// Sends a frame whose header and data are split over several descriptors: the header,
@@ -454,6 +495,8 @@ impl NetQueuePair {
     /// # Errors
     /// As [`NetQueuePair::send`].
     pub fn send_scattered(&mut self, hdr: &NetHdr, frame: &[u8], piece: usize) -> NetResult<()> {
+        let pieces = frame.len().div_ceil(piece.max(1));
+        self.wait_tx_descriptors(1 + pieces)?;
         let slot = self.take_tx_slot()?;
         let data = slot + self.hdr_len as u64;
         self.ram.write(data, frame)?;
@@ -480,51 +523,45 @@ impl NetQueuePair {
         Ok(head)
     }
 
-    /// Writes `frame` with `hdr` into every free transmit slot, for [`NetQueuePair::send_primed`].
+    /// Waits for every transmit to complete, then writes `frame` with `hdr` into every transmit
+    /// slot, for [`NetQueuePair::send_primed`].
     ///
     /// # Errors
     /// [`NetError::FrameTooLarge`], memory errors.
     pub fn prime_tx(&mut self, hdr: &NetHdr, frame: &[u8]) -> NetResult<()> {
-        self.reap_tx()?;
         let len = u32::try_from(frame.len())
             .ok()
-            .filter(|&l| l <= self.max_frame_bytes);
-        let len = len.ok_or(NetError::FrameTooLarge {
-            len: frame.len(),
-            max: self.max_frame_bytes,
-        })?;
-        self.primed.clear();
+            .filter(|&l| l <= self.max_frame_bytes)
+            .ok_or(NetError::FrameTooLarge {
+                len: frame.len(),
+                max: self.max_frame_bytes,
+            })?;
+        self.wait_tx_done()?;
         for &slot in &self.tx_free {
             self.ram.write(slot, &hdr.to_bytes()[..self.hdr_len])?;
             self.ram.write(slot + self.hdr_len as u64, frame)?;
-            self.primed.push((slot, len));
         }
+        self.primed_len = Some(len);
         Ok(())
     }
 
     /// Sends up to `n` primed frames (as many as there are free slots after reaping), with one
-    /// publication and at most one kick; returns how many went.
+    /// publication and at most one kick; returns how many went (0 before
+    /// [`NetQueuePair::prime_tx`]).
     ///
     /// # Errors
     /// Queue and eventfd errors.
     pub fn send_primed(&mut self, n: usize) -> NetResult<usize> {
+        let Some(len) = self.primed_len else {
+            return Ok(0);
+        };
         self.reap_tx()?;
         let mut sent = 0;
         while sent < n {
             let Some(slot) = self.tx_free.pop() else {
                 break;
             };
-            let len = self
-                .primed
-                .iter()
-                .find(|(s, _)| *s == slot)
-                .map_or(0, |&(_, l)| l);
-            let bufs = [
-                Buffer::readable(slot, self.hdr_len as u32),
-                Buffer::readable(slot + self.hdr_len as u64, len),
-            ];
-            let head = self.tx.add(&*self.ram, &[&bufs])?;
-            self.tx_pending[usize::from(head)] = Some(Some(slot));
+            self.add_contiguous(slot, len)?;
             sent += 1;
         }
         self.flush_tx()?;
@@ -696,6 +733,25 @@ impl NetQueuePair {
             )));
         }
         Ok((addr, u64::from(len)))
+    }
+
+    /// Waits until at least `n` descriptors of the transmit queue are free.
+    fn wait_tx_descriptors(&mut self, n: usize) -> NetResult<()> {
+        let deadline = Instant::now() + self.io_timeout;
+        while usize::from(self.tx.num_free()) < n {
+            self.reap_tx()?;
+            if usize::from(self.tx.num_free()) >= n {
+                break;
+            }
+            sleep_on(
+                &mut self.tx,
+                &self.tx_fds,
+                &self.ram,
+                deadline,
+                self.io_timeout,
+            )?;
+        }
+        Ok(())
     }
 
     fn take_tx_slot(&mut self) -> NetResult<u64> {
