@@ -141,6 +141,10 @@ struct ServeArgs {
     /// Extra socket whose clients act as an unprivileged domain: DOMID:PATH (repeatable).
     #[arg(long = "domain-socket", value_parser = parse_domain_socket)]
     domain_sockets: Vec<(u32, PathBuf)>,
+    /// Serve introduced guests over their xenstore rings through the evtchn broker at this
+    /// socket (the daemon connects as domain 0).
+    #[arg(long)]
+    evtchn_broker: Option<PathBuf>,
     /// Keep the store durable in this directory (journal and snapshot).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -193,6 +197,7 @@ impl ServeArgs {
         ServerConfig {
             socket: self.socket.clone(),
             domain_sockets: self.domain_sockets.clone(),
+            evtchn_broker: self.evtchn_broker.clone(),
             data_dir: self.data_dir.clone(),
             sync: self.sync,
             compact_after: self.compact_after,

@@ -23,6 +23,22 @@ pub struct DomainInfo {
     pub target: Option<u32>,
 }
 
+/// A change a transport must follow: map a guest's ring, or drop it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainEvent {
+    /// XS_INTRODUCE of a guest (again: its ring or port may have changed).
+    Introduced {
+        /// The guest.
+        domid: u32,
+        /// Its xenstore ring frame (here: the grant reference of the ring page).
+        gfn: u64,
+        /// Its event-channel port for the ring.
+        port: u32,
+    },
+    /// XS_RELEASE of a guest: its connection and watches are gone.
+    Released(u32),
+}
+
 /// Introduced domains by id.
 #[derive(Debug, Default)]
 pub struct Domains {

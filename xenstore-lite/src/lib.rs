@@ -15,6 +15,7 @@
 //! - [`journal`]: append-only journal and snapshot.
 //! - [`store`]: connections and the dispatch table; fed bytes, yields reply bytes.
 //! - [`server`]: the single-threaded mio daemon on unix sockets.
+//! - [`ring_conn`]: guests' xenstore rings and event channels through the evtchn broker.
 //! - [`client`], [`cli`]: a blocking Rust client and the xenstore-utils-shaped CLI.
 
 pub mod cli;
@@ -25,6 +26,7 @@ pub mod ops;
 pub mod path;
 pub mod perms;
 pub mod quota;
+pub mod ring_conn;
 pub mod server;
 pub mod store;
 pub mod transaction;

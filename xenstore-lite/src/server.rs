@@ -1,5 +1,8 @@
 //! The daemon: one thread, one mio poll loop, many unix-socket clients.
 //!
+//! With an evtchn broker, introduced guests also talk over their xenstore rings
+//! ([`crate::ring_conn`]), whose shared doorbell is one more source in the same loop.
+//!
 //! Every client of the main socket is domain 0 (privileged), as with xenstored's socket.
 //! Optional domain sockets make their clients act as a given unprivileged domain, which lets
 //! tests and tools exercise guests' permissions and quotas before shared-ring transports
@@ -18,11 +21,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use mio::net::{UnixListener, UnixStream};
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use thiserror::Error;
 
 use crate::journal::{Journal, JournalError, SyncMode};
 use crate::quota::Quotas;
+use crate::ring_conn::{RingConnError, RingConns};
 use crate::store::{ConnId, Store};
 use crate::tree::Tree;
 
@@ -32,6 +37,7 @@ pub const READ_BUDGET: usize = 256 * 1024;
 pub const DEFAULT_COMPACT_AFTER: u64 = 16 << 20;
 
 const WAKER: Token = Token(usize::MAX);
+const DOORBELL: Token = Token(usize::MAX - 1);
 const FIRST_CONN: usize = 1 << 20;
 
 /// Errors of the daemon.
@@ -52,6 +58,9 @@ pub enum ServerError {
     /// The data directory could not be loaded or written.
     #[error("journal")]
     Journal(#[from] JournalError),
+    /// The evtchn broker could not be reached or its doorbell read.
+    #[error("evtchn")]
+    Evtchn(#[from] RingConnError),
     /// The poll loop failed.
     #[error("poll")]
     Poll(#[source] io::Error),
@@ -75,6 +84,9 @@ pub struct ServerConfig {
     pub quotas: Quotas,
     /// Journal size in bytes that triggers a snapshot.
     pub compact_after: u64,
+    /// The evtchn broker's socket: when set, the daemon connects as domain 0 and serves
+    /// introduced guests over their xenstore rings.
+    pub evtchn_broker: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -87,6 +99,7 @@ impl ServerConfig {
             sync: SyncMode::Batch,
             quotas: Quotas::default(),
             compact_after: DEFAULT_COMPACT_AFTER,
+            evtchn_broker: None,
         }
     }
 }
@@ -134,6 +147,8 @@ pub struct Server {
     stop: StopHandle,
     again: BTreeSet<Token>,
     paused: BTreeSet<Token>,
+    rings: Option<RingConns>,
+    rings_again: bool,
 }
 
 fn bind(path: &Path) -> Result<UnixListener> {
@@ -187,6 +202,24 @@ impl Server {
                 path,
             });
         }
+        let rings = match &cfg.evtchn_broker {
+            Some(path) => {
+                let rings = RingConns::connect(path)?;
+                poll.registry()
+                    .register(
+                        &mut SourceFd(&rings.doorbell()),
+                        DOORBELL,
+                        Interest::READABLE,
+                    )
+                    .map_err(ServerError::Poll)?;
+                log::info!(
+                    "serving guest rings through the broker at {}",
+                    path.display()
+                );
+                Some(rings)
+            }
+            None => None,
+        };
         Ok(Server {
             poll,
             listeners,
@@ -200,6 +233,8 @@ impl Server {
             },
             again: BTreeSet::new(),
             paused: BTreeSet::new(),
+            rings,
+            rings_again: false,
         })
     }
 
@@ -216,7 +251,8 @@ impl Server {
     pub fn run(&mut self) -> Result<()> {
         let mut events = Events::with_capacity(256);
         while !self.stop.stop.load(Ordering::SeqCst) {
-            let timeout = (!self.again.is_empty()).then_some(std::time::Duration::ZERO);
+            let busy = !self.again.is_empty() || self.rings_again;
+            let timeout = busy.then_some(std::time::Duration::ZERO);
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -226,6 +262,12 @@ impl Server {
             for ev in events.iter() {
                 let t = ev.token();
                 if t == WAKER {
+                    continue;
+                }
+                if t == DOORBELL {
+                    if let Some(r) = &self.rings {
+                        r.clear_doorbell()?;
+                    }
                     continue;
                 }
                 if t.0 < self.listeners.len() {
@@ -242,6 +284,7 @@ impl Server {
             for t in std::mem::take(&mut self.again) {
                 self.read(t);
             }
+            self.read_rings();
             self.store.sync()?;
             let ready = self.store.take_ready();
             let ready = ready
@@ -250,10 +293,23 @@ impl Server {
             for t in writable.into_iter().chain(ready).collect::<BTreeSet<_>>() {
                 self.flush(t);
             }
+            if let Some(r) = &mut self.rings {
+                r.flush_all(&mut self.store);
+            }
             self.resume_paused();
         }
         self.shutdown();
         Ok(())
+    }
+
+    /// Follows introduced and released guests, then reads every guest ring.
+    fn read_rings(&mut self) {
+        let events = self.store.take_domain_events();
+        let Some(r) = &mut self.rings else {
+            return;
+        };
+        r.apply(&mut self.store, events);
+        self.rings_again = r.read_all(&mut self.store);
     }
 
     fn accept(&mut self, index: usize) {

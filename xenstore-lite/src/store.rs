@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::domain::{Domains, DOMID_SELF};
+use crate::domain::{DomainEvent, Domains, DOMID_SELF};
 use crate::journal::{Journal, JournalError};
 use crate::ops;
 use crate::path::{self, INTRODUCE_DOMAIN, RELEASE_DOMAIN};
@@ -130,6 +130,7 @@ pub struct Store {
     journal: Option<Journal>,
     ready: BTreeSet<ConnId>,
     deferred: Vec<(ConnId, Vec<u8>)>,
+    domain_events: Vec<DomainEvent>,
 }
 
 impl Store {
@@ -144,6 +145,7 @@ impl Store {
             journal,
             ready: BTreeSet::new(),
             deferred: Vec::new(),
+            domain_events: Vec::new(),
         }
     }
 
@@ -160,6 +162,12 @@ impl Store {
     /// The introduced domains.
     pub fn domains(&self) -> &Domains {
         &self.domains
+    }
+
+    /// Guests introduced or released since the last call, in order, for the transport that
+    /// serves their rings.
+    pub fn take_domain_events(&mut self) -> Vec<DomainEvent> {
+        std::mem::take(&mut self.domain_events)
     }
 
     /// Opens a connection for a client of domain `domid` (0 = privileged).
@@ -664,6 +672,10 @@ impl Store {
         if self.domains.introduce(domid, gfn, port) && domid != 0 {
             self.fire_special(INTRODUCE_DOMAIN);
         }
+        if domid != 0 {
+            self.domain_events
+                .push(DomainEvent::Introduced { domid, gfn, port });
+        }
         Ok(ok())
     }
 
@@ -681,6 +693,7 @@ impl Store {
         }
         self.remove_domain_nodes(domid);
         self.fire_special(RELEASE_DOMAIN);
+        self.domain_events.push(DomainEvent::Released(domid));
         Ok(ok())
     }
 
