@@ -5,17 +5,19 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::{Daemon, TempDir};
-use evtchn::{Broker, ListenerHandle, XsRingFrontend};
+use evtchn::{Broker, Domain, ListenerHandle, XsRingFrontend};
 use xenstore_lite::wire::{self, Decoder, Message};
 use xenstore_lite::{Errno, MsgType, XsOps};
 
 const GUEST: u32 = 3;
+/// How long the guest waits for the daemon before the test fails.
+const DEADLINE: Duration = Duration::from_secs(10);
 
 fn tool(name: &str, socket: &Path, args: &[&str]) -> Output {
     let out = Command::new(name)
@@ -30,6 +32,7 @@ fn tool(name: &str, socket: &Path, args: &[&str]) -> Output {
 
 /// The guest's xenstore connection: raw xs_wire over its ring.
 struct Guest {
+    domain: Arc<Domain>,
     ring: XsRingFrontend,
     decoder: Decoder,
     next_req: u32,
@@ -37,13 +40,35 @@ struct Guest {
 }
 
 impl Guest {
+    /// Runs `op` until it moves a byte, waiting on the guest's event channel in between, and
+    /// fails the test if the daemon has not moved within [`DEADLINE`].
+    fn until_moved(&mut self, mut op: impl FnMut(&mut XsRingFrontend) -> usize) -> usize {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let n = op(&mut self.ring);
+            if n > 0 {
+                return n;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "the daemon did not serve the ring");
+            self.domain.wait(Some(left)).expect("event-channel wait");
+        }
+    }
+
+    fn send(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let n = self.until_moved(|r| r.try_write(bytes).expect("ring write"));
+            bytes = &bytes[n..];
+        }
+    }
+
     fn recv(&mut self) -> Message {
         let mut buf = [0u8; 1024];
         loop {
             if let Some(m) = self.decoder.next_message().expect("well-formed reply") {
                 return m;
             }
-            let n = self.ring.read(&mut buf).expect("ring read");
+            let n = self.until_moved(|r| r.try_read(&mut buf).expect("ring read"));
             self.decoder.push(&buf[..n]);
         }
     }
@@ -61,9 +86,7 @@ impl Guest {
     fn request(&mut self, t: MsgType, payload: &[u8]) -> Result<Vec<u8>, Errno> {
         let req_id = self.next_req;
         self.next_req += 1;
-        self.ring
-            .write_all(&wire::encode(t, req_id, 0, payload))
-            .expect("ring write");
+        self.send(&wire::encode(t, req_id, 0, payload));
         loop {
             let m = self.recv();
             match m.msg_type() {
@@ -109,9 +132,34 @@ impl Guest {
 /// A broker, the daemon using it, and domain 3 introduced with a home it owns.
 struct Setup {
     _dir: TempDir,
+    broker: Broker,
     _broker: ListenerHandle,
     daemon: Daemon,
     guest: Guest,
+}
+
+/// Creates domain 3's ring and plays the toolstack: the guest's home, owned by the guest,
+/// then XS_INTRODUCE with the ring's grant reference and port.
+fn introduce_guest(broker: &Broker, daemon: &Daemon) -> Guest {
+    let domain = Arc::new(broker.connect(GUEST as u16).unwrap());
+    let ring = XsRingFrontend::create(domain.clone(), 0).unwrap();
+    let home = format!("/local/domain/{GUEST}");
+    let mut dom0 = daemon.client();
+    dom0.mkdir(&home).unwrap();
+    tool(
+        "xenstore-chmod",
+        &daemon.socket,
+        &[&home, &format!("n{GUEST}")],
+    );
+    dom0.introduce(GUEST, u64::from(ring.gref()), ring.port())
+        .unwrap();
+    Guest {
+        domain,
+        ring,
+        decoder: Decoder::new(),
+        next_req: 1,
+        events: Vec::new(),
+    }
 }
 
 fn setup(tag: &str) -> Setup {
@@ -121,23 +169,10 @@ fn setup(tag: &str) -> Setup {
     let handle = broker.listen(&broker_path).unwrap().spawn().unwrap();
     let socket = dir.join("xs");
     let daemon = Daemon::start(&socket, &["--evtchn-broker", broker_path.to_str().unwrap()]);
-    let domain = Arc::new(broker.connect(GUEST as u16).unwrap());
-    let ring = XsRingFrontend::create(domain, 0).unwrap();
-    // The toolstack's part: the guest's home, owned by the guest, then XS_INTRODUCE.
-    let home = format!("/local/domain/{GUEST}");
-    let mut dom0 = daemon.client();
-    dom0.mkdir(&home).unwrap();
-    tool("xenstore-chmod", &socket, &[&home, &format!("n{GUEST}")]);
-    dom0.introduce(GUEST, u64::from(ring.gref()), ring.port())
-        .unwrap();
-    let guest = Guest {
-        ring,
-        decoder: Decoder::new(),
-        next_req: 1,
-        events: Vec::new(),
-    };
+    let guest = introduce_guest(&broker, &daemon);
     Setup {
         _dir: dir,
+        broker,
         _broker: handle,
         daemon,
         guest,
@@ -229,4 +264,8 @@ fn release_drops_the_guest_and_its_home() {
         dom0.read("/local/domain/3/state"),
         Err(e) if e.errno() == Some(Errno::ENOENT)
     ));
+    // The domain comes back with a new ring (as after a reboot): served on that one.
+    let mut again = introduce_guest(&s.broker, &s.daemon);
+    again.write("/local/domain/3/state", "2").unwrap();
+    assert_eq!(dom0.read("/local/domain/3/state").unwrap(), b"2");
 }
