@@ -18,6 +18,17 @@ pub enum TapError {
     /// No network interface of that name (in this network namespace).
     #[error("TAP device {0} does not exist (create it with `ip tuntap add dev {0} mode tap multi_queue`)")]
     Missing(String),
+    /// The interface exists but is not a TUN/TAP device.
+    #[error("network interface {0} is not a TAP device")]
+    NotTap(String),
+    /// More than one queue asked of a TAP created without multi_queue.
+    #[error("TAP device {name} was created without multi_queue; {queues} queue pairs need it (ip tuntap add dev {name} mode tap multi_queue)")]
+    NotMultiQueue {
+        /// Interface name.
+        name: String,
+        /// Queues asked for.
+        queues: u16,
+    },
     /// The name does not fit `IFNAMSIZ`.
     #[error("interface name {0:?} is longer than 15 bytes")]
     Name(String),

@@ -206,6 +206,7 @@ impl Worker {
                         .map_while(|_| queue.pop_descriptor_chain(mem))
                         .collect()
                 };
+                log::trace!("transmit queue {}: {} chains", self.q, chains.len());
                 if chains.is_empty() {
                     break;
                 }
