@@ -296,9 +296,17 @@ impl Worker {
                     _ => break,
                 }
             }
-            let outcome = match direct_read(t, rx, mem, acked, rx_need, avail.min(BATCH), port, q) {
+            let cx = RxContext {
+                rx,
+                mem,
+                acked,
+                need: rx_need,
+                port,
+                q,
+            };
+            let outcome = match direct_read(t, &cx, avail.min(BATCH)) {
                 Some(o) => o,
-                None => bounce_read(t, rx, mem, acked, rx_need, avail.min(BOUNCE_BATCH), port, q),
+                None => bounce_read(t, &cx, avail.min(BOUNCE_BATCH)),
             };
             delivered |= outcome.delivered;
             if outcome.tap_empty {
@@ -378,19 +386,29 @@ fn drain_backlog(
     (moved, true)
 }
 
-/// Reads up to `n` frames straight into receive chains that each hold a largest frame
-/// (`need` bytes). `None` when the next chain is smaller (use bounce buffers instead).
-#[allow(clippy::too_many_arguments)]
-fn direct_read(
-    t: &mut TapPath,
-    rx: &Vring,
-    mem: &GuestRam,
+/// What a receive batch from the TAP works with.
+#[derive(Clone, Copy)]
+struct RxContext<'a> {
+    rx: &'a Vring,
+    mem: &'a GuestRam,
     acked: Acked,
+    /// Header plus largest frame, bytes.
     need: usize,
-    n: usize,
-    port: &Port,
+    port: &'a Port,
     q: usize,
-) -> Option<ReadOutcome> {
+}
+
+/// Reads up to `n` frames straight into receive chains that each hold a largest frame
+/// (`cx.need` bytes). `None` when the next chain is smaller (use bounce buffers instead).
+fn direct_read(t: &mut TapPath, cx: &RxContext<'_>, n: usize) -> Option<ReadOutcome> {
+    let RxContext {
+        rx,
+        mem,
+        acked,
+        need,
+        port,
+        q,
+    } = *cx;
     let stats = port.stats.queue(q);
     let hdr_len = acked.hdr_len();
     let mut state = rx.get_mut();
@@ -504,19 +522,17 @@ fn direct_read(
     })
 }
 
-/// Reads up to `n` frames into bounce buffers of `need` bytes, then spreads each over as many
+/// Reads up to `n` frames into bounce buffers of `cx.need` bytes, then spreads each over as many
 /// receive chains as it needs; frames that find no buffers go to the backlog.
-#[allow(clippy::too_many_arguments)]
-fn bounce_read(
-    t: &mut TapPath,
-    rx: &Vring,
-    mem: &GuestRam,
-    acked: Acked,
-    need: usize,
-    n: usize,
-    port: &Port,
-    q: usize,
-) -> ReadOutcome {
+fn bounce_read(t: &mut TapPath, cx: &RxContext<'_>, n: usize) -> ReadOutcome {
+    let RxContext {
+        rx,
+        mem,
+        acked,
+        need,
+        port,
+        q,
+    } = *cx;
     let stats = port.stats.queue(q);
     let hdr_len = acked.hdr_len();
     let n = n.max(1);
