@@ -11,7 +11,6 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use frontend_guest::host::net::{NetResult, ALL_FEATURES};
-use frontend_guest::GuestRam;
 use frontend_guest::host::{NetDevice, NetOptions, Received};
 use frontend_guest::net::{
     NetHdr, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_MQ,
@@ -20,6 +19,7 @@ use frontend_guest::net::{
     VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_OK,
 };
 use frontend_guest::virtq::{RawDescriptor, RawNext, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
+use frontend_guest::GuestRam;
 use net_support::frames::{self, tcp4, udp4};
 use net_support::{counter, drops, NetDaemon, Netns};
 use pvio_tests::tmp::TempDir;
