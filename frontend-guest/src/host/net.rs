@@ -409,18 +409,12 @@ impl NetQueuePair {
             rx_fds: VringFds::new()?,
             rx_buffer_bytes: opts.rx_buffer_bytes,
             rx_posted: vec![None; usize::from(size)],
-            rx_free: (0..u64::from(size))
-                .rev()
-                .map(|i| rx_base + i * rx_stride)
-                .collect(),
+            rx_free: free_slots(rx_base, rx_stride, size),
             tx,
             tx_fds: VringFds::new()?,
             max_frame_bytes: opts.max_frame_bytes,
             tx_pending: vec![None; usize::from(size)],
-            tx_free: (0..u64::from(size))
-                .rev()
-                .map(|i| tx_base + i * tx_stride)
-                .collect(),
+            tx_free: free_slots(tx_base, tx_stride, size),
             primed_len: None,
         })
     }
@@ -852,4 +846,13 @@ impl CtrlQueue {
             self.fds.wait_call(left)?;
         }
     }
+}
+
+/// The guest addresses of `count` buffer slots of `stride` bytes from `base`, as a stack whose
+/// top (the last element) is the lowest slot.
+fn free_slots(base: u64, stride: u64, count: u16) -> Vec<u64> {
+    (0..u64::from(count))
+        .rev()
+        .map(|i| base + i * stride)
+        .collect()
 }
