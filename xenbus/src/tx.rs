@@ -1,5 +1,5 @@
-//! Transactions whose body may fail with any [`XenbusError`] (the client library's own
-//! helper only carries store errors).
+//! Transactions whose body may fail with the caller's own error type (the client library's
+//! helper only carries store errors), and small directory helpers.
 
 use xenstore_lite::client::{Transaction, MAX_TRANSACTION_ATTEMPTS};
 use xenstore_lite::{Client, ClientError, Errno, XsOps};
@@ -12,10 +12,10 @@ use crate::error::{Result, XenbusError};
 ///
 /// # Errors
 /// `f`'s error, or the commit's.
-pub fn transaction<T>(
+pub fn transaction<T, E: From<ClientError>>(
     client: &mut Client,
-    mut f: impl FnMut(&mut Transaction<'_>) -> Result<T>,
-) -> Result<T> {
+    mut f: impl FnMut(&mut Transaction<'_>) -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
     for _ in 0..MAX_TRANSACTION_ATTEMPTS {
         let id = client.transaction_start()?;
         let value = match f(&mut client.in_transaction(id)) {

@@ -1,0 +1,59 @@
+//! Errors of pvctl; each says what to do about it.
+
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+use xenbus::XenbusError;
+
+/// Errors of the toolstack.
+#[derive(Debug, Error)]
+pub enum PvctlError {
+    /// Nothing listens on the store's socket.
+    #[error("xenstore is not running at {path} ({source}); start `xenstore-lite serve --socket {path}` or pass --xenstore")]
+    StoreNotRunning {
+        /// The socket tried.
+        path: PathBuf,
+        /// The connect error.
+        #[source]
+        source: io::Error,
+    },
+    /// A store or handshake error.
+    #[error(transparent)]
+    Xenbus(#[from] XenbusError),
+    /// The disk image cannot be used.
+    #[error("image {path}: {source}")]
+    Image {
+        /// The image.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The image is neither a regular file nor a block device.
+    #[error("image {0}: not a regular file or block device")]
+    ImageKind(PathBuf),
+    /// Another domain has this name.
+    #[error("a domain named {name:?} exists already (domain {domid})")]
+    NameTaken {
+        /// The name.
+        name: String,
+        /// Its domain.
+        domid: u32,
+    },
+    /// Every domain id is in use.
+    #[error("no free domain id")]
+    NoFreeDomid,
+    /// The name is empty or has characters a store path segment cannot hold.
+    #[error("bad domain name {0:?}: use 1-64 letters, digits, '-', '_' or '.'")]
+    BadName(String),
+}
+
+impl From<xenstore_lite::ClientError> for PvctlError {
+    fn from(e: xenstore_lite::ClientError) -> Self {
+        PvctlError::Xenbus(e.into())
+    }
+}
+
+/// Result type of pvctl.
+pub type Result<T> = std::result::Result<T, PvctlError>;
