@@ -6,10 +6,12 @@
 //! [`initramfs`] packs a busybox guest whose `/init` runs a shell script, [`qemu`] boots it
 //! with a vhost-user-blk disk, and [`console`] reads the `@@pvio key value` lines the script
 //! printed; [`guest::GuestKit`] ties the guest side together. [`demo`] is the README's main
-//! job built from the same parts.
+//! job built from the same parts. [`xenstore`] runs the store and [`blk_manager`] stands in
+//! for backend-blk's store mode in the XenBus handshake tests.
 
 pub mod backend;
 pub mod bins;
+pub mod blk_manager;
 pub mod console;
 pub mod cpio;
 pub mod demo;
@@ -19,6 +21,7 @@ pub mod initramfs;
 pub mod prereq;
 pub mod qemu;
 pub mod tmp;
+pub mod xenstore;
 
 /// Turns an error into a test failure that prints it with `Display` (guest errors carry the
 /// console log, which `unwrap`'s `Debug` output would squeeze into one escaped line).

@@ -8,7 +8,8 @@
 //! - [`backend`]: the back end's state machine, pure, with a trait for the device actions.
 //! - [`manager`]: the watch-driven loop of a back-end daemon serving every device of a kind.
 //! - [`frontend`]: the front end's side of the handshake.
-//! - [`wait`], [`tx`]: waiting on watches; transactions with this crate's errors.
+//! - [`wait`], [`tx`]: waiting on watches; transactions with the caller's error type.
+//! - `mock_guest` (feature `mock-frontend`): a process playing a guest's disk front end.
 
 pub mod backend;
 pub mod config;
@@ -17,6 +18,8 @@ pub mod error;
 pub mod frontend;
 pub mod layout;
 pub mod manager;
+#[cfg(feature = "mock-frontend")]
+pub mod mock_guest;
 pub mod state;
 pub mod tx;
 pub mod wait;
