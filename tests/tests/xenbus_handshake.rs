@@ -1,0 +1,188 @@
+//! The whole XenBus handshake without a VM: xenstore-lite, the back-end device manager (the
+//! xenbus crate's, launching backend-blk per disk: `pvio-blk-manager`), pvctl as the
+//! toolstack and the mock front end playing guest domain 1 over its own store connection.
+//! Attach, verified I/O, a bad image next to a good disk, hot-unplug while connected,
+//! re-plug, and destroy with nothing left behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use pvio_tests::backend::is_listening;
+use pvio_tests::bins::workspace_bin;
+use pvio_tests::tmp::TempDir;
+use pvio_tests::xenstore::XenstoreDaemon;
+use xenbus::mock_guest::{MockBlkFrontend, MockError};
+use xenbus::{DeviceConfig, DeviceId, DeviceKind, VbdConfig, XenbusError};
+
+/// Generous: the machine is a loaded 2-core CI runner.
+const STEP: Duration = Duration::from_secs(30);
+const DOMID: u32 = 1;
+
+/// The stand-in back-end daemon; SIGTERM and wait on drop.
+struct ManagerProcess(Child);
+
+impl ManagerProcess {
+    fn start(store: &XenstoreDaemon, run_dir: &Path, log: &Path) -> Self {
+        let log = std::fs::File::create(log).unwrap();
+        let child = Command::new(workspace_bin("pvio-tests", "pvio-blk-manager"))
+            .arg("--xenstore")
+            .arg(store.socket())
+            .arg("--run-dir")
+            .arg(run_dir)
+            .arg("--backend-blk")
+            .arg(workspace_bin("backend-blk", "backend-blk"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        ManagerProcess(child)
+    }
+
+    fn stop(&mut self) -> bool {
+        let pid = Pid::from_raw(self.0.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + STEP;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        false
+    }
+}
+
+impl Drop for ManagerProcess {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            self.stop();
+        }
+    }
+}
+
+struct Stack {
+    dir: TempDir,
+    store: XenstoreDaemon,
+    manager: ManagerProcess,
+    pvctl: PathBuf,
+}
+
+impl Stack {
+    fn start() -> Self {
+        let dir = TempDir::new("xenbus-handshake").unwrap();
+        std::fs::create_dir(dir.join("run")).unwrap();
+        let store = XenstoreDaemon::start(dir.path(), &[DOMID]);
+        let manager = ManagerProcess::start(&store, &dir.join("run"), &dir.join("manager.log"));
+        Stack {
+            pvctl: workspace_bin("pvctl", "pvctl"),
+            dir,
+            store,
+            manager,
+        }
+    }
+
+    fn pvctl(&self, args: &[&str]) -> String {
+        let out = Command::new(&self.pvctl)
+            .arg("--xenstore")
+            .arg(self.store.socket())
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "pvctl {args:?}: {err}\n{}", self.log());
+        assert!(err.is_empty(), "pvctl {args:?} warned: {err}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn guest(&self, devid: u32) -> Result<MockBlkFrontend, MockError> {
+        let dev = DeviceId::new(DeviceKind::Vbd, DOMID, devid);
+        MockBlkFrontend::attach(self.store.guest_client(DOMID), dev, STEP)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("manager.log")).unwrap_or_default()
+    }
+
+    fn run_dir_entries(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.dir.join("run"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sock"))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn image(dir: &TempDir, name: &str, mib: u64) -> String {
+    let path = dir.join(name);
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(mib << 20).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn attach_io_unplug_replug_destroy() {
+    let mut s = Stack::start();
+    let disk = image(&s.dir, "disk.raw", 4);
+    s.pvctl(&["domain", "create", "--name", "g1", "--mem", "64", "--guest", "/bin/true"]);
+    assert_eq!(s.pvctl(&["disk", "attach", "1", "--image", &disk]).trim(), "0");
+
+    let mut guest = s.guest(0).unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
+    assert_eq!(guest.backend().number("sectors"), Some(4 << 11));
+    guest.verified_io(0x5a).unwrap();
+    let list = s.pvctl(&["list"]);
+    let socket = s.dir.join("run").join("vbd-1-0.sock");
+    let expected = format!(
+        "  vbd 0  front Connected     back Connected     {disk}  socket {}\n",
+        socket.display()
+    );
+    assert!(list.contains(&expected), "{list}");
+
+    // A disk whose image is missing fails alone: Closed with an error; disk 0 goes on.
+    let mut dom0 = s.store.client();
+    let bad = DeviceConfig::Vbd(VbdConfig {
+        image: s.dir.join("missing.raw"),
+        readonly: false,
+        num_queues: 1,
+    });
+    xenbus::device::create(&mut dom0, &DeviceId::new(DeviceKind::Vbd, DOMID, 1), &bad).unwrap();
+    match s.guest(1) {
+        Err(MockError::Xenbus(XenbusError::BackendFailed { message, .. })) => {
+            assert!(message.contains("cannot open image"), "{message}")
+        }
+        other => panic!("expected BackendFailed, got {other:?}"),
+    }
+    let list = s.pvctl(&["list"]);
+    assert!(list.contains("vbd 1  front Initialising  back Closed"), "{list}");
+    assert!(list.contains("error: cannot open image"), "{list}");
+    guest.verified_io(0x33).unwrap();
+    s.pvctl(&["disk", "detach", "1", "1"]);
+
+    // Hot-unplug while connected: the guest sees Closing, quiesces and closes.
+    let unplug = std::thread::spawn(move || guest.wait_unplug().map(|()| guest));
+    s.pvctl(&["disk", "detach", "1", "0"]);
+    let guest = unplug.join().unwrap().unwrap();
+    drop(guest);
+    assert!(!is_listening(&socket));
+    assert!(s.run_dir_entries().is_empty(), "{:?}", s.run_dir_entries());
+    assert!(!s.pvctl(&["list"]).contains("vbd"));
+
+    // Re-plug: the same image comes back with its data.
+    assert_eq!(s.pvctl(&["disk", "attach", "1", "--image", &disk]).trim(), "0");
+    let mut guest = s.guest(0).unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
+    guest.verified_io(0x77).unwrap();
+    let unplug = std::thread::spawn(move || guest.wait_unplug());
+    s.pvctl(&["domain", "destroy", "1"]);
+    unplug.join().unwrap().unwrap();
+    assert_eq!(s.pvctl(&["list"]), "");
+    assert!(s.run_dir_entries().is_empty());
+    assert!(s.manager.stop(), "manager exit\n{}", s.log());
+}
