@@ -96,7 +96,11 @@ impl Stack {
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "pvctl {args:?}: {err}\n{}", self.log());
+        assert!(
+            out.status.success(),
+            "pvctl {args:?}: {err}\n{}",
+            self.log()
+        );
         assert!(err.is_empty(), "pvctl {args:?} warned: {err}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -132,8 +136,20 @@ fn image(dir: &TempDir, name: &str, mib: u64) -> String {
 fn attach_io_unplug_replug_destroy() {
     let mut s = Stack::start();
     let disk = image(&s.dir, "disk.raw", 4);
-    s.pvctl(&["domain", "create", "--name", "g1", "--mem", "64", "--guest", "/bin/true"]);
-    assert_eq!(s.pvctl(&["disk", "attach", "1", "--image", &disk]).trim(), "0");
+    s.pvctl(&[
+        "domain",
+        "create",
+        "--name",
+        "g1",
+        "--mem",
+        "64",
+        "--guest",
+        "/bin/true",
+    ]);
+    assert_eq!(
+        s.pvctl(&["disk", "attach", "1", "--image", &disk]).trim(),
+        "0"
+    );
 
     let mut guest = s.guest(0).unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
     assert_eq!(guest.backend().number("sectors"), Some(4 << 11));
@@ -161,7 +177,10 @@ fn attach_io_unplug_replug_destroy() {
         other => panic!("expected BackendFailed, got {other:?}"),
     }
     let list = s.pvctl(&["list"]);
-    assert!(list.contains("vbd 1  front Initialising  back Closed"), "{list}");
+    assert!(
+        list.contains("vbd 1  front Initialising  back Closed"),
+        "{list}"
+    );
     assert!(list.contains("error: cannot open image"), "{list}");
     guest.verified_io(0x33).unwrap();
     s.pvctl(&["disk", "detach", "1", "1"]);
@@ -176,8 +195,12 @@ fn attach_io_unplug_replug_destroy() {
     assert!(!s.pvctl(&["list"]).contains("vbd"));
 
     // Re-plug: the same image comes back with its data.
-    assert_eq!(s.pvctl(&["disk", "attach", "1", "--image", &disk]).trim(), "0");
+    assert_eq!(
+        s.pvctl(&["disk", "attach", "1", "--image", &disk]).trim(),
+        "0"
+    );
     let mut guest = s.guest(0).unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
+    guest.check_data(0x33).unwrap();
     guest.verified_io(0x77).unwrap();
     let unplug = std::thread::spawn(move || guest.wait_unplug());
     s.pvctl(&["domain", "destroy", "1"]);

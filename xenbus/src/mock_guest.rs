@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use frontend_guest::blk::BlkStatus;
-use frontend_guest::host::{BlkDevice, BlkOptions};
+use frontend_guest::host::{BlkDevice, BlkOptions, BlkQueue};
 use thiserror::Error;
 use xenstore_lite::Client;
 
@@ -97,30 +97,49 @@ impl MockBlkFrontend {
     }
 
     /// Writes a pattern derived from `seed` to the first and the last 4 KiB of the disk,
-    /// flushes, reads both back and compares.
+    /// flushes, then [`MockBlkFrontend::check_data`].
     ///
     /// # Errors
     /// I/O errors, a status other than OK, [`MockError::Mismatch`] on different data.
     pub fn verified_io(&mut self, seed: u8) -> MockResult<()> {
+        self.each_probe(|name, queue, sector| {
+            expect_ok(name, "write", queue.write(sector, &pattern(seed, sector))?)?;
+            expect_ok(name, "flush", queue.flush()?)
+        })?;
+        self.check_data(seed)
+    }
+
+    /// Reads the first and the last 4 KiB and compares them with the pattern of `seed`
+    /// (written by [`MockBlkFrontend::verified_io`], perhaps before an unplug).
+    ///
+    /// # Errors
+    /// I/O errors, a status other than OK, [`MockError::Mismatch`] on different data.
+    pub fn check_data(&mut self, seed: u8) -> MockResult<()> {
+        self.each_probe(|name, queue, sector| {
+            let (status, back) = queue.read(sector, PROBE_BYTES as u32)?;
+            expect_ok(name, "read", status)?;
+            if back != pattern(seed, sector) {
+                return Err(MockError::Mismatch(format!(
+                    "{name}: sector {sector} holds other data than pattern {seed:#x}"
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `f` on queue 0 for the first and the last [`PROBE_BYTES`] of the disk.
+    fn each_probe(
+        &mut self,
+        mut f: impl FnMut(&str, &mut BlkQueue, u64) -> MockResult<()>,
+    ) -> MockResult<()> {
         let name = self.frontend.device().to_string();
         let device = self.device.as_mut().ok_or_else(|| {
             MockError::Mismatch(format!("{name}: I/O after the device was unplugged"))
         })?;
         let sectors = device.config().capacity;
         let queue = device.queue(0)?;
-        for sector in [0, sectors.saturating_sub(8)] {
-            let data: Vec<u8> = (0..4096u32)
-                .map(|i| (i as u8) ^ seed ^ (sector as u8))
-                .collect();
-            expect_ok(&name, "write", queue.write(sector, &data)?)?;
-            expect_ok(&name, "flush", queue.flush()?)?;
-            let (status, back) = queue.read(sector, 4096)?;
-            expect_ok(&name, "read", status)?;
-            if back != data {
-                return Err(MockError::Mismatch(format!(
-                    "{name}: sector {sector} read back different data"
-                )));
-            }
+        for sector in [0, sectors.saturating_sub(PROBE_BYTES as u64 / 512)] {
+            f(&name, queue, sector)?;
         }
         Ok(())
     }
@@ -154,6 +173,16 @@ impl MockBlkFrontend {
             .set_state(&mut self.client, XenbusState::Closed)?;
         Ok(())
     }
+}
+
+/// Bytes written and read at each end of the disk.
+pub const PROBE_BYTES: usize = 4096;
+
+/// The probe data of `seed` at `sector`.
+fn pattern(seed: u8, sector: u64) -> Vec<u8> {
+    (0..PROBE_BYTES)
+        .map(|i| (i as u8) ^ seed ^ (sector as u8))
+        .collect()
 }
 
 fn expect_ok(name: &str, what: &str, status: BlkStatus) -> MockResult<()> {
