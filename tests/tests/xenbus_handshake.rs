@@ -105,6 +105,13 @@ impl Stack {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Stops the back-end manager and starts a new one on the same store and folder.
+    fn restart_manager(&mut self) {
+        assert!(self.manager.stop(), "manager exit\n{}", self.log());
+        let log = self.dir.join("manager-2.log");
+        self.manager = ManagerProcess::start(&self.store, &self.dir.join("run"), &log);
+    }
+
     fn guest(&self, devid: u32) -> Result<MockBlkFrontend, MockError> {
         let dev = DeviceId::new(DeviceKind::Vbd, DOMID, devid);
         MockBlkFrontend::attach(self.store.guest_client(DOMID), dev, STEP)
@@ -208,4 +215,32 @@ fn attach_io_unplug_replug_destroy() {
     assert_eq!(s.pvctl(&["list"]), "");
     assert!(s.run_dir_entries().is_empty());
     assert!(s.manager.stop(), "manager exit\n{}", s.log());
+}
+
+#[test]
+fn a_restarted_back_end_serves_its_devices_again() {
+    let mut s = Stack::start();
+    let disk = image(&s.dir, "disk.raw", 1);
+    s.pvctl(&[
+        "domain", "create", "--name", "g1", "--mem", "64", "--guest", "g",
+    ]);
+    s.pvctl(&["disk", "attach", "1", "--image", &disk]);
+    let mut guest = s.guest(0).unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
+    guest.verified_io(0x21).unwrap();
+
+    // The daemon goes away: its socket with it; the store keeps the device Connected.
+    s.restart_manager();
+    guest.reconnect().unwrap();
+    guest.check_data(0x21).unwrap();
+    guest.verified_io(0x42).unwrap();
+    let list = s.pvctl(&["list"]);
+    assert!(
+        list.contains("front Connected     back Connected"),
+        "{list}"
+    );
+
+    let unplug = std::thread::spawn(move || guest.wait_unplug());
+    s.pvctl(&["domain", "destroy", "1"]);
+    unplug.join().unwrap().unwrap();
+    assert!(s.run_dir_entries().is_empty());
 }

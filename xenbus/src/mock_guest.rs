@@ -57,16 +57,7 @@ impl MockBlkFrontend {
         let frontend = Frontend::open(&mut client, dev)?;
         frontend.set_state(&mut client, XenbusState::Initialising)?;
         let ready = frontend.wait_backend_ready(&mut client, timeout)?;
-        let mut opts = BlkOptions::default();
-        opts.connect.connect_timeout = timeout;
-        let device = BlkDevice::connect(&ready.socket, &opts)?;
-        let published = ready.number(node::SECTORS);
-        if published != Some(device.config().capacity) {
-            return Err(MockError::Mismatch(format!(
-                "{dev}: the device has {} sectors, the back end published {published:?}",
-                device.config().capacity
-            )));
-        }
+        let device = connect_device(&dev, &ready, timeout)?;
         frontend.set_state(&mut client, XenbusState::Initialised)?;
         let state = frontend.wait_backend_state(&mut client, timeout, |s| {
             s == XenbusState::Connected || s >= XenbusState::Closing
@@ -84,6 +75,25 @@ impl MockBlkFrontend {
             device: Some(device),
             timeout,
         })
+    }
+
+    /// Connects again after the back end restarted: drops the old connection, waits for
+    /// the back end's published socket (InitWait or Connected) and connects to it; the
+    /// front end's `state` stays Connected.
+    ///
+    /// # Errors
+    /// As [`MockBlkFrontend::attach`].
+    pub fn reconnect(&mut self) -> MockResult<()> {
+        self.device = None;
+        self.ready = self
+            .frontend
+            .wait_backend_ready(&mut self.client, self.timeout)?;
+        self.device = Some(connect_device(
+            self.frontend.device(),
+            &self.ready,
+            self.timeout,
+        )?);
+        Ok(())
     }
 
     /// What the back end published.
@@ -173,6 +183,25 @@ impl MockBlkFrontend {
             .set_state(&mut self.client, XenbusState::Closed)?;
         Ok(())
     }
+}
+
+/// Connects to the published socket and checks the capacity against `sectors`.
+fn connect_device(
+    dev: &DeviceId,
+    ready: &BackendReady,
+    timeout: Duration,
+) -> MockResult<BlkDevice> {
+    let mut opts = BlkOptions::default();
+    opts.connect.connect_timeout = timeout;
+    let device = BlkDevice::connect(&ready.socket, &opts)?;
+    let published = ready.number(node::SECTORS);
+    if published != Some(device.config().capacity) {
+        return Err(MockError::Mismatch(format!(
+            "{dev}: the device has {} sectors, the back end published {published:?}",
+            device.config().capacity
+        )));
+    }
+    Ok(device)
 }
 
 /// Bytes written and read at each end of the disk.
