@@ -11,6 +11,9 @@ use pvio_tests::tmp::TempDir;
 use pvio_tests::xenstore::XenstoreDaemon;
 use xenstore_lite::{ClientError, Errno, XsOps};
 
+/// `pvctl domain create` of the guest the tests use, domain 1.
+const CREATE_G1: &str = "domain create --name g1 --mem 64 --guest /bin/true";
+
 struct Setup {
     dir: TempDir,
     store: XenstoreDaemon,
@@ -92,16 +95,7 @@ fn layout_and_permissions_are_xens() {
     let s = Setup::new("pvctl-layout");
     let image = s.dir.join("disk.raw");
     std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
-    let domid = s.ok(&[
-        "domain",
-        "create",
-        "--name",
-        "g1",
-        "--mem",
-        "64",
-        "--guest",
-        "/bin/true",
-    ]);
+    let domid = s.ok(&words(CREATE_G1));
     assert_eq!(domid.trim(), "1");
     let img = image.to_str().unwrap();
     assert_eq!(
@@ -170,18 +164,10 @@ fn refused_commands_leave_nothing_behind() {
     let img = image.to_str().unwrap();
     let err = s.fails(&["disk", "attach", "1", "--image", img]);
     assert!(err.contains("domain 1 does not exist"), "{err}");
-    s.ok(&[
-        "domain",
-        "create",
-        "--name",
-        "g1",
-        "--mem",
-        "64",
-        "--guest",
-        "/bin/true",
-    ]);
+    s.ok(&words(CREATE_G1));
     s.ok(&["disk", "attach", "1", "--image", img, "--devid", "5"]);
     let before = s.whole_store();
+    let create = words(CREATE_G1);
     let cases: [(&[&str], &str); 6] = [
         (
             &["disk", "attach", "1", "--image", img, "--devid", "5"],
@@ -195,19 +181,7 @@ fn refused_commands_leave_nothing_behind() {
             &["disk", "attach", "1", "--image", "/tmp"],
             "not a regular file or block device",
         ),
-        (
-            &[
-                "domain",
-                "create",
-                "--name",
-                "g1",
-                "--mem",
-                "64",
-                "--guest",
-                "/bin/true",
-            ],
-            "exists already",
-        ),
+        (&create, "exists already"),
         (
             &["nic", "detach", "1", "3"],
             "device vif/1/3 does not exist",
@@ -245,4 +219,8 @@ fn a_store_that_is_not_running_is_named() {
     let err = text(&out.stderr);
     assert!(err.contains("xenstore is not running at"), "{err}");
     assert!(err.contains("absent.sock"), "{err}");
+}
+
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
 }

@@ -17,6 +17,9 @@ use pvio_tests::xenstore::XenstoreDaemon;
 use xenbus::mock_guest::{MockBlkFrontend, MockError};
 use xenbus::{DeviceConfig, DeviceId, DeviceKind, VbdConfig, XenbusError};
 
+/// `pvctl domain create` of the guest the tests use, domain 1.
+const CREATE_G1: &str = "domain create --name g1 --mem 64 --guest /bin/true";
+
 /// Generous: the machine is a loaded 2-core CI runner.
 const STEP: Duration = Duration::from_secs(30);
 const DOMID: u32 = 1;
@@ -143,16 +146,7 @@ fn image(dir: &TempDir, name: &str, mib: u64) -> String {
 fn attach_io_unplug_replug_destroy() {
     let mut s = Stack::start();
     let disk = image(&s.dir, "disk.raw", 4);
-    s.pvctl(&[
-        "domain",
-        "create",
-        "--name",
-        "g1",
-        "--mem",
-        "64",
-        "--guest",
-        "/bin/true",
-    ]);
+    s.pvctl(&words(CREATE_G1));
     assert_eq!(
         s.pvctl(&["disk", "attach", "1", "--image", &disk]).trim(),
         "0"
@@ -221,9 +215,7 @@ fn attach_io_unplug_replug_destroy() {
 fn a_restarted_back_end_serves_its_devices_again() {
     let mut s = Stack::start();
     let disk = image(&s.dir, "disk.raw", 1);
-    s.pvctl(&[
-        "domain", "create", "--name", "g1", "--mem", "64", "--guest", "g",
-    ]);
+    s.pvctl(&words(CREATE_G1));
     s.pvctl(&["disk", "attach", "1", "--image", &disk]);
     let mut guest = s.guest(0).unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
     guest.verified_io(0x21).unwrap();
@@ -243,4 +235,8 @@ fn a_restarted_back_end_serves_its_devices_again() {
     s.pvctl(&["domain", "destroy", "1"]);
     unplug.join().unwrap().unwrap();
     assert!(s.run_dir_entries().is_empty());
+}
+
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
 }
