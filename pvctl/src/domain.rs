@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use xenbus::device::{devids, domain_exists};
 use xenbus::layout::{domain_path, domain_ro_perms, MAX_DOMID};
-use xenbus::tx::{numeric_children, rm_if_present, transaction};
+use xenbus::tx::{children, numeric_children, rm_if_present, transaction};
 use xenbus::{DeviceId, DeviceKind, XenbusError};
 use xenstore_lite::perms::{NodePerms, PermKind};
 use xenstore_lite::{Client, XsOps};
@@ -19,9 +19,12 @@ use crate::cli::CreateArgs;
 use crate::devices::detach_device;
 use crate::error::{PvctlError, Result};
 
+/// The folder of pvctl's own records (dom0 only).
+pub const TOOL_ROOT: &str = "/tool/pvctl";
+
 /// Where pvctl keeps what only the toolstack needs about a domain.
 pub fn tool_path(domid: u32) -> String {
-    format!("/tool/pvctl/{domid}")
+    format!("{TOOL_ROOT}/{domid}")
 }
 
 /// The guest payload of `domid` as recorded by `domain create`.
@@ -130,7 +133,14 @@ fn write_domain<O: XsOps + ?Sized>(
 /// # Errors
 /// The store refuses (`EINVAL`, `EACCES`), store errors.
 pub fn introduce(client: &mut Client, domid: u32, gfn: u64, port: u32) -> Result<()> {
-    client.introduce(domid, gfn, port)?;
+    client
+        .introduce(domid, gfn, port)
+        .map_err(|source| PvctlError::Introduce {
+            domid,
+            gfn,
+            port,
+            source,
+        })?;
     let home = domain_path(domid);
     transaction(client, |tx| {
         tx.write(
@@ -146,6 +156,9 @@ fn remove_nodes(client: &mut Client, domid: u32) -> Result<()> {
     transaction(client, |tx| {
         rm_if_present(tx, &domain_path(domid))?;
         rm_if_present(tx, &tool_path(domid))?;
+        if children(tx, TOOL_ROOT)?.is_empty() {
+            rm_if_present(tx, TOOL_ROOT)?;
+        }
         Ok::<(), PvctlError>(())
     })
 }

@@ -41,6 +41,19 @@ pub enum PvctlError {
         /// Its domain.
         domid: u32,
     },
+    /// The store refused XS_INTRODUCE (the domain's nodes were removed again).
+    #[error("the store refused to introduce domain {domid} (ring frame {gfn}, event channel {port}): {source}")]
+    Introduce {
+        /// The domain.
+        domid: u32,
+        /// Its ring's guest frame number.
+        gfn: u64,
+        /// Its event channel port.
+        port: u32,
+        /// The store's answer.
+        #[source]
+        source: xenstore_lite::ClientError,
+    },
     /// Every domain id is in use.
     #[error("no free domain id")]
     NoFreeDomid,

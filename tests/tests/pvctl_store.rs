@@ -207,6 +207,30 @@ fn refused_commands_leave_nothing_behind() {
 }
 
 #[test]
+fn introduce_on_create_and_release_on_destroy() {
+    let s = Setup::new("pvctl-introduce");
+    let mut dom0 = s.store.client();
+    dom0.write("/local/domain/0/name", b"Domain-0").unwrap();
+    let before = s.whole_store();
+    // Event channel port 0 is invalid: the store refuses, nothing is left.
+    let mut create = words(CREATE_G1);
+    create.extend(["--xenstore-gfn", "4096", "--xenstore-evtchn", "0"]);
+    let err = s.fails(&create);
+    assert!(err.contains("refused to introduce domain 1"), "{err}");
+    assert_eq!(s.whole_store(), before);
+    assert!(!dom0.is_domain_introduced(1).unwrap());
+    *create.last_mut().unwrap() = "3";
+    s.ok(&create);
+    assert!(dom0.is_domain_introduced(1).unwrap());
+    let ls = s.whole_store();
+    assert_eq!(ls_entry(&ls, "/local/domain/1/store/ring-ref").0, "4096");
+    assert_eq!(ls_entry(&ls, "/local/domain/1/store/port").0, "3");
+    s.ok(&["domain", "destroy", "1"]);
+    assert!(!dom0.is_domain_introduced(1).unwrap());
+    assert_eq!(s.whole_store(), before);
+}
+
+#[test]
 fn a_store_that_is_not_running_is_named() {
     let dir = TempDir::new("pvctl-nostore").unwrap();
     let out = Command::new(workspace_bin("pvctl", "pvctl"))
