@@ -6,7 +6,9 @@
 //!
 //! Contract under test: a vhost-user back-end serves front-ends one after another for as long
 //! as it runs (vhost-user.rst; vhost-daemon's serve loop), releasing every resource of a
-//! connection when it ends.
+//! connection when it ends. Also the life cycle both daemons share through vhost-daemon:
+//! `--print-capabilities`, a stale socket replaced, a non-socket never deleted, SIGHUP and
+//! SIGUSR1 served without stopping, SIGTERM a clean stop (exit 0, socket removed).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -44,13 +46,13 @@ struct Daemon {
 impl Daemon {
     fn start(package: &str, args: &[&str], dir: &TempDir) -> Daemon {
         let socket = dir.join("vhost.sock");
-        let log = dir.join("daemon.log");
+        let log = dir.join(&format!("{package}.log"));
         let out = std::fs::File::create(&log).expect("create the daemon log");
         let child = Command::new(workspace_bin(package, package))
             .args(args)
             .arg("--socket")
             .arg(&socket)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("dup log"))
             .stderr(out)
@@ -277,4 +279,96 @@ fn backend_net_keeps_no_fds_or_threads_across_front_ends() {
     let dir = TempDir::new("daemon-life-net").expect("temp dir");
     let daemon = Daemon::start("backend-net", &["--switch", "--queue-size", "16"], &dir);
     long_life(daemon, net_clean_session);
+}
+
+/// The daemon's arguments besides the socket, for the life-cycle checks.
+fn daemon_args(package: &str, dir: &TempDir) -> Vec<String> {
+    if package == "backend-net" {
+        return vec!["--switch".into()];
+    }
+    let image = dir.join("disk.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(1 << 20))
+        .expect("image");
+    vec![
+        "--image".into(),
+        image.display().to_string(),
+        "--direct".into(),
+        "off".into(),
+    ]
+}
+
+/// Waits for `predicate` on the daemon's log.
+fn wait_log(daemon: &Daemon, what: &str) {
+    let deadline = Instant::now() + SETTLE;
+    while !daemon.log().contains(what) {
+        assert!(
+            Instant::now() < deadline,
+            "no {what:?} in: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn life_cycle(package: &str, kind: &str) {
+    let bin = workspace_bin(package, package);
+    let out = Command::new(&bin)
+        .arg("--print-capabilities")
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let caps: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(caps["type"], kind);
+    assert!(caps["features"].is_array());
+
+    let dir = TempDir::new(&format!("daemon-cycle-{package}")).expect("temp dir");
+    let args = daemon_args(package, &dir);
+    // A regular file at the socket path: refused, never deleted.
+    let socket = dir.join("vhost.sock");
+    std::fs::write(&socket, b"not a socket").expect("file");
+    let out = Command::new(&bin)
+        .args(&args)
+        .arg("--socket")
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("not a socket"), "{stderr}");
+    assert_eq!(std::fs::read(&socket).expect("kept"), b"not a socket");
+    std::fs::remove_file(&socket).expect("remove");
+
+    // A stale socket (its listener gone) is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut daemon = Daemon::start(package, &args, &dir);
+    for (signal, answer) in [
+        (nix::sys::signal::Signal::SIGUSR1, "stats: {"),
+        (nix::sys::signal::Signal::SIGHUP, "SIGHUP"),
+    ] {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.child.id() as i32), signal)
+            .expect("signal");
+        wait_log(&daemon, answer);
+        daemon.assert_running();
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = daemon.child.wait().expect("wait");
+    assert!(status.success(), "{status}: {}", daemon.log());
+    assert!(!socket.exists(), "the socket is removed on a clean stop");
+}
+
+#[test]
+fn backend_blk_life_cycle() {
+    life_cycle("backend-blk", "block");
+}
+
+#[test]
+fn backend_net_life_cycle() {
+    life_cycle("backend-net", "net");
 }
