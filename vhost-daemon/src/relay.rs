@@ -222,76 +222,87 @@ pub fn spawn(
     let front_writer = Arc::new(Mutex::new(front.try_clone()?));
     let (front_r, inner_w) = (front.try_clone()?, inner.try_clone()?);
     let writer = front_writer.clone();
-    let to_handler = std::thread::Builder::new()
-        .name("vhost-relay-in".into())
-        .spawn(move || {
-            let mut acked = 0u64;
-            let mut early = EarlyStates::new(num_rings);
-            let result = (|| -> io::Result<()> {
-                while let Some(m) = read_message(&front_r)? {
-                    log::trace!(
-                        "front-end request {} ({} bytes, {} fds)",
-                        m.request(),
-                        m.payload.len(),
-                        m.fds.len()
-                    );
-                    if m.request() == u32::from(FrontendReq::SET_FEATURES) {
-                        acked = m
-                            .payload
-                            .get(..8)
-                            .and_then(|b| b.try_into().ok())
-                            .map_or(0, u64::from_le_bytes);
-                    }
-                    if is_early_ring_enable(&m, acked) {
-                        log::debug!("answering SET_VRING_ENABLE sent before SET_FEATURES");
-                        let known = ring_state(&m)
-                            .is_some_and(|(index, state)| early.remember(index, state));
-                        if !known {
-                            log::warn!("early SET_VRING_ENABLE of a ring the device lacks");
-                        }
-                        if m.flags() & VhostUserHeaderFlag::NEED_REPLY.bits() != 0 {
-                            write_message(
-                                &writer.lock().unwrap_or_else(|p| p.into_inner()),
-                                &ack(&m, u64::from(!known)),
-                            )?;
-                        }
-                        continue;
-                    }
-                    write_message(&inner_w, &m)?;
-                    if m.request() == u32::from(FrontendReq::SET_FEATURES) {
-                        let protocol =
-                            acked & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
-                        for (index, state) in early.take() {
-                            if protocol {
-                                write_message(&inner_w, &ring_enable(index, state))?;
-                            }
-                        }
-                    }
-                }
-                Ok(())
-            })();
-            if let Err(e) = result {
-                log::debug!("relay to the handler ended: {e}");
-            }
-            let _ = front_r.shutdown(Shutdown::Both);
-            let _ = inner_w.shutdown(Shutdown::Both);
-        })?;
-    let to_front = std::thread::Builder::new()
-        .name("vhost-relay-out".into())
-        .spawn(move || {
-            let result = (|| -> io::Result<()> {
-                while let Some(m) = read_message(&inner)? {
-                    write_message(&front_writer.lock().unwrap_or_else(|p| p.into_inner()), &m)?;
-                }
-                Ok(())
-            })();
-            if let Err(e) = result {
-                log::debug!("relay to the front-end ended: {e}");
-            }
-            let _ = inner.shutdown(Shutdown::Both);
-            let _ = front.shutdown(Shutdown::Both);
-        })?;
+    let to_handler = spawn_direction("vhost-relay-in", front_r, inner_w, move |from, to| {
+        to_handler(from, to, &writer, num_rings)
+    })?;
+    let to_front = spawn_direction("vhost-relay-out", inner, front, move |from, _| {
+        while let Some(m) = read_message(from)? {
+            write_message(&front_writer.lock().unwrap_or_else(|p| p.into_inner()), &m)?;
+        }
+        Ok(())
+    })?;
     Ok([to_handler, to_front])
+}
+
+/// A thread that runs `relay(from, to)` and then shuts both sockets down, so the other
+/// direction ends too.
+fn spawn_direction(
+    name: &str,
+    from: UnixStream,
+    to: UnixStream,
+    relay: impl FnOnce(&UnixStream, &UnixStream) -> io::Result<()> + Send + 'static,
+) -> io::Result<JoinHandle<()>> {
+    let thread = name.to_string();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            if let Err(e) = relay(&from, &to) {
+                log::debug!("{thread} ended: {e}");
+            }
+            let _ = from.shutdown(Shutdown::Both);
+            let _ = to.shutdown(Shutdown::Both);
+        })
+}
+
+/// Forwards the front-end's messages to the handler, answering early ring enables and
+/// replaying them after SET_FEATURES (see the module documentation).
+fn to_handler(
+    front: &UnixStream,
+    inner: &UnixStream,
+    writer: &Mutex<UnixStream>,
+    num_rings: usize,
+) -> io::Result<()> {
+    let mut acked = 0u64;
+    let mut early = EarlyStates::new(num_rings);
+    while let Some(m) = read_message(front)? {
+        log::trace!(
+            "front-end request {} ({} bytes, {} fds)",
+            m.request(),
+            m.payload.len(),
+            m.fds.len()
+        );
+        if m.request() == u32::from(FrontendReq::SET_FEATURES) {
+            acked = m
+                .payload
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes);
+        }
+        if is_early_ring_enable(&m, acked) {
+            log::debug!("answering SET_VRING_ENABLE sent before SET_FEATURES");
+            let known = ring_state(&m).is_some_and(|(index, state)| early.remember(index, state));
+            if !known {
+                log::warn!("early SET_VRING_ENABLE of a ring the device lacks");
+            }
+            if m.flags() & VhostUserHeaderFlag::NEED_REPLY.bits() != 0 {
+                write_message(
+                    &writer.lock().unwrap_or_else(|p| p.into_inner()),
+                    &ack(&m, u64::from(!known)),
+                )?;
+            }
+            continue;
+        }
+        write_message(inner, &m)?;
+        if m.request() == u32::from(FrontendReq::SET_FEATURES) {
+            let protocol = acked & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
+            for (index, state) in early.take() {
+                if protocol {
+                    write_message(inner, &ring_enable(index, state))?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
