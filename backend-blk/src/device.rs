@@ -106,11 +106,10 @@ impl BlockDevice {
         self.features
     }
 
-    /// vhost-user protocol features offered: MQ, CONFIG, REPLY_ACK (vhost-user.rst).
+    /// The device's vhost-user protocol features: MQ, CONFIG (vhost-user.rst); vhost-daemon
+    /// adds its own (REPLY_ACK).
     pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::REPLY_ACK
+        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG
     }
 
     /// Request limits for the parser.
