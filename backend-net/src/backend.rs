@@ -1,11 +1,11 @@
-//! The vhost-user side of one connection: the [`VhostUserBackend`] implementation that
-//! vhost-user-backend's daemon drives (control path on the daemon thread, one worker thread per
-//! queue pair), and the control queue.
+//! The vhost-user side of one connection: the [`DeviceBackend`] that vhost-daemon's back-end
+//! wrapper forwards to (control path on the daemon thread, one worker thread per queue pair),
+//! and the control queue.
 //!
 //! Queues: receiveq N is vring 2N, transmitq N is vring 2N+1, the controlq is vring 2P for P
 //! pairs (virtio 1.2 §5.1.2). Worker thread N serves pair N; thread 0 also serves the
 //! controlq. Within a thread the vrings are numbered 0 (receive), 1 (transmit), 2 (control);
-//! the TAP queue's readiness arrives as [`NetBackend::tap_event`].
+//! the TAP queue's readiness arrives as device event 2P+2 (an [`ExtraEvent`]).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
