@@ -97,12 +97,13 @@ impl Daemon {
         }
     }
 
-    /// Waits until the counts stop changing (the daemon is idle, waiting for a front-end).
+    /// Waits until the counts have not changed for half a second (the daemon is idle, waiting
+    /// for a front-end).
     fn settled(&self) -> (usize, usize) {
         let deadline = Instant::now() + SETTLE;
         let mut last = self.counts();
         let mut stable = 0;
-        while stable < 10 && Instant::now() < deadline {
+        while stable < 25 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
             let now = self.counts();
             stable = if now == last { stable + 1 } else { 0 };
