@@ -32,7 +32,7 @@ pub enum RunError {
 }
 
 /// The block device as the daemon serves it.
-struct BlkDaemon {
+pub(crate) struct BlkDaemon {
     device: Arc<BlockDevice>,
     connections: AtomicU64,
 }
@@ -66,18 +66,33 @@ impl Device for BlkDaemon {
     }
 }
 
+impl BlkDaemon {
+    /// Opens the image of `config` and makes the device.
+    ///
+    /// # Errors
+    /// [`ImageError`] when the image cannot be served.
+    pub(crate) fn open(config: &Config) -> Result<Arc<BlkDaemon>, ImageError> {
+        let image = Image::open(&config.image, config.read_only, config.direct)?;
+        Ok(Arc::new(BlkDaemon {
+            device: Arc::new(BlockDevice::new(config, image)),
+            connections: AtomicU64::new(0),
+        }))
+    }
+
+    /// The device.
+    pub(crate) fn device(&self) -> &Arc<BlockDevice> {
+        &self.device
+    }
+}
+
 /// Serves `config` until SIGTERM or SIGINT.
 ///
 /// # Errors
 /// [`RunError`] when the socket or the image cannot be set up.
 pub fn run(config: &Config) -> Result<(), RunError> {
     let signals = Signals::block().map_err(RunError::Signals)?;
-    let image = Image::open(&config.image, config.read_only, config.direct)?;
-    let device = Arc::new(BlockDevice::new(config, image));
-    let blk = Arc::new(BlkDaemon {
-        device: device.clone(),
-        connections: AtomicU64::new(0),
-    });
+    let blk = BlkDaemon::open(config)?;
+    let device = blk.device().clone();
     let daemon = Daemon::new(blk, signals, std::slice::from_ref(&config.socket))?;
     info!(
         "serving {} ({} bytes{}{}) with {} queue(s) of up to {} descriptors, features {:#x}",

@@ -6,12 +6,10 @@
 //! [`initramfs`] packs a busybox guest whose `/init` runs a shell script, [`qemu`] boots it
 //! with a vhost-user-blk disk, and [`console`] reads the `@@pvio key value` lines the script
 //! printed; [`guest::GuestKit`] ties the guest side together. [`demo`] is the README's main
-//! job built from the same parts. [`xenstore`] runs the store and [`blk_manager`] stands in
-//! for backend-blk's store mode in the XenBus handshake tests.
+//! job built from the same parts. [`xenstore`] runs the store for the XenBus handshake tests.
 
 pub mod backend;
 pub mod bins;
-pub mod blk_manager;
 pub mod console;
 pub mod cpio;
 pub mod demo;

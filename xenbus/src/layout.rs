@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 use xenstore_lite::perms::{NodePerms, PermEntry, PermKind};
 
-/// The back-end domain: pvio's back-end daemons run in (the stand-in for) dom0.
+/// The back-end domain: pvio's back-end daemons act as dom0.
 pub const BACKEND_DOMID: u32 = 0;
 /// Largest guest domain id (`DOMID_FIRST_RESERVED` - 1 in xen.h).
 pub const MAX_DOMID: u32 = 0x7fef;
