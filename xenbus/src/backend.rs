@@ -6,7 +6,8 @@
 //!    device facts are published with state InitWait.
 //! 2. Front end Initialised (connected to the socket): [`DeviceActions::connect`]; Connected.
 //! 3. Toolstack sets `online` = 0 / `state` = Closing, or the front end closes: Closing while
-//!    the front end still uses the device; once it lets go, [`DeviceActions::drain`]; Closed.
+//!    the front end still uses the device or is Closing; once it is Closed (or gone, or never
+//!    connected), [`DeviceActions::drain`]; Closed.
 //! 4. Closed, still online, front end Initialising again: back to step 1 (reconnect).
 //! 5. The toolstack removes the nodes: the manager calls [`DeviceActions::remove`].
 //!
@@ -207,9 +208,11 @@ impl BackendMachine {
         }
     }
 
-    /// Closing while the front end still uses the device; then drain and Closed.
+    /// Closing until the front end has let go (Closed, or it never connected); then drain
+    /// and Closed. A front end in Closing is still quiescing: its last write, Closed, must
+    /// come before the toolstack (waiting for the back end's Closed) removes its directory.
     fn close<A: DeviceActions>(&mut self, view: &DeviceView, actions: &mut A) -> Option<Update> {
-        if front_uses(view.frontend_state) {
+        if front_uses(view.frontend_state) || view.frontend_state == XenbusState::Closing {
             return (view.backend_state != XenbusState::Closing)
                 .then(|| Update::state(XenbusState::Closing));
         }
@@ -307,6 +310,7 @@ mod tests {
             Closing
         );
         assert!(m.step(&view(Closing, Connected, false), &mut a).is_none());
+        assert!(m.step(&view(Closing, Closing, false), &mut a).is_none());
         assert_eq!(a.calls, ["prepare", "connect"]);
         // The front end lets go: drain, Closed.
         assert_eq!(run(&mut m, &mut a, &view(Closing, Closed, false)), Closed);
@@ -382,8 +386,11 @@ mod tests {
         let (mut m, mut a) = (BackendMachine::new(), Recorder::default());
         run(&mut m, &mut a, &view(Initialising, Initialising, true));
         run(&mut m, &mut a, &view(InitWait, Initialised, true));
-        // The guest unplugs on its own.
-        assert_eq!(run(&mut m, &mut a, &view(Connected, Closing, true)), Closed);
+        // The guest unplugs on its own: Closing while it quiesces, Closed once it is Closed.
+        assert_eq!(run(&mut m, &mut a, &view(Connected, Closing, true)), Closing);
+        assert!(m.step(&view(Closing, Closing, true), &mut a).is_none());
+        assert_eq!(a.calls, ["prepare", "connect"]);
+        assert_eq!(run(&mut m, &mut a, &view(Closing, Closed, true)), Closed);
         assert!(m.step(&view(Closed, Closed, true), &mut a).is_none());
         // It comes back: prepare for reconnect.
         assert_eq!(
