@@ -387,7 +387,10 @@ mod tests {
         run(&mut m, &mut a, &view(Initialising, Initialising, true));
         run(&mut m, &mut a, &view(InitWait, Initialised, true));
         // The guest unplugs on its own: Closing while it quiesces, Closed once it is Closed.
-        assert_eq!(run(&mut m, &mut a, &view(Connected, Closing, true)), Closing);
+        assert_eq!(
+            run(&mut m, &mut a, &view(Connected, Closing, true)),
+            Closing
+        );
         assert!(m.step(&view(Closing, Closing, true), &mut a).is_none());
         assert_eq!(a.calls, ["prepare", "connect"]);
         assert_eq!(run(&mut m, &mut a, &view(Closing, Closed, true)), Closed);
