@@ -12,6 +12,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pvio_tests::backend::is_listening;
 use pvio_tests::bins::workspace_bin;
+use pvio_tests::prereq;
 use pvio_tests::tmp::TempDir;
 use pvio_tests::xenstore::XenstoreDaemon;
 use xenbus::mock_guest::{MockBlkFrontend, MockError};
@@ -119,6 +120,18 @@ impl Stack {
         self.manager = ManagerProcess::start(&self.store, &self.dir.join("run"), &log);
     }
 
+    /// `xenstore-ls -f` of `path` through Debian's tool (dom0).
+    fn xenstore_ls(&self, path: &str) -> String {
+        let ls = prereq::program("xenstore-ls", "xenstore-utils").unwrap();
+        let out = Command::new(ls)
+            .args(["-f", path])
+            .env("XENSTORED_PATH", self.store.socket())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "xenstore-ls {path}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn guest(&self, devid: u32) -> Result<MockBlkFrontend, MockError> {
         let dev = DeviceId::new(DeviceKind::Vbd, DOMID, devid);
         MockBlkFrontend::attach(self.store.guest_client(DOMID), dev, STEP)
@@ -166,6 +179,15 @@ fn attach_io_unplug_replug_destroy() {
         socket.display()
     );
     assert!(list.contains(&expected), "{list}");
+    let ls = s.xenstore_ls("/local/domain");
+    for line in [
+        "/local/domain/0/backend/vbd/1/0/state = \"4\"",
+        "/local/domain/1/device/vbd/0/state = \"4\"",
+        "/local/domain/0/backend/vbd/1/0/sectors = \"8192\"",
+        "/local/domain/0/backend/vbd/1/0/feature-flush-cache = \"1\"",
+    ] {
+        assert!(ls.lines().any(|l| l == line), "{line} not in\n{ls}");
+    }
 
     // A disk whose image is missing fails alone: Closed with an error; disk 0 goes on.
     let mut dom0 = s.store.client();
@@ -211,6 +233,7 @@ fn attach_io_unplug_replug_destroy() {
     s.pvctl(&["domain", "destroy", "1"]);
     unplug.join().unwrap().unwrap();
     assert_eq!(s.pvctl(&["list"]), "");
+    assert!(!s.xenstore_ls("/local/domain").contains("/local/domain/1"));
     assert!(s.run_dir_entries().is_empty());
     assert!(s.manager.stop(), "manager exit\n{}", s.log());
 }
