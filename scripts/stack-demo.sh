@@ -51,6 +51,7 @@ RUST_LOG=warn "$bin/backend-blk" --xenstore "$work/xs.sock" --run-dir "$work/run
 backend=$!
 pids+=("$backend")
 truncate -s 64M "$work/disk.raw"
+: >"$work/guest.bin" # a placeholder payload: no VMM boots it yet
 
 say pvctl domain create --name demo --mem 256 --guest guest.bin
 (cd "$work" && pvctl domain create --name demo --mem 256 --guest guest.bin)

@@ -5,7 +5,7 @@
 //! the empty `device` directory, and `data` owned by the guest; the toolstack's own record
 //! (the guest payload) is under `/tool/pvctl/<domid>`, dom0 only.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use xenbus::device::{devids, domain_exists};
@@ -44,6 +44,21 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// The absolute path of the guest payload, checked to be a regular file that opens.
+fn check_guest(path: &Path) -> Result<PathBuf> {
+    let bad = |why: String| PvctlError::Guest {
+        path: path.to_owned(),
+        why,
+    };
+    let abs = std::path::absolute(path).map_err(|e| bad(e.to_string()))?;
+    let meta = std::fs::metadata(&abs).map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    std::fs::File::open(&abs).map_err(|e| bad(e.to_string()))?;
+    Ok(abs)
+}
+
 /// The guest domains (domid ≥ 1) with their names, sorted by domid.
 ///
 /// # Errors
@@ -68,10 +83,7 @@ pub fn domains<O: XsOps + ?Sized>(ops: &mut O) -> Result<Vec<(u32, String)>> {
 /// refused XS_INTRODUCE (the nodes are removed again), store errors.
 pub fn create(client: &mut Client, args: &CreateArgs) -> Result<u32> {
     check_name(&args.name)?;
-    let guest = std::path::absolute(&args.guest).map_err(|source| PvctlError::Image {
-        path: args.guest.clone(),
-        source,
-    })?;
+    let guest = check_guest(&args.guest)?;
     let domid = transaction(client, |tx| {
         let taken = domains(tx)?;
         if let Some((domid, _)) = taken.iter().find(|(_, n)| *n == args.name) {

@@ -30,6 +30,14 @@ pub enum PvctlError {
         #[source]
         source: io::Error,
     },
+    /// The guest payload is not a readable regular file.
+    #[error("guest payload {path}: {why}")]
+    Guest {
+        /// The payload.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
     /// The image is neither a regular file nor a block device.
     #[error("image {0}: not a regular file or block device")]
     ImageKind(PathBuf),

@@ -168,7 +168,7 @@ fn refused_commands_leave_nothing_behind() {
     s.ok(&["disk", "attach", "1", "--image", img, "--devid", "5"]);
     let before = s.whole_store();
     let create = words(CREATE_G1);
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["disk", "attach", "1", "--image", img, "--devid", "5"],
             "device vbd/1/5 already exists",
@@ -187,6 +187,19 @@ fn refused_commands_leave_nothing_behind() {
             "device vif/1/3 does not exist",
         ),
         (&["domain", "destroy", "9"], "domain 9 does not exist"),
+        (
+            &[
+                "domain",
+                "create",
+                "--name",
+                "g2",
+                "--mem",
+                "8",
+                "--guest",
+                "/nonexistent",
+            ],
+            "guest payload /nonexistent: No such file",
+        ),
     ];
     for (args, expected) in cases {
         let err = s.fails(args);
