@@ -17,6 +17,7 @@ pub mod guest;
 pub mod image;
 pub mod initramfs;
 pub mod prereq;
+pub mod procstat;
 pub mod qemu;
 pub mod tmp;
 pub mod xenstore;

@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 use pvio_tests::backend::is_listening;
 use pvio_tests::bins::workspace_bin;
 use pvio_tests::prereq;
+use pvio_tests::procstat::{fds_and_threads, settle_at};
 use pvio_tests::tmp::TempDir;
 use pvio_tests::xenstore::XenstoreDaemon;
 use xenbus::mock_guest::{MockBlkFrontend, MockError};
@@ -64,6 +65,12 @@ impl ManagerProcess {
         let _ = self.0.kill();
         let _ = self.0.wait();
         false
+    }
+}
+
+impl ManagerProcess {
+    fn pid(&self) -> u32 {
+        self.0.id()
     }
 }
 
@@ -266,4 +273,54 @@ fn a_restarted_back_end_serves_its_devices_again() {
 
 fn words(line: &str) -> Vec<&str> {
     line.split_whitespace().collect()
+}
+
+/// Waits until the daemon's counts stay the same for half a second.
+fn settled(pid: u32) -> (usize, usize) {
+    let mut last = fds_and_threads(pid);
+    let deadline = Instant::now() + STEP;
+    let mut stable = 0;
+    while stable < 25 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = fds_and_threads(pid);
+        stable = if now == last { stable + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
+
+#[test]
+fn attach_detach_cycles_leave_no_fds_or_threads_behind() {
+    const CYCLES: usize = 20;
+    let s = Stack::start();
+    let disk = image(&s.dir, "disk.raw", 1);
+    s.pvctl(&words(CREATE_G1));
+    let pid = s.manager.pid();
+    // The daemon with no device: its watch set up and idle.
+    wait_for_log(&s, "serving the vbds");
+    let idle = settled(pid);
+    for cycle in 0..CYCLES {
+        s.pvctl(&["disk", "attach", "1", "--image", &disk]);
+        let mut guest = s.guest(0).unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        guest.verified_io(cycle as u8).unwrap();
+        let unplug = std::thread::spawn(move || guest.wait_unplug());
+        s.pvctl(&["disk", "detach", "1", "0"]);
+        unplug.join().unwrap().unwrap();
+    }
+    let after = settle_at(pid, idle, STEP);
+    assert_eq!(
+        after,
+        idle,
+        "(fds, threads) after {CYCLES} disks\n{}",
+        s.log()
+    );
+    assert!(s.run_dir_entries().is_empty());
+}
+
+fn wait_for_log(s: &Stack, what: &str) {
+    let deadline = Instant::now() + STEP;
+    while !s.log().contains(what) {
+        assert!(Instant::now() < deadline, "no {what:?} in\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
