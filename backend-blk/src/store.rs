@@ -8,15 +8,10 @@
 //! every disk cleanly and leave the store as it is, so a restarted daemon serves them again.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use vhost_daemon::daemon::{DaemonError, PortServer};
-use vhost_daemon::signals::{Request, Signals};
-use xenbus::{
-    ActionsFactory, DeviceActions, DeviceConfig, DeviceId, DeviceKind, Manager, Published,
-};
-use xenstore_lite::Client;
+use vhost_daemon::store::{self, StoreError};
+use xenbus::{ActionsFactory, DeviceActions, DeviceConfig, DeviceId, DeviceKind, Published};
 
 use crate::cli::{Config, SocketSource, MAX_NUM_QUEUES};
 use crate::daemon::BlkDaemon;
@@ -33,29 +28,6 @@ pub struct StoreConfig {
     pub queue_size: u16,
     /// Ask for O_DIRECT, for every disk.
     pub direct: bool,
-}
-
-/// Why store mode could not start or had to stop.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// SIGTERM/SIGINT could not be routed to a signalfd.
-    #[error("cannot set up signal handling: {0}")]
-    Signals(nix::Error),
-    /// The run folder cannot be created.
-    #[error("cannot create {path}: {source}")]
-    RunDir {
-        /// The folder.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The signal thread cannot be started.
-    #[error("cannot start a thread: {0}")]
-    Thread(#[source] std::io::Error),
-    /// The store is not reachable or went away.
-    #[error(transparent)]
-    Xenbus(#[from] xenbus::XenbusError),
 }
 
 /// Why one disk cannot be served (its `error` node).
@@ -81,38 +53,8 @@ pub enum DiskError {
 /// [`StoreError`] when signals, the run folder or the store cannot be set up, or the store
 /// goes away.
 pub fn run(config: &StoreConfig) -> Result<(), StoreError> {
-    let signals = Signals::block().map_err(StoreError::Signals)?;
-    std::fs::create_dir_all(&config.run_dir).map_err(|source| StoreError::RunDir {
-        path: config.run_dir.clone(),
-        source,
-    })?;
-    let client = Client::connect(&config.xenstore).map_err(xenbus::XenbusError::from)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    // The manager polls `stop`; this thread turns SIGTERM/SIGINT into it.
-    std::thread::Builder::new()
-        .name("backend-blk-signals".into())
-        .spawn(move || wait_for_stop(&signals, &flag))
-        .map_err(StoreError::Thread)?;
-    log::info!("serving the vbds of {}", config.xenstore.display());
     let factory = DiskFactory(config.clone());
-    Manager::new(client, DeviceKind::Vbd, factory).run(&stop)?;
-    log::info!("stopped");
-    Ok(())
-}
-
-fn wait_for_stop(signals: &Signals, stop: &AtomicBool) {
-    loop {
-        match signals.next() {
-            Ok(Request::Stop) => break,
-            Ok(Request::Stats | Request::Reconfigure) => {}
-            Err(e) => {
-                log::error!("reading signals: {e}");
-                break;
-            }
-        }
-    }
-    stop.store(true, Ordering::Relaxed);
+    store::run(&config.xenstore, &config.run_dir, DeviceKind::Vbd, factory)
 }
 
 /// Makes each disk's actions.
@@ -122,9 +64,8 @@ impl ActionsFactory for DiskFactory {
     type Actions = Disk;
 
     fn actions(&mut self, dev: &DeviceId) -> Disk {
-        let name = format!("vbd-{}-{}.sock", dev.domid, dev.devid);
         Disk {
-            socket: self.0.run_dir.join(name),
+            socket: store::socket_path(&self.0.run_dir, dev),
             config: self.0.clone(),
             server: None,
         }

@@ -4,6 +4,7 @@
 //! Layout, one job per module:
 //! - [`listener`]: the listening socket (`--socket-path`/`--socket`, `--fd`, stale sockets);
 //! - [`signals`]: SIGINT/SIGTERM/SIGHUP/SIGUSR1 through a signalfd;
+//! - [`store`]: store mode, every device of a kind from the XenStore (xenbus's manager);
 //! - [`daemon`]: the serve loop, one front-end after another with a fresh back-end each;
 //! - [`backend`]: the [`backend::Device`] / [`backend::DeviceBackend`] traits the daemons
 //!   implement and the [`backend::Backend`] wrapper that implements vhost-user-backend's
@@ -21,6 +22,7 @@ pub mod listener;
 pub mod memory;
 pub mod relay;
 pub mod signals;
+pub mod store;
 pub mod uring;
 
 /// A boxed error from a device hook, sent across threads.
