@@ -67,7 +67,7 @@ fn run_store(config: &store::StoreConfig) -> ExitCode {
     match store::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("backend-blk: error: {e}");
+            eprintln!("backend-blk: error: {}", vhost_daemon::error_chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -18,9 +18,9 @@ use crate::error::{PvctlError, Result};
 /// # Errors
 /// [`PvctlError::Image`], [`PvctlError::ImageKind`].
 pub fn disk_config(image: &Path, readonly: bool, num_queues: u16) -> Result<DeviceConfig> {
-    let err = |source| PvctlError::Image {
+    let err = |cause| PvctlError::Image {
         path: image.to_owned(),
-        source,
+        cause,
     };
     let image = std::path::absolute(image).map_err(err)?;
     let meta = std::fs::metadata(&image).map_err(err)?;

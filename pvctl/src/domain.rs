@@ -147,11 +147,11 @@ fn write_domain<O: XsOps + ?Sized>(
 pub fn introduce(client: &mut Client, domid: u32, gfn: u64, port: u32) -> Result<()> {
     client
         .introduce(domid, gfn, port)
-        .map_err(|source| PvctlError::Introduce {
+        .map_err(|cause| PvctlError::Introduce {
             domid,
             gfn,
             port,
-            source,
+            cause,
         })?;
     let home = domain_path(domid);
     transaction(client, |tx| {

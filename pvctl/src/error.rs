@@ -10,25 +10,23 @@ use xenbus::XenbusError;
 #[derive(Debug, Error)]
 pub enum PvctlError {
     /// Nothing listens on the store's socket.
-    #[error("xenstore is not running at {path} ({source}); start `xenstore-lite serve --socket {path}` or pass --xenstore")]
+    #[error("xenstore is not running at {path} ({cause}); start `xenstore-lite serve --socket {path}` or pass --xenstore")]
     StoreNotRunning {
         /// The socket tried.
         path: PathBuf,
-        /// The connect error.
-        #[source]
-        source: io::Error,
+        /// The connect error (in the message).
+        cause: io::Error,
     },
     /// A store or handshake error.
     #[error(transparent)]
     Xenbus(#[from] XenbusError),
     /// The disk image cannot be used.
-    #[error("image {path}: {source}")]
+    #[error("image {path}: {cause}")]
     Image {
         /// The image.
         path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
+        /// Why (in the message).
+        cause: io::Error,
     },
     /// The guest payload is not a readable regular file.
     #[error("guest payload {path}: {why}")]
@@ -50,7 +48,7 @@ pub enum PvctlError {
         domid: u32,
     },
     /// The store refused XS_INTRODUCE (the domain's nodes were removed again).
-    #[error("the store refused to introduce domain {domid} (ring frame {gfn}, event channel {port}): {source}")]
+    #[error("the store refused to introduce domain {domid} (ring frame {gfn}, event channel {port}): {cause}")]
     Introduce {
         /// The domain.
         domid: u32,
@@ -58,9 +56,8 @@ pub enum PvctlError {
         gfn: u64,
         /// Its event channel port.
         port: u32,
-        /// The store's answer.
-        #[source]
-        source: xenstore_lite::ClientError,
+        /// The store's answer (in the message).
+        cause: xenstore_lite::ClientError,
     },
     /// Every domain id is in use.
     #[error("no free domain id")]

@@ -31,9 +31,10 @@ pub fn connect(cli: &Cli) -> Result<Client> {
     let path = cli.xenstore.clone().unwrap_or_else(socket_path_from_env);
     match Client::connect(&path) {
         Ok(c) => Ok(c),
-        Err(ClientError::Connect { path, source }) => {
-            Err(PvctlError::StoreNotRunning { path, source })
-        }
+        Err(ClientError::Connect { path, source }) => Err(PvctlError::StoreNotRunning {
+            path,
+            cause: source,
+        }),
         Err(e) => Err(e.into()),
     }
 }
@@ -43,10 +44,22 @@ pub fn run(cli: &Cli) -> ExitCode {
     match execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pvctl: {e}");
+            eprintln!("pvctl: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `error` and its sources, joined by ": ".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        line.push_str(": ");
+        line.push_str(&s.to_string());
+        source = s.source();
+    }
+    line
 }
 
 fn execute(cli: &Cli) -> Result<()> {

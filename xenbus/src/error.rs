@@ -11,7 +11,7 @@ use crate::layout::DeviceId;
 #[derive(Debug, Error)]
 pub enum XenbusError {
     /// The store could not be reached or answered with an error.
-    #[error("xenstore: {0}")]
+    #[error(transparent)]
     Store(#[from] ClientError),
     /// A node held a value that does not parse.
     #[error("{path}: {why}")]
