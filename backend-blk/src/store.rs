@@ -1,17 +1,17 @@
 //! Store mode (`--xenstore PATH --run-dir DIR`): one daemon serves every disk the toolstack
 //! writes under `/local/domain/0/backend/vbd` and walks the XenBus handshake for each (the
-//! xenbus crate's device manager and back-end state machine). Per disk it opens the image,
-//! listens on `DIR/vbd-<domid>-<devid>.sock` (a [`PortServer`]), publishes the socket and
-//! the disk's facts with InitWait, serves from Initialised (Connected), drains and stops on
+//! xenbus crate's device manager and back-end state machine, run by vhost-daemon's store
+//! module). Per disk it opens the image, listens on `DIR/vbd-<domid>-<devid>.sock`, publishes
+//! the socket and the disk's facts with InitWait, serves from Initialised (Connected), drains
+//! and stops on
 //! Closing (Closed), and the socket goes when the toolstack removes the nodes. A disk that
 //! cannot be served is Closed with an `error` node; the others go on. SIGTERM/SIGINT stop
 //! every disk cleanly and leave the store as it is, so a restarted daemon serves them again.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use vhost_daemon::daemon::{DaemonError, PortServer};
-use vhost_daemon::store::{self, StoreError};
-use xenbus::{ActionsFactory, DeviceActions, DeviceConfig, DeviceId, DeviceKind, Published};
+use vhost_daemon::store::{self, Built, StoreDevice, StoreError};
+use xenbus::{DeviceConfig, DeviceKind, Published};
 
 use crate::cli::{Config, SocketSource, MAX_NUM_QUEUES};
 use crate::daemon::BlkDaemon;
@@ -42,9 +42,6 @@ pub enum DiskError {
     /// The image cannot be served.
     #[error(transparent)]
     Image(#[from] ImageError),
-    /// The socket cannot be listened on.
-    #[error(transparent)]
-    Daemon(#[from] DaemonError),
 }
 
 /// Serves the store's disks until SIGTERM or SIGINT.
@@ -53,80 +50,40 @@ pub enum DiskError {
 /// [`StoreError`] when signals, the run folder or the store cannot be set up, or the store
 /// goes away.
 pub fn run(config: &StoreConfig) -> Result<(), StoreError> {
-    let factory = DiskFactory(config.clone());
-    store::run(&config.xenstore, &config.run_dir, DeviceKind::Vbd, factory)
+    store::run(
+        &config.xenstore,
+        &config.run_dir,
+        DeviceKind::Vbd,
+        Disks(config.clone()),
+    )
 }
 
-/// Makes each disk's actions.
-struct DiskFactory(StoreConfig);
+/// Builds each disk with the daemon's settings.
+#[derive(Clone)]
+struct Disks(StoreConfig);
 
-impl ActionsFactory for DiskFactory {
-    type Actions = Disk;
+impl StoreDevice for Disks {
+    type Device = BlkDaemon;
+    type Error = DiskError;
 
-    fn actions(&mut self, dev: &DeviceId) -> Disk {
-        Disk {
-            socket: store::socket_path(&self.0.run_dir, dev),
-            config: self.0.clone(),
-            server: None,
-        }
-    }
-}
-
-/// One disk: its socket and, while served, its server.
-struct Disk {
-    socket: PathBuf,
-    config: StoreConfig,
-    server: Option<PortServer>,
-}
-
-impl Disk {
-    fn daemon_config(&self, config: &DeviceConfig) -> Result<Config, DiskError> {
+    fn build(&self, config: &DeviceConfig, socket: &Path) -> Result<Built<Self>, DiskError> {
         let DeviceConfig::Vbd(vbd) = config else {
             return Err(DiskError::NotADisk);
         };
         if vbd.num_queues > MAX_NUM_QUEUES {
             return Err(DiskError::NumQueues(vbd.num_queues));
         }
-        Ok(Config {
-            socket: SocketSource::Path(self.socket.clone()),
+        let daemon_config = Config {
+            socket: SocketSource::Path(socket.to_owned()),
             image: vbd.image.clone(),
             read_only: vbd.readonly,
             num_queues: vbd.num_queues,
-            queue_size: self.config.queue_size,
-            direct: self.config.direct,
+            queue_size: self.0.queue_size,
+            direct: self.0.direct,
             serial: None,
-        })
-    }
-}
-
-impl DeviceActions for Disk {
-    type Error = DiskError;
-
-    fn prepare(&mut self, config: &DeviceConfig) -> Result<Published, DiskError> {
-        let daemon_config = self.daemon_config(config)?;
-        self.drain();
+        };
         let blk = BlkDaemon::open(&daemon_config)?;
-        let size = blk.device().image().size();
-        self.server = Some(PortServer::start(blk, &daemon_config.socket)?);
-        Ok(Published {
-            socket: self.socket.clone(),
-            facts: Published::vbd_facts(size, daemon_config.read_only),
-        })
-    }
-
-    fn connect(&mut self) -> Result<(), DiskError> {
-        // The server accepts the front end whenever it connects: nothing more to start.
-        Ok(())
-    }
-
-    fn drain(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.stop();
-        }
-    }
-
-    fn remove(&mut self) {
-        // Stopping removes the socket file.
-        self.drain();
+        let facts = Published::vbd_facts(blk.device().image().size(), vbd.readonly);
+        Ok((blk, facts))
     }
 }

@@ -1,21 +1,17 @@
 //! Store mode (`--xenstore PATH --run-dir DIR`): one daemon serves every NIC the toolstack
 //! writes under `/local/domain/0/backend/vif` and walks the XenBus handshake for each
 //! (vhost-daemon's store module, the xenbus crate's manager and state machine). Per vif with
-//! a `tap` node it opens the TAP device, listens on `DIR/vif-<domid>-<devid>.sock` (a
-//! [`PortServer`]) offering the vif's `mac` and `mtu`, publishes the socket with InitWait,
-//! serves from Initialised, drains and stops on Closing, and the socket goes when the
-//! toolstack removes the nodes. A vif on a `switch` is Closed with an `error` node for now:
+//! a `tap` node it opens the TAP device, listens on `DIR/vif-<domid>-<devid>.sock` offering
+//! the vif's `mac` and `mtu`, publishes the socket with InitWait, serves from Initialised,
+//! drains and stops on Closing, and the socket goes when the toolstack removes the nodes. A vif on a `switch` is Closed with an `error` node for now:
 //! the switch's ports are fixed when it starts, and store mode needs them to come and go.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vhost_daemon::daemon::{DaemonError, PortServer};
 use vhost_daemon::listener::SocketSource;
-use vhost_daemon::store::{self, StoreError};
-use xenbus::{
-    ActionsFactory, DeviceActions, DeviceConfig, DeviceId, DeviceKind, NetLink, Published,
-};
+use vhost_daemon::store::{self, Built, StoreDevice, StoreError};
+use xenbus::{DeviceConfig, DeviceKind, NetLink};
 
 use crate::cli::{Config, Mode, MAX_MTU, MAX_QUEUE_PAIRS, MIN_MTU};
 use crate::mac::MacAddr;
@@ -53,9 +49,6 @@ pub enum NicError {
     /// The TAP device cannot be used.
     #[error(transparent)]
     Tap(#[from] TapError),
-    /// The socket cannot be listened on.
-    #[error(transparent)]
-    Daemon(#[from] DaemonError),
 }
 
 /// Serves the store's NICs until SIGTERM or SIGINT.
@@ -64,34 +57,23 @@ pub enum NicError {
 /// [`StoreError`] when signals, the run folder or the store cannot be set up, or the store
 /// goes away.
 pub fn run(config: &StoreConfig) -> Result<(), StoreError> {
-    let factory = NicFactory(config.clone());
-    store::run(&config.xenstore, &config.run_dir, DeviceKind::Vif, factory)
+    store::run(
+        &config.xenstore,
+        &config.run_dir,
+        DeviceKind::Vif,
+        Nics(config.clone()),
+    )
 }
 
-/// Makes each NIC's actions.
-struct NicFactory(StoreConfig);
+/// Builds each NIC with the daemon's settings.
+#[derive(Clone)]
+struct Nics(StoreConfig);
 
-impl ActionsFactory for NicFactory {
-    type Actions = Nic;
+impl StoreDevice for Nics {
+    type Device = NetDevice;
+    type Error = NicError;
 
-    fn actions(&mut self, dev: &DeviceId) -> Nic {
-        Nic {
-            socket: store::socket_path(&self.0.run_dir, dev),
-            config: self.0.clone(),
-            server: None,
-        }
-    }
-}
-
-/// One NIC: its socket and, while served, its server.
-struct Nic {
-    socket: PathBuf,
-    config: StoreConfig,
-    server: Option<PortServer>,
-}
-
-impl Nic {
-    fn daemon_config(&self, config: &DeviceConfig) -> Result<Config, NicError> {
+    fn build(&self, config: &DeviceConfig, socket: &Path) -> Result<Built<Self>, NicError> {
         let DeviceConfig::Vif(vif) = config else {
             return Err(NicError::NotAVif);
         };
@@ -105,46 +87,16 @@ impl Nic {
         if !(MIN_MTU..=MAX_MTU).contains(&vif.mtu) {
             return Err(NicError::Mtu(vif.mtu));
         }
-        Ok(Config {
+        let daemon_config = Config {
             mode: Mode::Tap(tap),
-            sockets: vec![SocketSource::Path(self.socket.clone())],
+            sockets: vec![SocketSource::Path(socket.to_owned())],
             queue_pairs: vif.num_queue_pairs,
             mac: MacAddr(vif.mac.0),
             mtu: vif.mtu,
-            queue_size: self.config.queue_size,
-            rx_backlog: self.config.rx_backlog,
+            queue_size: self.0.queue_size,
+            rx_backlog: self.0.rx_backlog,
             stats_socket: None,
-        })
-    }
-}
-
-impl DeviceActions for Nic {
-    type Error = NicError;
-
-    fn prepare(&mut self, config: &DeviceConfig) -> Result<Published, NicError> {
-        let daemon_config = self.daemon_config(config)?;
-        self.drain();
-        let device = Arc::new(NetDevice::new(&daemon_config)?);
-        self.server = Some(PortServer::start(device, &daemon_config.sockets[0])?);
-        Ok(Published {
-            socket: self.socket.clone(),
-            facts: Vec::new(),
-        })
-    }
-
-    fn connect(&mut self) -> Result<(), NicError> {
-        // The server accepts the front end whenever it connects: nothing more to start.
-        Ok(())
-    }
-
-    fn drain(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.stop();
-        }
-    }
-
-    fn remove(&mut self) {
-        // Stopping removes the socket file.
-        self.drain();
+        };
+        Ok((Arc::new(NetDevice::new(&daemon_config)?), Vec::new()))
     }
 }
