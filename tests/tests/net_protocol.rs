@@ -545,18 +545,8 @@ fn tap_carries_frames_both_ways_in_a_namespace() {
     let daemon = NetDaemon::tap(dir.path(), &ns, "tap0", &[]);
     let mut dev = connect(&daemon, 0, &NetOptions::default());
     let me = mac(&dev);
-    let tap_mac = read_mac(&ns, "tap0");
-    ns.ip(&[
-        "neigh",
-        "add",
-        "10.79.0.2",
-        "lladdr",
-        &fmt_mac(me),
-        "dev",
-        "tap0",
-        "nud",
-        "permanent",
-    ]);
+    let tap_mac = ns.mac("tap0");
+    ns.add_neighbour("10.79.0.2", me, "tap0");
     // Mock → namespace: an ICMP echo request is answered.
     let echo = frames::icmp_echo(
         tap_mac,
@@ -654,17 +644,7 @@ fn tap_with_two_queue_pairs_spreads_flows() {
         },
     );
     let me = mac(&dev);
-    ns.ip(&[
-        "neigh",
-        "add",
-        "10.79.1.2",
-        "lladdr",
-        &fmt_mac(me),
-        "dev",
-        "tap0",
-        "nud",
-        "permanent",
-    ]);
+    ns.add_neighbour("10.79.1.2", me, "tap0");
     // 64 flows (source ports) from the namespace: the TAP hashes them over its two queues.
     in_netns(&ns, || {
         for port in 0..64u16 {
@@ -697,7 +677,7 @@ fn tap_with_two_queue_pairs_spreads_flows() {
         "both receive queues used: {per_pair:?}"
     );
     // Both transmit queues reach the TAP.
-    let tap_mac = read_mac(&ns, "tap0");
+    let tap_mac = ns.mac("tap0");
     for q in 0..2u16 {
         let echo = frames::icmp_echo(tap_mac, me, [10, 79, 1, 2], [10, 79, 1, 1], 0x99, q, b"mq");
         dev.pair(usize::from(q))
@@ -711,21 +691,4 @@ fn tap_with_two_queue_pairs_spreads_flows() {
     assert_eq!(drops(&p, "tx_tap_error"), 0, "{p}");
     drop(dev);
     daemon.stop();
-}
-
-fn read_mac(ns: &Netns, dev: &str) -> [u8; 6] {
-    let text = ns.exec("cat", &[&format!("/sys/class/net/{dev}/address")]);
-    let v: Vec<u8> = text
-        .trim()
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).unwrap())
-        .collect();
-    v.try_into().unwrap()
-}
-
-fn fmt_mac(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }

@@ -372,19 +372,8 @@ fn a_tap_nic_through_the_handshake() {
         "{list}"
     );
     let me = [0x00, 0x16, 0x3e, 0x00, 0x01, 0x00];
-    let tap_mac = read_mac(&ns, "tap0");
-    let me_text = "00:16:3e:00:01:00";
-    ns.ip(&[
-        "neigh",
-        "add",
-        "10.79.0.2",
-        "lladdr",
-        me_text,
-        "dev",
-        "tap0",
-        "nud",
-        "permanent",
-    ]);
+    let tap_mac = ns.mac("tap0");
+    ns.add_neighbour("10.79.0.2", me, "tap0");
     let echo = frames::icmp_echo(
         tap_mac,
         me,
@@ -428,10 +417,4 @@ fn a_tap_nic_through_the_handshake() {
     unplug.join().unwrap().unwrap();
     assert_eq!(s.pvctl(&["list"]), "");
     assert!(s.run_dir_entries().is_empty(), "{:?}", s.run_dir_entries());
-}
-
-fn read_mac(ns: &Netns, dev: &str) -> [u8; 6] {
-    let text = ns.exec("cat", &[&format!("/sys/class/net/{dev}/address")]);
-    let mac: xenbus::Mac = text.trim().parse().unwrap();
-    mac.0
 }
