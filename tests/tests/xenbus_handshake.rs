@@ -351,16 +351,16 @@ fn wait_for_log(s: &Stack, what: &str) {
 }
 
 /// A NIC bridged to a TAP device in a network namespace, with backend-net in store mode
-/// running there: the guest's ICMP echo request to the namespace is answered; a vif on a
-/// switch is refused with an `error` (not served in store mode yet); unplug and destroy
-/// leave nothing behind.
+/// running there: the guest's ICMP echo request to the namespace is answered, also after
+/// backend-net was killed and restarted; a vif on a switch is refused with an `error` (not
+/// served in store mode yet); unplug and destroy leave nothing behind.
 #[test]
 fn a_tap_nic_through_the_handshake() {
     let ns = Arc::new(Netns::new());
     ns.add_tap("tap0", false, "10.79.0.1/24");
     let net = workspace_bin("backend-net", "backend-net");
     let launcher = ns.clone();
-    let s = Stack::start_with(Box::new(move || launcher.command(&net)));
+    let mut s = Stack::start_with(Box::new(move || launcher.command(&net)));
     s.pvctl(&words(CREATE_G1));
     s.pvctl(&["nic", "attach", "1", "--tap", "tap0"]);
     let mut guest = s
@@ -383,24 +383,12 @@ fn a_tap_nic_through_the_handshake() {
         1,
         &[7; 64],
     );
-    let dev = guest.device().unwrap();
-    let pair = dev.pair(0).unwrap();
-    pair.send(&NetHdr::default(), &echo).unwrap();
-    pair.wait_tx_done().unwrap();
-    let deadline = Instant::now() + STEP;
-    let reply = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "no echo reply\n{}", s.log());
-        match pair.recv(left).unwrap() {
-            Some(r) if r.frame.len() >= 42 && r.frame[23] == 1 && r.frame[34] == 0 => break r,
-            _ => {}
-        }
-    };
-    assert_eq!(
-        reply.frame[42..],
-        echo[42..],
-        "the reply carries the payload"
-    );
+    echo_is_answered(&mut guest, &echo, &s);
+
+    // backend-net killed and restarted: it serves the NIC again, the guest reconnects.
+    s.restart_manager();
+    guest.reconnect().unwrap();
+    echo_is_answered(&mut guest, &echo, &s);
 
     // A switch vif is refused for now, alone.
     s.pvctl(&["nic", "attach", "1", "--switch", "sw0"]);
@@ -417,4 +405,26 @@ fn a_tap_nic_through_the_handshake() {
     unplug.join().unwrap().unwrap();
     assert_eq!(s.pvctl(&["list"]), "");
     assert!(s.run_dir_entries().is_empty(), "{:?}", s.run_dir_entries());
+}
+
+/// Sends the ICMP echo request `echo` from the guest's NIC and waits for the reply carrying
+/// its payload.
+fn echo_is_answered(guest: &mut MockNetFrontend, echo: &[u8], s: &Stack) {
+    let pair = guest.device().unwrap().pair(0).unwrap();
+    pair.send(&NetHdr::default(), echo).unwrap();
+    pair.wait_tx_done().unwrap();
+    let deadline = Instant::now() + STEP;
+    let reply = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no echo reply\n{}", s.log());
+        match pair.recv(left).unwrap() {
+            Some(r) if r.frame.len() >= 42 && r.frame[23] == 1 && r.frame[34] == 0 => break r,
+            _ => {}
+        }
+    };
+    assert_eq!(
+        reply.frame[42..],
+        echo[42..],
+        "the reply carries the payload"
+    );
 }
