@@ -9,6 +9,7 @@
 //! - [`request`]: descriptor chain → validated [`request::Request`] (pure parsing);
 //! - [`status`]: every failure → VIRTIO_BLK_S_* status byte;
 //! - [`uring`]: io_uring ring, completion eventfd, slab of in-flight operations;
+//! - [`inflight`]: inflight I/O tracking area (crash-safe reconnect);
 //! - [`worker`]: per-queue data path (pop, parse, submit, complete, notify);
 //! - [`backend`]: the `VhostUserBackend` implementation (control path, event dispatch);
 //! - [`daemon`]: listener, one fresh back-end per connection, signals.
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod daemon;
 pub mod device;
 pub mod image;
+pub mod inflight;
 pub mod request;
 pub mod status;
 pub mod uring;
