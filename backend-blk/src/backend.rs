@@ -5,11 +5,12 @@
 //! ([`VhostUserBackend::queues_per_thread`]), which also watches that queue's io_uring
 //! completion eventfd. A fresh [`BlkBackend`] is made for every front-end connection.
 
+use std::fs::File;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use log::{debug, warn};
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use log::{debug, info, warn};
+use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -17,6 +18,7 @@ use vmm_sys_util::event::{
 };
 
 use crate::device::BlockDevice;
+use crate::inflight::{DeviceQueues, InflightArea};
 use crate::uring::UringError;
 use crate::worker::{GuestRamAtomic, QueueWorker, Vring};
 
@@ -97,6 +99,21 @@ impl BlkBackend {
         }
     }
 
+    /// The device's queue count and size, which bound an inflight area.
+    fn device_queues(&self) -> DeviceQueues {
+        DeviceQueues {
+            count: self.device.num_queues(),
+            max_size: self.device.queue_size(),
+        }
+    }
+
+    /// Hands each queue worker its part of `area`.
+    fn use_inflight(&self, area: &Arc<InflightArea>) {
+        for (queue, worker) in (0u16..).zip(&self.workers) {
+            lock(worker).set_inflight(area.queue(queue));
+        }
+    }
+
     /// Requests in flight, summed over the queues.
     pub fn in_flight(&self) -> usize {
         self.workers.iter().map(|w| lock(w).in_flight()).sum()
@@ -164,6 +181,50 @@ impl VhostUserBackend for BlkBackend {
                 None
             }
         }
+    }
+
+    fn get_inflight_fd(
+        &self,
+        inflight: &VhostUserInflight,
+    ) -> io::Result<(VhostUserInflight, File)> {
+        let allocated = InflightArea::allocate(
+            inflight.num_queues,
+            inflight.queue_size,
+            self.device_queues(),
+        )
+        .map_err(|e| {
+            warn!("VHOST_USER_GET_INFLIGHT_FD refused: {e}");
+            io::Error::other(e)
+        })?;
+        info!(
+            "inflight area of {} bytes for {} queue(s) of {} descriptors",
+            allocated.size, inflight.num_queues, inflight.queue_size
+        );
+        self.use_inflight(&allocated.area);
+        let reply =
+            VhostUserInflight::new(allocated.size, 0, inflight.num_queues, inflight.queue_size);
+        Ok((reply, allocated.file))
+    }
+
+    fn set_inflight_fd(&self, inflight: &VhostUserInflight, file: File) -> io::Result<()> {
+        let area = InflightArea::open(
+            file,
+            inflight.mmap_size,
+            inflight.mmap_offset,
+            (inflight.num_queues, inflight.queue_size),
+            self.device_queues(),
+        )
+        .map_err(|e| {
+            warn!("VHOST_USER_SET_INFLIGHT_FD refused: {e}");
+            io::Error::other(e)
+        })?;
+        info!(
+            "inflight area handed back: {} queue(s) of {} descriptors",
+            area.num_queues(),
+            area.queue_size()
+        );
+        self.use_inflight(&Arc::new(area));
+        Ok(())
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {

@@ -106,11 +106,13 @@ impl BlockDevice {
         self.features
     }
 
-    /// vhost-user protocol features offered: MQ, CONFIG, REPLY_ACK (vhost-user.rst).
+    /// vhost-user protocol features offered: MQ, CONFIG, REPLY_ACK and INFLIGHT_SHMFD
+    /// (vhost-user.rst).
     pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
     }
 
     /// Request limits for the parser.
