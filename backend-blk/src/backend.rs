@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use log::{debug, info, warn};
 use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
+use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -47,6 +48,9 @@ pub enum BackendError {
 pub struct BlkBackend {
     device: Arc<BlockDevice>,
     workers: Vec<Mutex<QueueWorker>>,
+    /// The back-end request channel (VHOST_USER_SET_BACKEND_REQ_FD), once the front-end
+    /// opened it.
+    backend_req: Mutex<Option<Backend>>,
 }
 
 impl BlkBackend {
@@ -63,7 +67,11 @@ impl BlkBackend {
                     .map_err(|source| BackendError::Uring { queue, source })
             })
             .collect::<Result<_, _>>()?;
-        Ok(BlkBackend { device, workers })
+        Ok(BlkBackend {
+            device,
+            workers,
+            backend_req: Mutex::new(None),
+        })
     }
 
     /// The `device_event` of the io_uring completion eventfds: past the range vhost-user-backend
@@ -114,6 +122,27 @@ impl BlkBackend {
         }
     }
 
+    /// Tells the front-end that the configuration space changed
+    /// (VHOST_USER_BACKEND_CONFIG_CHANGE_MSG), e.g. the capacity after a resize; waits for its
+    /// ack when REPLY_ACK was negotiated.
+    ///
+    /// # Errors
+    /// The front-end did not open the back-end request channel, or the message failed.
+    pub fn notify_config_change(&self) -> io::Result<()> {
+        let channel = self
+            .backend_req
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match channel {
+            Some(channel) => channel.handle_config_change().map(drop),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the front-end did not open the back-end request channel",
+            )),
+        }
+    }
+
     /// Requests in flight, summed over the queues.
     pub fn in_flight(&self) -> usize {
         self.workers.iter().map(|w| lock(w).in_flight()).sum()
@@ -160,6 +189,14 @@ impl VhostUserBackend for BlkBackend {
             buf.len()
         );
         Err(io::Error::from(io::ErrorKind::PermissionDenied))
+    }
+
+    fn set_backend_req_fd(&self, backend: Backend) {
+        debug!("back-end request channel open");
+        *self
+            .backend_req
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(backend);
     }
 
     fn update_memory(&self, _mem: GuestRamAtomic) -> io::Result<()> {

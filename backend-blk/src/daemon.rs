@@ -110,16 +110,58 @@ fn serve(
     listener: &mut Listener,
     signals: &SignalFd,
 ) -> Result<(), DaemonError> {
+    info!("waiting for a vhost-user front-end");
     loop {
-        info!("waiting for a vhost-user front-end");
         if wait_readable(&[signals.as_fd().as_raw_fd(), listener.as_raw_fd()])? == 0 {
-            info!("termination signal: stopping");
-            return Ok(());
+            match take_signal(signals) {
+                Some(Signal::SIGHUP) => reconfigure(device, None),
+                Some(_) => {
+                    info!("termination signal: stopping");
+                    return Ok(());
+                }
+                None => {}
+            }
+            continue;
         }
         if serve_connection(device, listener, signals)? == Ended::Signal {
             info!("termination signal: stopped serving the front-end");
             return Ok(());
         }
+        info!("waiting for a vhost-user front-end");
+    }
+}
+
+/// Reads one pending signal from the signalfd.
+fn take_signal(signals: &SignalFd) -> Option<Signal> {
+    let info = signals.read_signal().ok().flatten()?;
+    Signal::try_from(i32::try_from(info.ssi_signo).ok()?).ok()
+}
+
+/// SIGHUP: re-reads the image size and, when the capacity changed and a front-end is
+/// connected, tells it (VHOST_USER_BACKEND_CONFIG_CHANGE_MSG) from a thread of its own, so a
+/// front-end slow to ack does not hold up the daemon.
+fn reconfigure(device: &BlockDevice, backend: Option<&Arc<BlkBackend>>) {
+    match device.resize() {
+        Ok(None) => info!(
+            "SIGHUP: image size unchanged ({} bytes)",
+            device.image().size()
+        ),
+        Ok(Some((old, new))) => {
+            info!("SIGHUP: capacity changed from {old} to {new} sectors");
+            let Some(backend) = backend.cloned() else {
+                return;
+            };
+            let spawned = thread::Builder::new()
+                .name("config-change".to_string())
+                .spawn(move || match backend.notify_config_change() {
+                    Ok(()) => info!("front-end notified of the new capacity"),
+                    Err(e) => warn!("cannot notify the front-end of the new capacity: {e}"),
+                });
+            if let Err(e) = spawned {
+                warn!("cannot start the configuration change thread: {e}");
+            }
+        }
+        Err(e) => warn!("SIGHUP: {e}"),
     }
 }
 
@@ -155,13 +197,20 @@ fn serve_connection(
         })
         .map_err(|e| DaemonError::Session(e.to_string()))?;
 
-    let ended = if wait_readable(&[signals.as_fd().as_raw_fd(), done.as_raw_fd()])? == 0 {
-        if let Some(handle) = shutdown {
-            handle.shutdown();
+    let ended = loop {
+        if wait_readable(&[signals.as_fd().as_raw_fd(), done.as_raw_fd()])? != 0 {
+            break Ended::Disconnected;
         }
-        Ended::Signal
-    } else {
-        Ended::Disconnected
+        match take_signal(signals) {
+            Some(Signal::SIGHUP) => reconfigure(device, Some(&backend)),
+            Some(_) => {
+                if let Some(handle) = shutdown {
+                    handle.shutdown();
+                }
+                break Ended::Signal;
+            }
+            None => {}
+        }
     };
     debug!("waiting for the connection thread");
     let (daemon, result) = session
@@ -194,6 +243,7 @@ fn block_termination_signals() -> Result<SignalFd, DaemonError> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGTERM);
     mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGHUP);
     mask.thread_block().map_err(DaemonError::Signals)?;
     SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(DaemonError::Signals)

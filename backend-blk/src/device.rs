@@ -17,7 +17,7 @@ use virtio_bindings::bindings::virtio_ring::{
 use vm_memory::ByteValued;
 
 use crate::cli::{Config, SERIAL_BYTES};
-use crate::image::{Image, SECTOR_SIZE};
+use crate::image::{Image, ImageError, SECTOR_SIZE};
 use crate::request::Limits;
 
 /// Largest segment (one descriptor's buffer) the driver should use: `size_max`, bytes.
@@ -106,18 +106,35 @@ impl BlockDevice {
         self.features
     }
 
-    /// vhost-user protocol features offered: MQ, CONFIG, REPLY_ACK and INFLIGHT_SHMFD
+    /// vhost-user protocol features offered: MQ, CONFIG, REPLY_ACK, INFLIGHT_SHMFD (crash-safe
+    /// reconnect) and BACKEND_REQ (configuration change notifications on resize)
     /// (vhost-user.rst).
     pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+            | VhostUserProtocolFeatures::BACKEND_REQ
     }
 
-    /// Request limits for the parser.
-    pub fn limits(&self) -> &Limits {
-        &self.limits
+    /// Request limits for the parser, with the capacity as it is now.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            capacity_sectors: self.image.capacity_sectors(),
+            ..self.limits.clone()
+        }
+    }
+
+    /// Reads the image size again (SIGHUP) and serves it as the new `capacity`. Returns the
+    /// old and new capacity in 512-byte sectors when it changed.
+    ///
+    /// # Errors
+    /// [`ImageError::Size`] when the size cannot be read; the old capacity stays.
+    pub fn resize(&self) -> Result<Option<(u64, u64)>, ImageError> {
+        let old = self.image.capacity_sectors();
+        self.image.reread_size()?;
+        let new = self.image.capacity_sectors();
+        Ok((new != old).then_some((old, new)))
     }
 
     /// The 20-byte device ID for VIRTIO_BLK_T_GET_ID, NUL-padded.
@@ -129,9 +146,12 @@ impl BlockDevice {
     /// returns them: bytes past the end of `struct virtio_blk_config` read as zero, so any
     /// offset and size are answered without panicking.
     pub fn config_window(&self, offset: u32, size: u32) -> Vec<u8> {
+        let mut config = self.config.clone();
+        // `capacity` is the first field (virtio 1.2 §5.2.4) and follows the image size.
+        config[..8].copy_from_slice(&self.image.capacity_sectors().to_le_bytes());
         let start = offset as usize;
         (start..start.saturating_add(size as usize))
-            .map(|i| self.config.get(i).copied().unwrap_or(0))
+            .map(|i| config.get(i).copied().unwrap_or(0))
             .collect()
     }
 }

@@ -127,6 +127,17 @@ impl InFlight {
         entry.user_data(key as u64)
     }
 
+    /// The end of the image range the operation touches, bytes (`None` for a flush).
+    fn end(&self) -> Option<u64> {
+        match &self.op {
+            Op::Transfer {
+                offset, remaining, ..
+            } => Some(offset.saturating_add(*remaining)),
+            Op::Fallocate { offset, len, .. } => Some(offset.saturating_add(*len)),
+            Op::Sync => None,
+        }
+    }
+
     /// Accounts for a completion with `result` (bytes or `-errno`).
     fn advance(&mut self, result: i32) -> Progress {
         if result == -libc::EAGAIN || result == -libc::EINTR {
@@ -387,7 +398,7 @@ impl QueueWorker {
     /// Parses one chain and starts (or at once completes) its request.
     fn start(&mut self, chain: DescriptorChain<GuestRamGuard>, mem: GuestRamGuard) {
         let head = chain.head_index();
-        let Parsed { request, status } = match request::parse(chain, self.device.limits()) {
+        let Parsed { request, status } = match request::parse(chain, &self.device.limits()) {
             Ok(parsed) => parsed,
             Err(rejected) => return self.reject(head, rejected, &mem),
         };
@@ -553,10 +564,21 @@ impl QueueWorker {
             );
             return;
         };
-        match entry.advance(c.result) {
+        let progress = entry.advance(c.result);
+        let end = entry.end();
+        match progress {
             Progress::Again => self.push(key),
-            Progress::Done(status) => {
-                if status != Status::Ok {
+            Progress::Done(mut status) => {
+                let size = self.device.image().size();
+                if status == Status::Ok && end.is_some_and(|end| end > size) {
+                    // The image shrank (SIGHUP) while this request was in flight.
+                    warn!(
+                        "queue {}: descriptor chain {}: past the end of the image ({size} \
+                         bytes) after a resize",
+                        self.queue_index, entry.head_index
+                    );
+                    status = Status::IoErr;
+                } else if status != Status::Ok {
                     let why = if c.result < 0 {
                         std::io::Error::from_raw_os_error(-c.result).to_string()
                     } else {
