@@ -37,11 +37,15 @@ struct Served {
 
 impl Served {
     fn new(label: &str) -> Self {
+        Self::with_direct(label, false)
+    }
+
+    fn with_direct(label: &str, direct: bool) -> Self {
         let dir = TempDir::new(label).or_panic("scratch folder");
         let image = dir.join("disk.raw");
         image::create_sparse(&image, IMAGE_SIZE).or_panic("creating the image");
         let mut config = BlkBackendConfig::new(&image, &dir.join("blk.sock"), 1);
-        config.direct = Some(false);
+        config.direct = Some(direct);
         let mut served = Served {
             dir,
             config,
@@ -330,13 +334,14 @@ const GUEST_DEADLINE: Duration = Duration::from_secs(240);
 /// Guest shell: write 1 MiB with O_DIRECT, read it back, compare; record the pass in
 /// [`PROGRESS_SECTOR`]; until the host writes `STOP` into [`STOP_SECTOR`]. The data comes from
 /// a 4 MiB random pool made once (slice `i % 16` goes to offset `i % 8` MiB, so a stale read
-/// of an earlier pass differs). Two background readers keep more requests in flight, so a
-/// crash catches some. Any I/O error or mismatch gives a `failed` marker.
+/// of an earlier pass differs). Two background readers of the same 8 MiB keep more requests
+/// in flight (the back-end uses O_DIRECT here, so they take disk time), so a crash catches
+/// some. Any I/O error or mismatch gives a `failed` marker.
 fn verified_io_loop_script() -> String {
     format!(
         "dd if=/dev/urandom of=/tmp/pool bs=64k count=64 2>/dev/null\n\
          for b in 0 1; do\n\
-           (while :; do dd if=/dev/vda of=/dev/null bs=256k skip=$((b * 16)) count=16 \
+           (while :; do dd if=/dev/vda of=/dev/null bs=256k skip=$((64 + b * 16)) count=16 \
               iflag=direct 2>/dev/null || echo \"@@pvio failed background-read\"; done) &\n\
          done\n\
          i=0\n\
@@ -406,7 +411,7 @@ fn qemu_guest_io_goes_on_across_backend_sigkill() {
     use pvio_tests::initramfs::BLK_MODULES;
     use pvio_tests::qemu::BlkDisk;
 
-    let mut served = Served::new("blk-qemu-crash");
+    let mut served = Served::with_direct("blk-qemu-crash", true);
     let kit = GuestKit::new("blk-qemu-crash-guest", BLK_MODULES).or_panic("preparing the guest");
     let disk = BlkDisk {
         socket: served.socket(),
