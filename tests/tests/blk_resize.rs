@@ -155,3 +155,80 @@ fn sighup_while_idle_serves_the_new_size_to_the_next_front_end() {
     assert_eq!(dev.config().capacity, 32 * MIB / SECTOR);
     assert!(backend.is_running());
 }
+
+/// Image sector the guest writes `READY` into once it has read the disk's first size.
+const READY_SECTOR: u64 = 8;
+
+/// A QEMU guest (QEMU 7.2's vhost-user-blk forwards VHOST_USER_BACKEND_CONFIG_CHANGE_MSG to
+/// the driver as a configuration change interrupt) sees the disk grow after SIGHUP and reads
+/// the data the host put into the new sectors.
+#[test]
+fn qemu_guest_sees_the_disk_grow() {
+    use pvio_tests::guest::GuestKit;
+    use pvio_tests::initramfs::BLK_MODULES;
+    use pvio_tests::qemu::BlkDisk;
+
+    let dir = TempDir::new("blk-resize-qemu").or_panic("scratch folder");
+    let (mut backend, config) = start(&dir, 64 * MIB);
+    let kit = GuestKit::new("blk-resize-qemu-guest", BLK_MODULES).or_panic("preparing the guest");
+    let disk = BlkDisk {
+        socket: config.socket.clone(),
+        num_queues: 1,
+        reconnect: false,
+    };
+    let script = format!(
+        "S=$(cat /sys/block/vda/size)\n\
+         echo \"@@pvio sectors-before $S\"\n\
+         printf READY | dd of=/dev/vda bs=512 count=1 seek={READY_SECTOR} conv=sync \
+           oflag=direct 2>/dev/null\n\
+         n=0\n\
+         while [ \"$(cat /sys/block/vda/size)\" = \"$S\" ] && [ $n -lt 1200 ]; do \
+           sleep 0.1; n=$((n+1)); done\n\
+         N=$(cat /sys/block/vda/size)\n\
+         echo \"@@pvio sectors-after $N\"\n\
+         T=$(dd if=/dev/vda bs=512 skip=$((N - 8)) count=8 iflag=direct 2>/dev/null \
+           | sha256sum | cut -d' ' -f1)\n\
+         echo \"@@pvio tail $T\"\n"
+    );
+    let guest = std::thread::spawn(move || {
+        kit.boot(&script, |g| g.disks = vec![disk])
+            .map(|run| run.console)
+            .map_err(|e| e.to_string())
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    while image::read_at(&config.image, READY_SECTOR * SECTOR, 5).or_panic("image") != b"READY" {
+        assert!(
+            !guest.is_finished(),
+            "the guest ended early: {:?}",
+            guest.join()
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let tail = image::pattern(11, 4096);
+    set_size(&config.image, 96 * MIB);
+    image::write_at(&config.image, 96 * MIB - 4096, &tail).or_panic("writing the new tail");
+    sighup(&backend);
+    let console = match guest.join().expect("guest thread") {
+        Ok(console) => console,
+        Err(e) => panic!("guest run failed: {e}\nback-end log:\n{}", backend.log()),
+    };
+    assert_eq!(
+        console.marker("sectors-before").or_panic("guest output"),
+        (64 * MIB / SECTOR).to_string()
+    );
+    assert_eq!(
+        console.marker("sectors-after").or_panic("guest output"),
+        (96 * MIB / SECTOR).to_string(),
+        "the guest did not see the new capacity; back-end log:\n{}",
+        backend.log()
+    );
+    assert_eq!(
+        console.marker("tail").or_panic("guest output"),
+        image::sha256_hex(&tail).or_panic("hash")
+    );
+    assert!(backend.is_running());
+}
