@@ -2,26 +2,24 @@
 //! stop and reset) and dispatches worker-thread events to the per-queue [`QueueWorker`]s.
 //!
 //! Queue `i` is served by vhost-user-backend's worker thread `i` alone
-//! ([`VhostUserBackend::queues_per_thread`]), which also watches that queue's io_uring
+//! ([`DeviceBackend::queues_per_thread`]), which also watches that queue's io_uring
 //! completion eventfd. A fresh [`BlkBackend`] is made for every front-end connection.
 
 use std::fs::File;
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use log::{debug, info, warn};
 use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
-use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
+use vhost_daemon::backend::{DeviceBackend, ExtraEvent};
+use vhost_daemon::memory::{GuestRamAtomic, Vring};
+use vhost_daemon::uring::UringError;
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
 
 use crate::device::BlockDevice;
 use crate::inflight::{DeviceQueues, InflightArea};
-use crate::uring::UringError;
-use crate::worker::{GuestRamAtomic, QueueWorker, Vring};
+use crate::worker::QueueWorker;
 
 /// Failure to set up the back-end for a connection.
 #[derive(Debug, thiserror::Error)]
@@ -34,14 +32,6 @@ pub enum BackendError {
         /// Why.
         source: UringError,
     },
-    /// A completion eventfd could not join its worker thread's epoll.
-    #[error("queue {queue}: cannot watch the io_uring completion eventfd: {source}")]
-    RegisterCompletions {
-        /// Queue index.
-        queue: usize,
-        /// The OS error.
-        source: io::Error,
-    },
 }
 
 /// virtio-blk over vhost-user, one [`QueueWorker`] per queue.
@@ -49,9 +39,12 @@ pub struct BlkBackend {
     device: Arc<BlockDevice>,
     workers: Vec<Mutex<QueueWorker>>,
     /// The back-end request channel (VHOST_USER_SET_BACKEND_REQ_FD), once the front-end
-    /// opened it.
-    backend_req: Mutex<Option<Backend>>,
+    /// opened it; the daemon holds a weak reference to notify configuration changes.
+    backend_req: Arc<Mutex<Option<Backend>>>,
 }
+
+/// Where a connection keeps its back-end request channel.
+pub type ChannelSlot = Mutex<Option<Backend>>;
 
 impl BlkBackend {
     /// Creates the queue workers (one io_uring each) for a new connection; `mem` must be the
@@ -70,34 +63,14 @@ impl BlkBackend {
         Ok(BlkBackend {
             device,
             workers,
-            backend_req: Mutex::new(None),
+            backend_req: Arc::new(Mutex::new(None)),
         })
     }
 
     /// The `device_event` of the io_uring completion eventfds: past the range vhost-user-backend
     /// reserves for queues and its exit event.
-    pub fn completion_event(&self) -> u16 {
+    fn completion_event(&self) -> u16 {
         self.device.num_queues() + 1
-    }
-
-    /// Adds each queue's completion eventfd to the epoll of the worker thread serving it.
-    ///
-    /// # Errors
-    /// [`BackendError::RegisterCompletions`] when `epoll_ctl` fails.
-    pub fn register_completions(
-        &self,
-        handlers: &[Arc<VringEpollHandler<Arc<BlkBackend>>>],
-    ) -> Result<(), BackendError> {
-        for (queue, handler) in handlers.iter().enumerate() {
-            let Some(worker) = self.workers.get(queue) else {
-                break;
-            };
-            let fd = lock(worker).completion_fd();
-            handler
-                .register_listener(fd, EventSet::IN, u64::from(self.completion_event()))
-                .map_err(|source| BackendError::RegisterCompletions { queue, source })?;
-        }
-        Ok(())
     }
 
     /// Waits for the in-flight requests of every queue and completes them.
@@ -122,25 +95,10 @@ impl BlkBackend {
         }
     }
 
-    /// Tells the front-end that the configuration space changed
-    /// (VHOST_USER_BACKEND_CONFIG_CHANGE_MSG), e.g. the capacity after a resize; waits for its
-    /// ack when REPLY_ACK was negotiated.
-    ///
-    /// # Errors
-    /// The front-end did not open the back-end request channel, or the message failed.
-    pub fn notify_config_change(&self) -> io::Result<()> {
-        let channel = self
-            .backend_req
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        match channel {
-            Some(channel) => channel.handle_config_change().map(drop),
-            None => Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "the front-end did not open the back-end request channel",
-            )),
-        }
+    /// This connection's back-end request channel, for [`notify_config_change`] while the
+    /// connection lasts.
+    pub fn channel_slot(&self) -> Weak<ChannelSlot> {
+        Arc::downgrade(&self.backend_req)
     }
 
     /// Requests in flight, summed over the queues.
@@ -149,15 +107,29 @@ impl BlkBackend {
     }
 }
 
+/// Tells the front-end of `slot`'s connection that the configuration space changed
+/// (VHOST_USER_BACKEND_CONFIG_CHANGE_MSG), e.g. the capacity after a resize; waits for its ack
+/// when REPLY_ACK was negotiated.
+///
+/// # Errors
+/// The front-end did not open the back-end request channel, or the message failed.
+pub fn notify_config_change(slot: &ChannelSlot) -> io::Result<()> {
+    let channel = slot.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    match channel {
+        Some(channel) => channel.handle_config_change().map(drop),
+        None => Err(io::Error::new(
+            io::ErrorKind::NotConnected,
+            "the front-end did not open the back-end request channel",
+        )),
+    }
+}
+
 /// Locks a worker; a worker whose thread panicked is still drained rather than abandoned.
 fn lock(worker: &Mutex<QueueWorker>) -> MutexGuard<'_, QueueWorker> {
     worker.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl VhostUserBackend for BlkBackend {
-    type Bitmap = ();
-    type Vring = Vring;
-
+impl DeviceBackend for BlkBackend {
     fn num_queues(&self) -> usize {
         usize::from(self.device.num_queues())
     }
@@ -179,16 +151,8 @@ impl VhostUserBackend for BlkBackend {
         debug!("VIRTIO_RING_F_EVENT_IDX negotiated: {enabled}");
     }
 
-    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        self.device.config_window(offset, size)
-    }
-
-    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
-        warn!(
-            "front-end wrote {} bytes at offset {offset} of the read-only configuration space",
-            buf.len()
-        );
-        Err(io::Error::from(io::ErrorKind::PermissionDenied))
+    fn config_space(&self) -> Vec<u8> {
+        self.device.config_space()
     }
 
     fn set_backend_req_fd(&self, backend: Backend) {
@@ -208,16 +172,6 @@ impl VhostUserBackend for BlkBackend {
 
     fn queues_per_thread(&self) -> Vec<u64> {
         (0..self.device.num_queues()).map(|q| 1u64 << q).collect()
-    }
-
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                warn!("cannot create a worker exit event: {e}");
-                None
-            }
-        }
     }
 
     fn get_inflight_fd(
@@ -278,17 +232,32 @@ impl VhostUserBackend for BlkBackend {
         self.drain();
     }
 
+    /// Queue `i`'s io_uring completion eventfd joins worker thread `i`.
+    fn extra_events(&self) -> Vec<ExtraEvent> {
+        self.workers
+            .iter()
+            .enumerate()
+            .filter_map(|(thread, worker)| {
+                Some(ExtraEvent {
+                    thread,
+                    fd: lock(worker).completion_fd()?,
+                    events: EventSet::IN,
+                    device_event: self.completion_event(),
+                })
+            })
+            .collect()
+    }
+
     fn handle_event(
         &self,
         device_event: u16,
         _evset: EventSet,
         vrings: &[Vring],
         thread_id: usize,
-    ) -> io::Result<()> {
-        // Errors are logged, never returned: an error would end the worker thread for good.
+    ) {
         let Some(worker) = self.workers.get(thread_id) else {
             warn!("event {device_event} for unknown worker thread {thread_id}");
-            return Ok(());
+            return;
         };
         let mut worker = lock(worker);
         if device_event == self.completion_event() {
@@ -298,6 +267,13 @@ impl VhostUserBackend for BlkBackend {
         } else {
             warn!("worker thread {thread_id}: unexpected event {device_event}");
         }
-        Ok(())
+    }
+
+    fn disconnected(&self) {
+        let in_flight = self.in_flight();
+        if in_flight > 0 {
+            log::info!("waiting for {in_flight} in-flight request(s)");
+        }
+        self.drain();
     }
 }
