@@ -322,6 +322,50 @@ mod tests {
     }
 
     #[test]
+    fn inflight_messages_reach_the_device_or_are_refused() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        struct Tracking(AtomicBool);
+        impl DeviceBackend for Tracking {
+            fn num_queues(&self) -> usize {
+                1
+            }
+            fn max_queue_size(&self) -> usize {
+                8
+            }
+            fn features(&self) -> u64 {
+                0
+            }
+            fn protocol_features(&self) -> VhostUserProtocolFeatures {
+                VhostUserProtocolFeatures::INFLIGHT_SHMFD
+            }
+            fn config_space(&self) -> Vec<u8> {
+                Vec::new()
+            }
+            fn queues_per_thread(&self) -> Vec<u64> {
+                vec![1]
+            }
+            fn handle_event(&self, _: u16, _: EventSet, _: &[Vring], _: usize) {}
+            fn set_inflight_fd(&self, _: &VhostUserInflight, _: File) -> io::Result<()> {
+                self.0.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+        }
+        let file = || File::open("/dev/null").unwrap();
+        let msg = VhostUserInflight::new(64, 0, 1, 8);
+        let plain = Backend::new(Nothing);
+        let refused = plain.get_inflight_fd(&msg).map(drop);
+        assert_eq!(
+            refused.map_err(|e| e.kind()),
+            Err(io::ErrorKind::Unsupported)
+        );
+        assert!(plain.set_inflight_fd(&msg, file()).is_err());
+        let tracking = Backend::new(Tracking(AtomicBool::new(false)));
+        tracking.set_inflight_fd(&msg, file()).unwrap();
+        assert!(tracking.device().0.load(Ordering::SeqCst));
+    }
+
+    #[test]
     fn merges_protocol_features_and_cuts_the_config_window() {
         let b = Backend::new(Nothing);
         assert_eq!(
