@@ -608,6 +608,16 @@ mod tests {
         InflightArea::open(file, a.size, 0, (QUEUES, SIZE), DEVICE).map(Arc::new)
     }
 
+    /// Queue 0 of `a` started at used index `used`, with `heads` taken in this order.
+    fn taken(a: &Allocated, used: u16, heads: &[u16]) -> QueueInflight {
+        let mut q = a.area.queue(0).unwrap();
+        assert_eq!(q.recover(used, SIZE).unwrap().resubmit, Vec::<u16>::new());
+        for &head in heads {
+            q.fetched(head);
+        }
+        q
+    }
+
     /// A driver's view: used ring index and what the device completed, per queue.
     fn complete(q: &mut QueueInflight, used: &mut u16, head: u16) {
         q.before_used(head);
@@ -669,12 +679,8 @@ mod tests {
     #[test]
     fn out_of_order_completions_are_resubmitted_in_fetch_order() {
         let a = allocate();
-        let mut q = a.area.queue(0).unwrap();
-        assert_eq!(q.recover(0, SIZE).unwrap().resubmit, Vec::<u16>::new());
+        let mut q = taken(&a, 0, &[6, 1, 4, 2]);
         let mut used = 0u16;
-        for head in [6, 1, 4, 2] {
-            q.fetched(head);
-        }
         // The second and fourth complete first; then the back-end dies.
         complete(&mut q, &mut used, 1);
         complete(&mut q, &mut used, 2);
@@ -698,11 +704,7 @@ mod tests {
     #[test]
     fn a_crash_between_used_index_and_clearing_is_repaired() {
         let a = allocate();
-        let mut q = a.area.queue(0).unwrap();
-        q.recover(10, SIZE).unwrap();
-        q.fetched(3);
-        q.fetched(0);
-        q.before_used(0);
+        taken(&a, 10, &[3, 0]).before_used(0);
         // The used element and index went out (the ring says 11), then the back-end died
         // before clearing descriptor 0.
         let mut q = reopen(&a).unwrap().queue(0).unwrap();
@@ -711,11 +713,7 @@ mod tests {
         assert_eq!(r.next_avail, 12);
         // Had it died before the used index moved, 0 would still be in flight.
         let b = allocate();
-        let mut q = b.area.queue(0).unwrap();
-        q.recover(10, SIZE).unwrap();
-        q.fetched(3);
-        q.fetched(0);
-        q.before_used(0);
+        taken(&b, 10, &[3, 0]).before_used(0);
         let r = reopen(&b)
             .unwrap()
             .queue(0)
@@ -728,11 +726,8 @@ mod tests {
     #[test]
     fn used_index_wraps() {
         let a = allocate();
-        let mut q = a.area.queue(0).unwrap();
         let mut used = u16::MAX;
-        q.recover(used, SIZE).unwrap();
-        q.fetched(2);
-        q.fetched(5);
+        let mut q = taken(&a, used, &[2, 5]);
         complete(&mut q, &mut used, 5);
         let r = reopen(&a)
             .unwrap()
@@ -830,9 +825,7 @@ mod tests {
     fn recovery_checks_against_the_virtqueue() {
         let a = allocate();
         // Head 6 in flight, but the virtqueue now has 4 descriptors.
-        let mut q = a.area.queue(0).unwrap();
-        q.recover(0, SIZE).unwrap();
-        q.fetched(6);
+        taken(&a, 0, &[6]);
         let area = reopen(&a).unwrap();
         assert!(matches!(
             area.queue(0).unwrap().recover(0, 4),
