@@ -316,24 +316,9 @@ impl QueueWorker {
             return;
         };
         let mem = self.mem.memory();
-        let (used_idx, size, desc_table) = {
-            let state = vring.get_ref();
-            let queue = state.get_queue();
-            (
-                queue.used_idx(&*mem, Ordering::Acquire),
-                queue.size(),
-                queue.desc_table(),
-            )
-        };
-        let used_idx = match used_idx {
-            Ok(idx) => idx.0,
-            Err(e) => {
-                warn!(
-                    "queue {}: cannot read the used index: {e}",
-                    self.queue_index
-                );
-                return;
-            }
+        let Some((used_idx, size, desc_table)) = ring_position(vring, &mem, self.queue_index)
+        else {
+            return;
         };
         let recovery = match tracker.recover(used_idx, size) {
             Ok(recovery) => recovery,
@@ -666,6 +651,20 @@ impl Drop for QueueWorker {
             // The kernel may still write into the guest memory these entries keep mapped:
             // leak them rather than unmap it under the kernel.
             std::mem::forget(std::mem::take(&mut self.inflight));
+        }
+    }
+}
+
+/// The used index the driver sees, the queue size and the descriptor table address of
+/// `vring`; `None` (logged) when the used ring cannot be read.
+fn ring_position(vring: &Vring, mem: &GuestRam, queue_index: u16) -> Option<(u16, u16, u64)> {
+    let state = vring.get_ref();
+    let queue = state.get_queue();
+    match queue.used_idx(mem, Ordering::Acquire) {
+        Ok(used_idx) => Some((used_idx.0, queue.size(), queue.desc_table())),
+        Err(e) => {
+            warn!("queue {queue_index}: cannot read the used index: {e}");
+            None
         }
     }
 }
