@@ -5,7 +5,10 @@
 //! (with `num_buffers` = chains used) at the start of the first, the frame after it, and puts
 //! each chain in the used ring with the bytes written into it. Without it a frame must fit one
 //! chain. Chains taken but not needed (the frame did not fit after all) are given back by
-//! moving the queue's next available index back, so nothing is lost.
+//! moving the queue's next available index back, so nothing is lost. An unusable chain is
+//! returned empty; one found after usable chains were taken ends them (they are returned empty
+//! too, since moving the index back would pass over it), so every head taken is in the used
+//! ring exactly once and none is skipped.
 
 use std::collections::VecDeque;
 
@@ -118,12 +121,16 @@ pub fn deliver<'m>(
             Ok(_) => {
                 arena.truncate(mark);
                 log::warn!("receive chain {head} has no writable space or readable parts");
-                bad_chain(queue, mem, head, stats);
+                stop_at_bad_chain(queue, mem, &mut heads, head, stats);
+                capacity = 0;
+                arena.truncate(base);
             }
             Err(e) => {
                 arena.truncate(mark);
                 log::warn!("receive chain {head}: {e}");
-                bad_chain(queue, mem, head, stats);
+                stop_at_bad_chain(queue, mem, &mut heads, head, stats);
+                capacity = 0;
+                arena.truncate(base);
             }
         }
     }
@@ -169,11 +176,24 @@ fn give_back(queue: &mut Queue, n: usize) {
     }
 }
 
-/// Returns an unusable receive chain to the driver with nothing written.
-fn bad_chain(queue: &mut Queue, mem: &GuestRam, head: u16, stats: &QueueStats) {
+/// Ends the chains taken so far at an unusable chain `bad`: it is completed as an error
+/// (returned with nothing written, counted as [`Drop::RxBadChain`]), and so are the usable chains
+/// `taken` before it, returned empty. They cannot be given back by moving the available index
+/// back, which would hand `bad` out a second time and leave the first taken head unused; so each
+/// head taken so far is in the used ring exactly once, and the frame goes on with the next
+/// chains.
+fn stop_at_bad_chain(
+    queue: &mut Queue,
+    mem: &GuestRam,
+    taken: &mut Vec<(u16, usize)>,
+    bad: u16,
+    stats: &QueueStats,
+) {
     stats.drop(Drop::RxBadChain);
-    if let Err(e) = queue.add_used(mem, head, 0) {
-        log::warn!("receive queue: add_used({head}) failed: {e}");
+    for head in taken.drain(..).map(|(head, _)| head).chain([bad]) {
+        if let Err(e) = queue.add_used(mem, head, 0) {
+            log::warn!("receive queue: add_used({head}) failed: {e}");
+        }
     }
 }
 
@@ -461,6 +481,40 @@ mod tests {
         assert_eq!(used(&mem, &vq, 0), (0, 0));
         assert_eq!(used(&mem, &vq, 1), (1, 0));
         assert_eq!(used(&mem, &vq, 2), (2, 72));
+    }
+
+    /// The heads in the used ring so far.
+    fn used_heads(mem: &GuestRam, vq: &MockSplitQueue<'_, GuestRam>, q: &Queue) -> Vec<u32> {
+        (0..u64::from(q.next_used()))
+            .map(|i| used(mem, vq, i).0)
+            .collect()
+    }
+
+    #[test]
+    fn a_bad_chain_after_a_taken_one_is_never_used_twice() {
+        let mem = ram();
+        let vq = MockSplitQueue::new(&mem, 16);
+        // A usable chain, then one outside guest memory, then nothing: the frame needs more.
+        vq.add_desc_chains(&[writable(0x10000, 100), writable(0x7fff_0000, 100)], 0)
+            .unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let stats = QueueStats::default();
+        let mut arena = Vec::new();
+        let frame = RxFrame::local(NetHdr::default(), &[7; 300]);
+        let d = deliver(&mut q, &mem, MRG, &frame, &mut arena, &stats);
+        assert!(matches!(d, Delivery::NoBuffers { .. }), "{d:?}");
+        assert_eq!(stats.drops(Drop::RxBadChain), 1);
+        // Both heads are used once, none is offered again.
+        assert_eq!(used_heads(&mem, &vq, &q), vec![0, 1]);
+        assert_eq!(q.next_avail(), 2);
+        // Buffers arrive: the frame goes into them, and no head appears twice.
+        vq.add_desc_chains(&[writable(0x20000, 200), writable(0x30000, 200)], 2)
+            .unwrap();
+        let d = deliver(&mut q, &mem, MRG, &frame, &mut arena, &stats);
+        assert_eq!(d, Delivery::Delivered(2));
+        assert_eq!(used_heads(&mem, &vq, &q), vec![0, 1, 2, 3]);
+        assert_eq!(used(&mem, &vq, 3), (3, 112));
+        assert_eq!(stats.drops(Drop::RxBadChain), 1);
     }
 
     #[test]
