@@ -160,8 +160,12 @@ pub fn deliver<'m>(
 /// With VIRTIO_RING_F_EVENT_IDX, `avail_event` is set to `seen_avail`, not to the device's next
 /// available index: after chains were given back because a frame needed more than were there,
 /// the next index lags behind, and arming there would report "more buffers" at once and forever
-/// while suppressing the kick the device waits for.
+/// while suppressing the kick the device waits for. A stopped queue has none.
 pub fn arm_for_more_buffers(queue: &mut Queue, mem: &GuestRam, seen_avail: u16) -> bool {
+    if !queue.ready() {
+        // Stopped: no chain can be taken, so there is nothing to try again for.
+        return false;
+    }
     let next = queue.next_avail();
     queue.set_next_avail(seen_avail);
     let more = queue.enable_notification(mem);
