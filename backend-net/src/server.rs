@@ -144,13 +144,16 @@ pub fn run(config: Config) -> Result<(), Error> {
 
     let ports: Vec<Arc<Port>> = (0..config.sockets.len())
         .map(|i| {
-            Arc::new(Port::new(
-                i,
-                config.mac.offset(i as u32),
-                config.mtu,
-                config.queue_pairs,
-                config.rx_backlog,
-            ))
+            Arc::new(
+                Port::new(
+                    i,
+                    config.mac.offset(i as u32),
+                    config.mtu,
+                    config.queue_pairs,
+                    config.rx_backlog,
+                )
+                .with_pinned(config.pinned.get(i).cloned().unwrap_or_default()),
+            )
         })
         .collect();
     let dataplane = match &config.mode {
@@ -160,7 +163,7 @@ pub fn run(config: Config) -> Result<(), Error> {
                 .map(Arc::new)
                 .collect(),
         ),
-        Mode::Switch => Dataplane::Switch(Arc::new(Switch::new(ports.clone()))),
+        Mode::Switch => Dataplane::Switch(Arc::new(Switch::new(ports.clone(), config.switch))),
     };
     let listeners = config
         .sockets
