@@ -195,6 +195,7 @@ impl Switch {
         };
         let mut local: Option<Vec<u8>> = None;
         let mut delivered_anywhere = false;
+        let mut offload_failed = false;
         for target in targets {
             let state = target.state();
             if !state.connected {
@@ -209,7 +210,6 @@ impl Switch {
                 stats.drop(Drop::RxFiltered);
                 continue;
             }
-            delivered_anywhere = true;
             if offloads_acked(hdr, state.acked) {
                 let rx_hdr = NetHdr {
                     num_buffers: 0,
@@ -236,19 +236,22 @@ impl Switch {
                     }
                     Err(e) => {
                         log::debug!("port {}: {e}", from.id);
-                        from.stats.queue(q).drop(Drop::TxOffload);
+                        offload_failed = true;
                         continue;
                     }
                 }
             }
+            delivered_anywhere = true;
             if !touched.contains(&(target.id, tq)) {
                 touched.push((target.id, tq));
             }
         }
-        if delivered_anywhere {
-            from.stats.queue(q).tx(len);
-        } else {
-            from.stats.queue(q).drop(Drop::TxNoDestination);
+        // Each frame is counted once on the sender: passed on, or why it went nowhere.
+        let stats = from.stats.queue(q);
+        match (delivered_anywhere, offload_failed) {
+            (true, _) => stats.tx(len),
+            (false, true) => stats.drop(Drop::TxOffload),
+            (false, false) => stats.drop(Drop::TxNoDestination),
         }
     }
 
