@@ -15,14 +15,13 @@ use frontend_guest::host::{NetDevice, NetOptions, Received};
 use frontend_guest::net::{
     NetHdr, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_MQ,
     VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_NOBCAST,
-    VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_ERR, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
-    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_MQ, VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_ERR, VIRTIO_NET_F_MQ, VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_OK,
 };
 use frontend_guest::virtq::{RawDescriptor, RawNext, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
 use frontend_guest::GuestRam;
 use net_support::frames::{self, tcp4, udp4};
-use net_support::{counter, drops, wait_for, NetDaemon, Netns};
+use net_support::{counter, drops, tso4_hdr, wait_for, without_receive_offloads, NetDaemon, Netns};
 use pvio_tests::tmp::TempDir;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -113,15 +112,7 @@ fn switch_passes_frames_of_every_size_and_offloads_untouched() {
     // GUEST_CSUM, so it arrives as it was sent, spread over many 2 KiB merged buffers.
     let payload: Vec<u8> = (0..62_000u32).map(|i| (i * 7) as u8).collect();
     let frame = tcp4(mb, ma, [10, 80, 0, 1], [10, 80, 0, 2], 1000, &payload, true);
-    let hdr = NetHdr {
-        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
-        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-        num_buffers: 0,
-    };
+    let hdr = tso4_hdr(1448);
     send(&mut a, &hdr, &frame);
     let r = recv_frame(&mut b);
     assert_eq!(r.frame, frame);
@@ -150,24 +141,12 @@ fn switch_segments_and_checksums_for_a_receiver_without_offloads() {
     let dir = TempDir::new("net-proto-gso").unwrap();
     let daemon = NetDaemon::switch(dir.path(), 2, &[]);
     let mut a = connect(&daemon, 0, &NetOptions::default());
-    let plain = ALL_FEATURES
-        & !(1 << VIRTIO_NET_F_GUEST_TSO4
-            | 1 << VIRTIO_NET_F_GUEST_TSO6
-            | 1 << VIRTIO_NET_F_GUEST_CSUM);
-    let mut b = connect(&daemon, 1, &with_features(plain));
+    let mut b = connect(&daemon, 1, &without_receive_offloads());
     introduce(&mut a, &mut b);
     let (ma, mb) = (mac(&a), mac(&b));
     let payload: Vec<u8> = (0..4000u32).map(|i| (i * 13) as u8).collect();
     let frame = tcp4(mb, ma, [10, 80, 0, 1], [10, 80, 0, 2], 5000, &payload, true);
-    let hdr = NetHdr {
-        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
-        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-        num_buffers: 0,
-    };
+    let hdr = tso4_hdr(1448);
     send(&mut a, &hdr, &frame);
     let mut joined = Vec::new();
     for i in 0..3 {
@@ -587,11 +566,7 @@ fn stopping_a_transmit_queue_waits_for_the_chains_it_took() {
     // B never sends: A's frames flood to it, all of them.
     let daemon = NetDaemon::switch(dir.path(), 2, &["--flood-rate", "0"]);
     let mut a = connect(&daemon, 0, &NetOptions::default());
-    let plain = ALL_FEATURES
-        & !(1 << VIRTIO_NET_F_GUEST_TSO4
-            | 1 << VIRTIO_NET_F_GUEST_TSO6
-            | 1 << VIRTIO_NET_F_GUEST_CSUM);
-    let b = connect(&daemon, 1, &with_features(plain));
+    let b = connect(&daemon, 1, &without_receive_offloads());
     // 60 KB TCP segmentation offload frames, which the switch cuts into 42 segments each for
     // B: a batch of transmit chains takes the worker a while.
     let payload = vec![0x5a; 60_000];
@@ -604,15 +579,7 @@ fn stopping_a_transmit_queue_waits_for_the_chains_it_took() {
         &payload,
         true,
     );
-    let hdr = NetHdr {
-        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
-        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-        num_buffers: 0,
-    };
+    let hdr = tso4_hdr(1448);
     let pair = a.pair(0).unwrap();
     pair.prime_tx(&hdr, &frame).unwrap();
     let sent = pair.send_primed(usize::MAX).unwrap();

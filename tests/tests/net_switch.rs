@@ -11,15 +11,12 @@ mod net_support;
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
-use frontend_guest::host::net::ALL_FEATURES;
 use frontend_guest::host::{NetDevice, NetOptions, Received};
-use frontend_guest::net::{
-    NetHdr, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
-};
+use frontend_guest::net::NetHdr;
 use frontend_guest::virtq::{RawDescriptor, RawNext};
 use frontend_guest::GuestRam;
 use net_support::frames;
-use net_support::{counter, drops, NetDaemon};
+use net_support::{counter, drops, without_receive_offloads, NetDaemon};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use pvio_tests::tmp::TempDir;
@@ -396,14 +393,7 @@ fn hostile_frames_and_chains_leave_the_switch_consistent() {
     // software fallback.
     let a = connect(&daemon, 0);
     let b = connect(&daemon, 1);
-    let plain = NetOptions {
-        features: ALL_FEATURES
-            & !(1 << VIRTIO_NET_F_GUEST_CSUM
-                | 1 << VIRTIO_NET_F_GUEST_TSO4
-                | 1 << VIRTIO_NET_F_GUEST_TSO6),
-        ..NetOptions::default()
-    };
-    let c = NetDevice::connect(&daemon.sockets()[2], &plain).unwrap();
+    let c = NetDevice::connect(&daemon.sockets()[2], &without_receive_offloads()).unwrap();
     let ram = a.ram().clone();
     let buf = ram.alloc(65_536, 4096).unwrap();
     let noise: Vec<u8> = (0..65_536u32)
