@@ -1,26 +1,25 @@
-//! The vhost-user side of one connection: the [`VhostUserBackend`] implementation that
-//! vhost-user-backend's daemon drives (control path on the daemon thread, one worker thread per
-//! queue pair), and the control queue.
+//! The vhost-user side of one connection: the [`DeviceBackend`] that vhost-daemon's back-end
+//! wrapper forwards to (control path on the daemon thread, one worker thread per queue pair),
+//! and the control queue.
 //!
 //! Queues: receiveq N is vring 2N, transmitq N is vring 2N+1, and the controlq follows the
 //! last pair the negotiated features allow (virtio 1.2 §5.1.2): vring 2P for P pairs with
 //! VIRTIO_NET_F_MQ, vring 2 without it. Worker thread N serves pair N; thread 0 also serves
 //! vring 2P. Within a thread the vrings are numbered 0 (receive), 1 (transmit), 2 (vring 2P);
-//! the TAP queue's readiness arrives as [`NetBackend::tap_event`]. Without MQ, thread 1's
-//! receive vring (vring 2) is the controlq, which is then served there.
+//! the TAP queue's readiness arrives as device event 2P+2 (an [`ExtraEvent`]). Without MQ,
+//! thread 1's receive vring (vring 2) is the controlq, which is then served there.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::{VhostUserBackend, VringT};
+use vhost_daemon::backend::{DeviceBackend, ExtraEvent};
+use vhost_daemon::uring::UringError;
+use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
 
 use crate::ctrl::{self, Command, ACK_ERR, ACK_OK, MAX_COMMAND_BYTES};
 use crate::device::{self, Acked};
@@ -28,7 +27,6 @@ use crate::guest::{walk, Cursor, GuestRam, GuestRamAtomic, Vring};
 use crate::port::{notify, Port};
 use crate::switch::Switch;
 use crate::tap::TapQueue;
-use crate::uring::UringError;
 use crate::worker::{Path, TapPath, Worker};
 
 /// What the pairs of a connection are bridged to.
@@ -92,8 +90,8 @@ impl NetBackend {
     }
 
     /// The device event number of a TAP queue's readiness in its worker's epoll.
-    pub fn tap_event(&self) -> u64 {
-        self.num_queues() as u64 + 1
+    fn tap_event(&self) -> u16 {
+        2 * self.port.queue_pairs + 2
     }
 
     /// The front-end left: the port forgets it (filter, features, backlogs, learned stations),
@@ -122,7 +120,7 @@ impl NetBackend {
         let _busy = self.ctrl_busy.lock().unwrap_or_else(|p| p.into_inner());
         let guard = self.mem.memory();
         let mem: &GuestRam = &guard;
-        loop {
+        'kicked: loop {
             if let Err(e) = vring.disable_notification() {
                 log::warn!("control queue: {e}");
             }
@@ -132,7 +130,7 @@ impl NetBackend {
                     let queue = state.get_queue_mut();
                     if !queue.ready() {
                         // Stopped by VHOST_USER_GET_VRING_BASE: leave the rest.
-                        return;
+                        break 'kicked;
                     }
                     queue.pop_descriptor_chain(mem)
                 };
@@ -201,10 +199,7 @@ impl NetBackend {
     }
 }
 
-impl VhostUserBackend for NetBackend {
-    type Bitmap = ();
-    type Vring = Vring;
-
+impl DeviceBackend for NetBackend {
     fn num_queues(&self) -> usize {
         2 * usize::from(self.port.queue_pairs) + 1
     }
@@ -249,12 +244,12 @@ impl VhostUserBackend for NetBackend {
         self.event_idx.store(enabled, Ordering::Relaxed);
     }
 
-    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        device::config_window(&self.config, offset, size)
+    fn config_space(&self) -> Vec<u8> {
+        self.config.clone()
     }
 
-    fn update_memory(&self, _mem: GuestRamAtomic) -> io::Result<()> {
-        // The daemon swaps the mapping inside the atomic this back-end already holds.
+    fn set_config(&self, _offset: u32, _buf: &[u8]) -> io::Result<()> {
+        // virtio 1.2 §5.1.4: the driver does not write the network device's configuration.
         Ok(())
     }
 
@@ -270,12 +265,6 @@ impl VhostUserBackend for NetBackend {
                 }
             })
             .collect()
-    }
-
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK)
-            .map_err(|e| log::error!("cannot create a worker exit event: {e}"))
-            .ok()
     }
 
     /// VHOST_USER_GET_VRING_BASE: the daemon marked the ring not ready, so no chain is taken
@@ -302,19 +291,35 @@ impl VhostUserBackend for NetBackend {
         Ok(())
     }
 
+    /// In TAP mode, pair `q`'s TAP queue joins worker thread `q` (edge-triggered).
+    fn extra_events(&self) -> Vec<ExtraEvent> {
+        let Dataplane::Tap(taps) = &self.dataplane else {
+            return Vec::new();
+        };
+        taps.iter()
+            .enumerate()
+            .map(|(thread, tap)| ExtraEvent {
+                thread,
+                fd: tap.fd(),
+                events: EventSet::IN | EventSet::EDGE_TRIGGERED,
+                device_event: self.tap_event(),
+            })
+            .collect()
+    }
+
     fn handle_event(
         &self,
         device_event: u16,
         _evset: EventSet,
         vrings: &[Vring],
         thread_id: usize,
-    ) -> io::Result<()> {
+    ) {
         log::trace!(
             "port {}: worker {thread_id} event {device_event}",
             self.port.id
         );
         let (Some(worker), [rx, tx, ..]) = (self.workers.get(thread_id), vrings) else {
-            return Ok(());
+            return;
         };
         let pairs = usize::from(self.port.queue_pairs);
         let vring_index = match device_event {
@@ -326,14 +331,14 @@ impl VhostUserBackend for NetBackend {
             if let Some(ctrl) = vrings.get(usize::from(device_event)) {
                 self.process_ctrl(ctrl);
             }
-            return Ok(());
+            return;
         }
         match device_event {
             0 => worker.lock().unwrap_or_else(|p| p.into_inner()).rx_kick(rx),
             1 => worker.lock().unwrap_or_else(|p| p.into_inner()).tx_kick(tx),
             // Vring 2P while the control queue is vring 2 (no MQ): not a queue of the device.
             2 => {}
-            e if u64::from(e) == self.tap_event() => {
+            e if e == self.tap_event() => {
                 worker
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -341,6 +346,9 @@ impl VhostUserBackend for NetBackend {
             }
             e => log::debug!("unexpected device event {e} on worker {thread_id}"),
         }
-        Ok(())
+    }
+
+    fn disconnected(&self) {
+        self.disconnect();
     }
 }

@@ -2,13 +2,16 @@
 //!
 //! Two modes: `--tap NAME` bridges one front-end to an existing TAP device; `--switch` makes
 //! every `--socket` a port of a learning L2 switch. `--socket-path` is accepted as an alias, as
-//! in the "Backend program conventions" of QEMU's `docs/interop/vhost-user.rst`.
+//! in the "Backend program conventions" of QEMU's `docs/interop/vhost-user.rst`, as are `--fd`
+//! (an inherited listening socket, TAP mode or a one-port switch) and `--print-capabilities`.
 
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
+use vhost_daemon::listener::SocketSource;
 
 use crate::fdb::{FdbConfig, DEFAULT_MAX_PER_PORT};
 use crate::mac::MacAddr;
@@ -52,14 +55,23 @@ pub struct Cli {
         long,
         visible_alias = "socket-path",
         value_name = "PATH",
-        required_unless_present = "switch_port"
+        required_unless_present_any = ["fd", "print_capabilities", "switch_port"],
+        conflicts_with = "fd"
     )]
     pub socket: Vec<PathBuf>,
+
+    /// An already listening unix socket inherited from the launcher, instead of --socket.
+    #[arg(long, value_name = "FDNUM")]
+    pub fd: Option<RawFd>,
+
+    /// Print the back-end's capabilities as JSON (vhost-user.json, type "net") and exit.
+    #[arg(long)]
+    pub print_capabilities: bool,
 
     /// Switch port whose front-end may only send from the given MAC addresses (frames from
     /// other sources are dropped and counted as tx_spoofed, and no other port may claim them):
     /// PATH,mac=MAC[,mac=MAC...]. PATH is a --socket or a further port (after the --sockets).
-    #[arg(long, value_name = "PATH,mac=MAC", conflicts_with = "tap")]
+    #[arg(long, value_name = "PATH,mac=MAC", conflicts_with_all = ["tap", "fd"])]
     pub switch_port: Vec<SwitchPort>,
 
     /// Switch: seconds after which a learned MAC address not seen again is forgotten (0:
@@ -83,7 +95,7 @@ pub struct Cli {
         long,
         value_name = "NAME",
         conflicts_with = "switch",
-        required_unless_present = "switch"
+        required_unless_present_any = ["switch", "print_capabilities"]
     )]
     pub tap: Option<String>,
 
@@ -204,7 +216,7 @@ pub struct Config {
     /// TAP or switch.
     pub mode: Mode,
     /// One socket per port (exactly one in TAP mode).
-    pub sockets: Vec<PathBuf>,
+    pub sockets: Vec<SocketSource>,
     /// Queue pairs per front-end, 1 to [`MAX_QUEUE_PAIRS`].
     pub queue_pairs: u16,
     /// MAC of port 0; port i has `mac.offset(i)`.
@@ -256,7 +268,13 @@ pub enum ConfigError {
     /// The same socket in two `--switch-port`s.
     #[error("--switch-port {0} is given twice")]
     DuplicateSwitchPort(PathBuf),
+    /// `--fd` is negative.
+    #[error("--fd {0} is not a file descriptor number")]
+    Fd(RawFd),
 }
+
+/// The `--print-capabilities` type and features (vhost-user.json: net back-ends have none).
+pub const CAPABILITIES: (&str, &[&str]) = ("net", &[]);
 
 impl Cli {
     /// Checks the parsed arguments and builds the [`Config`].
@@ -287,20 +305,26 @@ impl Cli {
                 return Err(ConfigError::DuplicateSocket(s.clone()));
             }
         }
-        let mut sockets = self.socket;
-        let mut pinned = vec![Vec::new(); sockets.len()];
+        let mut paths = self.socket;
+        let mut pinned = vec![Vec::new(); paths.len()];
         for (i, p) in self.switch_port.iter().enumerate() {
             if self.switch_port[..i].iter().any(|o| o.socket == p.socket) {
                 return Err(ConfigError::DuplicateSwitchPort(p.socket.clone()));
             }
-            match sockets.iter().position(|s| *s == p.socket) {
+            match paths.iter().position(|s| *s == p.socket) {
                 Some(at) => pinned[at] = p.macs.clone(),
                 None => {
-                    sockets.push(p.socket.clone());
+                    paths.push(p.socket.clone());
                     pinned.push(p.macs.clone());
                 }
             }
         }
+        let sockets: Vec<SocketSource> = match self.fd {
+            Some(fd) if fd < 0 => return Err(ConfigError::Fd(fd)),
+            Some(fd) => vec![SocketSource::Fd(fd)],
+            None => paths.into_iter().map(SocketSource::Path).collect(),
+        };
+        pinned.resize(sockets.len(), Vec::new());
         let mode = match self.tap {
             Some(name) if sockets.len() == 1 => Mode::Tap(name),
             Some(_) => return Err(ConfigError::TapSockets(sockets.len())),
@@ -348,7 +372,7 @@ mod tests {
             c,
             Config {
                 mode: Mode::Tap("tap0".into()),
-                sockets: vec!["/s".into()],
+                sockets: vec![SocketSource::Path("/s".into())],
                 queue_pairs: 1,
                 mac: DEFAULT_MAC,
                 mtu: 1500,
@@ -381,7 +405,10 @@ mod tests {
             "50/s",
         ])
         .unwrap();
-        assert_eq!(c.sockets, ["/a", "/b", "/c"].map(PathBuf::from));
+        assert_eq!(
+            c.sockets,
+            ["/a", "/b", "/c"].map(|p| SocketSource::Path(p.into()))
+        );
         assert_eq!(
             c.pinned,
             vec![
@@ -404,7 +431,10 @@ mod tests {
             }
         );
         let only_pinned = parse(&["--switch", "--switch-port", "/p,mac=52:54:00:00:00:09"]);
-        assert_eq!(only_pinned.unwrap().sockets, [PathBuf::from("/p")]);
+        assert_eq!(
+            only_pinned.unwrap().sockets,
+            [SocketSource::Path("/p".into())]
+        );
         assert_eq!(
             parse(&["--switch", "--socket", "/a", "--flood-rate", "0"])
                 .unwrap()
@@ -460,7 +490,13 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.mode, Mode::Switch);
-        assert_eq!(c.sockets, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(
+            c.sockets,
+            vec![
+                SocketSource::Path("/a".into()),
+                SocketSource::Path("/b".into())
+            ]
+        );
         assert_eq!(c.mac, MacAddr([2, 0, 0, 0, 0, 0x10]));
     }
 
@@ -483,5 +519,17 @@ mod tests {
         assert!(parse(&["--socket", "/s", "--tap", "t", "--mac", "nonsense"]).is_err());
         let e = parse(&["--switch", "--socket", "/a", "--socket", "/a"]).unwrap_err();
         assert!(e.contains("twice"), "{e}");
+        assert!(parse(&["--fd", "3", "--socket", "/s", "--tap", "t"]).is_err());
+        assert!(parse(&["--fd=-1", "--tap", "t"])
+            .unwrap_err()
+            .contains("--fd -1"));
+    }
+
+    #[test]
+    fn inherited_socket_and_capabilities() {
+        let c = parse(&["--fd", "3", "--tap", "tap0"]).unwrap();
+        assert_eq!(c.sockets, vec![SocketSource::Fd(3)]);
+        let cli = Cli::try_parse_from(["backend-net", "--print-capabilities"]).unwrap();
+        assert!(cli.print_capabilities);
     }
 }

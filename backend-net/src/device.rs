@@ -59,11 +59,10 @@ pub fn features(queue_pairs: u16) -> u64 {
     f
 }
 
-/// Protocol features offered: MQ, CONFIG, REPLY_ACK (vhost-user.rst).
+/// The device's protocol features: MQ, CONFIG (vhost-user.rst); vhost-daemon adds its own
+/// (REPLY_ACK).
 pub fn protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::MQ
-        | VhostUserProtocolFeatures::CONFIG
-        | VhostUserProtocolFeatures::REPLY_ACK
+    VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG
 }
 
 /// `struct virtio_net_config` as guest-visible bytes.

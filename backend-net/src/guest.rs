@@ -10,21 +10,10 @@
 
 use std::ops::Range;
 
-use vhost_user_backend::VringRwLock;
+pub use vhost_daemon::memory::{GuestRam, GuestRamAtomic, GuestRamGuard, Vring};
 use virtio_queue::DescriptorChain;
-use vm_memory::{
-    GuestAddress, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryLoadGuard, GuestMemoryMmap,
-    VolatileSlice,
-};
+use vm_memory::{GuestAddress, GuestMemoryBackend, VolatileSlice};
 
-/// Guest memory as mapped from the front-end's memory table (no dirty-page bitmap).
-pub type GuestRam = GuestMemoryMmap<()>;
-/// Guest memory that VHOST_USER_SET_MEM_TABLE can replace while workers run.
-pub type GuestRamAtomic = GuestMemoryAtomic<GuestRam>;
-/// A snapshot of guest memory that stays mapped while held.
-pub type GuestRamGuard = GuestMemoryLoadGuard<GuestRam>;
-/// The vring type of this back-end.
-pub type Vring = VringRwLock<GuestRamAtomic>;
 /// A piece of guest memory mapped in this process.
 pub type Slice<'m> = VolatileSlice<'m, ()>;
 
