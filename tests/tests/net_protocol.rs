@@ -6,6 +6,7 @@
 
 mod net_support;
 
+use std::cell::RefCell;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -21,7 +22,10 @@ use frontend_guest::net::{
 use frontend_guest::virtq::{RawDescriptor, RawNext, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
 use frontend_guest::GuestRam;
 use net_support::frames::{self, tcp4, udp4};
+use net_support::hostile::{hostile, noise_buffer, runner, transmit, tx_accounted};
 use net_support::{counter, drops, tso4_hdr, wait_for, without_receive_offloads, NetDaemon, Netns};
+use proptest::prop_assert_eq;
+use proptest::test_runner::TestCaseError;
 use pvio_tests::tmp::TempDir;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -787,6 +791,74 @@ fn tap_with_two_queue_pairs_spreads_flows() {
     });
     assert_eq!(drops(&p, "tx_tap_error"), 0, "{p}");
     drop(dev);
+    daemon.stop();
+}
+
+#[test]
+fn tap_survives_hostile_transmits() {
+    let dir = TempDir::new("net-proto-tap-hostile").unwrap();
+    let ns = Netns::new();
+    ns.add_tap("tap0", false, "10.78.0.1/24");
+    let daemon = NetDaemon::tap(dir.path(), &ns, "tap0", &[]);
+    let dev = connect(&daemon, 0, &NetOptions::default());
+    let me = mac(&dev);
+    let tap_mac = read_mac(&ns, "tap0");
+    ns.ip(&[
+        "neigh",
+        "add",
+        "10.78.0.2",
+        "lladdr",
+        &fmt_mac(me),
+        "dev",
+        "tap0",
+        "nud",
+        "permanent",
+    ]);
+    let buf = noise_buffer(&dev);
+    let ram_size = dev.ram().size();
+    let addresses = [tap_mac, me, BROADCAST];
+    let state = RefCell::new((dev, 0u64, 0u16));
+    let steps = proptest::collection::vec(hostile(buf, ram_size), 1..24);
+    let result = runner(16).run(&steps, |steps| {
+        let mut guard = state.borrow_mut();
+        let (dev, sent, seq) = &mut *guard;
+        for step in steps {
+            *sent += 1;
+            transmit(dev, step, &addresses)
+                .map_err(|e| TestCaseError::fail(format!("transmit chains: {e}")))?;
+            let p = daemon.port(0);
+            prop_assert_eq!(tx_accounted(&p), *sent, "{}", p);
+            dev.pair(0)
+                .unwrap()
+                .drain_rx()
+                .map_err(|e| TestCaseError::fail(format!("receive: {e}")))?;
+        }
+        // The daemon goes on serving: an echo request is still answered.
+        *sent += 1;
+        *seq += 1;
+        let id = *seq;
+        let echo = frames::icmp_echo(
+            tap_mac,
+            me,
+            [10, 78, 0, 2],
+            [10, 78, 0, 1],
+            0x55,
+            id,
+            b"still",
+        );
+        send(dev, &NetHdr::default(), &echo);
+        recv_where(dev, 0, |r| {
+            r.frame.len() >= 42
+                && r.frame[23] == 1
+                && r.frame[34] == 0
+                && r.frame[40..42] == id.to_be_bytes()
+        });
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}\nlog:\n{}", daemon.log());
+    }
+    drop(state);
     daemon.stop();
 }
 

@@ -13,14 +13,12 @@ use std::time::{Duration, Instant};
 
 use frontend_guest::host::{NetDevice, NetOptions, Received};
 use frontend_guest::net::NetHdr;
-use frontend_guest::virtq::{RawDescriptor, RawNext};
-use frontend_guest::GuestRam;
 use net_support::frames;
+use net_support::hostile::{hostile, noise_buffer, runner, transmit, tx_accounted};
 use net_support::{counter, drops, without_receive_offloads, NetDaemon};
-use proptest::prelude::*;
-use proptest::test_runner::{Config as ProptestConfig, TestRunner};
+use proptest::prop_assert_eq;
+use proptest::test_runner::TestCaseError;
 use pvio_tests::tmp::TempDir;
-use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(10);
 const BROADCAST: [u8; 6] = [0xff; 6];
@@ -247,124 +245,6 @@ fn a_flood_storm_is_cut_to_the_ports_rate() {
     daemon.stop();
 }
 
-/// One hostile transmit: a frame with an arbitrary header and chosen addresses, or an
-/// arbitrary descriptor chain.
-#[derive(Clone, Debug)]
-enum Hostile {
-    Frame {
-        hdr: NetHdr,
-        /// Index into the candidate destinations / sources (random ones past the end).
-        dst: u8,
-        src: u8,
-        body: Vec<u8>,
-    },
-    Chain(Vec<RawDescriptor>),
-}
-
-/// Mostly headers a driver would send (none, a partial checksum, TCP segmentation), some
-/// arbitrary.
-fn hostile_hdr() -> impl Strategy<Value = NetHdr> {
-    let csum = NetHdr {
-        flags: 1,
-        csum_start: 34,
-        csum_offset: 16,
-        ..NetHdr::default()
-    };
-    let tso = NetHdr {
-        gso_type: 1,
-        hdr_len: 54,
-        gso_size: 1448,
-        ..csum
-    };
-    prop_oneof![
-        2 => Just(NetHdr::default()),
-        1 => Just(csum),
-        1 => (1u16..2000).prop_map(move |gso_size| NetHdr { gso_size, ..tso }),
-        2 => arbitrary_hdr(),
-    ]
-}
-
-fn arbitrary_hdr() -> impl Strategy<Value = NetHdr> {
-    (
-        prop_oneof![Just(0u8), Just(1), any::<u8>()],
-        prop_oneof![Just(0u8), Just(1), Just(4), Just(0x80), any::<u8>()],
-        any::<u16>(),
-        prop_oneof![Just(0u16), 1u16..2000, any::<u16>()],
-        prop_oneof![Just(34u16), any::<u16>()],
-        prop_oneof![Just(16u16), any::<u16>()],
-    )
-        .prop_map(
-            |(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)| NetHdr {
-                flags,
-                gso_type,
-                hdr_len,
-                gso_size,
-                csum_start,
-                csum_offset,
-                num_buffers: 0,
-            },
-        )
-}
-
-/// Descriptors over `buf` (64 KiB of guest RAM), just outside guest RAM, or anywhere.
-fn hostile_chain(buf: u64, ram_size: u64) -> impl Strategy<Value = Vec<RawDescriptor>> {
-    let desc = (
-        prop_oneof![
-            (0u64..65_536).prop_map(move |o| buf + o),
-            (0u64..4096).prop_map(move |o| ram_size + o),
-            any::<u64>(),
-        ],
-        prop_oneof![0u32..2048, any::<u32>()],
-        0u16..8,
-        prop_oneof![
-            (0usize..4).prop_map(RawNext::Chain),
-            any::<u16>().prop_map(RawNext::Slot),
-        ],
-    )
-        .prop_map(|(addr, len, flags, next)| RawDescriptor {
-            addr,
-            len,
-            flags,
-            next,
-        });
-    proptest::collection::vec(desc, 1..5).prop_map(|mut descs| {
-        let n = descs.len();
-        for d in &mut descs {
-            if let RawNext::Chain(i) = d.next {
-                d.next = RawNext::Chain(i % n);
-            }
-        }
-        descs
-    })
-}
-
-/// An index into the known addresses (the ports' and broadcast), or past them (random).
-fn address() -> impl Strategy<Value = u8> {
-    prop_oneof![0u8..4, any::<u8>()]
-}
-
-fn hostile(buf: u64, ram_size: u64) -> impl Strategy<Value = Hostile> {
-    prop_oneof![
-        3 => (hostile_hdr(), address(), address(), proptest::collection::vec(any::<u8>(), 0..1600))
-            .prop_map(|(hdr, dst, src, body)| Hostile::Frame { hdr, dst, src, body }),
-        1 => (hostile_chain(buf, ram_size)).prop_map(Hostile::Chain),
-    ]
-}
-
-/// Transmit outcomes of a port: frames passed on plus every transmit drop reason.
-fn tx_accounted(p: &Value) -> u64 {
-    let dropped: u64 = p["drops"]
-        .as_object()
-        .map(|d| {
-            d.iter()
-                .filter(|(k, _)| k.starts_with("tx_"))
-                .filter_map(|(_, v)| v.as_u64())
-                .sum()
-        })
-        .unwrap_or(0);
-    counter(p, "tx_frames") + dropped
-}
-
 #[test]
 fn hostile_frames_and_chains_leave_the_switch_consistent() {
     let dir = TempDir::new("net-switch-hostile").unwrap();
@@ -394,49 +274,18 @@ fn hostile_frames_and_chains_leave_the_switch_consistent() {
     let a = connect(&daemon, 0);
     let b = connect(&daemon, 1);
     let c = NetDevice::connect(&daemon.sockets()[2], &without_receive_offloads()).unwrap();
-    let ram = a.ram().clone();
-    let buf = ram.alloc(65_536, 4096).unwrap();
-    let noise: Vec<u8> = (0..65_536u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    ram.write(buf, &noise).unwrap();
+    let buf = noise_buffer(&a);
+    let ram_size = a.ram().size();
     let addresses = [port_mac(0), port_mac(1), port_mac(2), BROADCAST];
     let devs = RefCell::new((a, b, c, 0u64));
-    let mut runner = TestRunner::new(ProptestConfig {
-        cases: 24,
-        failure_persistence: None,
-        max_shrink_iters: 8,
-        ..ProptestConfig::default()
-    });
-    let steps = proptest::collection::vec(hostile(buf, ram.size()), 1..24);
-    let result = runner.run(&steps, |steps| {
+    let steps = proptest::collection::vec(hostile(buf, ram_size), 1..24);
+    let result = runner(24).run(&steps, |steps| {
         let mut guard = devs.borrow_mut();
         let (a, b, c, sent) = &mut *guard;
         for step in steps {
-            let pair = a.pair(0).unwrap();
-            match step {
-                Hostile::Frame {
-                    hdr,
-                    dst,
-                    src,
-                    body,
-                } => {
-                    let pick = |i: u8| {
-                        addresses
-                            .get(usize::from(i))
-                            .copied()
-                            .unwrap_or([i & 0xfe, 0, 0, 0, 7, i])
-                    };
-                    let frame = frames::ethernet(pick(dst), pick(src), ETHERTYPE, &body);
-                    pair.send(&hdr, &frame).unwrap();
-                }
-                Hostile::Chain(descs) => {
-                    pair.send_raw(&descs).unwrap();
-                }
-            }
             *sent += 1;
             // Every chain comes back exactly once (a head used twice or unknown is an error).
-            pair.wait_tx_done()
+            transmit(a, step, &addresses)
                 .map_err(|e| TestCaseError::fail(format!("transmit chains: {e}")))?;
             let p0 = daemon.port(0);
             prop_assert_eq!(tx_accounted(&p0), *sent, "{}", p0);

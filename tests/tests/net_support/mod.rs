@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod frames;
+pub mod hostile;
 
 use std::fs::File;
 use std::io::{Read, Write};
