@@ -8,6 +8,7 @@
 //! - [`device`]: feature bits, `struct virtio_blk_config`, request limits, serial;
 //! - [`request`]: descriptor chain → validated [`request::Request`] (pure parsing);
 //! - [`status`]: every failure → VIRTIO_BLK_S_* status byte;
+//! - [`inflight`]: inflight I/O tracking area (crash-safe reconnect);
 //! - [`worker`]: per-queue data path (pop, parse, submit, complete, notify);
 //! - [`backend`]: the per-connection back-end (control path, event dispatch);
 //! - [`daemon`]: the device as vhost-daemon serves it (listener, signals, serve loop and the
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod daemon;
 pub mod device;
 pub mod image;
+pub mod inflight;
 pub mod request;
 pub mod status;
 pub mod worker;
