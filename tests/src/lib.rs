@@ -6,7 +6,7 @@
 //! [`initramfs`] packs a busybox guest whose `/init` runs a shell script, [`qemu`] boots it
 //! with a vhost-user-blk disk, and [`console`] reads the `@@pvio key value` lines the script
 //! printed; [`guest::GuestKit`] ties the guest side together. [`demo`] is the README's main
-//! job built from the same parts.
+//! job built from the same parts. [`vmm`] runs pvio's own VMM and guest.
 
 pub mod backend;
 pub mod bins;
@@ -19,6 +19,7 @@ pub mod initramfs;
 pub mod prereq;
 pub mod qemu;
 pub mod tmp;
+pub mod vmm;
 
 /// Turns an error into a test failure that prints it with `Display` (guest errors carry the
 /// console log, which `unwrap`'s `Debug` output would squeeze into one escaped line).

@@ -24,6 +24,8 @@ pub const VIRTIO_ID_NET: u32 = 1;
 pub const VIRTIO_ID_BLOCK: u32 = 2;
 /// Queue size offered to the guest (QueueNumMax).
 pub const QUEUE_MAX_SIZE: u16 = 256;
+/// How long the VMM retries while a back-end's socket is missing or refuses connections.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// VHOST_USER_F_PROTOCOL_FEATURES: a vhost-user bit, never offered to the guest.
 const PROTOCOL_FEATURES_BIT: u64 = 1 << 30;
 /// virtio-net features this transport hides: the control queue and multiqueue (it exposes one
@@ -223,7 +225,10 @@ impl VhostUserMmio {
             socket: socket.into(),
             source,
         };
-        let opts = ConnectOptions::default();
+        let opts = ConnectOptions {
+            connect_timeout: CONNECT_TIMEOUT,
+            ..ConnectOptions::default()
+        };
         let num_queues = kind.num_queues();
         let conn =
             VhostUserConnection::connect(socket, &opts, num_queues as u64).map_err(vhost_err)?;

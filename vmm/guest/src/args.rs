@@ -32,6 +32,15 @@ pub enum NetJob {
     Recv(u32),
 }
 
+/// A deliberate fault, to test the VMM's reports.
+#[derive(Clone, Copy)]
+pub enum Crash {
+    /// Run an SSE instruction at CPL0 (KVM's emulator fails on it).
+    Sse,
+    /// Load an empty IDT and raise #UD: a triple fault.
+    Triple,
+}
+
 /// One job.
 #[derive(Clone, Copy)]
 pub enum Job {
@@ -39,6 +48,10 @@ pub enum Job {
     Blk(BlkJob),
     /// On the first network device.
     Net(NetJob),
+    /// Read and write an unknown port and an unknown MMIO address, twice each.
+    TouchUnknown,
+    /// Fault on purpose.
+    Crash(Crash),
 }
 
 /// Parsed arguments.
@@ -62,19 +75,25 @@ fn number(s: &str) -> Result<u64, Fail> {
         Some(b'M') | Some(b'm') => (&s[..s.len() - 1], 20),
         _ => (s, 0),
     };
-    let n: u64 = digits.parse().map_err(|_| Fail::new("bad number in arguments", 0))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| Fail::new("bad number in arguments", 0))?;
     n.checked_shl(shift).ok_or(Fail::new("number too large", n))
 }
 
 /// Parses `OFFSET+LEN`.
 fn range(s: &str) -> Result<(u64, u64), Fail> {
-    let (o, l) = s.split_once('+').ok_or(Fail::new("range is not OFFSET+LEN", 0))?;
+    let (o, l) = s
+        .split_once('+')
+        .ok_or(Fail::new("range is not OFFSET+LEN", 0))?;
     Ok((number(o)?, number(l)?))
 }
 
 /// Parses `SEED@OFFSET+LEN`.
 fn seeded(s: &str) -> Result<(u64, u64, u64), Fail> {
-    let (seed, r) = s.split_once('@').ok_or(Fail::new("range is not SEED@OFFSET+LEN", 0))?;
+    let (seed, r) = s
+        .split_once('@')
+        .ok_or(Fail::new("range is not SEED@OFFSET+LEN", 0))?;
     let (o, l) = range(r)?;
     Ok((number(seed)?, o, l))
 }
@@ -120,27 +139,46 @@ impl Args {
                 }
                 "write" | "verify" => {
                     let (seed, offset, len) = seeded(value)?;
-                    let op = if key == "write" { Op::Write(seed) } else { Op::Verify(seed) };
+                    let op = if key == "write" {
+                        Op::Write(seed)
+                    } else {
+                        Op::Verify(seed)
+                    };
                     Some(Job::Blk(BlkJob { op, offset, len }))
                 }
                 "read" => {
                     let (offset, len) = range(value)?;
-                    Some(Job::Blk(BlkJob { op: Op::Read, offset, len }))
+                    Some(Job::Blk(BlkJob {
+                        op: Op::Read,
+                        offset,
+                        len,
+                    }))
                 }
                 "net-send" => Some(Job::Net(NetJob::Send(number(value)? as u32))),
                 "net-recv" => Some(Job::Net(NetJob::Recv(number(value)? as u32))),
+                "touch-unknown" => Some(Job::TouchUnknown),
+                "crash" => Some(Job::Crash(match value {
+                    "sse" => Crash::Sse,
+                    "triple" => Crash::Triple,
+                    _ => return Err(Fail::new("crash= takes sse or triple", 0)),
+                })),
                 _ => {
                     println!("pvio-guest: unknown argument {word}");
                     return Err(Fail::new("unknown argument", 0));
                 }
             };
             if let Some(job) = job {
-                *a.jobs.get_mut(n).ok_or(Fail::new("too many jobs", n as u64))? = Some(job);
+                *a.jobs
+                    .get_mut(n)
+                    .ok_or(Fail::new("too many jobs", n as u64))? = Some(job);
                 n += 1;
             }
         }
         if a.bs == 0 || a.bs % 512 != 0 || a.qd == 0 {
-            return Err(Fail::new("bs must be a multiple of 512 and qd at least 1", a.bs.into()));
+            return Err(Fail::new(
+                "bs must be a multiple of 512 and qd at least 1",
+                a.bs.into(),
+            ));
         }
         Ok(a)
     }
@@ -174,10 +212,17 @@ pub fn run_blk(
     let mut dev = Device::probe(base, VIRTIO_ID_BLOCK, wanted)?;
     let capacity = blk::capacity(&dev);
     let available = blk::num_queues(&dev).min(MAX_QUEUES);
-    let nq = if args.queues == 0 { available } else { args.queues.min(available) };
+    let nq = if args.queues == 0 {
+        available
+    } else {
+        args.queues.min(available)
+    };
     let bs = u64::from(args.bs);
     if job.offset % 512 != 0 || job.len % bs != 0 || job.offset + job.len > capacity {
-        return Err(Fail::new("job range is unaligned or past the capacity", capacity));
+        return Err(Fail::new(
+            "job range is unaligned or past the capacity",
+            capacity,
+        ));
     }
     dev.setup_queues(ram, heap, nq)?;
     crate::irq::route(gsi, crate::irq::DEVICE_VECTOR_BASE + index as u8);

@@ -122,7 +122,9 @@ pub fn run(
                 issued += 1;
                 added = true;
             }
-            let vq = dev.queues[q].as_mut().ok_or(Fail::new("no queue", q as u64))?;
+            let vq = dev.queues[q]
+                .as_mut()
+                .ok_or(Fail::new("no queue", q as u64))?;
             if added && vq.publish(ram).map_err(Fail::virtq)? {
                 dev.notify(q);
                 kicks += 1;
@@ -179,7 +181,9 @@ fn submit(
         status: slot.status,
         indirect_table: None,
     };
-    let vq = dev.queues[q].as_mut().ok_or(Fail::new("no queue", q as u64))?;
+    let vq = dev.queues[q]
+        .as_mut()
+        .ok_or(Fail::new("no queue", q as u64))?;
     let head = blk::add_request(vq, ram, &header, &bufs).map_err(Fail::virtq)?;
     slot.offset = offset;
     slot.busy = true;
@@ -194,7 +198,9 @@ fn reap(
     qs: &mut QueueSlots,
     job: &Job,
 ) -> Result<u64, Fail> {
-    let vq = dev.queues[q].as_mut().ok_or(Fail::new("no queue", q as u64))?;
+    let vq = dev.queues[q]
+        .as_mut()
+        .ok_or(Fail::new("no queue", q as u64))?;
     let mut n = 0;
     while let Some(used) = vq.pop_used(ram).map_err(Fail::virtq)? {
         let i = usize::from(qs.by_head[usize::from(used.head)]);

@@ -75,9 +75,7 @@ extern "C" fn guest_exception(vector: u64, a: u64, b: u64, c: u64) -> ! {
     let cr2: u64;
     // SAFETY: reading CR2 at CPL0.
     unsafe { asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack)) };
-    println!(
-        "pvio-guest: CPU exception {vector}: stack {a:#x} {b:#x} {c:#x} cr2 {cr2:#x}"
-    );
+    println!("pvio-guest: CPU exception {vector}: stack {a:#x} {b:#x} {c:#x} cr2 {cr2:#x}");
     exit(EXIT_CRASH)
 }
 

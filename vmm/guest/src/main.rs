@@ -14,7 +14,10 @@
 //!   `verify=SEED@OFFSET+LEN`: read it back and check it; `read=OFFSET+LEN`: read only
 //!   (sizes take K/M suffixes);
 //! - `net-send=N` / `net-recv=N`: send N frames to / receive N frames from a peer guest
-//!   (stop-and-wait with acknowledgements), `frame=BYTES` payload per frame (default 256).
+//!   (stop-and-wait with acknowledgements), `frame=BYTES` payload per frame (default 256);
+//! - `touch-unknown`: access an unknown port and MMIO address twice each (the VMM logs each
+//!   once and goes on); `crash=sse` / `crash=triple`: fault on purpose (emulation failure,
+//!   triple fault) to test the VMM's reports.
 //!
 //! Everything here runs at CPL0, which KVM's instruction emulator executes on nested kvm_pvm
 //! hosts: the build disables SSE and `vmm/tests/guest_isa.rs` checks the binary.
@@ -23,6 +26,7 @@
 
 mod args;
 mod blk;
+mod faults;
 mod irq;
 mod net;
 mod ram;
@@ -122,8 +126,13 @@ fn run(boot_info: u64) -> Result<(), Fail> {
     let cmdline = unsafe {
         core::slice::from_raw_parts(info.cmdline_addr as *const u8, info.cmdline_len as usize)
     };
-    let cmdline = core::str::from_utf8(cmdline).map_err(|_| Fail::new("arguments are not UTF-8", 0))?;
-    println!("pvio-guest: {} MiB RAM, {} device(s), args: {cmdline}", info.mem_size >> 20, info.num_devices);
+    let cmdline =
+        core::str::from_utf8(cmdline).map_err(|_| Fail::new("arguments are not UTF-8", 0))?;
+    println!(
+        "pvio-guest: {} MiB RAM, {} device(s), args: {cmdline}",
+        info.mem_size >> 20,
+        info.num_devices
+    );
     let args = Args::parse(cmdline)?;
     irq::init();
     let ram = Ram::new(info.mem_size);
@@ -133,6 +142,8 @@ fn run(boot_info: u64) -> Result<(), Fail> {
         match job {
             Job::Blk(j) => args::run_blk(&info, &ram, &mut heap, &args, j)?,
             Job::Net(j) => net::run(&info, &ram, &mut heap, &args, j)?,
+            Job::TouchUnknown => faults::touch_unknown(),
+            Job::Crash(kind) => faults::crash(kind),
         }
     }
     Ok(())

@@ -72,7 +72,10 @@ impl Device {
             return Err(Fail::new("not a virtio-mmio version 2 device at", base));
         }
         if dev.read(DEVICE_ID) != device_id {
-            return Err(Fail::new("unexpected device id", dev.read(DEVICE_ID).into()));
+            return Err(Fail::new(
+                "unexpected device id",
+                dev.read(DEVICE_ID).into(),
+            ));
         }
         dev.write(STATUS, 0);
         dev.write(STATUS, ACKNOWLEDGE);
@@ -84,7 +87,10 @@ impl Device {
         }
         let required = 1u64 << VIRTIO_F_VERSION_1;
         if offered & required == 0 {
-            return Err(Fail::new("device lacks VIRTIO_F_VERSION_1, features", offered));
+            return Err(Fail::new(
+                "device lacks VIRTIO_F_VERSION_1, features",
+                offered,
+            ));
         }
         let features = offered & (wanted | required);
         for sel in 0..2u32 {
