@@ -237,7 +237,6 @@ pub fn run_blk(
         offset: job.offset,
         len: job.len,
         bs: args.bs,
-        qd: args.qd,
         completion: args.completion,
     };
     let stats = blk::run(&mut dev, ram, &mut list[..nq], &j)?;

@@ -31,8 +31,6 @@ pub struct Job {
     pub len: u64,
     /// Bytes per request (a multiple of 512).
     pub bs: u32,
-    /// Requests in flight per queue.
-    pub qd: usize,
     /// Interrupts or polling.
     pub completion: Completion,
 }

@@ -22,6 +22,9 @@ const LAPIC_SVR: u64 = 0xf0;
 const LAPIC_LVT_TIMER: u64 = 0x320;
 const LAPIC_TIMER_INIT: u64 = 0x380;
 const LAPIC_TIMER_DIV: u64 = 0x3e0;
+const LAPIC_TIMER_CURRENT: u64 = 0x390;
+/// LAPIC timer ticks per millisecond (1 GHz APIC bus, divide by 1).
+const TIMER_TICKS_PER_MS: u32 = 1_000_000;
 const IOAPIC: u64 = 0xfec0_0000;
 
 /// Interrupts taken (devices and timer), for the statistics.
@@ -115,9 +118,9 @@ pub fn init() {
         set(v, h);
     }
     for v in DEVICE_VECTOR_BASE..=TIMER_VECTOR {
-        set(v.into(), irq_stub as usize as u64);
+        set(v.into(), irq_stub as *const () as u64);
     }
-    set(SPURIOUS_VECTOR.into(), spurious_stub as usize as u64);
+    set(SPURIOUS_VECTOR.into(), spurious_stub as *const () as u64);
     #[repr(C, packed)]
     struct Idtr {
         limit: u16,
@@ -134,6 +137,7 @@ pub fn init() {
     lapic_write(LAPIC_TPR, 0);
     lapic_write(LAPIC_SVR, 0x100 | u32::from(SPURIOUS_VECTOR));
     lapic_write(LAPIC_TIMER_DIV, 0xb);
+    calibrate();
 }
 
 /// Routes IOAPIC input `gsi` to vector `vector`, edge-triggered, to the boot CPU.
@@ -150,6 +154,31 @@ pub fn wait(timeout_ns: u32) {
     // SAFETY: sti; hlt is atomic with respect to interrupts (sti's shadow), so an interrupt
     // pending since the caller checked its rings wakes the hlt.
     unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+}
+
+/// TSC cycles per millisecond, measured against the LAPIC timer by [`init`].
+static TSC_PER_MS: AtomicU64 = AtomicU64::new(1_000_000);
+
+/// Measures the TSC against one millisecond of the LAPIC timer (masked, so no interrupt).
+fn calibrate() {
+    lapic_write(LAPIC_LVT_TIMER, 1 << 16 | u32::from(TIMER_VECTOR));
+    let t0 = crate::rt::rdtsc();
+    lapic_write(LAPIC_TIMER_INIT, TIMER_TICKS_PER_MS);
+    while crate::rt::mmio_read32(LAPIC + LAPIC_TIMER_CURRENT) != 0 {
+        core::hint::spin_loop();
+    }
+    let per_ms = (crate::rt::rdtsc() - t0).max(1);
+    TSC_PER_MS.store(per_ms, Ordering::Relaxed);
+}
+
+/// The TSC value `ms` milliseconds from now.
+pub fn deadline_ms(ms: u64) -> u64 {
+    crate::rt::rdtsc().saturating_add(ms.saturating_mul(TSC_PER_MS.load(Ordering::Relaxed)))
+}
+
+/// Whether the TSC passed `deadline`.
+pub fn past(deadline: u64) -> bool {
+    crate::rt::rdtsc() >= deadline
 }
 
 /// Interrupts taken so far.

@@ -7,6 +7,8 @@
 use core::arch::{asm, global_asm};
 use core::fmt;
 
+/// Shared with the VMM, which uses the encoding half.
+#[allow(dead_code)]
 #[path = "../../src/boot_info.rs"]
 pub mod boot_info;
 
