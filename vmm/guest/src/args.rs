@@ -247,8 +247,14 @@ pub fn run_blk(
         Op::Read => "read",
     };
     println!(
-        "pvio-guest: blk {name} ok bytes={} requests={} queues={nq} qd={} bs={} kicks={} irqs={} cycles={}",
-        job.len, stats.requests, args.qd, args.bs, stats.kicks, stats.irqs, stats.cycles
+        "pvio-guest: blk {name} ok bytes={} requests={} queues={nq} qd={} bs={} kicks={} irqs={} us={}",
+        job.len,
+        stats.requests,
+        args.qd,
+        args.bs,
+        stats.kicks,
+        stats.irqs,
+        crate::irq::cycles_to_us(stats.cycles)
     );
     Ok(())
 }

@@ -171,6 +171,11 @@ fn calibrate() {
     TSC_PER_MS.store(per_ms, Ordering::Relaxed);
 }
 
+/// Microseconds in `cycles` TSC cycles.
+pub fn cycles_to_us(cycles: u64) -> u64 {
+    cycles.saturating_mul(1000) / TSC_PER_MS.load(Ordering::Relaxed).max(1)
+}
+
 /// The TSC value `ms` milliseconds from now.
 pub fn deadline_ms(ms: u64) -> u64 {
     crate::rt::rdtsc().saturating_add(ms.saturating_mul(TSC_PER_MS.load(Ordering::Relaxed)))

@@ -240,12 +240,12 @@ pub fn run(
     };
     nic.dev.reset();
     println!(
-        "pvio-guest: net {name} ok frames={n} payload={} retries={retries} tx={} rx={} irqs={} cycles={}",
+        "pvio-guest: net {name} ok frames={n} payload={} retries={retries} tx={} rx={} irqs={} us={}",
         args.frame,
         nic.sent,
         nic.received,
         irq::count() - irq0,
-        crate::rt::rdtsc() - t0
+        irq::cycles_to_us(crate::rt::rdtsc() - t0)
     );
     Ok(())
 }
