@@ -27,7 +27,7 @@ use crate::boot_info::{
     BootInfo, DeviceInfo, BOOT_INFO_ADDR, CMDLINE_ADDR, DEBUG_EXIT_PORT, MAX_DEVICES, SERIAL_PORT,
 };
 use crate::cli::DeviceSpec;
-use crate::mmio::WINDOW_BYTES;
+use crate::mmio::{AccessError, WINDOW_BYTES};
 use crate::virtio::{DeviceError, DevicePlace, VhostUserMmio};
 use crate::x86;
 
@@ -141,42 +141,38 @@ impl Bus {
             .map(|(base, d)| (addr - base, d))
     }
 
+    /// Runs `access` on the device whose window holds `addr` (with the offset in it), logging
+    /// a refused access once per address. Returns false if no device is there.
+    fn with_device(
+        &self,
+        addr: u64,
+        what: &str,
+        access: impl FnOnce(&mut VhostUserMmio, u64) -> Result<(), AccessError>,
+    ) -> bool {
+        let Some((offset, dev)) = self.device(addr) else {
+            return false;
+        };
+        let mut dev = lock(dev);
+        if let Err(e) = access(&mut dev, offset) {
+            let name = dev.name().to_string();
+            drop(dev);
+            self.log_once(true, addr, &format!("{name}: {what} refused: {e}"));
+        }
+        true
+    }
+
     fn mmio_read(&self, addr: u64, data: &mut [u8]) {
-        match self.device(addr) {
-            Some((offset, dev)) => {
-                let mut dev = lock(dev);
-                if let Err(e) = dev.read(offset, data) {
-                    let name = dev.name().to_string();
-                    drop(dev);
-                    self.log_once(true, addr, &format!("{name}: read refused: {e}"));
-                }
-            }
-            None => {
-                data.fill(0xff);
-                self.log_once(
-                    true,
-                    addr,
-                    &format!("read of unknown MMIO address {addr:#x}"),
-                );
-            }
+        if !self.with_device(addr, "read", |dev, offset| dev.read(offset, data)) {
+            data.fill(0xff);
+            let msg = format!("read of unknown MMIO address {addr:#x}");
+            self.log_once(true, addr, &msg);
         }
     }
 
     fn mmio_write(&self, addr: u64, data: &[u8]) {
-        match self.device(addr) {
-            Some((offset, dev)) => {
-                let mut dev = lock(dev);
-                if let Err(e) = dev.write(offset, data) {
-                    let name = dev.name().to_string();
-                    drop(dev);
-                    self.log_once(true, addr, &format!("{name}: write refused: {e}"));
-                }
-            }
-            None => self.log_once(
-                true,
-                addr,
-                &format!("write to unknown MMIO address {addr:#x}"),
-            ),
+        if !self.with_device(addr, "write", |dev, offset| dev.write(offset, data)) {
+            let msg = format!("write to unknown MMIO address {addr:#x}");
+            self.log_once(true, addr, &msg);
         }
     }
 
