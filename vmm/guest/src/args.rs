@@ -66,6 +66,8 @@ pub struct Args {
     pub queues: usize,
     /// Frame payload bytes.
     pub frame: usize,
+    /// Scrambled block order.
+    pub random: bool,
     jobs: [Option<Job>; MAX_JOBS],
 }
 
@@ -107,6 +109,7 @@ impl Args {
             bs: 4096,
             queues: 0,
             frame: 256,
+            random: false,
             jobs: [None; MAX_JOBS],
         };
         let mut n = 0;
@@ -119,6 +122,10 @@ impl Args {
                 }
                 "poll" => {
                     a.completion = Completion::Poll;
+                    None
+                }
+                "random" => {
+                    a.random = true;
                     None
                 }
                 "qd" => {
@@ -146,13 +153,14 @@ impl Args {
                     };
                     Some(Job::Blk(BlkJob { op, offset, len }))
                 }
-                "read" => {
+                "read" | "write-raw" => {
                     let (offset, len) = range(value)?;
-                    Some(Job::Blk(BlkJob {
-                        op: Op::Read,
-                        offset,
-                        len,
-                    }))
+                    let op = if key == "read" {
+                        Op::Read
+                    } else {
+                        Op::WriteRaw
+                    };
+                    Some(Job::Blk(BlkJob { op, offset, len }))
                 }
                 "net-send" => Some(Job::Net(NetJob::Send(number(value)? as u32))),
                 "net-recv" => Some(Job::Net(NetJob::Recv(number(value)? as u32))),
@@ -238,6 +246,7 @@ pub fn run_blk(
         len: job.len,
         bs: args.bs,
         completion: args.completion,
+        random: args.random,
     };
     let stats = blk::run(&mut dev, ram, &mut list[..nq], &j)?;
     dev.reset();
@@ -245,6 +254,7 @@ pub fn run_blk(
         Op::Write(_) => "write",
         Op::Verify(_) => "verify",
         Op::Read => "read",
+        Op::WriteRaw => "write-raw",
     };
     println!(
         "pvio-guest: blk {name} ok bytes={} requests={} queues={nq} qd={} bs={} kicks={} irqs={} us={}",

@@ -18,6 +18,8 @@ pub enum Op {
     Verify(u64),
     /// Read only.
     Read,
+    /// Write whatever the buffers hold (no pattern generation: for measuring I/O alone).
+    WriteRaw,
 }
 
 /// One block job.
@@ -33,6 +35,9 @@ pub struct Job {
     pub bs: u32,
     /// Interrupts or polling.
     pub completion: Completion,
+    /// Visit the blocks in a scrambled order (an odd multiplier modulo the power-of-two block
+    /// count) instead of ascending.
+    pub random: bool,
 }
 
 /// Results of a job.
@@ -104,6 +109,19 @@ pub fn run(
 ) -> Result<Stats, Fail> {
     let bs = u64::from(job.bs);
     let total = job.len / bs;
+    if job.random && !total.is_power_of_two() {
+        return Err(Fail::new(
+            "random order needs a power-of-two block count",
+            total,
+        ));
+    }
+    let block = |i: u64| {
+        if job.random {
+            i.wrapping_mul(0x9e37_79b1) & (total - 1)
+        } else {
+            i
+        }
+    };
     let (mut issued, mut done, mut kicks) = (0u64, 0u64, 0u64);
     let irq0 = crate::irq::count();
     let t0 = crate::rt::rdtsc();
@@ -115,7 +133,7 @@ pub fn run(
                 let Some(i) = (0..slots[q].count).find(|&i| !slots[q].slots[i].busy) else {
                     break;
                 };
-                let offset = job.offset + issued * bs;
+                let offset = job.offset + block(issued) * bs;
                 submit(dev, ram, q, &mut slots[q], i, offset, job)?;
                 issued += 1;
                 added = true;
@@ -162,6 +180,7 @@ fn submit(
             pattern::fill_disk(buf, seed, offset);
             (blk::VIRTIO_BLK_T_OUT, false)
         }
+        Op::WriteRaw => (blk::VIRTIO_BLK_T_OUT, false),
         Op::Verify(_) | Op::Read => (blk::VIRTIO_BLK_T_IN, true),
     };
     let data = [Buffer {

@@ -11,8 +11,9 @@
 //! - `qd=N` requests in flight per queue (default 8), `bs=BYTES` per request (default 4096),
 //!   `queues=N` queues to use (default: all the device has);
 //! - `write=SEED@OFFSET+LEN`: write disk pattern SEED over the byte range;
-//!   `verify=SEED@OFFSET+LEN`: read it back and check it; `read=OFFSET+LEN`: read only
-//!   (sizes take K/M suffixes);
+//!   `verify=SEED@OFFSET+LEN`: read it back and check it; `read=OFFSET+LEN`: read only;
+//!   `write-raw=OFFSET+LEN`: write without generating data (sizes take K/M suffixes);
+//!   `random`: visit the blocks of every job in a scrambled order;
 //! - `net-send=N` / `net-recv=N`: send N frames to / receive N frames from a peer guest
 //!   (stop-and-wait with acknowledgements), `frame=BYTES` payload per frame (default 256);
 //! - `touch-unknown`: access an unknown port and MMIO address twice each (the VMM logs each
