@@ -1,6 +1,7 @@
 //! pvio's VMM runs pvio's guest against pvio's backend-blk: the guest writes a disk pattern
 //! that the host then finds in the image, and verifies a pattern the host wrote, over 1 and 2
-//! queues, completing by interrupt and by polling. Also: the VMM's answers to bad input and
+//! queues, completing by interrupt and by polling. Also: the VMM's answers to bad input (a
+//! back-end without VIRTIO_F_VERSION_1 included) and
 //! guest faults, and that nothing is left running.
 
 use std::path::Path;
@@ -162,6 +163,51 @@ fn bad_input_gives_a_clear_error_and_a_non_zero_exit() {
         .run(dir.path(), "big");
     assert_eq!(out.status.code(), Some(1), "{out}");
     assert!(out.log.contains("only 4 MiB given"), "{out}");
+}
+
+/// A vhost-user back-end that offers no virtio features at all: it answers
+/// VHOST_USER_GET_FEATURES (1) with 0 and ignores everything else (vhost-user.rst: a 12-byte
+/// header `request, flags, size`, replies flagged 0x4 with version 1).
+fn serve_featureless_backend(listener: std::os::unix::net::UnixListener) {
+    use std::io::{Read, Write};
+    let Ok((mut conn, _)) = listener.accept() else {
+        return;
+    };
+    let mut hdr = [0u8; 12];
+    while conn.read_exact(&mut hdr).is_ok() {
+        let request = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
+        let size = u32::from_le_bytes(hdr[8..12].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; size];
+        if conn.read_exact(&mut body).is_err() {
+            return;
+        }
+        if request == 1 {
+            let mut reply = Vec::new();
+            reply.extend_from_slice(&1u32.to_le_bytes());
+            reply.extend_from_slice(&(0x4u32 | 0x1).to_le_bytes());
+            reply.extend_from_slice(&8u32.to_le_bytes());
+            reply.extend_from_slice(&0u64.to_le_bytes());
+            if conn.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_back_end_without_virtio_1_is_refused() {
+    let dir = TempDir::new("vmm-featureless").or_panic("temp dir");
+    let socket = dir.join("old.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).or_panic("bind");
+    let server = std::thread::spawn(move || serve_featureless_backend(listener));
+    let out = VmmRun::new().disk(&socket, 1).run(dir.path(), "old");
+    assert_eq!(out.status.code(), Some(1), "{out}");
+    assert!(
+        out.log
+            .contains("the back-end does not offer VIRTIO_F_VERSION_1"),
+        "{out}"
+    );
+    server.join().expect("fake back-end thread");
 }
 
 /// Adds `extra` bytes to the memory size of the last PT_LOAD program header of an ELF64.
