@@ -253,15 +253,17 @@ fn guest_faults_are_reported_with_registers_and_code_bytes() {
 }
 
 #[test]
-fn unknown_ports_and_mmio_are_logged_once_and_the_vm_goes_on() {
+fn unknown_accesses_are_logged_once_and_the_vm_goes_on_to_a_cpl3_run() {
     let dir = TempDir::new("vmm-unknown").or_panic("temp dir");
     let out = VmmRun::new()
-        .guest(&["touch-unknown"])
+        .guest(&["touch-unknown", "cpl-compare=64K"])
         .run(dir.path(), "unknown");
     out.assert_success();
     for what in ["port 0x510", "MMIO address 0xe0000000"] {
         let n = out.log.lines().filter(|l| l.contains(what)).count();
         assert_eq!(n, 1, "{what} logged {n} times\n{out}");
     }
+    // The CPL3 run of the pattern loop (user segments, TSS, #UD gate back) wrote the pattern.
+    assert!(out.console.contains("cpl-compare ok bytes=65536"), "{out}");
     assert!(out.console.contains("all jobs passed"), "{out}");
 }

@@ -52,6 +52,8 @@ pub enum Job {
     TouchUnknown,
     /// Fault on purpose.
     Crash(Crash),
+    /// Time the pattern loop over this many bytes at CPL0 and at CPL3.
+    CplCompare(u64),
 }
 
 /// Parsed arguments.
@@ -165,6 +167,7 @@ impl Args {
                 "net-send" => Some(Job::Net(NetJob::Send(number(value)? as u32))),
                 "net-recv" => Some(Job::Net(NetJob::Recv(number(value)? as u32))),
                 "touch-unknown" => Some(Job::TouchUnknown),
+                "cpl-compare" => Some(Job::CplCompare(number(value)? & !7)),
                 "crash" => Some(Job::Crash(match value {
                     "sse" => Crash::Sse,
                     "triple" => Crash::Triple,

@@ -16,17 +16,20 @@
 //!   `random`: visit the blocks of every job in a scrambled order;
 //! - `net-send=N` / `net-recv=N`: send N frames to / receive N frames from a peer guest
 //!   (stop-and-wait with acknowledgements), `frame=BYTES` payload per frame (default 256);
+//! - `cpl-compare=LEN`: time the disk pattern loop over LEN bytes at CPL0 and at CPL3;
 //! - `touch-unknown`: access an unknown port and MMIO address twice each (the VMM logs each
 //!   once and goes on); `crash=sse` / `crash=triple`: fault on purpose (emulation failure,
 //!   triple fault) to test the VMM's reports.
 //!
-//! Everything here runs at CPL0, which KVM's instruction emulator executes on nested kvm_pvm
-//! hosts: the build disables SSE and `vmm/tests/guest_isa.rs` checks the binary.
+//! Everything but the CPL3 half of `cpl-compare` runs at CPL0, which KVM's instruction
+//! emulator executes on nested kvm_pvm hosts: the build disables SSE and
+//! `vmm/tests/guest_isa.rs` checks the binary.
 #![no_std]
 #![no_main]
 
 mod args;
 mod blk;
+mod cpl;
 mod faults;
 mod irq;
 mod net;
@@ -145,6 +148,7 @@ fn run(boot_info: u64) -> Result<(), Fail> {
             Job::Net(j) => net::run(&info, &ram, &mut heap, &args, j)?,
             Job::TouchUnknown => faults::touch_unknown(),
             Job::Crash(kind) => faults::crash(kind),
+            Job::CplCompare(len) => cpl::compare(&ram, &mut heap, len)?,
         }
     }
     Ok(())
