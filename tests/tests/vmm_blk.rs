@@ -51,12 +51,13 @@ fn setup(label: &str, queues: u16) -> Setup {
 }
 
 fn guest_words(mode: &str) -> Vec<String> {
-    vec![
-        mode.into(),
+    let mut words: Vec<String> = mode.split(' ').map(String::from).collect();
+    words.extend([
         "qd=8".into(),
         format!("write={GUEST_SEED}@0+{LEN}"),
         format!("verify={HOST_SEED}@{HOST_AT}+{LEN}"),
-    ]
+    ]);
+    words
 }
 
 fn assert_guest_pattern(image: &Path, out: &VmmOutput) {
@@ -100,8 +101,8 @@ fn two_queues_with_interrupts() {
 }
 
 #[test]
-fn two_queues_polling() {
-    run_pattern_job("vmm-blk-2q-poll", 2, "poll");
+fn two_queues_polling_with_the_pattern_work_at_cpl0() {
+    run_pattern_job("vmm-blk-2q-poll", 2, "poll cpl0-data");
 }
 
 #[test]

@@ -70,6 +70,8 @@ pub struct Args {
     pub frame: usize,
     /// Scrambled block order.
     pub random: bool,
+    /// Pattern work at CPL0 instead of CPL3.
+    pub cpl0_data: bool,
     jobs: [Option<Job>; MAX_JOBS],
 }
 
@@ -112,6 +114,7 @@ impl Args {
             queues: 0,
             frame: 256,
             random: false,
+            cpl0_data: false,
             jobs: [None; MAX_JOBS],
         };
         let mut n = 0;
@@ -128,6 +131,10 @@ impl Args {
                 }
                 "random" => {
                     a.random = true;
+                    None
+                }
+                "cpl0-data" => {
+                    a.cpl0_data = true;
                     None
                 }
                 "qd" => {
@@ -250,6 +257,7 @@ pub fn run_blk(
         bs: args.bs,
         completion: args.completion,
         random: args.random,
+        cpl0_data: args.cpl0_data,
     };
     let stats = blk::run(&mut dev, ram, &mut list[..nq], &j)?;
     dev.reset();

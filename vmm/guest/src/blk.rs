@@ -35,6 +35,8 @@ pub struct Job {
     pub bs: u32,
     /// Interrupts or polling.
     pub completion: Completion,
+    /// Generate and check data at CPL0 (emulated on kvm_pvm) instead of CPL3.
+    pub cpl0_data: bool,
     /// Visit the blocks in a scrambled order (an odd multiplier modulo the power-of-two block
     /// count) instead of ascending.
     pub random: bool,
@@ -177,7 +179,11 @@ fn submit(
         Op::Write(seed) => {
             // SAFETY: the slot's data buffer is not in flight (not busy).
             let buf = unsafe { ram.slice_mut(slot.data, job.bs as usize) }.map_err(Fail::mem)?;
-            pattern::fill_disk(buf, seed, offset);
+            if job.cpl0_data {
+                pattern::fill_disk(buf, seed, offset);
+            } else {
+                crate::cpl::fill_disk(buf, seed, offset);
+            }
             (blk::VIRTIO_BLK_T_OUT, false)
         }
         Op::WriteRaw => (blk::VIRTIO_BLK_T_OUT, false),
@@ -230,7 +236,12 @@ fn reap(
         if let Op::Verify(seed) = job.op {
             // SAFETY: the device returned the buffer (used), nothing else holds it.
             let buf = unsafe { ram.slice_mut(slot.data, job.bs as usize) }.map_err(Fail::mem)?;
-            if let Some(at) = pattern::check_disk(buf, seed, slot.offset) {
+            let bad = if job.cpl0_data {
+                pattern::check_disk(buf, seed, slot.offset)
+            } else {
+                crate::cpl::check_disk(buf, seed, slot.offset)
+            };
+            if let Some(at) = bad {
                 return Err(Fail::new("pattern mismatch at disk offset", at));
             }
         }

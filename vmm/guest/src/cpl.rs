@@ -9,7 +9,7 @@
 //! kernel where [`run_at_cpl3`] was called.
 
 use core::arch::{asm, global_asm};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::ram::{Heap, Ram};
 use crate::{irq, pattern, println, Fail};
@@ -20,9 +20,18 @@ const USER_CODE: u64 = 0x20 | 3;
 const USER_DATA: u64 = 0x18 | 3;
 const TSS_SELECTOR: u16 = 0x28;
 
-/// Buffer and length for the user function.
+/// The user function's request: operation, buffer, length, seed, disk offset; and its result.
+static USER_OP: AtomicU64 = AtomicU64::new(0);
 static USER_BUF: AtomicU64 = AtomicU64::new(0);
 static USER_LEN: AtomicU64 = AtomicU64::new(0);
+static USER_SEED: AtomicU64 = AtomicU64::new(0);
+static USER_OFFSET: AtomicU64 = AtomicU64::new(0);
+static USER_RESULT: AtomicU64 = AtomicU64::new(0);
+static READY: AtomicBool = AtomicBool::new(false);
+const OP_FILL: u64 = 0;
+const OP_CHECK: u64 = 1;
+/// USER_RESULT of a check that found no difference.
+const NO_MISMATCH: u64 = u64::MAX;
 
 #[repr(C, align(16))]
 struct Stack([u8; 16384]);
@@ -77,22 +86,28 @@ extern "C" {
     fn enter_user(rip: u64, rsp: u64, ss: u64, cs: u64);
 }
 
-/// The user function: fills the buffer with the pattern, then `ud2` back to CPL0.
-extern "C" fn user_fill() -> ! {
-    let (buf, len) = (
-        USER_BUF.load(Ordering::Relaxed),
-        USER_LEN.load(Ordering::Relaxed),
-    );
-    // SAFETY: the kernel allocated this buffer for the user function and waits in
-    // run_at_cpl3 while it runs.
+/// The user function: fills or checks the buffer with the pattern, then `ud2` back to CPL0.
+extern "C" fn user_entry() -> ! {
+    let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let (buf, len) = (ld(&USER_BUF), ld(&USER_LEN));
+    // SAFETY: the kernel passed a buffer it owns and waits in run_at_cpl3 while this runs.
     let b = unsafe { core::slice::from_raw_parts_mut(buf as *mut u8, len as usize) };
-    pattern::fill_disk(b, 9, 0);
+    let (seed, offset) = (ld(&USER_SEED), ld(&USER_OFFSET));
+    if ld(&USER_OP) == OP_FILL {
+        pattern::fill_disk(b, seed, offset);
+    } else {
+        let r = pattern::check_disk(b, seed, offset).unwrap_or(NO_MISMATCH);
+        USER_RESULT.store(r, Ordering::Relaxed);
+    }
     // SAFETY: ud2 raises #UD, which returns to the kernel (user_done).
     unsafe { asm!("ud2", options(noreturn)) }
 }
 
-/// Sets the U bit on every present entry of the identity map and loads the GDT and TSS.
+/// Sets the U bit on every present entry of the identity map and loads the GDT and TSS (once).
 fn setup() {
+    if READY.swap(true, Ordering::Relaxed) {
+        return;
+    }
     for table in 0..6u64 {
         let entries = if table == 0 {
             1
@@ -141,12 +156,33 @@ fn setup() {
     }
 }
 
-/// Runs [`user_fill`] at CPL3 and returns when it is done.
+/// Runs [`user_entry`] at CPL3 and returns when it is done.
 fn run_at_cpl3() {
+    setup();
     let rsp = core::ptr::addr_of!(USER_STACK) as u64 + 16384 - 8;
     // SAFETY: the GDT, TSS and U bits are set up; the user function ends with ud2, which the
     // #UD handler turns into a return from enter_user.
-    unsafe { enter_user(user_fill as *const () as u64, rsp, USER_DATA, USER_CODE) };
+    unsafe { enter_user(user_entry as *const () as u64, rsp, USER_DATA, USER_CODE) };
+}
+
+fn user_call(op: u64, buf: &[u8], seed: u64, offset: u64) {
+    USER_OP.store(op, Ordering::Relaxed);
+    USER_BUF.store(buf.as_ptr() as u64, Ordering::Relaxed);
+    USER_LEN.store(buf.len() as u64, Ordering::Relaxed);
+    USER_SEED.store(seed, Ordering::Relaxed);
+    USER_OFFSET.store(offset, Ordering::Relaxed);
+    run_at_cpl3();
+}
+
+/// [`pattern::fill_disk`] run at CPL3 (natively on kvm_pvm hosts).
+pub fn fill_disk(buf: &mut [u8], seed: u64, offset: u64) {
+    user_call(OP_FILL, buf, seed, offset);
+}
+
+/// [`pattern::check_disk`] run at CPL3.
+pub fn check_disk(buf: &[u8], seed: u64, offset: u64) -> Option<u64> {
+    user_call(OP_CHECK, buf, seed, offset);
+    Some(USER_RESULT.load(Ordering::Relaxed)).filter(|&r| r != NO_MISMATCH)
 }
 
 /// Runs the comparison over `len` bytes (a multiple of 8).
@@ -159,12 +195,10 @@ pub fn compare(ram: &Ram, heap: &mut Heap, len: u64) -> Result<(), Fail> {
     let t0 = crate::rt::rdtsc();
     pattern::fill_disk(b, 9, 0);
     let cpl0 = crate::rt::rdtsc() - t0;
-    setup();
-    USER_BUF.store(buf, Ordering::Relaxed);
-    USER_LEN.store(len, Ordering::Relaxed);
     b.fill(0);
+    setup();
     let t1 = crate::rt::rdtsc();
-    run_at_cpl3();
+    fill_disk(b, 9, 0);
     let cpl3 = crate::rt::rdtsc() - t1;
     if pattern::check_disk(b, 9, 0).is_some() {
         return Err(Fail::new("the CPL3 fill did not write the pattern", 0));

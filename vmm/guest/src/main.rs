@@ -13,7 +13,8 @@
 //! - `write=SEED@OFFSET+LEN`: write disk pattern SEED over the byte range;
 //!   `verify=SEED@OFFSET+LEN`: read it back and check it; `read=OFFSET+LEN`: read only;
 //!   `write-raw=OFFSET+LEN`: write without generating data (sizes take K/M suffixes);
-//!   `random`: visit the blocks of every job in a scrambled order;
+//!   `random`: visit the blocks of every job in a scrambled order; the disk pattern is
+//!   generated and checked at CPL3 (native on kvm_pvm), or at CPL0 with `cpl0-data`;
 //! - `net-send=N` / `net-recv=N`: send N frames to / receive N frames from a peer guest
 //!   (stop-and-wait with acknowledgements), `frame=BYTES` payload per frame (default 256);
 //! - `cpl-compare=LEN`: time the disk pattern loop over LEN bytes at CPL0 and at CPL3;
@@ -21,7 +22,7 @@
 //!   once and goes on); `crash=sse` / `crash=triple`: fault on purpose (emulation failure,
 //!   triple fault) to test the VMM's reports.
 //!
-//! Everything but the CPL3 half of `cpl-compare` runs at CPL0, which KVM's instruction
+//! Everything but the disk pattern loops (`cpl.rs`) runs at CPL0, which KVM's instruction
 //! emulator executes on nested kvm_pvm hosts: the build disables SSE and
 //! `vmm/tests/guest_isa.rs` checks the binary.
 #![no_std]
