@@ -25,15 +25,20 @@ global_asm!(
     ".text",
 );
 
-/// Copies `n` bytes (`rep movsb`).
+/// Copies `n` bytes: `rep movsq` for the 8-byte words, `rep movsb` for the rest (KVM's
+/// emulator runs a `rep` string instruction one iteration at a time, so fewer, wider
+/// iterations matter at CPL0).
 ///
 /// # Safety
 /// As C's memcpy.
 #[no_mangle]
 pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    // SAFETY: the caller passes valid, non-overlapping ranges of n bytes.
+    // SAFETY: the caller passes valid, non-overlapping ranges of n bytes; movsq then movsb
+    // cover exactly n bytes, rdi and rsi advancing across both.
     unsafe {
-        asm!("rep movsb", inout("rcx") n => _, inout("rdi") dst => _, inout("rsi") src => _,
+        asm!("rep movsq", "mov rcx, {tail}", "rep movsb",
+             tail = in(reg) n % 8,
+             inout("rcx") n / 8 => _, inout("rdi") dst => _, inout("rsi") src => _,
              options(nostack, preserves_flags));
     }
     dst
