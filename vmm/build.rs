@@ -19,7 +19,6 @@ fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it"));
     // OUT_DIR is <target>/<profile>/build/vmm-<hash>/out.
     let target_dir = out.ancestors().nth(4).unwrap_or(&out).join("pvio-guest");
-    let linker_script = guest.join("link.ld");
     let flags = [
         "-C",
         "target-feature=-sse,-sse2,-sse3,-ssse3,-sse4.1,-sse4.2,-avx,-avx2,-fma,+crt-static",
@@ -34,9 +33,8 @@ fn main() {
         "-C",
         "link-arg=-Wl,--build-id=none",
     ];
-    let mut encoded: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
-    encoded.push("-C".into());
-    encoded.push(format!("link-arg=-Wl,-T,{}", linker_script.display()));
+    // The linker script is passed by the guest's own build script, which relinks on changes.
+    let encoded: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&guest)
@@ -67,7 +65,8 @@ fn main() {
         guest.join("src"),
         guest.join("Cargo.toml"),
         guest.join("Cargo.lock"),
-        linker_script,
+        guest.join("build.rs"),
+        guest.join("link.ld"),
         manifest.join("src/boot_info.rs"),
         manifest.join("src/pattern.rs"),
         manifest.join("../frontend-guest/src"),

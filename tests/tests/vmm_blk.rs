@@ -84,6 +84,8 @@ fn run_pattern_job(label: &str, queues: u16, mode: &str) {
             .find(|l| l.contains(job))
             .unwrap_or_else(|| panic!("no {job:?} line\n{out}"));
         assert!(line.contains(&want), "{line} should use {queues} queue(s)");
+        let indirect = format!("indirect={}", mode.contains("indirect"));
+        assert!(line.contains(&indirect), "{line} should say {indirect}");
     }
     assert!(out.console.contains("all jobs passed"), "{out}");
     s.backend.stop().or_panic("backend-blk stop");
@@ -96,8 +98,8 @@ fn one_queue_with_interrupts() {
 }
 
 #[test]
-fn two_queues_with_interrupts() {
-    run_pattern_job("vmm-blk-2q-irq", 2, "irq");
+fn two_queues_with_interrupts_and_indirect_descriptors() {
+    run_pattern_job("vmm-blk-2q-irq", 2, "irq indirect");
 }
 
 #[test]

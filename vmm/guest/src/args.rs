@@ -72,6 +72,8 @@ pub struct Args {
     pub random: bool,
     /// Pattern work at CPL0 instead of CPL3.
     pub cpl0_data: bool,
+    /// Indirect descriptor tables for block requests.
+    pub indirect: bool,
     jobs: [Option<Job>; MAX_JOBS],
 }
 
@@ -115,6 +117,7 @@ impl Args {
             frame: 256,
             random: false,
             cpl0_data: false,
+            indirect: false,
             jobs: [None; MAX_JOBS],
         };
         let mut n = 0;
@@ -135,6 +138,10 @@ impl Args {
                 }
                 "cpl0-data" => {
                     a.cpl0_data = true;
+                    None
+                }
+                "indirect" => {
+                    a.indirect = true;
                     None
                 }
                 "qd" => {
@@ -242,6 +249,12 @@ pub fn run_blk(
             capacity,
         ));
     }
+    if args.indirect && !dev.has(frontend_guest::virtq::VIRTIO_RING_F_INDIRECT_DESC) {
+        return Err(Fail::new(
+            "indirect asked for, VIRTIO_RING_F_INDIRECT_DESC not offered",
+            0,
+        ));
+    }
     dev.setup_queues(ram, heap, nq)?;
     crate::irq::route(gsi, crate::irq::DEVICE_VECTOR_BASE + index as u8);
     dev.driver_ok()?;
@@ -258,6 +271,7 @@ pub fn run_blk(
         completion: args.completion,
         random: args.random,
         cpl0_data: args.cpl0_data,
+        indirect: args.indirect,
     };
     let stats = blk::run(&mut dev, ram, &mut list[..nq], &j)?;
     dev.reset();
@@ -268,11 +282,12 @@ pub fn run_blk(
         Op::WriteRaw => "write-raw",
     };
     println!(
-        "pvio-guest: blk {name} ok bytes={} requests={} queues={nq} qd={} bs={} kicks={} irqs={} us={}",
+        "pvio-guest: blk {name} ok bytes={} requests={} queues={nq} qd={} bs={} indirect={} kicks={} irqs={} us={}",
         job.len,
         stats.requests,
         args.qd,
         args.bs,
+        args.indirect,
         stats.kicks,
         stats.irqs,
         crate::irq::cycles_to_us(stats.cycles)

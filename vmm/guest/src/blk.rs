@@ -35,6 +35,8 @@ pub struct Job {
     pub bs: u32,
     /// Interrupts or polling.
     pub completion: Completion,
+    /// Put each request in an indirect descriptor table (VIRTIO_RING_F_INDIRECT_DESC).
+    pub indirect: bool,
     /// Generate and check data at CPL0 (emulated on kvm_pvm) instead of CPL3.
     pub cpl0_data: bool,
     /// Visit the blocks in a scrambled order (an odd multiplier modulo the power-of-two block
@@ -60,6 +62,8 @@ struct Slot {
     header: u64,
     data: u64,
     status: u64,
+    /// Indirect descriptor table for header, data and status (3 × 16 bytes).
+    table: u64,
     offset: u64,
     busy: bool,
 }
@@ -83,6 +87,7 @@ impl QueueSlots {
             let oom = Fail::new("RAM exhausted for request buffers", bs.into());
             s.header = heap.alloc(16, 16).ok_or(oom)?;
             s.status = heap.alloc(1, 1).ok_or(oom)?;
+            s.table = heap.alloc(48, 16).ok_or(oom)?;
             s.data = heap.alloc(bs.into(), 4096).ok_or(oom)?;
         }
         Ok(QueueSlots {
@@ -202,7 +207,7 @@ fn submit(
         header: slot.header,
         data: &data,
         status: slot.status,
-        indirect_table: None,
+        indirect_table: job.indirect.then_some(slot.table),
     };
     let vq = dev.queues[q]
         .as_mut()

@@ -13,7 +13,8 @@
 //! - `write=SEED@OFFSET+LEN`: write disk pattern SEED over the byte range;
 //!   `verify=SEED@OFFSET+LEN`: read it back and check it; `read=OFFSET+LEN`: read only;
 //!   `write-raw=OFFSET+LEN`: write without generating data (sizes take K/M suffixes);
-//!   `random`: visit the blocks of every job in a scrambled order; the disk pattern is
+//!   `random`: visit the blocks of every job in a scrambled order; `indirect`: put each block
+//!   request in an indirect descriptor table; the disk pattern is
 //!   generated and checked at CPL3 (native on kvm_pvm), or at CPL0 with `cpl0-data`;
 //! - `net-send=N` / `net-recv=N`: send N frames to / receive N frames from a peer guest
 //!   (stop-and-wait with acknowledgements), `frame=BYTES` payload per frame (default 256);
@@ -104,9 +105,19 @@ pub fn wait_for_used(dev: &mut Device, ram: &Ram, mode: Completion) -> Result<()
     Ok(())
 }
 
+/// Written at the bottom of the stack at start, checked at the end: a stack that grew past
+/// its 512 KiB (into the IDT and other statics below it) is reported, not silent.
+const STACK_CANARY: u64 = 0x5afe_57ac_c0de_cafe;
+
+fn stack_canary() -> *mut u64 {
+    core::ptr::addr_of!(__stack_bottom) as *mut u64
+}
+
 #[no_mangle]
 extern "C" fn guest_main(boot_info: u64) -> ! {
-    let status = match run(boot_info) {
+    // SAFETY: __stack_bottom is the lowest word of the stack, far below anything in use now.
+    unsafe { stack_canary().write_volatile(STACK_CANARY) };
+    let mut status = match run(boot_info) {
         Ok(()) => {
             println!("pvio-guest: all jobs passed");
             0
@@ -116,11 +127,17 @@ extern "C" fn guest_main(boot_info: u64) -> ! {
             rt::EXIT_FAILURE
         }
     };
+    // SAFETY: as above.
+    if unsafe { stack_canary().read_volatile() } != STACK_CANARY {
+        println!("pvio-guest: stack overflow (canary at the stack bottom overwritten)");
+        status = rt::EXIT_CRASH;
+    }
     rt::exit(status)
 }
 
 extern "C" {
     static __image_end: u8;
+    static __stack_bottom: u8;
 }
 
 fn run(boot_info: u64) -> Result<(), Fail> {
