@@ -27,6 +27,7 @@ use crate::boot_info::{
     BootInfo, DeviceInfo, BOOT_INFO_ADDR, CMDLINE_ADDR, DEBUG_EXIT_PORT, MAX_DEVICES, SERIAL_PORT,
 };
 use crate::cli::DeviceSpec;
+use crate::linux::LinuxBoot;
 use crate::mmio::{AccessError, WINDOW_BYTES};
 use crate::virtio::{DeviceError, DevicePlace, VhostUserMmio};
 use crate::x86;
@@ -89,19 +90,32 @@ pub enum Outcome {
     Fault(String),
 }
 
+/// What the first vCPU enters.
+#[derive(Debug, Clone)]
+pub enum Boot {
+    /// pvio's guest (or another static x86-64 ELF) with its argument string, told about the
+    /// machine by the boot-info structure.
+    Guest {
+        /// The payload ELF.
+        payload: PathBuf,
+        /// Guest argument string.
+        args: String,
+    },
+    /// A Linux bzImage through the 64-bit boot protocol (part 2 skeleton).
+    Linux(LinuxBoot),
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
-    /// The payload ELF.
-    pub payload: PathBuf,
+    /// What to boot.
+    pub boot: Boot,
     /// Devices, in the order they get MMIO windows and GSIs.
     pub devices: Vec<DeviceSpec>,
     /// Guest RAM in bytes.
     pub mem_bytes: u64,
     /// vCPUs.
     pub vcpus: u8,
-    /// Guest argument string.
-    pub args: String,
 }
 
 /// A 16550 interrupt line that is not wired: pvio's guest polls the UART.
@@ -237,7 +251,16 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
     unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
     vm.create_irq_chip()
         .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-    let entry = load_payload(&ram, &config.payload)?;
+    let (entry, entry_arg) = match &config.boot {
+        Boot::Guest { payload, .. } => (load_payload(&ram, payload)?, BOOT_INFO_ADDR),
+        Boot::Linux(linux) => {
+            let entry = crate::linux::load(&ram, linux).map_err(|reason| VmError::Payload {
+                path: linux.kernel.clone(),
+                reason,
+            })?;
+            (entry, crate::linux::ZERO_PAGE_ADDR)
+        }
+    };
     let devices = connect_devices(&vm, &ram, &config.devices)?;
     write_boot_data(&ram, config, &devices)?;
     let cpuid = kvm
@@ -253,7 +276,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
             let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
             x86::long_mode_sregs(&mut sregs);
             vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
-            vcpu.set_regs(&x86::entry_regs(entry, BOOT_INFO_ADDR))
+            vcpu.set_regs(&x86::entry_regs(entry, entry_arg))
                 .map_err(kvm_err("KVM_SET_REGS"))?;
         }
         vcpus.push(vcpu);
@@ -400,10 +423,21 @@ fn write_boot_data(
     config: &VmConfig,
     devices: &[(DevicePlace, VhostUserMmio)],
 ) -> Result<(), VmError> {
+    let tables: [(u64, &[u8]); 2] = [
+        (x86::GDT_ADDR, &x86::gdt_bytes()),
+        (x86::PML4_ADDR, &x86::page_tables()),
+    ];
+    for (gpa, bytes) in tables {
+        ram.write(gpa, bytes).map_err(|e| VmError::Ram(e.into()))?;
+    }
+    let Boot::Guest { args, .. } = &config.boot else {
+        // A Linux guest learns about the machine from the zero page instead.
+        return Ok(());
+    };
     let mut info = BootInfo {
         mem_size: ram.size(),
         cmdline_addr: CMDLINE_ADDR,
-        cmdline_len: config.args.len() as u32,
+        cmdline_len: args.len() as u32,
         num_vcpus: config.vcpus.into(),
         num_devices: devices.len() as u32,
         devices: [DeviceInfo::default(); MAX_DEVICES],
@@ -416,11 +450,9 @@ fn write_boot_data(
             device_id: dev.device_id(),
         };
     }
-    let writes: [(u64, &[u8]); 4] = [
-        (x86::GDT_ADDR, &x86::gdt_bytes()),
-        (x86::PML4_ADDR, &x86::page_tables()),
+    let writes: [(u64, &[u8]); 2] = [
         (BOOT_INFO_ADDR, &info.to_bytes()),
-        (CMDLINE_ADDR, config.args.as_bytes()),
+        (CMDLINE_ADDR, args.as_bytes()),
     ];
     for (gpa, bytes) in writes {
         ram.write(gpa, bytes).map_err(|e| VmError::Ram(e.into()))?;

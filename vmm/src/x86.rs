@@ -97,12 +97,14 @@ pub fn long_mode_sregs(sregs: &mut kvm_sregs) {
     sregs.efer = EFER;
 }
 
-/// The general registers at entry: `rip` = entry point, `rdi` = first argument, a boot
-/// stack, interrupts off.
+/// The general registers at entry: `rip` = entry point, the boot data address `arg` in both
+/// `rdi` (pvio's guest: the System V first argument) and `rsi` (Linux's 64-bit boot protocol:
+/// the zero page), a boot stack, interrupts off.
 pub fn entry_regs(entry: u64, arg: u64) -> kvm_regs {
     kvm_regs {
         rip: entry,
         rdi: arg,
+        rsi: arg,
         rsp: BOOT_STACK_TOP,
         rflags: 0x2,
         ..Default::default()
