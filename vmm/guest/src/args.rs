@@ -123,43 +123,10 @@ impl Args {
         let mut n = 0;
         for word in cmdline.split_whitespace() {
             let (key, value) = word.split_once('=').unwrap_or((word, ""));
+            if a.setting(key, value)? {
+                continue;
+            }
             let job = match key {
-                "irq" => {
-                    a.completion = Completion::Irq;
-                    None
-                }
-                "poll" => {
-                    a.completion = Completion::Poll;
-                    None
-                }
-                "random" => {
-                    a.random = true;
-                    None
-                }
-                "cpl0-data" => {
-                    a.cpl0_data = true;
-                    None
-                }
-                "indirect" => {
-                    a.indirect = true;
-                    None
-                }
-                "qd" => {
-                    a.qd = number(value)? as usize;
-                    None
-                }
-                "bs" => {
-                    a.bs = number(value)? as u32;
-                    None
-                }
-                "queues" => {
-                    a.queues = number(value)? as usize;
-                    None
-                }
-                "frame" => {
-                    a.frame = number(value)? as usize;
-                    None
-                }
                 "write" | "verify" => {
                     let (seed, offset, len) = seeded(value)?;
                     let op = if key == "write" {
@@ -167,7 +134,7 @@ impl Args {
                     } else {
                         Op::Verify(seed)
                     };
-                    Some(Job::Blk(BlkJob { op, offset, len }))
+                    Job::Blk(BlkJob { op, offset, len })
                 }
                 "read" | "write-raw" => {
                     let (offset, len) = range(value)?;
@@ -176,28 +143,26 @@ impl Args {
                     } else {
                         Op::WriteRaw
                     };
-                    Some(Job::Blk(BlkJob { op, offset, len }))
+                    Job::Blk(BlkJob { op, offset, len })
                 }
-                "net-send" => Some(Job::Net(NetJob::Send(number(value)? as u32))),
-                "net-recv" => Some(Job::Net(NetJob::Recv(number(value)? as u32))),
-                "touch-unknown" => Some(Job::TouchUnknown),
-                "cpl-compare" => Some(Job::CplCompare(number(value)? & !7)),
-                "crash" => Some(Job::Crash(match value {
+                "net-send" => Job::Net(NetJob::Send(number(value)? as u32)),
+                "net-recv" => Job::Net(NetJob::Recv(number(value)? as u32)),
+                "touch-unknown" => Job::TouchUnknown,
+                "cpl-compare" => Job::CplCompare(number(value)? & !7),
+                "crash" => Job::Crash(match value {
                     "sse" => Crash::Sse,
                     "triple" => Crash::Triple,
                     _ => return Err(Fail::new("crash= takes sse or triple", 0)),
-                })),
+                }),
                 _ => {
                     println!("pvio-guest: unknown argument {word}");
                     return Err(Fail::new("unknown argument", 0));
                 }
             };
-            if let Some(job) = job {
-                *a.jobs
-                    .get_mut(n)
-                    .ok_or(Fail::new("too many jobs", n as u64))? = Some(job);
-                n += 1;
-            }
+            *a.jobs
+                .get_mut(n)
+                .ok_or(Fail::new("too many jobs", n as u64))? = Some(job);
+            n += 1;
         }
         if a.bs == 0 || a.bs % 512 != 0 || a.qd == 0 {
             return Err(Fail::new(
@@ -206,6 +171,23 @@ impl Args {
             ));
         }
         Ok(a)
+    }
+
+    /// Applies `key[=value]` if it is a setting rather than a job; says whether it was.
+    fn setting(&mut self, key: &str, value: &str) -> Result<bool, Fail> {
+        match key {
+            "irq" => self.completion = Completion::Irq,
+            "poll" => self.completion = Completion::Poll,
+            "random" => self.random = true,
+            "cpl0-data" => self.cpl0_data = true,
+            "indirect" => self.indirect = true,
+            "qd" => self.qd = number(value)? as usize,
+            "bs" => self.bs = number(value)? as u32,
+            "queues" => self.queues = number(value)? as usize,
+            "frame" => self.frame = number(value)? as usize,
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 
     /// The jobs in order.

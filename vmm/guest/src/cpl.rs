@@ -132,12 +132,7 @@ fn setup() {
         let gdt = &mut *core::ptr::addr_of_mut!(GDT);
         gdt[5] = 103 | (base & 0xff_ffff) << 16 | 0x89 << 40 | (base >> 24 & 0xff) << 56;
         gdt[6] = base >> 32;
-        #[repr(C, packed)]
-        struct Gdtr {
-            limit: u16,
-            base: u64,
-        }
-        let gdtr = Gdtr {
+        let gdtr = crate::rt::TableRegister {
             limit: (7 * 8 - 1) as u16,
             base: gdt.as_ptr() as u64,
         };

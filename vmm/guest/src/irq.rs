@@ -127,12 +127,7 @@ pub fn init() {
         set(v.into(), irq_stub as *const () as u64);
     }
     set(SPURIOUS_VECTOR.into(), spurious_stub as *const () as u64);
-    #[repr(C, packed)]
-    struct Idtr {
-        limit: u16,
-        base: u64,
-    }
-    let idtr = Idtr {
+    let idtr = crate::rt::TableRegister {
         limit: (16 * 256 - 1) as u16,
         base: idt.0.as_ptr() as u64,
     };

@@ -103,6 +103,15 @@ pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     unsafe { memcmp(a, b, n) }
 }
 
+/// The operand of `lgdt` / `lidt`: table limit (bytes - 1) and base address.
+#[repr(C, packed)]
+pub struct TableRegister {
+    /// Bytes of the table minus one.
+    pub limit: u16,
+    /// Linear address of the table.
+    pub base: u64,
+}
+
 /// `out port, al`.
 pub fn outb(port: u16, v: u8) {
     // SAFETY: port I/O at CPL0 has no memory effects.
