@@ -168,13 +168,35 @@ fn bad_input_gives_a_clear_error_and_a_non_zero_exit() {
     assert!(out.log.contains("only 4 MiB given"), "{out}");
 }
 
-/// A vhost-user back-end that offers no virtio features at all: it answers
-/// VHOST_USER_GET_FEATURES (1) with 0 and ignores everything else (vhost-user.rst: a 12-byte
-/// header `request, flags, size`, replies flagged 0x4 with version 1).
-fn serve_featureless_backend(listener: std::os::unix::net::UnixListener) {
+/// vhost-user request codes (vhost-user.rst, "Front-end message types").
+mod req {
+    pub const GET_FEATURES: u32 = 1;
+    pub const SET_FEATURES: u32 = 2;
+    pub const SET_OWNER: u32 = 3;
+    pub const SET_MEM_TABLE: u32 = 5;
+    pub const SET_VRING_NUM: u32 = 8;
+    pub const SET_VRING_ADDR: u32 = 9;
+    pub const SET_VRING_BASE: u32 = 10;
+    pub const GET_VRING_BASE: u32 = 11;
+    pub const SET_VRING_KICK: u32 = 12;
+    pub const SET_VRING_CALL: u32 = 13;
+    pub const SET_VRING_ERR: u32 = 14;
+    pub const GET_PROTOCOL_FEATURES: u32 = 15;
+    pub const SET_PROTOCOL_FEATURES: u32 = 16;
+    pub const GET_QUEUE_NUM: u32 = 17;
+    pub const SET_VRING_ENABLE: u32 = 18;
+}
+
+/// A scripted vhost-user back-end for one connection: it offers `features` (and, with
+/// VHOST_USER_F_PROTOCOL_FEATURES, the MQ protocol feature and 2 queues), answers the requests
+/// that need an answer, and returns every request code in order when the front-end leaves.
+/// It never processes a ring. Wire format (vhost-user.rst): a 12-byte header `request, flags,
+/// size`; replies carry flags 0x5 (version 1, reply). Attached fds are dropped.
+fn scripted_backend(listener: std::os::unix::net::UnixListener, features: u64) -> Vec<u32> {
     use std::io::{Read, Write};
+    let mut seen = Vec::new();
     let Ok((mut conn, _)) = listener.accept() else {
-        return;
+        return seen;
     };
     let mut hdr = [0u8; 12];
     while conn.read_exact(&mut hdr).is_ok() {
@@ -182,19 +204,28 @@ fn serve_featureless_backend(listener: std::os::unix::net::UnixListener) {
         let size = u32::from_le_bytes(hdr[8..12].try_into().unwrap()) as usize;
         let mut body = vec![0u8; size];
         if conn.read_exact(&mut body).is_err() {
-            return;
+            break;
         }
-        if request == 1 {
-            let mut reply = Vec::new();
-            reply.extend_from_slice(&1u32.to_le_bytes());
-            reply.extend_from_slice(&(0x4u32 | 0x1).to_le_bytes());
-            reply.extend_from_slice(&8u32.to_le_bytes());
-            reply.extend_from_slice(&0u64.to_le_bytes());
-            if conn.write_all(&reply).is_err() {
-                return;
-            }
+        seen.push(request);
+        let payload: Vec<u8> = match request {
+            req::GET_FEATURES => features.to_le_bytes().to_vec(),
+            // VHOST_USER_PROTOCOL_F_MQ.
+            req::GET_PROTOCOL_FEATURES => 1u64.to_le_bytes().to_vec(),
+            req::GET_QUEUE_NUM => 2u64.to_le_bytes().to_vec(),
+            // struct vhost_vring_state { index, num }: the queue stopped at 0.
+            req::GET_VRING_BASE => [&body[0..4], &[0u8; 4][..]].concat(),
+            _ => continue,
+        };
+        let mut reply = Vec::new();
+        for word in [request, 0x5, payload.len() as u32] {
+            reply.extend_from_slice(&word.to_le_bytes());
+        }
+        reply.extend_from_slice(&payload);
+        if conn.write_all(&reply).is_err() {
+            break;
         }
     }
+    seen
 }
 
 #[test]
@@ -202,7 +233,7 @@ fn a_back_end_without_virtio_1_is_refused() {
     let dir = TempDir::new("vmm-featureless").or_panic("temp dir");
     let socket = dir.join("old.sock");
     let listener = std::os::unix::net::UnixListener::bind(&socket).or_panic("bind");
-    let server = std::thread::spawn(move || serve_featureless_backend(listener));
+    let server = std::thread::spawn(move || scripted_backend(listener, 0));
     let out = VmmRun::new().disk(&socket, 1).run(dir.path(), "old");
     assert_eq!(out.status.code(), Some(1), "{out}");
     assert!(
@@ -210,7 +241,50 @@ fn a_back_end_without_virtio_1_is_refused() {
             .contains("the back-end does not offer VIRTIO_F_VERSION_1"),
         "{out}"
     );
-    server.join().expect("fake back-end thread");
+    let seen = server.join().expect("fake back-end thread");
+    assert_eq!(seen, [req::SET_OWNER, req::GET_FEATURES], "then nothing");
+}
+
+#[test]
+fn driver_ok_sizes_every_vring_first_and_reset_stops_every_vring() {
+    use req::*;
+    let dir = TempDir::new("vmm-sequence").or_panic("temp dir");
+    let socket = dir.join("scripted.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).or_panic("bind");
+    // VIRTIO_F_VERSION_1, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_BLK_F_MQ.
+    let features = 1u64 << 32 | 1 << 30 | 1 << 12;
+    let server = std::thread::spawn(move || scripted_backend(listener, features));
+    // A job of 0 bytes: the guest sets the device up (DRIVER_OK), then resets it.
+    let out = VmmRun::new()
+        .disk(&socket, 2)
+        .guest(&["write=1@0+0"])
+        .run(dir.path(), "sequence");
+    out.assert_success();
+    assert!(out.console.contains("queues=2"), "{out}");
+    let seen = server.join().expect("scripted back-end thread");
+    let attach = [
+        SET_VRING_ADDR,
+        SET_VRING_BASE,
+        SET_VRING_CALL,
+        SET_VRING_ERR,
+        SET_VRING_KICK,
+        SET_VRING_ENABLE,
+    ];
+    let mut want = vec![
+        SET_OWNER,
+        GET_FEATURES,
+        GET_PROTOCOL_FEATURES,
+        SET_PROTOCOL_FEATURES,
+        GET_QUEUE_NUM,
+        SET_FEATURES,
+        SET_MEM_TABLE,
+        SET_VRING_NUM,
+        SET_VRING_NUM,
+    ];
+    want.extend(attach);
+    want.extend(attach);
+    want.extend([GET_VRING_BASE, GET_VRING_BASE]);
+    assert_eq!(seen, want, "\n{out}");
 }
 
 /// Adds `extra` bytes to the memory size of the last PT_LOAD program header of an ELF64.
