@@ -263,24 +263,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
     };
     let devices = connect_devices(&vm, &ram, &config.devices)?;
     write_boot_data(&ram, config, &devices)?;
-    let cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-    let mut vcpus = Vec::new();
-    for id in 0..config.vcpus {
-        let vcpu = vm
-            .create_vcpu(id.into())
-            .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
-        if id == 0 {
-            let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-            x86::long_mode_sregs(&mut sregs);
-            vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
-            vcpu.set_regs(&x86::entry_regs(entry, entry_arg))
-                .map_err(kvm_err("KVM_SET_REGS"))?;
-        }
-        vcpus.push(vcpu);
-    }
+    let vcpus = create_vcpus(&kvm, &vm, config.vcpus, entry, entry_arg)?;
     let bus = Arc::new(Bus {
         serial: Mutex::new(Serial::new(NoInterrupt, std::io::stdout())),
         devices: devices
@@ -290,9 +273,50 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
         logged: Mutex::new(HashSet::new()),
         ram,
     });
+    let outcome = run_vcpus(vcpus, &bus)?;
+    let _ = std::io::stdout().flush();
+    // Keep the VM (and its RAM) alive until the process exits: vCPU threads may still run.
+    std::mem::forget(vm);
+    std::mem::forget(bus);
+    Ok(outcome)
+}
+
+/// Creates `count` vCPUs with the host's CPUID; the first enters `entry` in long mode with
+/// `arg` as its boot data address, the others wait for INIT/SIPI.
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    count: u8,
+    entry: u64,
+    arg: u64,
+) -> Result<Vec<VcpuFd>, VmError> {
+    let kvm_err = |what| move |source| VmError::Kvm { what, source };
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut vcpus = Vec::new();
+    for id in 0..count {
+        let vcpu = vm
+            .create_vcpu(id.into())
+            .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+        if id == 0 {
+            let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+            x86::long_mode_sregs(&mut sregs);
+            vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+            vcpu.set_regs(&x86::entry_regs(entry, arg))
+                .map_err(kvm_err("KVM_SET_REGS"))?;
+        }
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}
+
+/// Runs every vCPU on its own thread and returns the first outcome one of them reports.
+fn run_vcpus(vcpus: Vec<VcpuFd>, bus: &Arc<Bus>) -> Result<Outcome, VmError> {
     let (tx, rx) = mpsc::channel();
     for (id, vcpu) in vcpus.into_iter().enumerate() {
-        let bus = Arc::clone(&bus);
+        let bus = Arc::clone(bus);
         let tx = tx.clone();
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
@@ -303,14 +327,9 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
             .map_err(VmError::Thread)?;
     }
     drop(tx);
-    let outcome = rx
+    Ok(rx
         .recv()
-        .unwrap_or_else(|_| Outcome::Fault("every vCPU thread ended".into()));
-    let _ = std::io::stdout().flush();
-    // Keep the VM (and its RAM) alive until the process exits: vCPU threads may still run.
-    std::mem::forget(vm);
-    std::mem::forget(bus);
-    Ok(outcome)
+        .unwrap_or_else(|_| Outcome::Fault("every vCPU thread ended".into())))
 }
 
 /// Loads the ELF payload; returns its entry point.
