@@ -225,6 +225,12 @@ impl SharedRegion {
         false
     }
 
+    /// Host address of the first byte of the mapping (valid while the region lives), for a
+    /// VMM that hands the page to a guest as guest memory (a KVM memory slot).
+    pub fn host_address(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
     /// The memfd behind the mapping, to pass to the peer over SCM_RIGHTS.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

@@ -24,6 +24,14 @@ impl XenstoreDaemon {
     /// # Panics
     /// When it cannot start or does not answer in time (the test cannot go on).
     pub fn start(dir: &Path, guests: &[u32]) -> Self {
+        Self::start_with(dir, guests, &[])
+    }
+
+    /// As [`XenstoreDaemon::start`], with more `serve` arguments (e.g. `--evtchn-broker`).
+    ///
+    /// # Panics
+    /// As [`XenstoreDaemon::start`].
+    pub fn start_with(dir: &Path, guests: &[u32], extra: &[&std::ffi::OsStr]) -> Self {
         let bin = crate::bins::workspace_bin("xenstore-lite", "xenstore-lite");
         let mut cmd = Command::new(bin);
         cmd.arg("serve").arg("--socket").arg(dir.join("xs.sock"));
@@ -33,6 +41,7 @@ impl XenstoreDaemon {
                 .arg(format!("{domid}:{}", sock.display()));
         }
         let child = cmd
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()

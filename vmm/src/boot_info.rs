@@ -16,6 +16,13 @@
 //! | 32 | 4 | argument string length in bytes (at most [`CMDLINE_MAX`]) |
 //! | 36 | 4 | number of vCPUs |
 //! | 40 + 24 i | 24 | device i: MMIO base (8), MMIO size (8), IOAPIC input / GSI (4), virtio device id (4) |
+//! | 232 | 8 | guest-physical address of the xenstore ring page (0: no XenStore) |
+//! | 240 | 4 | the ring's event-channel port |
+//! | 244 | 4 | the guest's domain id |
+//! | 248 + 4 i | 4 | device i's XenBus device number ([`NO_DEVID`]: not a XenBus device) |
+//!
+//! With XenStore the guest notifies the store by a 4-byte `out` of the port number to
+//! [`XENSTORE_NOTIFY_PORT`] and is notified on IOAPIC input [`XENSTORE_GSI`] (edge).
 
 /// Guest-physical address of the boot-info structure.
 pub const BOOT_INFO_ADDR: u64 = 0x1000;
@@ -26,15 +33,26 @@ pub const CMDLINE_MAX: usize = 4096;
 /// `"PVIOBOOT"` read as a little-endian u64.
 pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"PVIOBOOT");
 /// Layout version of this file.
-pub const BOOT_INFO_VERSION: u32 = 1;
+pub const BOOT_INFO_VERSION: u32 = 2;
 /// Most virtio-mmio devices the structure describes.
 pub const MAX_DEVICES: usize = 8;
 /// Bytes of one device entry.
 pub const DEVICE_ENTRY_BYTES: usize = 24;
 /// Offset of the first device entry.
 pub const DEVICES_OFFSET: usize = 40;
+/// Offset of the XenStore section.
+pub const XENSTORE_OFFSET: usize = DEVICES_OFFSET + MAX_DEVICES * DEVICE_ENTRY_BYTES;
+/// Offset of the devices' XenBus device numbers.
+pub const DEVIDS_OFFSET: usize = XENSTORE_OFFSET + 16;
 /// Bytes of the whole structure.
-pub const BOOT_INFO_BYTES: usize = DEVICES_OFFSET + MAX_DEVICES * DEVICE_ENTRY_BYTES;
+pub const BOOT_INFO_BYTES: usize = DEVIDS_OFFSET + MAX_DEVICES * 4;
+/// A device entry's XenBus device number when the device is not in XenStore.
+pub const NO_DEVID: u32 = u32::MAX;
+/// I/O port of the xenstore doorbell: a 4-byte `out` of the ring's port notifies the store
+/// (EVTCHNOP_send).
+pub const XENSTORE_NOTIFY_PORT: u16 = 0xf0;
+/// IOAPIC input the store's notifications arrive on (edge-triggered).
+pub const XENSTORE_GSI: u32 = 4;
 /// I/O port of the debug-exit device: a 4-byte `out` of `status` ends the VM and the VMM exits
 /// with `status` (0 success).
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
@@ -69,6 +87,21 @@ pub struct BootInfo {
     pub num_devices: u32,
     /// Device entries; those past `num_devices` are zero.
     pub devices: [DeviceInfo; MAX_DEVICES],
+    /// The guest's XenStore connection, if the VMM set one up.
+    pub xenstore: XenstoreInfo,
+    /// Each device's XenBus device number, [`NO_DEVID`] when not a XenBus device.
+    pub devids: [u32; MAX_DEVICES],
+}
+
+/// The guest's xenstore ring (xs_wire.h `struct xenstore_domain_interface`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XenstoreInfo {
+    /// Guest-physical address of the ring page; 0 when there is no XenStore.
+    pub ring_gpa: u64,
+    /// The ring's event-channel port.
+    pub port: u32,
+    /// The guest's domain id.
+    pub domid: u32,
 }
 
 fn put(b: &mut [u8], at: usize, v: &[u8]) {
@@ -101,6 +134,24 @@ impl BootInfo {
             put(&mut b, at + 16, &d.gsi.to_le_bytes());
             put(&mut b, at + 20, &d.device_id.to_le_bytes());
         }
+        put(
+            &mut b,
+            XENSTORE_OFFSET,
+            &self.xenstore.ring_gpa.to_le_bytes(),
+        );
+        put(
+            &mut b,
+            XENSTORE_OFFSET + 8,
+            &self.xenstore.port.to_le_bytes(),
+        );
+        put(
+            &mut b,
+            XENSTORE_OFFSET + 12,
+            &self.xenstore.domid.to_le_bytes(),
+        );
+        for (i, d) in self.devids.iter().enumerate() {
+            put(&mut b, DEVIDS_OFFSET + 4 * i, &d.to_le_bytes());
+        }
         b
     }
 
@@ -125,7 +176,17 @@ impl BootInfo {
                 device_id: get_u32(b, at + 20),
             };
         }
+        let mut devids = [NO_DEVID; MAX_DEVICES];
+        for (i, d) in devids.iter_mut().enumerate() {
+            *d = get_u32(b, DEVIDS_OFFSET + 4 * i);
+        }
         Some(BootInfo {
+            xenstore: XenstoreInfo {
+                ring_gpa: get_u64(b, XENSTORE_OFFSET),
+                port: get_u32(b, XENSTORE_OFFSET + 8),
+                domid: get_u32(b, XENSTORE_OFFSET + 12),
+            },
+            devids,
             mem_size: get_u64(b, 16),
             cmdline_addr: get_u64(b, 24),
             cmdline_len,
@@ -161,6 +222,14 @@ mod tests {
             num_vcpus: 2,
             num_devices: 2,
             devices,
+            xenstore: XenstoreInfo {
+                ring_gpa: 0xc000_0000,
+                port: 3,
+                domid: 7,
+            },
+            devids: [
+                0, NO_DEVID, NO_DEVID, NO_DEVID, NO_DEVID, NO_DEVID, NO_DEVID, 9,
+            ],
         }
     }
 
@@ -168,7 +237,7 @@ mod tests {
     fn fields_sit_at_the_documented_offsets() {
         let b = sample().to_bytes();
         assert_eq!(&b[0..8], b"PVIOBOOT");
-        assert_eq!(b[8], 1);
+        assert_eq!(b[8], 2);
         assert_eq!(b[12], 2);
         assert_eq!(&b[16..24], &(64u64 << 20).to_le_bytes());
         assert_eq!(&b[24..32], &CMDLINE_ADDR.to_le_bytes());
@@ -179,8 +248,13 @@ mod tests {
         assert_eq!((b[56], b[60]), (5, 2));
         assert_eq!(&b[64..72], &0xd000_1000u64.to_le_bytes());
         assert_eq!((b[80], b[84]), (6, 1));
-        assert!(b[88..].iter().all(|&x| x == 0));
-        assert_eq!(BOOT_INFO_BYTES, 232);
+        assert!(b[88..232].iter().all(|&x| x == 0));
+        assert_eq!(&b[232..240], &0xc000_0000u64.to_le_bytes());
+        assert_eq!((b[240], b[244]), (3, 7));
+        assert_eq!(&b[248..252], &[0; 4]);
+        assert_eq!(&b[252..256], &[0xff; 4]);
+        assert_eq!(&b[276..280], &9u32.to_le_bytes());
+        assert_eq!(BOOT_INFO_BYTES, 280);
         assert!(BOOT_INFO_ADDR + BOOT_INFO_BYTES as u64 <= CMDLINE_ADDR);
     }
 
@@ -193,7 +267,7 @@ mod tests {
         bad[0] ^= 1;
         assert_eq!(BootInfo::parse(&bad), None);
         let mut bad = b;
-        bad[8] = 2;
+        bad[8] = 3;
         assert_eq!(BootInfo::parse(&bad), None);
         let mut bad = b;
         bad[12] = MAX_DEVICES as u8 + 1;

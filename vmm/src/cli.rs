@@ -57,6 +57,20 @@ pub struct RunArgs {
     /// Number of vCPUs (the guest runs on the first; the others wait for an INIT/SIPI).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
     pub vcpus: u8,
+    /// xenstore-lite's socket: introduce the guest to the store over a xenstore ring and add
+    /// the devices its `device/vbd` and `device/vif` directories list (needs --domid and
+    /// --evtchn-broker).
+    #[arg(long, requires_all = ["domid", "evtchn_broker"])]
+    pub xenstore: Option<PathBuf>,
+    /// The guest's domain id in the store (as `pvctl domain create` printed it).
+    #[arg(long, requires = "xenstore")]
+    pub domid: Option<u32>,
+    /// The evtchn broker's socket (grants and event channels of the xenstore ring).
+    #[arg(long, requires = "xenstore")]
+    pub evtchn_broker: Option<PathBuf>,
+    /// Seconds to wait for each back end to publish its socket (with --xenstore).
+    #[arg(long, default_value_t = 30)]
+    pub backend_timeout: u64,
     /// Arguments handed to the guest (words joined by spaces).
     #[arg(last = true)]
     pub guest_args: Vec<String>,

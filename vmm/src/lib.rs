@@ -12,6 +12,7 @@
 //! - [`cli`]: the `vmm run` command line.
 //! - [`pattern`]: the disk and frame data patterns the guest and the tests share.
 //! - [`linux`]: booting a stock Linux kernel (needs hardware virtualization).
+//! - [`xenstore`]: `--xenstore`: the guest's xenstore ring, XS_INTRODUCE, the domain's devices.
 //!
 //! [`GUEST_PAYLOAD`] is the path of pvio's guest as built by this crate's build script.
 
@@ -23,6 +24,7 @@ pub mod pattern;
 pub mod virtio;
 pub mod vm;
 pub mod x86;
+pub mod xenstore;
 
 /// Path of pvio's guest payload (an ELF built by `vmm/build.rs` from `vmm/guest`).
 pub const GUEST_PAYLOAD: &str = env!("PVIO_GUEST");

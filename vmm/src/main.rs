@@ -2,10 +2,14 @@
 
 use std::process::ExitCode;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use clap::Parser;
 use vmm::cli::{Cli, Command, RunArgs};
 use vmm::linux::LinuxBoot;
 use vmm::vm::{self, Boot, Outcome, VmConfig};
+use vmm::xenstore::XenstoreGuest;
 
 /// Exit status when the VMM itself fails (bad argument, back-end, payload) or the guest faults.
 const FAILURE: u8 = 1;
@@ -22,6 +26,18 @@ fn main() -> ExitCode {
     };
     // Exit the whole process now: vCPU threads may still sit in KVM_RUN.
     std::process::exit(code.into())
+}
+
+/// With `--xenstore`: the guest's ring, introduced to the store, and the domain's devices.
+fn xenstore(args: &RunArgs) -> Result<Option<Arc<XenstoreGuest>>, String> {
+    let (Some(store), Some(domid), Some(broker)) =
+        (&args.xenstore, args.domid, &args.evtchn_broker)
+    else {
+        return Ok(None);
+    };
+    let timeout = Duration::from_secs(args.backend_timeout);
+    let xs = vmm::xenstore::setup(store, broker, domid, timeout).map_err(|e| e.to_string())?;
+    Ok(Some(Arc::new(xs)))
 }
 
 /// Set to boot `--kernel` even where [`vmm::linux::hardware_virtualization`] says it cannot
@@ -56,7 +72,16 @@ fn run(args: &RunArgs) -> Result<u8, String> {
         devices: args.disk.iter().chain(&args.net).cloned().collect(),
         mem_bytes: args.mem << 20,
         vcpus: args.vcpus,
+        xenstore: xenstore(args)?,
     };
+    if config.devices.len() + config.xenstore.as_ref().map_or(0, |x| x.devices.len())
+        > vmm::boot_info::MAX_DEVICES
+    {
+        return Err(format!(
+            "more than {} devices (command line and store)",
+            vmm::boot_info::MAX_DEVICES
+        ));
+    }
     match vm::run(&config).map_err(|e| e.to_string())? {
         Outcome::GuestExit(status) => {
             log::info!("guest exited with status {status}");

@@ -24,13 +24,15 @@ use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 
 use crate::boot_info::{
-    BootInfo, DeviceInfo, BOOT_INFO_ADDR, CMDLINE_ADDR, DEBUG_EXIT_PORT, MAX_DEVICES, SERIAL_PORT,
+    BootInfo, DeviceInfo, XenstoreInfo, BOOT_INFO_ADDR, CMDLINE_ADDR, DEBUG_EXIT_PORT, MAX_DEVICES,
+    NO_DEVID, SERIAL_PORT, XENSTORE_NOTIFY_PORT,
 };
 use crate::cli::DeviceSpec;
 use crate::linux::LinuxBoot;
 use crate::mmio::{AccessError, WINDOW_BYTES};
 use crate::virtio::{DeviceError, DevicePlace, VhostUserMmio};
 use crate::x86;
+use crate::xenstore::XenstoreGuest;
 
 /// Guest-physical base of the first virtio-mmio window.
 pub const MMIO_BASE: u64 = 0xd000_0000;
@@ -116,6 +118,20 @@ pub struct VmConfig {
     pub mem_bytes: u64,
     /// vCPUs.
     pub vcpus: u8,
+    /// The guest's XenStore ring and its devices (placed after `devices`), with `--xenstore`.
+    pub xenstore: Option<Arc<XenstoreGuest>>,
+}
+
+impl VmConfig {
+    /// Every device in slot order: the command line's, then the store's.
+    fn all_devices(&self) -> Vec<DeviceSpec> {
+        let store = self.xenstore.iter().flat_map(|x| &x.devices);
+        self.devices
+            .iter()
+            .cloned()
+            .chain(store.map(|d| d.spec.clone()))
+            .collect()
+    }
 }
 
 /// A 16550 interrupt line that is not wired: pvio's guest polls the UART.
@@ -134,6 +150,8 @@ struct Bus {
     devices: Vec<(u64, Mutex<VhostUserMmio>)>,
     /// Unknown addresses already logged: (is MMIO, address).
     logged: Mutex<HashSet<(bool, u64)>>,
+    /// The XenStore ring's event channel, with `--xenstore`.
+    xenstore: Option<Arc<XenstoreGuest>>,
     ram: Arc<HostRam>,
 }
 
@@ -198,6 +216,12 @@ impl Bus {
             b[..n].copy_from_slice(&data[..n]);
             return Some(u32::from_le_bytes(b));
         }
+        if let (XENSTORE_NOTIFY_PORT, Some(xs)) = (port, &self.xenstore) {
+            if let Err(e) = xs.domain.notify(xs.port) {
+                log::warn!("xenstore notify: {e}");
+            }
+            return None;
+        }
         if (SERIAL_PORT..SERIAL_PORT + 8).contains(&port) {
             // port - SERIAL_PORT < 8.
             let offset = (port - SERIAL_PORT) as u8;
@@ -261,7 +285,10 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
             (entry, crate::linux::ZERO_PAGE_ADDR)
         }
     };
-    let devices = connect_devices(&vm, &ram, &config.devices)?;
+    if let Some(xs) = &config.xenstore {
+        crate::xenstore::attach(&vm, xs, ram.size())?;
+    }
+    let devices = connect_devices(&vm, &ram, &config.all_devices())?;
     write_boot_data(&ram, config, &devices)?;
     let vcpus = create_vcpus(&kvm, &vm, config.vcpus, entry, entry_arg)?;
     let bus = Arc::new(Bus {
@@ -271,6 +298,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
             .map(|(place, d)| (place.mmio_base, Mutex::new(d)))
             .collect(),
         logged: Mutex::new(HashSet::new()),
+        xenstore: config.xenstore.clone(),
         ram,
     });
     let outcome = run_vcpus(vcpus, &bus)?;
@@ -460,7 +488,16 @@ fn write_boot_data(
         num_vcpus: config.vcpus.into(),
         num_devices: devices.len() as u32,
         devices: [DeviceInfo::default(); MAX_DEVICES],
+        xenstore: XenstoreInfo::default(),
+        devids: [NO_DEVID; MAX_DEVICES],
     };
+    if let Some(xs) = &config.xenstore {
+        info.xenstore = crate::xenstore::boot_info(xs);
+        let first = config.devices.len();
+        for (slot, dev) in info.devids[first..].iter_mut().zip(&xs.devices) {
+            *slot = dev.id.devid;
+        }
+    }
     for (slot, (place, dev)) in info.devices.iter_mut().zip(devices) {
         *slot = DeviceInfo {
             mmio_base: place.mmio_base,

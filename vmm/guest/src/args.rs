@@ -54,6 +54,8 @@ pub enum Job {
     Crash(Crash),
     /// Time the pattern loop over this many bytes at CPL0 and at CPL3.
     CplCompare(u64),
+    /// Wait for the back ends to close the XenBus devices, then close the front ends.
+    UnplugWait,
 }
 
 /// Parsed arguments.
@@ -148,6 +150,7 @@ impl Args {
                 "net-send" => Job::Net(NetJob::Send(number(value)? as u32)),
                 "net-recv" => Job::Net(NetJob::Recv(number(value)? as u32)),
                 "touch-unknown" => Job::TouchUnknown,
+                "unplug-wait" => Job::UnplugWait,
                 "cpl-compare" => Job::CplCompare(number(value)? & !7),
                 "crash" => Job::Crash(match value {
                     "sse" => Crash::Sse,

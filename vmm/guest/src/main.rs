@@ -1,7 +1,9 @@
 //! pvio's own guest: a freestanding x86-64 program run by pvio's VMM (`vmm run --guest`).
 //!
 //! It starts in 64-bit mode at CPL0 with the boot-info address in `rdi`, reads its arguments,
-//! probes the virtio-mmio devices the boot info lists, and runs the workloads the arguments
+//! with XenStore (`vmm --xenstore`) walks each XenBus device to Connected over its xenstore
+//! ring (`xs.rs`, `xenbus.rs`), probes the virtio-mmio devices the boot info lists, and runs
+//! the workloads the arguments
 //! name with frontend-guest's driver core (split virtqueues, virtio-blk and virtio-net
 //! requests). It prints results on the serial console and ends through the debug-exit port:
 //! status 0 when every job passed, 1 on a failed job, 3 on a panic or CPU exception.
@@ -18,6 +20,8 @@
 //!   generated and checked at CPL3 (native on kvm_pvm), or at CPL0 with `cpl0-data`;
 //! - `net-send=N` / `net-recv=N`: send N frames to / receive N frames from a peer guest
 //!   (stop-and-wait with acknowledgements), `frame=BYTES` payload per frame (default 256);
+//! - `unplug-wait`: wait for the back end of every XenBus device to ask for Closing and close
+//!   the front end (with XenStore, see `xenbus.rs`);
 //! - `cpl-compare=LEN`: time the disk pattern loop over LEN bytes at CPL0 and at CPL3;
 //! - `touch-unknown`: access an unknown port and MMIO address twice each (the VMM logs each
 //!   once and goes on); `crash=sse` / `crash=triple`: fault on purpose (emulation failure,
@@ -38,6 +42,8 @@ mod net;
 mod ram;
 mod rt;
 mod virtio;
+mod xenbus;
+mod xs;
 
 #[path = "../../src/pattern.rs"]
 mod pattern;
@@ -160,6 +166,7 @@ fn run(boot_info: u64) -> Result<(), Fail> {
     let ram = Ram::new(info.mem_size);
     let image_end = core::ptr::addr_of!(__image_end) as u64;
     let mut heap = Heap::new(image_end.next_multiple_of(4096), info.mem_size);
+    let mut xs = xenbus::connect_all(&info)?;
     for job in args.jobs() {
         match job {
             Job::Blk(j) => args::run_blk(&info, &ram, &mut heap, &args, j)?,
@@ -167,6 +174,7 @@ fn run(boot_info: u64) -> Result<(), Fail> {
             Job::TouchUnknown => faults::touch_unknown(),
             Job::Crash(kind) => faults::crash(kind),
             Job::CplCompare(len) => cpl::compare(&ram, &mut heap, len)?,
+            Job::UnplugWait => xenbus::wait_unplug(xs.as_mut(), &info)?,
         }
     }
     Ok(())
