@@ -39,7 +39,10 @@ pub enum Command {
 pub enum DomainCommand {
     /// Allocates a domain id and writes the domain's nodes; prints the domain id.
     Create(CreateArgs),
-    /// Detaches every device, releases the domain from the store and removes its nodes.
+    /// Starts pvio's VMM for a created domain (its devices attached); prints the VMM's pid.
+    Start(StartArgs),
+    /// Detaches every device, stops the domain's VMM, releases the domain from the store and
+    /// removes its nodes.
     Destroy {
         /// The domain.
         domid: u32,
@@ -47,6 +50,25 @@ pub enum DomainCommand {
         #[arg(long, default_value_t = 10)]
         timeout: u64,
     },
+}
+
+/// Options of `pvctl domain start`.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The domain.
+    pub domid: u32,
+    /// The evtchn broker's socket (the guest's xenstore ring and event channel).
+    #[arg(long)]
+    pub evtchn_broker: PathBuf,
+    /// The VMM binary (default: `vmm` beside pvctl, else on PATH).
+    #[arg(long)]
+    pub vmm: Option<PathBuf>,
+    /// File for the guest's console and the VMM's log (default: discarded).
+    #[arg(long)]
+    pub console: Option<PathBuf>,
+    /// Arguments handed to the guest.
+    #[arg(last = true)]
+    pub guest_args: Vec<String>,
 }
 
 /// Options of `pvctl domain create`.

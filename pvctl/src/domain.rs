@@ -175,8 +175,8 @@ fn remove_nodes(client: &mut Client, domid: u32) -> Result<()> {
     })
 }
 
-/// Detaches every device of `domid` (each back end gets `timeout` to reach Closed), releases
-/// it from the store if it was introduced, and removes its nodes.
+/// Detaches every device of `domid` (each back end gets `timeout` to reach Closed), stops its
+/// VMM (`timeout` after SIGTERM), releases it from the store if it was introduced, and removes its nodes.
 ///
 /// # Errors
 /// [`XenbusError::NoSuchDomain`], store errors.
@@ -189,6 +189,7 @@ pub fn destroy(client: &mut Client, domid: u32, timeout: Duration) -> Result<()>
             detach_device(client, &DeviceId::new(kind, domid, devid), timeout)?;
         }
     }
+    crate::vmm::stop(client, domid, timeout)?;
     if client.is_domain_introduced(domid)? {
         client.release(domid)?;
     }

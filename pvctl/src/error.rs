@@ -59,6 +59,31 @@ pub enum PvctlError {
         /// The store's answer (in the message).
         cause: xenstore_lite::ClientError,
     },
+    /// `domain start` of a domain whose VMM runs.
+    #[error("domain {domid} already runs in VMM process {pid}")]
+    VmmRunning {
+        /// The domain.
+        domid: u32,
+        /// The running VMM.
+        pid: u32,
+    },
+    /// The VMM could not be started.
+    #[error("cannot start the VMM {path}: {cause}")]
+    VmmStart {
+        /// The VMM binary.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        cause: std::io::Error,
+    },
+    /// The VMM did not stop after SIGTERM and SIGKILL.
+    #[error("the VMM of domain {domid} (process {pid}) does not stop")]
+    VmmStuck {
+        /// The domain.
+        domid: u32,
+        /// The VMM.
+        pid: u32,
+    },
     /// Every domain id is in use.
     #[error("no free domain id")]
     NoFreeDomid,

@@ -7,12 +7,14 @@
 //! - [`domain`]: `domain create` / `destroy`.
 //! - [`devices`]: `disk` / `nic` `attach` / `detach`.
 //! - [`list`]: the `list` command.
+//! - [`vmm`]: `domain start` runs pvio's VMM for a domain; `domain destroy` stops it.
 
 pub mod cli;
 pub mod devices;
 pub mod domain;
 pub mod error;
 pub mod list;
+pub mod vmm;
 
 use std::process::ExitCode;
 
@@ -64,10 +66,14 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 fn execute(cli: &Cli) -> Result<()> {
     let mut client = connect(cli)?;
+    let store = cli.xenstore.clone().unwrap_or_else(socket_path_from_env);
     let c = &mut client;
     match &cli.command {
         Command::Domain(DomainCommand::Create(args)) => {
             println!("{}", domain::create(c, args)?);
+        }
+        Command::Domain(DomainCommand::Start(args)) => {
+            println!("{}", vmm::start(c, &store, args)?);
         }
         Command::Domain(DomainCommand::Destroy { domid, timeout }) => {
             domain::destroy(c, *domid, secs(*timeout))?;

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use pvio_tests::bins::workspace_bin;
 use pvio_tests::prereq;
 use pvio_tests::tmp::TempDir;
-use pvio_tests::vmm::VmmRun;
 use pvio_tests::xenstore::XenstoreDaemon;
 use vmm::pattern;
 
@@ -98,7 +97,7 @@ impl Stack {
     }
 
     fn logs(&self) -> String {
-        ["backend.log", "broker.log", "vm.out", "vm.err"]
+        ["backend.log", "broker.log"]
             .iter()
             .map(|f| {
                 let text = std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
@@ -134,10 +133,6 @@ impl Stack {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn console(&self) -> String {
-        std::fs::read_to_string(self.dir.join("vm.out")).unwrap_or_default()
-    }
-
     fn sockets(&self) -> Vec<PathBuf> {
         std::fs::read_dir(self.dir.join("run"))
             .unwrap()
@@ -145,6 +140,48 @@ impl Stack {
             .filter(|p| p.extension().is_some_and(|e| e == "sock"))
             .collect()
     }
+}
+
+impl Stack {
+    /// `pvctl domain start 1` with the guest arguments `words`, console in `<name>.out`;
+    /// returns the VMM's pid.
+    fn start_guest(&self, name: &str, words: &[&str]) -> u32 {
+        let console = self.dir.join(&format!("{name}.out"));
+        let broker = self.dir.join("evtchn.sock");
+        let vmm = pvio_tests::vmm::vmm_bin();
+        let mut args = vec!["domain", "start", "1"];
+        args.extend(["--evtchn-broker", broker.to_str().unwrap()]);
+        args.extend(["--vmm", vmm.to_str().unwrap()]);
+        args.extend(["--console", console.to_str().unwrap(), "--"]);
+        args.extend(words);
+        self.pvctl(&args).trim().parse().unwrap()
+    }
+
+    fn console(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(&format!("{name}.out"))).unwrap_or_default()
+    }
+
+    fn wait_console(&self, name: &str, what: &str) {
+        wait_for(
+            what,
+            || self.console(name).contains(what),
+            || {
+                format!(
+                    "{}\n--- {name}.out ---\n{}",
+                    self.logs(),
+                    self.console(name)
+                )
+            },
+        );
+    }
+}
+
+/// Whether process `pid` is gone (or a zombie no one reaped yet).
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, r)| r.starts_with('Z'))
+    })
 }
 
 #[test]
@@ -169,28 +206,11 @@ fn the_guest_walks_the_handshake_does_io_and_closes_on_detach() {
     let devid = s.pvctl(&["disk", "attach", "1", "--image", image.to_str().unwrap()]);
     assert_eq!(devid.trim(), "0");
 
+    // pvctl starts the VMM; the guest reaches Connected through its own ring, does its I/O.
     let range = format!("{SEED}@0+{LEN}");
-    let vm = VmmRun::new()
-        .arg("--xenstore")
-        .arg(s.store.socket().display().to_string())
-        .arg("--domid")
-        .arg("1")
-        .arg("--evtchn-broker")
-        .arg(s.dir.join("evtchn.sock").display().to_string())
-        .guest(&[
-            "qd=4",
-            &format!("write={range}"),
-            &format!("verify={range}"),
-            "unplug-wait",
-        ])
-        .spawn(s.dir.path(), "vm");
-
-    // The guest reaches Connected through its own ring and does its I/O.
-    wait_for(
-        "the guest's verified I/O",
-        || s.console().contains("blk verify ok"),
-        || s.logs(),
-    );
+    let (write, verify) = (format!("write={range}"), format!("verify={range}"));
+    let pid = s.start_guest("vm1", &["qd=4", &write, &verify, "unplug-wait"]);
+    s.wait_console("vm1", "blk verify ok");
     let list = s.pvctl(&["list"]);
     assert!(
         list.contains("front Connected     back Connected"),
@@ -208,29 +228,34 @@ fn the_guest_walks_the_handshake_does_io_and_closes_on_detach() {
             "{line} not in\n{ls}"
         );
     }
-    let console = s.console();
+    let console = s.console("vm1");
     for step in ["xenbus vbd/0 state 3", "xenbus vbd/0 state 4"] {
         assert!(console.contains(step), "{step} not in\n{console}");
     }
 
-    // Detach while the guest runs: it sees Closing, quiesces and closes; the VMM exits 0.
+    // Detach while the guest runs: it sees Closing, quiesces and closes, then exits.
     s.pvctl(&["disk", "detach", "1", "0"]);
-    let out = vm.wait();
-    out.assert_success();
-    for step in [
-        "xenbus vbd/0 state 5",
-        "xenbus vbd/0 state 6",
-        "all jobs passed",
-    ] {
-        assert!(out.console.contains(step), "{step} not in\n{out}");
+    s.wait_console("vm1", "all jobs passed");
+    let console = s.console("vm1");
+    for step in ["xenbus vbd/0 state 5", "xenbus vbd/0 state 6"] {
+        assert!(console.contains(step), "{step} not in\n{console}");
     }
+    wait_for("the first VMM's exit", || gone(pid), || s.logs());
     let data = std::fs::read(&image).unwrap();
     assert_eq!(pattern::check_disk(&data[..LEN], SEED, 0), None);
     assert!(!s.pvctl(&["list"]).contains("vbd"));
 
+    // Re-plug the disk, start the domain again: the guest finds the data; destroy closes the
+    // disk through the guest and stops the VMM.
+    s.pvctl(&["disk", "attach", "1", "--image", image.to_str().unwrap()]);
+    let pid = s.start_guest("vm2", &[&verify, "unplug-wait"]);
+    s.wait_console("vm2", "blk verify ok");
     s.pvctl(&["domain", "destroy", "1"]);
+    assert!(gone(pid), "VMM {pid} still runs after destroy");
+    assert!(s.console("vm2").contains("xenbus vbd/0 state 6"));
     assert_eq!(s.pvctl(&["list"]), "");
     assert!(!s.xenstore_ls("/local/domain").contains("/local/domain/1"));
+    assert!(!s.xenstore_ls("/").contains("/tool/pvctl/1"));
     assert!(s.sockets().is_empty(), "{:?}", s.sockets());
     assert!(
         matches!(s.backend.0.try_wait(), Ok(None)),
