@@ -106,11 +106,13 @@ impl BlockDevice {
         self.features
     }
 
-    /// vhost-user protocol features offered: MQ, CONFIG, REPLY_ACK (vhost-user.rst).
+    /// vhost-user protocol features offered: MQ, CONFIG, REPLY_ACK and CONFIGURE_MEM_SLOTS
+    /// (ADD_MEM_REG / REM_MEM_REG / GET_MAX_MEM_SLOTS), vhost-user.rst.
     pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
     }
 
     /// Request limits for the parser.

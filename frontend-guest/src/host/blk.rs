@@ -183,6 +183,11 @@ impl BlkDevice {
         &self.conn
     }
 
+    /// The vhost-user session, to send control messages (memory regions, dirty log, reset).
+    pub fn connection_mut(&mut self) -> &mut VhostUserConnection {
+        &mut self.conn
+    }
+
     /// Guest RAM, e.g. to allocate and fill buffers for [`BlkQueue::submit_raw`].
     pub fn ram(&self) -> &Arc<HostRam> {
         &self.ram
