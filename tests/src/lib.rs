@@ -6,7 +6,7 @@
 //! [`initramfs`] packs a busybox guest whose `/init` runs a shell script, [`qemu`] boots it
 //! with a vhost-user-blk disk, and [`console`] reads the `@@pvio key value` lines the script
 //! printed; [`guest::GuestKit`] ties the guest side together. [`demo`] is the README's main
-//! job built from the same parts.
+//! job built from the same parts; [`migration`] moves a running guest between two QEMU processes.
 
 pub mod backend;
 pub mod bins;
@@ -16,6 +16,7 @@ pub mod demo;
 pub mod guest;
 pub mod image;
 pub mod initramfs;
+pub mod migration;
 pub mod prereq;
 pub mod qemu;
 pub mod tmp;

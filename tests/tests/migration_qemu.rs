@@ -1,0 +1,200 @@
+//! Live migration of a running Linux guest (TCG) between two QEMU processes, each with its
+//! own vhost-user back-end instance, with the guest's I/O going on across the move.
+//!
+//! Block: both back-ends serve the same image. The guest writes 256 KiB of random data per
+//! round to a fresh stretch of the disk with O_DIRECT, reads it back and prints both digests;
+//! it loops until it reads the word `stop` from a sector the host writes once the destination
+//! has done rounds of its own. The host then checks every round, from the source's console
+//! and the destination's, against the image file. QEMU migrates only when the back-end logs
+//! dirty pages (VHOST_USER_PROTOCOL_F_LOG_SHMFD); qemu-storage-daemon, which does, checks the
+//! harness.
+
+use std::time::Duration;
+
+use pvio_tests::backend::{BlkBackend, BlkBackendConfig, BlkBackendKind};
+use pvio_tests::console::Console;
+use pvio_tests::guest::GuestKit;
+use pvio_tests::image::{self, MIB};
+use pvio_tests::initramfs::BLK_MODULES;
+use pvio_tests::migration::{self, Qmp};
+use pvio_tests::qemu::{BlkDisk, Guest, GuestRun, RunningGuest};
+use pvio_tests::OrPanic;
+
+/// Size of the shared image.
+const IMAGE_SIZE: u64 = 128 * MIB;
+/// Bytes the guest writes per round (in 64 KiB blocks).
+const ROUND_BYTES: u64 = 256 << 10;
+/// Rounds at most (the guest's loop bound; the stretch they cover stays below [`STOP_OFFSET`]).
+const MAX_ROUNDS: u64 = 400;
+/// Where the host writes the stop word (bytes; sector aligned).
+const STOP_OFFSET: u64 = 120 * MIB;
+/// Rounds to see on each side of the move.
+const ROUNDS_PER_SIDE: usize = 2;
+/// Waiting for rounds: boot under TCG on a loaded machine included.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the migration itself may take.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The guest's loop: write, read back, report, stop when told.
+fn blk_guest_script() -> String {
+    let blocks = ROUND_BYTES / (64 << 10);
+    let stop_sector = STOP_OFFSET / 512;
+    format!(
+        "i=0\n\
+         while [ $i -lt {MAX_ROUNDS} ]; do\n\
+           i=$((i+1))\n\
+           dd if=/dev/urandom of=/tmp/p bs=64k count={blocks} 2>/dev/null\n\
+           W=$(sha256sum < /tmp/p | cut -d' ' -f1)\n\
+           dd if=/tmp/p of=/dev/vda bs=64k seek=$((i*{blocks})) oflag=direct conv=fsync 2>/dev/null || exit 1\n\
+           dd if=/dev/vda of=/tmp/r bs=64k skip=$((i*{blocks})) count={blocks} iflag=direct 2>/dev/null || exit 1\n\
+           R=$(sha256sum < /tmp/r | cut -d' ' -f1)\n\
+           echo \"@@pvio round $i $W $R\"\n\
+           S=$(dd if=/dev/vda bs=512 skip={stop_sector} count=1 iflag=direct 2>/dev/null | head -c 4)\n\
+           [ \"$S\" = stop ] && break\n\
+         done\n\
+         echo \"@@pvio rounds $i\"\n"
+    )
+}
+
+/// One `round N written read` marker.
+struct Round {
+    n: u64,
+    written: String,
+    read: String,
+}
+
+fn rounds(console: &Console) -> Vec<Round> {
+    console
+        .markers("round")
+        .iter()
+        .map(|m| {
+            let f: Vec<&str> = m.split_whitespace().collect();
+            assert_eq!(f.len(), 3, "a round marker: {m:?}");
+            Round {
+                n: f[0].parse().expect("a round number"),
+                written: f[1].to_string(),
+                read: f[2].to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Starts `guest` and returns it, or panics with the back-end's log.
+fn spawn(guest: &Guest, backend: &BlkBackend) -> RunningGuest {
+    guest
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting QEMU: {e}\nback-end log:\n{}", backend.log()))
+}
+
+/// Waits until `guest` printed `count` rounds; panics with its console otherwise.
+fn wait_rounds(guest: &mut RunningGuest, count: usize, side: &str) {
+    if !guest.wait_markers("round", count, ROUND_TIMEOUT) {
+        panic!(
+            "the {side} guest did not reach {count} rounds; console:\n{}",
+            guest.console().text()
+        );
+    }
+}
+
+/// Migrates a guest doing verified writes from a QEMU on back-end `kind` to another QEMU on a
+/// second instance of `kind` serving the same image, and checks every round.
+fn migrate_blk(label: &str, kind: &BlkBackendKind) {
+    let kit = GuestKit::new(label, BLK_MODULES).or_panic("preparing the guest");
+    let dir = kit.dir();
+    let image = dir.join("disk.raw");
+    image::create_sparse(&image, IMAGE_SIZE).or_panic("creating the image");
+    let start_backend = |name: &str| {
+        let mut config = BlkBackendConfig::new(&image, &dir.join(&format!("{name}.sock")), 1);
+        config.shared = true;
+        BlkBackend::start(kind, &config, &dir.join(&format!("{name}.log")))
+            .or_panic("starting a back-end")
+    };
+    let (src_backend, dst_backend) = (start_backend("src"), start_backend("dst"));
+    let src_qmp = dir.join("src.qmp");
+    let mig = format!("unix:{}", dir.join("mig.sock").display());
+    let source = kit
+        .guest(&blk_guest_script(), |g| {
+            g.disks = vec![BlkDisk {
+                socket: src_backend.socket().to_path_buf(),
+                num_queues: 1,
+            }];
+            g.qmp = Some(src_qmp.clone());
+            g.echo = g.echo.as_ref().map(|_| "src| ".into());
+        })
+        .or_panic("preparing the source");
+    let mut destination = source.clone();
+    destination.disks[0].socket = dst_backend.socket().to_path_buf();
+    destination.qmp = None;
+    destination.incoming = Some(mig.clone());
+    destination.echo = source.echo.as_ref().map(|_| "dst| ".into());
+
+    let mut src = spawn(&source, &src_backend);
+    let mut dst = spawn(&destination, &dst_backend);
+    wait_rounds(&mut src, ROUNDS_PER_SIDE, "source");
+    let mut qmp = Qmp::connect(&src_qmp, ROUND_TIMEOUT).or_panic("the source's QMP monitor");
+    let stats = migration::migrate(&mut qmp, &mig, MIGRATION_TIMEOUT).unwrap_or_else(|e| {
+        panic!(
+            "migration with {}: {e}\nsource back-end log:\n{}",
+            kind.name(),
+            src_backend.log()
+        )
+    });
+    eprintln!(
+        "{}: migration took {} ms, downtime {} ms",
+        kind.name(),
+        stats.total_ms,
+        stats.downtime_ms
+    );
+    let src_run = src.finish().or_panic("the source QEMU after migration");
+    let src_rounds = rounds(&src_run.console).len();
+    wait_rounds(&mut dst, src_rounds + ROUNDS_PER_SIDE, "destination");
+    image::write_at(&image, STOP_OFFSET, b"stop").or_panic("writing the stop word");
+    let dst_run = dst.finish().unwrap_or_else(|e| {
+        panic!(
+            "the destination QEMU: {e}\ndestination back-end log:\n{}",
+            dst_backend.log()
+        )
+    });
+    check_rounds(&src_run, &dst_run, &image);
+}
+
+/// Every round, from either console, read back what it wrote and the image holds it; rounds
+/// are numbered 1.. without gaps, and the guest's script ended well.
+fn check_rounds(src: &GuestRun, dst: &GuestRun, image: &std::path::Path) {
+    // A line cut by the move starts on the source's console and ends on the destination's.
+    let both = Console::new(&format!("{}{}", src.console.text(), dst.console.text()));
+    both.check_exit().or_panic("the guest's script");
+    let all = rounds(&both);
+    let last: u64 = both
+        .marker("rounds")
+        .or_panic("guest output")
+        .parse()
+        .expect("a count");
+    assert_eq!(
+        all.iter().map(|r| r.n).collect::<Vec<_>>(),
+        (1..=last).collect::<Vec<_>>(),
+        "rounds across the move"
+    );
+    let len = usize::try_from(ROUND_BYTES).expect("small");
+    for r in &all {
+        assert_eq!(r.read, r.written, "round {}: read back other data", r.n);
+        let on_disk = image::read_at(image, r.n * ROUND_BYTES, len).or_panic("reading the image");
+        assert_eq!(
+            image::sha256_hex(&on_disk).or_panic("hashing"),
+            r.written,
+            "round {}: the image does not hold what the guest wrote",
+            r.n
+        );
+    }
+}
+
+#[test]
+fn blk_guest_migrates_with_io_qemu_storage_daemon() {
+    migrate_blk("mig-blk-qsd", &BlkBackendKind::QemuStorageDaemon);
+}
+
+#[test]
+#[ignore = "backend-blk does not offer VHOST_USER_PROTOCOL_F_LOG_SHMFD yet (issue 9 item 3)"]
+fn blk_guest_migrates_with_io_backend_blk() {
+    migrate_blk("mig-blk", &BlkBackendKind::pvio());
+}
