@@ -101,18 +101,22 @@ impl BlockDevice {
         self.queue_size
     }
 
-    /// Virtio feature bits offered, with VHOST_USER_F_PROTOCOL_FEATURES (bit 30).
+    /// Virtio feature bits offered, with VHOST_USER_F_PROTOCOL_FEATURES (bit 30) and
+    /// VHOST_F_LOG_ALL (bit 26: the back-end logs the pages it writes).
     pub fn features(&self) -> u64 {
         self.features
     }
 
-    /// vhost-user protocol features offered: MQ, CONFIG, REPLY_ACK and CONFIGURE_MEM_SLOTS
-    /// (ADD_MEM_REG / REM_MEM_REG / GET_MAX_MEM_SLOTS), vhost-user.rst.
+    /// vhost-user protocol features offered (vhost-user.rst): MQ, CONFIG, REPLY_ACK,
+    /// CONFIGURE_MEM_SLOTS (ADD_MEM_REG / REM_MEM_REG / GET_MAX_MEM_SLOTS), LOG_SHMFD
+    /// (SET_LOG_BASE: the dirty-page log for live migration) and RESET_DEVICE.
     pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::LOG_SHMFD
+            | VhostUserProtocolFeatures::RESET_DEVICE
     }
 
     /// Request limits for the parser.
@@ -158,7 +162,7 @@ fn device_features(limits: &Limits) -> u64 {
         bits.push(VIRTIO_BLK_F_WRITE_ZEROES);
     }
     bits.iter().fold(
-        VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
+        VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() | VhostUserVirtioFeatures::LOG_ALL.bits(),
         |acc, b| acc | 1 << b,
     )
 }

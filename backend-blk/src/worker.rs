@@ -5,15 +5,23 @@
 //! crosses guest memory regions becomes several iovecs). A transfer that completes short, or
 //! that has more iovecs than one `readv` takes (`UIO_MAXIOV`), is resubmitted for the rest.
 //! Each in-flight request owns a load guard of the guest memory it points into, so a
-//! VHOST_USER_SET_MEM_TABLE cannot unmap it while the kernel may still touch it.
+//! VHOST_USER_SET_MEM_TABLE or REM_MEM_REG cannot unmap it while the kernel may still touch it.
+//!
+//! Dirty-page logging (live migration, vhost-user.rst "Migration"): guest memory carries
+//! vhost-user-backend's [`BitmapMmapRegion`], so writes through vm-memory (status bytes, GET_ID
+//! data, used-ring entries) mark their pages in the front-end's log by themselves. The kernel's
+//! writes for a READV do not pass through vm-memory: a read keeps the bitmap slices of its
+//! buffers and marks them when it completes, before the chain is put in the used ring.
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types};
 use log::{log, trace, warn, Level};
+use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueT};
+use vm_memory::bitmap::Bitmap;
 use vm_memory::{
     Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
     GuestMemoryLoadGuard, GuestMemoryMmap,
@@ -25,8 +33,9 @@ use crate::request::{self, GuestRange, Parsed, Rejected, Request, RequestError};
 use crate::status::Status;
 use crate::uring::{Completion, Ring, Slab, UringError};
 
-/// Guest memory as mapped from the front-end's memory table (no dirty-page bitmap).
-pub type GuestRam = GuestMemoryMmap<()>;
+/// Guest memory as mapped from the front-end's memory table, with the dirty-page bitmap that
+/// VHOST_USER_SET_LOG_BASE switches on.
+pub type GuestRam = GuestMemoryMmap<BitmapMmapRegion>;
 /// Guest memory that VHOST_USER_SET_MEM_TABLE can replace while workers run.
 pub type GuestRamAtomic = GuestMemoryAtomic<GuestRam>;
 /// A snapshot of guest memory that stays mapped while held.
@@ -58,6 +67,9 @@ enum Op {
         next: usize,
         /// File offset of `iovecs[next]`'s start, bytes.
         offset: u64,
+        /// For a READV: the dirty-log bitmap of each guest buffer piece and its length in
+        /// bytes, marked on completion. Empty for a WRITEV.
+        dirty: Vec<(BitmapMmapRegion, usize)>,
         /// Bytes still to transfer.
         remaining: u64,
     },
@@ -386,7 +398,7 @@ impl QueueWorker {
         if remaining == 0 {
             return Start::Done(Status::Ok, 0);
         }
-        let Some(iovecs) = iovecs(mem, buffers) else {
+        let Some(HostBuffers { iovecs, dirty }) = host_buffers(mem, buffers, !write) else {
             warn!(
                 "queue {}: guest buffers vanished from guest memory",
                 self.queue_index
@@ -411,6 +423,7 @@ impl QueueWorker {
             iovecs: IoVecs(iovecs),
             next: 0,
             offset,
+            dirty,
             remaining,
         };
         Start::Submit(op, data_written)
@@ -494,6 +507,12 @@ impl QueueWorker {
     }
 
     fn finish(&mut self, entry: InFlight, status: Status) {
+        // The kernel may have written any part of a read's buffers, even one that failed.
+        if let Op::Transfer { dirty, .. } = &entry.op {
+            for (bitmap, len) in dirty {
+                bitmap.mark_dirty(0, *len);
+            }
+        }
         let written = if status == Status::Ok {
             entry.data_written
         } else {
@@ -583,16 +602,35 @@ fn plan_fallocate(mode: i32, sector: u64, sectors: u32) -> Start {
     Start::Submit(op, 0)
 }
 
-/// Host iovecs for guest `buffers`, one per guest memory region each buffer touches.
-fn iovecs(mem: &GuestRam, buffers: &[GuestRange]) -> Option<Vec<libc::iovec>> {
-    let mut out = Vec::with_capacity(buffers.len());
+/// Guest buffers as the kernel and the dirty log see them.
+struct HostBuffers {
+    /// One iovec per guest memory region each buffer touches.
+    iovecs: Vec<libc::iovec>,
+    /// The dirty-log bitmap of each piece and its length (only when collected).
+    dirty: Vec<(BitmapMmapRegion, usize)>,
+}
+
+/// Host iovecs for guest `buffers`, with their dirty-log bitmaps when the device will write
+/// them (`device_writes`).
+fn host_buffers(
+    mem: &GuestRam,
+    buffers: &[GuestRange],
+    device_writes: bool,
+) -> Option<HostBuffers> {
+    let mut out = HostBuffers {
+        iovecs: Vec::with_capacity(buffers.len()),
+        dirty: Vec::new(),
+    };
     for b in buffers {
         for slice in GuestMemoryBackend::get_slices(mem, b.addr, b.len as usize) {
             let slice = slice.ok()?;
-            out.push(libc::iovec {
+            out.iovecs.push(libc::iovec {
                 iov_base: slice.ptr_guard_mut().as_ptr().cast(),
                 iov_len: slice.len(),
             });
+            if device_writes {
+                out.dirty.push((slice.bitmap().clone(), slice.len()));
+            }
         }
     }
     Some(out)
@@ -637,6 +675,7 @@ mod tests {
                 iovecs: IoVecs(iovecs),
                 next: 0,
                 offset: 4096,
+                dirty: Vec::new(),
                 remaining,
             },
             mem: GuestMemoryAtomic::new(ram).memory(),

@@ -194,7 +194,6 @@ fn blk_guest_migrates_with_io_qemu_storage_daemon() {
 }
 
 #[test]
-#[ignore = "backend-blk does not offer VHOST_USER_PROTOCOL_F_LOG_SHMFD yet (issue 9 item 3)"]
 fn blk_guest_migrates_with_io_backend_blk() {
     migrate_blk("mig-blk", &BlkBackendKind::pvio());
 }
