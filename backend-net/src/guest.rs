@@ -10,15 +10,20 @@
 
 use std::ops::Range;
 
+use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::VringRwLock;
 use virtio_queue::DescriptorChain;
+use vm_memory::bitmap::Bitmap;
 use vm_memory::{
     GuestAddress, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryLoadGuard, GuestMemoryMmap,
     VolatileSlice,
 };
 
-/// Guest memory as mapped from the front-end's memory table (no dirty-page bitmap).
-pub type GuestRam = GuestMemoryMmap<()>;
+/// Guest memory as mapped from the front-end's memory table, with the dirty-page bitmap that
+/// VHOST_USER_SET_LOG_BASE switches on (vhost-user.rst "Migration"): writes through vm-memory
+/// (copies into receive buffers, headers, used-ring entries) mark their pages themselves;
+/// what the kernel writes through iovecs is marked with [`mark_written`].
+pub type GuestRam = GuestMemoryMmap<BitmapMmapRegion>;
 /// Guest memory that VHOST_USER_SET_MEM_TABLE can replace while workers run.
 pub type GuestRamAtomic = GuestMemoryAtomic<GuestRam>;
 /// A snapshot of guest memory that stays mapped while held.
@@ -26,7 +31,21 @@ pub type GuestRamGuard = GuestMemoryLoadGuard<GuestRam>;
 /// The vring type of this back-end.
 pub type Vring = VringRwLock<GuestRamAtomic>;
 /// A piece of guest memory mapped in this process.
-pub type Slice<'m> = VolatileSlice<'m, ()>;
+pub type Slice<'m> = VolatileSlice<'m, BitmapMmapRegion>;
+
+/// Marks the first `len` bytes of `slices` dirty in the front-end's log, for data the kernel
+/// wrote into them (a READV from the TAP), which vm-memory does not see.
+pub fn mark_written(slices: &[Slice<'_>], len: usize) {
+    let mut left = len;
+    for s in slices {
+        if left == 0 {
+            break;
+        }
+        let n = s.len().min(left);
+        s.bitmap().mark_dirty(0, n);
+        left -= n;
+    }
+}
 
 /// A descriptor chain the device cannot use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -208,10 +227,11 @@ impl<'a, 'm> Cursor<'a, 'm> {
                     return done + moved;
                 };
                 // `to.len() <= from.len() - moved`, so the subslice is in range.
-                if let Ok(part) = from.subslice(moved, to.len()) {
+                let n = to.len();
+                if let Ok(part) = from.subslice(moved, n) {
                     part.copy_to_volatile_slice(to);
                 }
-                moved += to.len();
+                moved += n;
             }
             done += moved;
         }
