@@ -12,6 +12,7 @@ use log::{debug, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
+use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -146,9 +147,13 @@ impl VhostUserBackend for BlkBackend {
         Err(io::Error::from(io::ErrorKind::PermissionDenied))
     }
 
-    fn update_memory(&self, _mem: GuestRamAtomic) -> io::Result<()> {
+    fn update_memory(&self, mem: GuestRamAtomic) -> io::Result<()> {
         // The workers load the same GuestMemoryAtomic for each batch; requests in flight keep
-        // their own snapshot mapped.
+        // their own snapshot mapped. A refused table ends the session (vhost-user-backend).
+        if let Err(e) = crate::memcheck::check_region_files(&mem.memory()) {
+            warn!("refusing the front-end's memory table: {e}");
+            return Err(e);
+        }
         debug!("guest memory table updated");
         Ok(())
     }

@@ -21,6 +21,7 @@ pub mod cli;
 pub mod daemon;
 pub mod device;
 pub mod image;
+pub mod memcheck;
 pub mod request;
 pub mod status;
 pub mod uring;

@@ -373,6 +373,11 @@ impl BlkQueue {
         self.vq.size()
     }
 
+    /// Where the queue's descriptor table and rings are in guest memory.
+    pub fn layout(&self) -> &QueueLayout {
+        self.vq.layout()
+    }
+
     /// Requests submitted and not yet handed out as completions.
     pub fn in_flight(&self) -> usize {
         usize::from(self.vq.chains_in_flight()) + self.ready.len()
