@@ -159,15 +159,27 @@ pub struct MigrationStats {
 }
 
 /// Migrates the guest behind the source's monitor `source` to `uri` (where a destination QEMU
-/// waits with `-incoming uri`), waits up to `timeout` for `completed`, then tells the source to
-/// quit.
+/// waits with `-incoming uri`; for `unix:PATH`, once it listens there), waits up to `timeout`
+/// for `completed`, then tells the source to quit.
 ///
 /// # Errors
 /// [`Error::Failed`], [`Error::Timeout`], or a QMP error (e.g. QEMU refusing to migrate:
 /// "Migration disabled: vhost-user backend lacks VHOST_USER_PROTOCOL_F_LOG_SHMFD feature").
 pub fn migrate(source: &mut Qmp, uri: &str, timeout: Duration) -> Result<MigrationStats, Error> {
-    source.execute("migrate", json!({ "uri": uri }))?;
     let until = Instant::now() + timeout;
+    if let Some(path) = uri.strip_prefix("unix:") {
+        // A destination QEMU that has just started may not listen yet.
+        while !crate::backend::is_listening(Path::new(path)) {
+            if Instant::now() > until {
+                return Err(Error::Timeout {
+                    timeout,
+                    info: format!("nothing listens on {path}"),
+                });
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+    source.execute("migrate", json!({ "uri": uri }))?;
     loop {
         let info = source.execute("query-migrate", json!({}))?;
         match info.get("status").and_then(Value::as_str).unwrap_or("") {

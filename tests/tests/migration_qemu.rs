@@ -8,16 +8,24 @@
 //! and the destination's, against the image file. QEMU migrates only when the back-end logs
 //! dirty pages (VHOST_USER_PROTOCOL_F_LOG_SHMFD); qemu-storage-daemon, which does, checks the
 //! harness.
+//!
+//! Network: the guest pings an address inside a network namespace the test made, through a
+//! multi-queue TAP there that two backend-net instances share (one queue each); it must go on
+//! getting replies on the destination. Needs root (namespaces, TAP).
+
+mod net_support;
 
 use std::time::Duration;
+
+use net_support::{NetDaemon, Netns};
 
 use pvio_tests::backend::{BlkBackend, BlkBackendConfig, BlkBackendKind};
 use pvio_tests::console::Console;
 use pvio_tests::guest::GuestKit;
 use pvio_tests::image::{self, MIB};
-use pvio_tests::initramfs::BLK_MODULES;
+use pvio_tests::initramfs::{net_modules, BLK_MODULES};
 use pvio_tests::migration::{self, Qmp};
-use pvio_tests::qemu::{BlkDisk, Guest, GuestRun, RunningGuest};
+use pvio_tests::qemu::{BlkDisk, Guest, GuestRun, NetNic, RunningGuest};
 use pvio_tests::OrPanic;
 
 /// Size of the shared image.
@@ -196,4 +204,105 @@ fn blk_guest_migrates_with_io_qemu_storage_daemon() {
 #[test]
 fn blk_guest_migrates_with_io_backend_blk() {
     migrate_blk("mig-blk", &BlkBackendKind::pvio());
+}
+
+/// The namespace's address on the TAP and the guest's, in a subnet that exists only inside the
+/// test's network namespace.
+const NS_ADDR: &str = "10.78.0.1";
+const GUEST_CIDR: &str = "10.78.0.2/24";
+/// Pongs to see before the move and after it.
+const PONGS_PER_SIDE: usize = 3;
+
+/// The guest pings the namespace once a second for as long as it runs, printing each reply.
+fn net_guest_script() -> String {
+    format!(
+        "ip link set eth0 up\nip addr add {GUEST_CIDR} dev eth0\n\
+         i=0\n\
+         while [ $i -lt 600 ]; do\n\
+           i=$((i+1))\n\
+           ping -c 1 -W 1 {NS_ADDR} > /dev/null 2>&1 && echo \"@@pvio pong $i\"\n\
+           sleep 1\n\
+         done\n"
+    )
+}
+
+/// Migrates a guest pinging a peer in a network namespace: the source's backend-net and the
+/// destination's serve queues of one multi-queue TAP there. The destination's instance is
+/// started just before the move and the source's stopped right after it (so the TAP's
+/// traffic goes to the queue that has a running guest); the guest must keep getting replies.
+#[test]
+fn net_guest_keeps_pinging_across_migration_backend_net() {
+    let kit = GuestKit::new("mig-net", &net_modules()).or_panic("preparing the guest");
+    let dir = kit.dir();
+    let ns = Netns::new();
+    ns.add_tap("tap0", true, &format!("{NS_ADDR}/24"));
+    let src_backend = NetDaemon::tap_on(dir.path(), "src.sock", &ns, "tap0", &[]);
+    let src_qmp = dir.join("src.qmp");
+    let mig = format!("unix:{}", dir.join("mig.sock").display());
+    let nic = |socket: &std::path::Path| NetNic {
+        socket: socket.to_path_buf(),
+        mac: "52:54:00:78:00:02".into(),
+        queue_pairs: 1,
+    };
+    let source = kit
+        .guest(&net_guest_script(), |g| {
+            g.nics = vec![nic(&src_backend.sockets()[0])];
+            g.qmp = Some(src_qmp.clone());
+            g.echo = g.echo.as_ref().map(|_| "src| ".into());
+        })
+        .or_panic("preparing the source");
+    let mut src = source.spawn().or_panic("starting the source QEMU");
+    if !src.wait_markers("pong", PONGS_PER_SIDE, ROUND_TIMEOUT) {
+        panic!(
+            "no replies before the move; console:\n{}\nbackend-net log:\n{}",
+            src.console().text(),
+            src_backend.log()
+        );
+    }
+
+    let dst_backend = NetDaemon::tap_on(dir.path(), "dst.sock", &ns, "tap0", &[]);
+    let mut destination = source.clone();
+    destination.nics = vec![nic(&dst_backend.sockets()[0])];
+    destination.qmp = None;
+    destination.incoming = Some(mig.clone());
+    destination.echo = source.echo.as_ref().map(|_| "dst| ".into());
+    let mut dst = destination
+        .spawn()
+        .or_panic("starting the destination QEMU");
+    let mut qmp = Qmp::connect(&src_qmp, ROUND_TIMEOUT).or_panic("the source's QMP monitor");
+    let stats = migration::migrate(&mut qmp, &mig, MIGRATION_TIMEOUT).unwrap_or_else(|e| {
+        panic!(
+            "migration with backend-net: {e}\nsource backend-net log:\n{}",
+            src_backend.log()
+        )
+    });
+    eprintln!(
+        "backend-net: migration took {} ms, downtime {} ms",
+        stats.total_ms, stats.downtime_ms
+    );
+    let src_run = src.finish().or_panic("the source QEMU after migration");
+    src_backend.stop();
+    let last_before: u64 = src_run
+        .console
+        .markers("pong")
+        .last()
+        .and_then(|n| n.parse().ok())
+        .expect("pongs on the source");
+    if !dst.wait_markers("pong", PONGS_PER_SIDE, ROUND_TIMEOUT) {
+        panic!(
+            "no replies after the move; destination console:\n{}\nbackend-net log:\n{}",
+            dst.console().text(),
+            dst_backend.log()
+        );
+    }
+    let after: Vec<u64> = dst
+        .console()
+        .markers("pong")
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        after.iter().all(|&n| n > last_before),
+        "the destination's pings {after:?} do not continue the source's (last {last_before})"
+    );
 }
