@@ -2,7 +2,7 @@
 //! stop and reset) and dispatches worker-thread events to the per-queue [`QueueWorker`]s.
 //!
 //! Queue `i` is served by vhost-user-backend's worker thread `i` alone
-//! ([`VhostUserBackend::queues_per_thread`]), which also watches that queue's io_uring
+//! ([`DeviceBackend::queues_per_thread`]), which also watches that queue's io_uring
 //! completion eventfd. A fresh [`BlkBackend`] is made for every front-end connection.
 
 use std::io;
@@ -10,17 +10,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use log::{debug, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::bitmap::BitmapMmapRegion;
-use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
-use vm_memory::GuestAddressSpace;
+use vhost_daemon::backend::{DeviceBackend, ExtraEvent};
+use vhost_daemon::memory::{GuestRamAtomic, Vring};
+use vhost_daemon::uring::UringError;
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
 
 use crate::device::BlockDevice;
-use crate::uring::UringError;
-use crate::worker::{GuestRamAtomic, QueueWorker, Vring};
+use crate::worker::QueueWorker;
 
 /// Failure to set up the back-end for a connection.
 #[derive(Debug, thiserror::Error)]
@@ -32,14 +28,6 @@ pub enum BackendError {
         queue: u16,
         /// Why.
         source: UringError,
-    },
-    /// A completion eventfd could not join its worker thread's epoll.
-    #[error("queue {queue}: cannot watch the io_uring completion eventfd: {source}")]
-    RegisterCompletions {
-        /// Queue index.
-        queue: usize,
-        /// The OS error.
-        source: io::Error,
     },
 }
 
@@ -68,28 +56,8 @@ impl BlkBackend {
 
     /// The `device_event` of the io_uring completion eventfds: past the range vhost-user-backend
     /// reserves for queues and its exit event.
-    pub fn completion_event(&self) -> u16 {
+    fn completion_event(&self) -> u16 {
         self.device.num_queues() + 1
-    }
-
-    /// Adds each queue's completion eventfd to the epoll of the worker thread serving it.
-    ///
-    /// # Errors
-    /// [`BackendError::RegisterCompletions`] when `epoll_ctl` fails.
-    pub fn register_completions(
-        &self,
-        handlers: &[Arc<VringEpollHandler<Arc<BlkBackend>>>],
-    ) -> Result<(), BackendError> {
-        for (queue, handler) in handlers.iter().enumerate() {
-            let Some(worker) = self.workers.get(queue) else {
-                break;
-            };
-            let fd = lock(worker).completion_fd();
-            handler
-                .register_listener(fd, EventSet::IN, u64::from(self.completion_event()))
-                .map_err(|source| BackendError::RegisterCompletions { queue, source })?;
-        }
-        Ok(())
     }
 
     /// Waits for the in-flight requests of every queue and completes them.
@@ -110,10 +78,7 @@ fn lock(worker: &Mutex<QueueWorker>) -> MutexGuard<'_, QueueWorker> {
     worker.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl VhostUserBackend for BlkBackend {
-    type Bitmap = BitmapMmapRegion;
-    type Vring = Vring;
-
+impl DeviceBackend for BlkBackend {
     fn num_queues(&self) -> usize {
         usize::from(self.device.num_queues())
     }
@@ -135,41 +100,19 @@ impl VhostUserBackend for BlkBackend {
         debug!("VIRTIO_RING_F_EVENT_IDX negotiated: {enabled}");
     }
 
-    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        self.device.config_window(offset, size)
+    fn config_space(&self) -> Vec<u8> {
+        self.device.config_space().to_vec()
     }
 
-    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
-        warn!(
-            "front-end wrote {} bytes at offset {offset} of the read-only configuration space",
-            buf.len()
-        );
-        Err(io::Error::from(io::ErrorKind::PermissionDenied))
-    }
-
-    fn update_memory(&self, mem: GuestRamAtomic) -> io::Result<()> {
+    fn update_memory(&self, _mem: GuestRamAtomic) -> io::Result<()> {
         // The workers load the same GuestMemoryAtomic for each batch; requests in flight keep
-        // their own snapshot mapped. A refused table ends the session (vhost-user-backend).
-        if let Err(e) = crate::memcheck::check_region_files(&mem.memory()) {
-            warn!("refusing the front-end's memory table: {e}");
-            return Err(e);
-        }
+        // their own snapshot mapped.
         debug!("guest memory table updated");
         Ok(())
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
         (0..self.device.num_queues()).map(|q| 1u64 << q).collect()
-    }
-
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                warn!("cannot create a worker exit event: {e}");
-                None
-            }
-        }
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
@@ -186,17 +129,32 @@ impl VhostUserBackend for BlkBackend {
         self.drain();
     }
 
+    /// Queue `i`'s io_uring completion eventfd joins worker thread `i`.
+    fn extra_events(&self) -> Vec<ExtraEvent> {
+        self.workers
+            .iter()
+            .enumerate()
+            .filter_map(|(thread, worker)| {
+                Some(ExtraEvent {
+                    thread,
+                    fd: lock(worker).completion_fd()?,
+                    events: EventSet::IN,
+                    device_event: self.completion_event(),
+                })
+            })
+            .collect()
+    }
+
     fn handle_event(
         &self,
         device_event: u16,
         _evset: EventSet,
         vrings: &[Vring],
         thread_id: usize,
-    ) -> io::Result<()> {
-        // Errors are logged, never returned: an error would end the worker thread for good.
+    ) {
         let Some(worker) = self.workers.get(thread_id) else {
             warn!("event {device_event} for unknown worker thread {thread_id}");
-            return Ok(());
+            return;
         };
         let mut worker = lock(worker);
         if device_event == self.completion_event() {
@@ -206,6 +164,13 @@ impl VhostUserBackend for BlkBackend {
         } else {
             warn!("worker thread {thread_id}: unexpected event {device_event}");
         }
-        Ok(())
+    }
+
+    fn disconnected(&self) {
+        let in_flight = self.in_flight();
+        if in_flight > 0 {
+            log::info!("waiting for {in_flight} in-flight request(s)");
+        }
+        self.drain();
     }
 }

@@ -9,6 +9,7 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
+pub use vhost_daemon::listener::SocketSource;
 
 /// Largest `--queue-size`: QEMU's `VIRTQUEUE_MAX_SIZE`, the most a vhost-user front-end asks for.
 pub const MAX_QUEUE_SIZE: u16 = 1024;
@@ -94,15 +95,6 @@ pub enum OnOff {
     Off,
 }
 
-/// Where the vhost-user socket comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SocketSource {
-    /// Create a listening socket at this path (a stale socket there is replaced).
-    Path(PathBuf),
-    /// Use this inherited, already listening socket file descriptor.
-    Fd(RawFd),
-}
-
 /// Validated daemon configuration built from the [`Cli`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -181,12 +173,11 @@ impl Cli {
 /// The `--print-capabilities` document: `{"type": "block", "features": [...]}` with the block
 /// features of QEMU's `docs/interop/vhost-user.json` this binary supports.
 pub fn capabilities_json() -> String {
-    serde_json::json!({
-        "type": "block",
-        "features": ["read-only", "blk-file"],
-    })
-    .to_string()
+    vhost_daemon::capabilities::json(CAPABILITIES.0, CAPABILITIES.1)
 }
+
+/// The `--print-capabilities` type and features.
+pub const CAPABILITIES: (&str, &[&str]) = ("block", &["read-only", "blk-file"]);
 
 #[cfg(test)]
 mod tests {

@@ -101,22 +101,15 @@ impl BlockDevice {
         self.queue_size
     }
 
-    /// Virtio feature bits offered, with VHOST_USER_F_PROTOCOL_FEATURES (bit 30) and
-    /// VHOST_F_LOG_ALL (bit 26: the back-end logs the pages it writes).
+    /// Virtio feature bits offered, with VHOST_USER_F_PROTOCOL_FEATURES (bit 30).
     pub fn features(&self) -> u64 {
         self.features
     }
 
-    /// vhost-user protocol features offered (vhost-user.rst): MQ, CONFIG, REPLY_ACK,
-    /// CONFIGURE_MEM_SLOTS (ADD_MEM_REG / REM_MEM_REG / GET_MAX_MEM_SLOTS), LOG_SHMFD
-    /// (SET_LOG_BASE: the dirty-page log for live migration) and RESET_DEVICE.
+    /// The device's vhost-user protocol features: MQ, CONFIG (vhost-user.rst); vhost-daemon
+    /// adds its own (REPLY_ACK).
     pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-            | VhostUserProtocolFeatures::LOG_SHMFD
-            | VhostUserProtocolFeatures::RESET_DEVICE
+        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG
     }
 
     /// Request limits for the parser.
@@ -129,14 +122,9 @@ impl BlockDevice {
         &self.serial
     }
 
-    /// `size` bytes of the configuration space from byte `offset`, as VHOST_USER_GET_CONFIG
-    /// returns them: bytes past the end of `struct virtio_blk_config` read as zero, so any
-    /// offset and size are answered without panicking.
-    pub fn config_window(&self, offset: u32, size: u32) -> Vec<u8> {
-        let start = offset as usize;
-        (start..start.saturating_add(size as usize))
-            .map(|i| self.config.get(i).copied().unwrap_or(0))
-            .collect()
+    /// `struct virtio_blk_config` as the driver sees it (the core cuts GET_CONFIG windows).
+    pub fn config_space(&self) -> &[u8] {
+        &self.config
     }
 }
 
@@ -162,7 +150,7 @@ fn device_features(limits: &Limits) -> u64 {
         bits.push(VIRTIO_BLK_F_WRITE_ZEROES);
     }
     bits.iter().fold(
-        VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() | VhostUserVirtioFeatures::LOG_ALL.bits(),
+        VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
         |acc, b| acc | 1 << b,
     )
 }
@@ -221,7 +209,8 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::cli::SocketSource;
+    use vhost_daemon::config::window;
+    use vhost_daemon::listener::SocketSource;
 
     fn device(tag: &str, read_only: bool, serial: Option<&[u8]>) -> (BlockDevice, PathBuf) {
         let dir = std::env::temp_dir().join(format!("pvio-blk-dev-{}-{tag}", std::process::id()));
@@ -242,13 +231,17 @@ mod tests {
     }
 
     fn le32(dev: &BlockDevice, offset: usize) -> u32 {
-        u32::from_le_bytes(dev.config_window(offset as u32, 4).try_into().unwrap())
+        u32::from_le_bytes(
+            window(dev.config_space(), offset as u32, 4)
+                .try_into()
+                .unwrap(),
+        )
     }
 
     #[test]
     fn config_space_fields() {
         let (dev, dir) = device("cfg", false, None);
-        let cap = dev.config_window(0, 8);
+        let cap = window(dev.config_space(), 0, 8);
         assert_eq!(u64::from_le_bytes(cap.try_into().unwrap()), 2048);
         assert_eq!(
             le32(&dev, offset_of!(virtio_blk_config, size_max)),
@@ -256,7 +249,11 @@ mod tests {
         );
         assert_eq!(le32(&dev, offset_of!(virtio_blk_config, seg_max)), SEG_MAX);
         assert_eq!(le32(&dev, offset_of!(virtio_blk_config, blk_size)), 512);
-        let nq = dev.config_window(offset_of!(virtio_blk_config, num_queues) as u32, 2);
+        let nq = window(
+            dev.config_space(),
+            offset_of!(virtio_blk_config, num_queues) as u32,
+            2,
+        );
         assert_eq!(nq, 3u16.to_le_bytes());
         let f = dev.features();
         assert_ne!(f & (1 << VIRTIO_F_VERSION_1), 0);
@@ -266,20 +263,6 @@ mod tests {
             let off = offset_of!(virtio_blk_config, max_discard_seg);
             assert_eq!(le32(&dev, off), MAX_ZERO_SEGMENTS);
         }
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn config_window_never_panics() {
-        let (dev, dir) = device("win", false, None);
-        assert_eq!(
-            dev.config_window(0, CONFIG_SPACE_BYTES as u32).len(),
-            CONFIG_SPACE_BYTES
-        );
-        assert_eq!(dev.config_window(CONFIG_SPACE_BYTES as u32 - 2, 8).len(), 8);
-        assert_eq!(&dev.config_window(CONFIG_SPACE_BYTES as u32, 4), &[0; 4]);
-        assert_eq!(dev.config_window(u32::MAX, 3), vec![0; 3]);
-        assert!(dev.config_window(7, 0).is_empty());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -8,12 +8,11 @@
 //! - [`device`]: feature bits, `struct virtio_blk_config`, request limits, serial;
 //! - [`request`]: descriptor chain → validated [`request::Request`] (pure parsing);
 //! - [`status`]: every failure → VIRTIO_BLK_S_* status byte;
-//! - [`uring`]: io_uring ring, completion eventfd, slab of in-flight operations;
 //! - [`worker`]: per-queue data path (pop, parse, submit, complete, notify);
-//! - [`backend`]: the `VhostUserBackend` implementation (control path, event dispatch);
-//! - [`daemon`]: listener, one fresh back-end per connection, signals.
+//! - [`backend`]: the per-connection back-end (control path, event dispatch);
+//! - [`daemon`]: the device as vhost-daemon serves it (listener, signals, serve loop and the
+//!   io_uring ring live in the `vhost-daemon` crate).
 
-use std::io::Write;
 use std::process::ExitCode;
 
 pub mod backend;
@@ -21,10 +20,8 @@ pub mod cli;
 pub mod daemon;
 pub mod device;
 pub mod image;
-pub mod memcheck;
 pub mod request;
 pub mod status;
-pub mod uring;
 pub mod worker;
 
 /// Exit code for a command line that cannot be used (clap's convention).
@@ -34,11 +31,8 @@ const EXIT_USAGE: u8 = 2;
 /// configuration and serves until SIGTERM/SIGINT. Every failure is one line on stderr.
 pub fn run(cli: cli::Cli) -> ExitCode {
     if cli.print_capabilities {
-        let mut out = std::io::stdout();
-        return match writeln!(out, "{}", cli::capabilities_json()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(_) => ExitCode::FAILURE,
-        };
+        let (kind, features) = cli::CAPABILITIES;
+        return vhost_daemon::capabilities::print(kind, features);
     }
     let config = match cli.into_config() {
         Ok(config) => config,

@@ -18,30 +18,18 @@ use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types};
 use log::{log, trace, warn, Level};
-use vhost_user_backend::bitmap::BitmapMmapRegion;
-use vhost_user_backend::{VringRwLock, VringT};
+use vhost_daemon::memory::BitmapMmapRegion;
+use vhost_user_backend::VringT;
 use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::bitmap::Bitmap;
-use vm_memory::{
-    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
-    GuestMemoryLoadGuard, GuestMemoryMmap,
-};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend};
 
 use crate::device::BlockDevice;
 use crate::image::SECTOR_SIZE;
 use crate::request::{self, GuestRange, Parsed, Rejected, Request, RequestError};
 use crate::status::Status;
-use crate::uring::{Completion, Ring, Slab, UringError};
-
-/// Guest memory as mapped from the front-end's memory table, with the dirty-page bitmap that
-/// VHOST_USER_SET_LOG_BASE switches on.
-pub type GuestRam = GuestMemoryMmap<BitmapMmapRegion>;
-/// Guest memory that VHOST_USER_SET_MEM_TABLE can replace while workers run.
-pub type GuestRamAtomic = GuestMemoryAtomic<GuestRam>;
-/// A snapshot of guest memory that stays mapped while held.
-type GuestRamGuard = GuestMemoryLoadGuard<GuestRam>;
-/// The vring type of this back-end.
-pub type Vring = VringRwLock<GuestRamAtomic>;
+use vhost_daemon::memory::{GuestRam, GuestRamAtomic, GuestRamGuard, Vring};
+use vhost_daemon::uring::{Completion, Ring, Slab, UringError};
 
 /// Most iovecs one READV/WRITEV takes (`UIO_MAXIOV`).
 const MAX_IOVECS_PER_OP: usize = 1024;
@@ -232,7 +220,7 @@ impl QueueWorker {
         let entries = u32::from(device.queue_size()).max(2);
         Ok(QueueWorker {
             queue_index,
-            ring: Ring::new(entries)?,
+            ring: Ring::with_eventfd(entries)?,
             inflight: Slab::with_capacity(entries as usize),
             completions: Vec::with_capacity(2 * entries as usize),
             device,
@@ -243,7 +231,7 @@ impl QueueWorker {
     }
 
     /// The eventfd the kernel signals for every completion.
-    pub fn completion_fd(&self) -> RawFd {
+    pub fn completion_fd(&self) -> Option<RawFd> {
         self.ring.eventfd()
     }
 
@@ -678,7 +666,7 @@ mod tests {
                 dirty: Vec::new(),
                 remaining,
             },
-            mem: GuestMemoryAtomic::new(ram).memory(),
+            mem: vm_memory::GuestMemoryAtomic::new(ram).memory(),
         }
     }
 

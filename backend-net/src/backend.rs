@@ -1,25 +1,23 @@
-//! The vhost-user side of one connection: the [`VhostUserBackend`] implementation that
-//! vhost-user-backend's daemon drives (control path on the daemon thread, one worker thread per
-//! queue pair), and the control queue.
+//! The vhost-user side of one connection: the [`DeviceBackend`] that vhost-daemon's back-end
+//! wrapper forwards to (control path on the daemon thread, one worker thread per queue pair),
+//! and the control queue.
 //!
 //! Queues: receiveq N is vring 2N, transmitq N is vring 2N+1, the controlq is vring 2P for P
 //! pairs (virtio 1.2 §5.1.2). Worker thread N serves pair N; thread 0 also serves the
 //! controlq. Within a thread the vrings are numbered 0 (receive), 1 (transmit), 2 (control);
-//! the TAP queue's readiness arrives as [`NetBackend::tap_event`].
+//! the TAP queue's readiness arrives as device event 2P+2 (an [`ExtraEvent`]).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::bitmap::BitmapMmapRegion;
-use vhost_user_backend::{VhostUserBackend, VringT};
+use vhost_daemon::backend::{DeviceBackend, ExtraEvent};
+use vhost_daemon::uring::UringError;
+use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
 
 use crate::ctrl::{self, Command, ACK_ERR, ACK_OK, MAX_COMMAND_BYTES};
 use crate::device::{self, Acked};
@@ -27,7 +25,6 @@ use crate::guest::{walk, Cursor, GuestRam, GuestRamAtomic, Vring};
 use crate::port::{notify, Port};
 use crate::switch::Switch;
 use crate::tap::TapQueue;
-use crate::uring::UringError;
 use crate::worker::{Path, TapPath, Worker};
 
 /// What the pairs of a connection are bridged to.
@@ -88,8 +85,8 @@ impl NetBackend {
     }
 
     /// The device event number of a TAP queue's readiness in its worker's epoll.
-    pub fn tap_event(&self) -> u64 {
-        self.num_queues() as u64 + 1
+    fn tap_event(&self) -> u16 {
+        2 * self.port.queue_pairs + 2
     }
 
     /// The front-end left: the port forgets it (filter, features, backlogs, learned stations),
@@ -183,10 +180,7 @@ impl NetBackend {
     }
 }
 
-impl VhostUserBackend for NetBackend {
-    type Bitmap = BitmapMmapRegion;
-    type Vring = Vring;
-
+impl DeviceBackend for NetBackend {
     fn num_queues(&self) -> usize {
         2 * usize::from(self.port.queue_pairs) + 1
     }
@@ -230,12 +224,12 @@ impl VhostUserBackend for NetBackend {
         self.event_idx.store(enabled, Ordering::Relaxed);
     }
 
-    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        device::config_window(&self.config, offset, size)
+    fn config_space(&self) -> Vec<u8> {
+        self.config.clone()
     }
 
-    fn update_memory(&self, _mem: GuestRamAtomic) -> io::Result<()> {
-        // The daemon swaps the mapping inside the atomic this back-end already holds.
+    fn set_config(&self, _offset: u32, _buf: &[u8]) -> io::Result<()> {
+        // virtio 1.2 §5.1.4: the driver does not write the network device's configuration.
         Ok(())
     }
 
@@ -253,12 +247,6 @@ impl VhostUserBackend for NetBackend {
             .collect()
     }
 
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK)
-            .map_err(|e| log::error!("cannot create a worker exit event: {e}"))
-            .ok()
-    }
-
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         let q = queue_index as usize / 2;
         if queue_index % 2 == 0 && q < self.workers.len() {
@@ -270,19 +258,35 @@ impl VhostUserBackend for NetBackend {
         Ok(())
     }
 
+    /// In TAP mode, pair `q`'s TAP queue joins worker thread `q` (edge-triggered).
+    fn extra_events(&self) -> Vec<ExtraEvent> {
+        let Dataplane::Tap(taps) = &self.dataplane else {
+            return Vec::new();
+        };
+        taps.iter()
+            .enumerate()
+            .map(|(thread, tap)| ExtraEvent {
+                thread,
+                fd: tap.fd(),
+                events: EventSet::IN | EventSet::EDGE_TRIGGERED,
+                device_event: self.tap_event(),
+            })
+            .collect()
+    }
+
     fn handle_event(
         &self,
         device_event: u16,
         _evset: EventSet,
         vrings: &[Vring],
         thread_id: usize,
-    ) -> io::Result<()> {
+    ) {
         log::trace!(
             "port {}: worker {thread_id} event {device_event}",
             self.port.id
         );
         let (Some(worker), [rx, tx, rest @ ..]) = (self.workers.get(thread_id), vrings) else {
-            return Ok(());
+            return;
         };
         match device_event {
             0 => worker.lock().unwrap_or_else(|p| p.into_inner()).rx_kick(rx),
@@ -292,7 +296,7 @@ impl VhostUserBackend for NetBackend {
                     self.process_ctrl(ctrl);
                 }
             }
-            e if u64::from(e) == self.tap_event() => {
+            e if e == self.tap_event() => {
                 worker
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -300,6 +304,9 @@ impl VhostUserBackend for NetBackend {
             }
             e => log::debug!("unexpected device event {e} on worker {thread_id}"),
         }
-        Ok(())
+    }
+
+    fn disconnected(&self) {
+        self.disconnect();
     }
 }

@@ -2,11 +2,14 @@
 //!
 //! Two modes: `--tap NAME` bridges one front-end to an existing TAP device; `--switch` makes
 //! every `--socket` a port of a learning L2 switch. `--socket-path` is accepted as an alias, as
-//! in the "Backend program conventions" of QEMU's `docs/interop/vhost-user.rst`.
+//! in the "Backend program conventions" of QEMU's `docs/interop/vhost-user.rst`, as are `--fd`
+//! (an inherited listening socket, TAP mode or a one-port switch) and `--print-capabilities`.
 
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 
 use clap::Parser;
+use vhost_daemon::listener::SocketSource;
 
 use crate::mac::MacAddr;
 
@@ -47,16 +50,25 @@ pub struct Cli {
         long,
         visible_alias = "socket-path",
         value_name = "PATH",
-        required = true
+        required_unless_present_any = ["fd", "print_capabilities"],
+        conflicts_with = "fd"
     )]
     pub socket: Vec<PathBuf>,
+
+    /// An already listening unix socket inherited from the launcher, instead of --socket.
+    #[arg(long, value_name = "FDNUM")]
+    pub fd: Option<RawFd>,
+
+    /// Print the back-end's capabilities as JSON (vhost-user.json, type "net") and exit.
+    #[arg(long)]
+    pub print_capabilities: bool,
 
     /// Bridge the front-end to this existing TAP device.
     #[arg(
         long,
         value_name = "NAME",
         conflicts_with = "switch",
-        required_unless_present = "switch"
+        required_unless_present_any = ["switch", "print_capabilities"]
     )]
     pub tap: Option<String>,
 
@@ -106,7 +118,7 @@ pub struct Config {
     /// TAP or switch.
     pub mode: Mode,
     /// One socket per port (exactly one in TAP mode).
-    pub sockets: Vec<PathBuf>,
+    pub sockets: Vec<SocketSource>,
     /// Queue pairs per front-end, 1 to [`MAX_QUEUE_PAIRS`].
     pub queue_pairs: u16,
     /// MAC of port 0; port i has `mac.offset(i)`.
@@ -148,7 +160,13 @@ pub enum ConfigError {
     /// `--rx-backlog` is zero.
     #[error("--rx-backlog must be at least 1")]
     RxBacklog,
+    /// `--fd` is negative.
+    #[error("--fd {0} is not a file descriptor number")]
+    Fd(RawFd),
 }
+
+/// The `--print-capabilities` type and features (vhost-user.json: net back-ends have none).
+pub const CAPABILITIES: (&str, &[&str]) = ("net", &[]);
 
 impl Cli {
     /// Checks the parsed arguments and builds the [`Config`].
@@ -171,22 +189,27 @@ impl Cli {
         if self.rx_backlog == 0 {
             return Err(ConfigError::RxBacklog);
         }
-        let mode = match self.tap {
-            Some(name) if self.socket.len() == 1 => Mode::Tap(name),
-            Some(_) => return Err(ConfigError::TapSockets(self.socket.len())),
-            None if self.socket.len() > MAX_PORTS => {
-                return Err(ConfigError::TooManyPorts(self.socket.len()))
-            }
-            None => Mode::Switch,
-        };
         for (i, s) in self.socket.iter().enumerate() {
             if self.socket[..i].contains(s) {
                 return Err(ConfigError::DuplicateSocket(s.clone()));
             }
         }
+        let sockets: Vec<SocketSource> = match self.fd {
+            Some(fd) if fd < 0 => return Err(ConfigError::Fd(fd)),
+            Some(fd) => vec![SocketSource::Fd(fd)],
+            None => self.socket.into_iter().map(SocketSource::Path).collect(),
+        };
+        let mode = match self.tap {
+            Some(name) if sockets.len() == 1 => Mode::Tap(name),
+            Some(_) => return Err(ConfigError::TapSockets(sockets.len())),
+            None if sockets.len() > MAX_PORTS => {
+                return Err(ConfigError::TooManyPorts(sockets.len()))
+            }
+            None => Mode::Switch,
+        };
         Ok(Config {
             mode,
-            sockets: self.socket,
+            sockets,
             queue_pairs: self.num_queue_pairs,
             mac: self.mac,
             mtu: self.mtu,
@@ -214,7 +237,7 @@ mod tests {
             c,
             Config {
                 mode: Mode::Tap("tap0".into()),
-                sockets: vec!["/s".into()],
+                sockets: vec![SocketSource::Path("/s".into())],
                 queue_pairs: 1,
                 mac: DEFAULT_MAC,
                 mtu: 1500,
@@ -238,7 +261,13 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.mode, Mode::Switch);
-        assert_eq!(c.sockets, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(
+            c.sockets,
+            vec![
+                SocketSource::Path("/a".into()),
+                SocketSource::Path("/b".into())
+            ]
+        );
         assert_eq!(c.mac, MacAddr([2, 0, 0, 0, 0, 0x10]));
     }
 
@@ -261,5 +290,17 @@ mod tests {
         assert!(parse(&["--socket", "/s", "--tap", "t", "--mac", "nonsense"]).is_err());
         let e = parse(&["--switch", "--socket", "/a", "--socket", "/a"]).unwrap_err();
         assert!(e.contains("twice"), "{e}");
+        assert!(parse(&["--fd", "3", "--socket", "/s", "--tap", "t"]).is_err());
+        assert!(parse(&["--fd=-1", "--tap", "t"])
+            .unwrap_err()
+            .contains("--fd -1"));
+    }
+
+    #[test]
+    fn inherited_socket_and_capabilities() {
+        let c = parse(&["--fd", "3", "--tap", "tap0"]).unwrap();
+        assert_eq!(c.sockets, vec![SocketSource::Fd(3)]);
+        let cli = Cli::try_parse_from(["backend-net", "--print-capabilities"]).unwrap();
+        assert!(cli.print_capabilities);
     }
 }

@@ -47,11 +47,10 @@ const fn bit(b: u32) -> u64 {
 }
 
 /// The feature word offered in VHOST_USER_GET_FEATURES: [`OFFERED_FEATURES`] plus
-/// VHOST_USER_F_PROTOCOL_FEATURES (bit 30) and VHOST_F_LOG_ALL (bit 26: the back-end logs the
-/// pages it writes); VIRTIO_NET_F_MQ only with more than one pair.
+/// VHOST_USER_F_PROTOCOL_FEATURES (bit 30); VIRTIO_NET_F_MQ only with more than one pair.
 pub fn features(queue_pairs: u16) -> u64 {
     let mut f = OFFERED_FEATURES.iter().fold(
-        VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() | VhostUserVirtioFeatures::LOG_ALL.bits(),
+        VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
         |acc, &b| acc | bit(b),
     );
     if queue_pairs == 1 {
@@ -60,16 +59,10 @@ pub fn features(queue_pairs: u16) -> u64 {
     f
 }
 
-/// Protocol features offered (vhost-user.rst): MQ, CONFIG, REPLY_ACK, CONFIGURE_MEM_SLOTS
-/// (ADD_MEM_REG / REM_MEM_REG / GET_MAX_MEM_SLOTS), LOG_SHMFD (SET_LOG_BASE: the dirty-page
-/// log for live migration) and RESET_DEVICE.
+/// The device's protocol features: MQ, CONFIG (vhost-user.rst); vhost-daemon adds its own
+/// (REPLY_ACK).
 pub fn protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::MQ
-        | VhostUserProtocolFeatures::CONFIG
-        | VhostUserProtocolFeatures::REPLY_ACK
-        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-        | VhostUserProtocolFeatures::LOG_SHMFD
-        | VhostUserProtocolFeatures::RESET_DEVICE
+    VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG
 }
 
 /// `struct virtio_net_config` as guest-visible bytes.

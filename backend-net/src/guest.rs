@@ -10,26 +10,12 @@
 
 use std::ops::Range;
 
-use vhost_user_backend::bitmap::BitmapMmapRegion;
-use vhost_user_backend::VringRwLock;
+use vhost_daemon::memory::BitmapMmapRegion;
+pub use vhost_daemon::memory::{GuestRam, GuestRamAtomic, GuestRamGuard, Vring};
 use virtio_queue::DescriptorChain;
 use vm_memory::bitmap::Bitmap;
-use vm_memory::{
-    GuestAddress, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryLoadGuard, GuestMemoryMmap,
-    VolatileSlice,
-};
+use vm_memory::{GuestAddress, GuestMemoryBackend, VolatileSlice};
 
-/// Guest memory as mapped from the front-end's memory table, with the dirty-page bitmap that
-/// VHOST_USER_SET_LOG_BASE switches on (vhost-user.rst "Migration"): writes through vm-memory
-/// (copies into receive buffers, headers, used-ring entries) mark their pages themselves;
-/// what the kernel writes through iovecs is marked with [`mark_written`].
-pub type GuestRam = GuestMemoryMmap<BitmapMmapRegion>;
-/// Guest memory that VHOST_USER_SET_MEM_TABLE can replace while workers run.
-pub type GuestRamAtomic = GuestMemoryAtomic<GuestRam>;
-/// A snapshot of guest memory that stays mapped while held.
-pub type GuestRamGuard = GuestMemoryLoadGuard<GuestRam>;
-/// The vring type of this back-end.
-pub type Vring = VringRwLock<GuestRamAtomic>;
 /// A piece of guest memory mapped in this process.
 pub type Slice<'m> = VolatileSlice<'m, BitmapMmapRegion>;
 

@@ -15,9 +15,10 @@
 //! - [`guest`]: descriptor chains walked into guest memory slices.
 //! - [`rx`]: filling receive buffers (merged buffers) and the backlog of waiting frames.
 //! - [`stats`]: counters per port and queue pair.
-//! - [`tap`], [`uring`]: the TAP device and the io_uring that moves frames to and from it.
+//! - [`tap`]: the TAP device (the io_uring that moves frames is vhost-daemon's).
 //! - [`port`], [`switch`], [`worker`]: per-port state, the switch, the queue-pair data path.
-//! - [`backend`], [`server`]: the vhost-user back-end and the daemon's life cycle.
+//! - [`backend`], [`server`]: the per-connection back-end and the device as vhost-daemon
+//!   serves it (listener, signals, serve loop, early-enable relay live in `vhost-daemon`).
 #![deny(missing_docs)]
 
 pub mod backend;
@@ -30,23 +31,11 @@ pub mod hdr;
 pub mod mac;
 pub mod offload;
 pub mod port;
-pub mod relay;
 pub mod rx;
 pub mod server;
 pub mod stats;
 pub mod switch;
 pub mod tap;
-pub mod uring;
 pub mod worker;
 
-/// `error` and its sources as one line: "outer: cause: root cause".
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        line.push_str(": ");
-        line.push_str(&s.to_string());
-        source = s.source();
-    }
-    line
-}
+pub use vhost_daemon::error_chain;

@@ -7,8 +7,13 @@ use backend_net::cli::Cli;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.print_capabilities {
+        let (kind, features) = backend_net::cli::CAPABILITIES;
+        return vhost_daemon::capabilities::print(kind, features);
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let config = match Cli::parse().into_config() {
+    let config = match cli.into_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("backend-net: {e}");

@@ -32,7 +32,10 @@ use crate::rx::{arm_for_more_buffers, deliver, Backlog, Delivery, Pending, RxFra
 use crate::stats::{Drop, QueueStats};
 use crate::switch::{Switch, Touched};
 use crate::tap::TapQueue;
-use crate::uring::{Op, Ring, UringError, BATCH};
+use vhost_daemon::uring::{Op, Ring, UringError};
+
+/// Most TAP operations (frames) in one io_uring batch, and the ring's submission entries.
+pub const BATCH: usize = 64;
 
 /// Frames read into bounce buffers per batch (each buffer holds a largest frame).
 const BOUNCE_BATCH: usize = 16;
@@ -124,7 +127,7 @@ impl TapPath {
     pub fn new(tap: Arc<TapQueue>, backlog: usize) -> Result<TapPath, UringError> {
         Ok(TapPath {
             tap,
-            ring: Ring::new()?,
+            ring: Ring::new(BATCH as u32)?,
             backlog: Backlog::new(backlog),
             attached: false,
             bounce: Vec::new(),
@@ -673,9 +676,7 @@ fn run(t: &mut TapPath, iovecs: &[libc::iovec], spans: &[(usize, usize)], write:
     let mut results = Vec::with_capacity(ops.len());
     // SAFETY: `iovecs` and the buffers they point to (guest memory kept mapped by the caller's
     // memory guard, or our own header and bounce buffers) are borrowed for this whole call, and
-    // `Ring::run` returns only after every operation completed.
-    if let Err(e) = unsafe { t.ring.run(&ops, &mut results) } {
-        log::error!("TAP I/O: {e}");
-    }
+    // `Ring::run_batch` returns only after every operation it gave the kernel completed.
+    unsafe { t.ring.run_batch(&ops, &mut results) };
     results
 }

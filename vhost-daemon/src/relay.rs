@@ -11,6 +11,10 @@
 //! (without asking for replies). Every other message passes through unchanged, with its file
 //! descriptors, in both directions.
 //!
+//! The remembered states are bounded by the device's number of rings: an early request for a
+//! ring the device does not have is refused (a failure ack when a reply was asked) and not
+//! remembered, so a front-end cannot grow the relay's memory.
+//!
 //! Only the control path crosses the relay (vrings live in shared memory and are signalled
 //! through eventfds), so it costs nothing on the data path.
 
@@ -161,8 +165,8 @@ fn ring_enable(index: u32, state: u32) -> Message {
     }
 }
 
-/// The REPLY_ACK answer "success" to `m`.
-fn ack(m: &Message) -> Message {
+/// The REPLY_ACK answer to `m`: `status` 0 for success, non-zero for failure.
+fn ack(m: &Message, status: u64) -> Message {
     let mut header = [0u8; HEADER_BYTES];
     header[..4].copy_from_slice(&m.header[..4]);
     let flags = VhostUserHeaderFlag::REPLY.bits() | 0x1;
@@ -170,88 +174,135 @@ fn ack(m: &Message) -> Message {
     header[8..12].copy_from_slice(&8u32.to_le_bytes());
     Message {
         header,
-        payload: 0u64.to_le_bytes().to_vec(),
+        payload: status.to_le_bytes().to_vec(),
         fds: Vec::new(),
     }
 }
 
+/// The ring states asked before SET_FEATURES, one slot per ring of the device.
+struct EarlyStates(Vec<Option<u32>>);
+
+impl EarlyStates {
+    fn new(num_rings: usize) -> EarlyStates {
+        EarlyStates(vec![None; num_rings])
+    }
+
+    /// Remembers the state asked for ring `index`; false (nothing remembered) for a ring the
+    /// device does not have.
+    fn remember(&mut self, index: u32, state: u32) -> bool {
+        match usize::try_from(index).ok().and_then(|i| self.0.get_mut(i)) {
+            Some(slot) => {
+                *slot = Some(state);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The remembered states, in ring order; forgets them.
+    fn take(&mut self) -> Vec<(u32, u32)> {
+        self.0
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, slot)| Some((u32::try_from(i).ok()?, slot.take()?)))
+            .collect()
+    }
+}
+
 /// Relays between `front` (the front-end) and `inner` (the handler's end) until either side
-/// closes; returns the two relay threads.
+/// closes, for a device of `num_rings` virtqueues; returns the two relay threads.
 ///
 /// # Errors
 /// A socket cannot be cloned or a thread cannot be spawned.
-pub fn spawn(front: UnixStream, inner: UnixStream) -> io::Result<[JoinHandle<()>; 2]> {
+pub fn spawn(
+    front: UnixStream,
+    inner: UnixStream,
+    num_rings: usize,
+) -> io::Result<[JoinHandle<()>; 2]> {
     let front_writer = Arc::new(Mutex::new(front.try_clone()?));
     let (front_r, inner_w) = (front.try_clone()?, inner.try_clone()?);
     let writer = front_writer.clone();
-    let to_handler = std::thread::Builder::new()
-        .name("vhost-relay-in".into())
-        .spawn(move || {
-            let mut acked = 0u64;
-            let mut early: std::collections::BTreeMap<u32, u32> = Default::default();
-            let result = (|| -> io::Result<()> {
-                while let Some(m) = read_message(&front_r)? {
-                    log::trace!(
-                        "front-end request {} ({} bytes, {} fds)",
-                        m.request(),
-                        m.payload.len(),
-                        m.fds.len()
-                    );
-                    if m.request() == u32::from(FrontendReq::SET_FEATURES) {
-                        acked = m
-                            .payload
-                            .get(..8)
-                            .and_then(|b| b.try_into().ok())
-                            .map_or(0, u64::from_le_bytes);
-                    }
-                    if is_early_ring_enable(&m, acked) {
-                        log::debug!("answering SET_VRING_ENABLE sent before SET_FEATURES");
-                        if let Some((index, state)) = ring_state(&m) {
-                            early.insert(index, state);
-                        }
-                        if m.flags() & VhostUserHeaderFlag::NEED_REPLY.bits() != 0 {
-                            write_message(
-                                &writer.lock().unwrap_or_else(|p| p.into_inner()),
-                                &ack(&m),
-                            )?;
-                        }
-                        continue;
-                    }
-                    write_message(&inner_w, &m)?;
-                    if m.request() == u32::from(FrontendReq::SET_FEATURES) {
-                        let protocol =
-                            acked & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
-                        for (index, state) in std::mem::take(&mut early) {
-                            if protocol {
-                                write_message(&inner_w, &ring_enable(index, state))?;
-                            }
-                        }
-                    }
-                }
-                Ok(())
-            })();
-            if let Err(e) = result {
-                log::debug!("relay to the handler ended: {e}");
-            }
-            let _ = front_r.shutdown(Shutdown::Both);
-            let _ = inner_w.shutdown(Shutdown::Both);
-        })?;
-    let to_front = std::thread::Builder::new()
-        .name("vhost-relay-out".into())
-        .spawn(move || {
-            let result = (|| -> io::Result<()> {
-                while let Some(m) = read_message(&inner)? {
-                    write_message(&front_writer.lock().unwrap_or_else(|p| p.into_inner()), &m)?;
-                }
-                Ok(())
-            })();
-            if let Err(e) = result {
-                log::debug!("relay to the front-end ended: {e}");
-            }
-            let _ = inner.shutdown(Shutdown::Both);
-            let _ = front.shutdown(Shutdown::Both);
-        })?;
+    let to_handler = spawn_direction("vhost-relay-in", front_r, inner_w, move |from, to| {
+        to_handler(from, to, &writer, num_rings)
+    })?;
+    let to_front = spawn_direction("vhost-relay-out", inner, front, move |from, _| {
+        while let Some(m) = read_message(from)? {
+            write_message(&front_writer.lock().unwrap_or_else(|p| p.into_inner()), &m)?;
+        }
+        Ok(())
+    })?;
     Ok([to_handler, to_front])
+}
+
+/// A thread that runs `relay(from, to)` and then shuts both sockets down, so the other
+/// direction ends too.
+fn spawn_direction(
+    name: &str,
+    from: UnixStream,
+    to: UnixStream,
+    relay: impl FnOnce(&UnixStream, &UnixStream) -> io::Result<()> + Send + 'static,
+) -> io::Result<JoinHandle<()>> {
+    let thread = name.to_string();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            if let Err(e) = relay(&from, &to) {
+                log::debug!("{thread} ended: {e}");
+            }
+            let _ = from.shutdown(Shutdown::Both);
+            let _ = to.shutdown(Shutdown::Both);
+        })
+}
+
+/// Forwards the front-end's messages to the handler, answering early ring enables and
+/// replaying them after SET_FEATURES (see the module documentation).
+fn to_handler(
+    front: &UnixStream,
+    inner: &UnixStream,
+    writer: &Mutex<UnixStream>,
+    num_rings: usize,
+) -> io::Result<()> {
+    let mut acked = 0u64;
+    let mut early = EarlyStates::new(num_rings);
+    while let Some(m) = read_message(front)? {
+        log::trace!(
+            "front-end request {} ({} bytes, {} fds)",
+            m.request(),
+            m.payload.len(),
+            m.fds.len()
+        );
+        if m.request() == u32::from(FrontendReq::SET_FEATURES) {
+            acked = m
+                .payload
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes);
+        }
+        if is_early_ring_enable(&m, acked) {
+            log::debug!("answering SET_VRING_ENABLE sent before SET_FEATURES");
+            let known = ring_state(&m).is_some_and(|(index, state)| early.remember(index, state));
+            if !known {
+                log::warn!("early SET_VRING_ENABLE of a ring the device lacks");
+            }
+            if m.flags() & VhostUserHeaderFlag::NEED_REPLY.bits() != 0 {
+                write_message(
+                    &writer.lock().unwrap_or_else(|p| p.into_inner()),
+                    &ack(&m, u64::from(!known)),
+                )?;
+            }
+            continue;
+        }
+        write_message(inner, &m)?;
+        if m.request() == u32::from(FrontendReq::SET_FEATURES) {
+            let protocol = acked & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
+            for (index, state) in early.take() {
+                if protocol {
+                    write_message(inner, &ring_enable(index, state))?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -272,7 +323,7 @@ mod tests {
     fn answers_early_ring_enables_and_passes_the_rest_with_fds() {
         let (front, qemu) = UnixStream::pair().unwrap();
         let (inner, handler) = UnixStream::pair().unwrap();
-        let threads = spawn(front, inner).unwrap();
+        let threads = spawn(front, inner, 3).unwrap();
         let need_reply = 0x1 | VhostUserHeaderFlag::NEED_REPLY.bits();
         // An early SET_VRING_ENABLE with NEED_REPLY: answered by the relay, not forwarded.
         let state = [0u8, 0, 0, 0, 1, 0, 0, 0];
@@ -340,5 +391,52 @@ mod tests {
             t.join().unwrap();
         }
         assert!(read_message(&handler).unwrap().is_none());
+    }
+
+    #[test]
+    fn early_states_are_bounded_by_the_rings() {
+        let (front, qemu) = UnixStream::pair().unwrap();
+        let (inner, handler) = UnixStream::pair().unwrap();
+        let threads = spawn(front, inner, 3).unwrap();
+        let need_reply = 0x1 | VhostUserHeaderFlag::NEED_REPLY.bits();
+        // Thousands of distinct ring indices before SET_FEATURES: only the device's 3 rings
+        // are remembered; the others are refused.
+        for index in 0u32..5000 {
+            let mut state = index.to_le_bytes().to_vec();
+            state.extend_from_slice(&1u32.to_le_bytes());
+            (&qemu)
+                .write_all(&message(FrontendReq::SET_VRING_ENABLE, need_reply, &state))
+                .unwrap();
+            let mut reply = [0u8; 20];
+            (&qemu).read_exact(&mut reply).unwrap();
+            let status = u64::from_le_bytes(reply[12..].try_into().unwrap());
+            assert_eq!(status != 0, index >= 3, "ring {index}");
+        }
+        let features = VhostUserVirtioFeatures::PROTOCOL_FEATURES
+            .bits()
+            .to_le_bytes();
+        (&qemu)
+            .write_all(&message(FrontendReq::SET_FEATURES, 0x1, &features))
+            .unwrap();
+        assert_eq!(
+            read_message(&handler).unwrap().unwrap().request(),
+            u32::from(FrontendReq::SET_FEATURES)
+        );
+        let replayed: Vec<_> = (0..3)
+            .map(|_| ring_state(&read_message(&handler).unwrap().unwrap()))
+            .collect();
+        assert_eq!(replayed, vec![Some((0, 1)), Some((1, 1)), Some((2, 1))]);
+        // Nothing else was replayed: the next message is the front-end's next one.
+        (&qemu)
+            .write_all(&message(FrontendReq::GET_FEATURES, 0x1, &[]))
+            .unwrap();
+        assert_eq!(
+            read_message(&handler).unwrap().unwrap().request(),
+            u32::from(FrontendReq::GET_FEATURES)
+        );
+        drop(qemu);
+        for t in threads {
+            t.join().unwrap();
+        }
     }
 }

@@ -1,0 +1,39 @@
+//! `vhost-daemon`: the vhost-user back-end core that pvio's daemons (backend-blk, backend-net)
+//! share, so each of them keeps only its device logic.
+//!
+//! Layout, one job per module:
+//! - [`listener`]: the listening socket (`--socket-path`/`--socket`, `--fd`, stale sockets);
+//! - [`signals`]: SIGINT/SIGTERM/SIGHUP/SIGUSR1 through a signalfd;
+//! - [`daemon`]: the serve loop, one front-end after another with a fresh back-end each;
+//! - [`backend`]: the [`backend::Device`] / [`backend::DeviceBackend`] traits the daemons
+//!   implement and the [`backend::Backend`] wrapper that implements vhost-user-backend's
+//!   `VhostUserBackend` on top of them;
+//! - [`relay`]: the early SET_VRING_ENABLE relay between a front-end and the request handler;
+//! - [`uring`]: the io_uring ring and its in-flight invariant;
+//! - [`memory`]: guest-memory types; [`config`]: the configuration-space window;
+//!   [`capabilities`]: `--print-capabilities` (vhost-user.rst "Back-end program conventions").
+
+pub mod backend;
+pub mod capabilities;
+pub mod config;
+pub mod daemon;
+pub mod listener;
+pub mod memory;
+pub mod relay;
+pub mod signals;
+pub mod uring;
+
+/// A boxed error from a device hook, sent across threads.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `error` and its sources as one line: "outer: cause: root cause".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        line.push_str(": ");
+        line.push_str(&s.to_string());
+        source = s.source();
+    }
+    line
+}
