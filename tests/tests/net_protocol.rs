@@ -538,6 +538,22 @@ fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'stati
     .expect("namespace thread")
 }
 
+/// A permanent neighbour entry on the namespace's tap0: `addr` is at `mac` (the mock device).
+fn pin_neighbour(ns: &Netns, addr: &str, mac: [u8; 6]) {
+    let lladdr = fmt_mac(mac);
+    ns.ip(&[
+        "neigh",
+        "add",
+        addr,
+        "lladdr",
+        &lladdr,
+        "dev",
+        "tap0",
+        "nud",
+        "permanent",
+    ]);
+}
+
 #[test]
 fn tap_carries_frames_both_ways_in_a_namespace() {
     let dir = TempDir::new("net-proto-tap").unwrap();
@@ -547,17 +563,7 @@ fn tap_carries_frames_both_ways_in_a_namespace() {
     let mut dev = connect(&daemon, 0, &NetOptions::default());
     let me = mac(&dev);
     let tap_mac = read_mac(&ns, "tap0");
-    ns.ip(&[
-        "neigh",
-        "add",
-        "10.79.0.2",
-        "lladdr",
-        &fmt_mac(me),
-        "dev",
-        "tap0",
-        "nud",
-        "permanent",
-    ]);
+    pin_neighbour(&ns, "10.79.0.2", me);
     // Mock → namespace: an ICMP echo request is answered.
     let echo = frames::icmp_echo(
         tap_mac,
@@ -755,18 +761,7 @@ fn tap_receive_is_logged_and_memory_slots_change_on_the_fly() {
         dev.connection().offered_features() & (1 << 26) != 0,
         "VHOST_F_LOG_ALL"
     );
-    let me = mac(&dev);
-    ns.ip(&[
-        "neigh",
-        "add",
-        "10.81.0.2",
-        "lladdr",
-        &fmt_mac(me),
-        "dev",
-        "tap0",
-        "nud",
-        "permanent",
-    ]);
+    pin_neighbour(&ns, "10.81.0.2", mac(&dev));
     let ram_size = dev.ram().size();
     let log_bytes = (ram_size / 4096).div_ceil(8).max(4096);
     let log = frontend_guest::host::HostRam::new(log_bytes).unwrap();
