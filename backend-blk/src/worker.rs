@@ -8,7 +8,7 @@
 //! VHOST_USER_SET_MEM_TABLE or REM_MEM_REG cannot unmap it while the kernel may still touch it.
 //!
 //! Dirty-page logging (live migration, vhost-user.rst "Migration"): guest memory carries
-//! vhost-user-backend's [`BitmapMmapRegion`], so writes through vm-memory (status bytes, GET_ID
+//! vhost-daemon's [`DirtyBitmap`], so writes through vm-memory (status bytes, GET_ID
 //! data, used-ring entries) mark their pages in the front-end's log by themselves. The kernel's
 //! writes for a READV do not pass through vm-memory: a read keeps the bitmap slices of its
 //! buffers and marks them when it completes, before the chain is put in the used ring.
@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types};
 use log::{log, trace, warn, Level};
-use vhost_daemon::memory::BitmapMmapRegion;
+use vhost_daemon::memory::DirtyBitmap;
 use vhost_user_backend::VringT;
 use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::bitmap::Bitmap;
@@ -57,7 +57,7 @@ enum Op {
         offset: u64,
         /// For a READV: the dirty-log bitmap of each guest buffer piece and its length in
         /// bytes, marked on completion. Empty for a WRITEV.
-        dirty: Vec<(BitmapMmapRegion, usize)>,
+        dirty: Vec<(DirtyBitmap, usize)>,
         /// Bytes still to transfer.
         remaining: u64,
     },
@@ -595,7 +595,7 @@ struct HostBuffers {
     /// One iovec per guest memory region each buffer touches.
     iovecs: Vec<libc::iovec>,
     /// The dirty-log bitmap of each piece and its length (only when collected).
-    dirty: Vec<(BitmapMmapRegion, usize)>,
+    dirty: Vec<(DirtyBitmap, usize)>,
 }
 
 /// Host iovecs for guest `buffers`, with their dirty-log bitmaps when the device will write

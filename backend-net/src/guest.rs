@@ -10,14 +10,14 @@
 
 use std::ops::Range;
 
-use vhost_daemon::memory::BitmapMmapRegion;
+use vhost_daemon::memory::DirtyBitmap;
 pub use vhost_daemon::memory::{GuestRam, GuestRamAtomic, GuestRamGuard, Vring};
 use virtio_queue::DescriptorChain;
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{GuestAddress, GuestMemoryBackend, VolatileSlice};
 
 /// A piece of guest memory mapped in this process.
-pub type Slice<'m> = VolatileSlice<'m, BitmapMmapRegion>;
+pub type Slice<'m> = VolatileSlice<'m, DirtyBitmap>;
 
 /// Marks the first `len` bytes of `slices` dirty in the front-end's log, for data the kernel
 /// wrote into them (a READV from the TAP), which vm-memory does not see.

@@ -1510,6 +1510,17 @@ fn bad_dirty_logs_are_refused() {
     assert_refused_then_served(&mut d, "a log of size zero", |dev| {
         dev.connection_mut().set_log_base(log_region(&small, 0))
     });
+    // A front-end grows its log before it adds memory (QEMU does): a region the log does not
+    // cover could not be logged, so it is refused.
+    let covers_ram = HostRam::new(LOG_BYTES).unwrap();
+    let extra = ExtraRegion::new(EXTRA_GPA, EXTRA_BYTES);
+    assert_refused_then_served(&mut d, "a region outside the dirty log", |dev| {
+        let ram_pages = dev.ram().size() / 4096;
+        dev.connection_mut()
+            .set_log_base(log_region(&covers_ram, ram_pages.div_ceil(8)))
+            .expect("a log covering guest RAM is taken");
+        dev.connection_mut().add_mem_region(&extra.info)
+    });
 }
 
 #[test]
@@ -1524,4 +1535,40 @@ fn reset_device_is_acknowledged_and_the_next_session_works() {
     d.assert_alive();
     let mut dev = d.connect(2);
     assert_queue_works(dev.queue(1).unwrap(), &d, 104, 2);
+}
+
+/// Regions that arrive after VHOST_USER_SET_LOG_BASE (ADD_MEM_REG, or a whole new
+/// SET_MEM_TABLE) are logged too: vhost-user-backend 0.24 arms only the regions of the moment,
+/// vhost-daemon arms the later ones.
+#[test]
+fn regions_added_after_the_log_are_logged() {
+    let mut d = Daemon::start("dirty-add", DaemonArgs::default());
+    let mut dev = d.connect(1);
+    let log = HostRam::new(LOG_BYTES).unwrap();
+    dev.connection_mut()
+        .set_log_base(log_region(&log, LOG_BYTES))
+        .expect("VHOST_USER_SET_LOG_BASE");
+    let extra = ExtraRegion::new(EXTRA_GPA, EXTRA_BYTES);
+    dev.connection_mut()
+        .add_mem_region(&extra.info)
+        .expect("VHOST_USER_ADD_MEM_REG");
+    let (t, st) = submit_at(&mut dev, 16, EXTRA_GPA + 8192, 4096, false);
+    assert_eq!(status_of(&mut dev, t, st), VIRTIO_BLK_S_OK);
+    assert!(
+        logged(&log, EXTRA_GPA + 8192),
+        "a read into a region added after SET_LOG_BASE is not logged"
+    );
+
+    // The same RAM handed over again as a new table: its new regions are logged as well.
+    let ram = std::sync::Arc::clone(dev.ram());
+    dev.connection_mut()
+        .set_mem_table(&ram)
+        .expect("VHOST_USER_SET_MEM_TABLE");
+    let buf = ram.alloc(4096, 4096).unwrap();
+    let (t, st) = submit_at(&mut dev, 24, buf, 4096, false);
+    assert_eq!(status_of(&mut dev, t, st), VIRTIO_BLK_S_OK);
+    assert!(
+        logged(&log, buf),
+        "a read after a new SET_MEM_TABLE is not logged"
+    );
 }

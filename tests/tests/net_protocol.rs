@@ -763,7 +763,9 @@ fn tap_receive_is_logged_and_memory_slots_change_on_the_fly() {
     );
     pin_neighbour(&ns, "10.81.0.2", mac(&dev));
     let ram_size = dev.ram().size();
-    let log_bytes = (ram_size / 4096).div_ceil(8).max(4096);
+    // The log covers guest memory up to the end of the region added below.
+    let (extra_gpa, extra_bytes) = (1u64 << 30, 1u64 << 20);
+    let log_bytes = (extra_gpa + extra_bytes) / 4096 / 8;
     let log = frontend_guest::host::HostRam::new(log_bytes).unwrap();
     dev.connection_mut()
         .set_log_base(vhost::VhostUserDirtyLogRegion {
@@ -808,9 +810,9 @@ fn tap_receive_is_logged_and_memory_slots_change_on_the_fly() {
     }
     assert!(found > 0, "no received frame found in guest RAM");
 
-    let extra = frontend_guest::host::HostRam::new(1 << 20).unwrap();
+    let extra = frontend_guest::host::HostRam::new(extra_bytes).unwrap();
     let mut region = extra.region_info().unwrap();
-    region.guest_phys_addr = 1 << 30;
+    region.guest_phys_addr = extra_gpa;
     dev.connection_mut()
         .add_mem_region(&region)
         .expect("VHOST_USER_ADD_MEM_REG");

@@ -28,6 +28,7 @@ use vmm_sys_util::event::{
 };
 
 use crate::config;
+use crate::dirty::DirtyLog;
 use crate::memory::{GuestRamAtomic, Vring};
 use crate::BoxError;
 
@@ -35,8 +36,8 @@ use crate::BoxError;
 /// answered by the vhost crate's request handler; CONFIGURE_MEM_SLOTS (ADD_MEM_REG /
 /// REM_MEM_REG / GET_MAX_MEM_SLOTS), the memory table kept by vhost-user-backend and checked
 /// by the wrapper ([`crate::memory::check_region_files`]); LOG_SHMFD (SET_LOG_BASE), the
-/// dirty-page log on the guest memory's [`crate::memory::BitmapMmapRegion`] (devices mark what
-/// the kernel writes for them); RESET_DEVICE, forwarded to [`DeviceBackend::reset_device`].
+/// dirty-page log on the guest memory's [`crate::memory::DirtyBitmap`] (devices mark what the
+/// kernel writes for them; regions added later are logged too, [`crate::dirty::DirtyLog`]); RESET_DEVICE, forwarded to [`DeviceBackend::reset_device`].
 pub const CORE_PROTOCOL_FEATURES: VhostUserProtocolFeatures = VhostUserProtocolFeatures::REPLY_ACK
     .union(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
     .union(VhostUserProtocolFeatures::LOG_SHMFD)
@@ -156,6 +157,8 @@ pub struct Backend<B> {
     device: B,
     /// The consumers of the worker threads' exit events (see the module documentation).
     exit_consumers: Mutex<Vec<OwnedFd>>,
+    /// Keeps regions added after VHOST_USER_SET_LOG_BASE logged.
+    dirty_log: DirtyLog,
 }
 
 impl<B: DeviceBackend> Backend<B> {
@@ -164,6 +167,7 @@ impl<B: DeviceBackend> Backend<B> {
         Backend {
             device,
             exit_consumers: Mutex::new(Vec::new()),
+            dirty_log: DirtyLog::default(),
         }
     }
 
@@ -191,7 +195,7 @@ impl<B: DeviceBackend> Backend<B> {
 }
 
 impl<B: DeviceBackend> VhostUserBackend for Backend<B> {
-    type Bitmap = crate::memory::BitmapMmapRegion;
+    type Bitmap = crate::memory::DirtyBitmap;
     type Vring = Vring;
 
     fn num_queues(&self) -> usize {
@@ -228,7 +232,9 @@ impl<B: DeviceBackend> VhostUserBackend for Backend<B> {
 
     fn update_memory(&self, mem: GuestRamAtomic) -> io::Result<()> {
         // vhost-user-backend has already installed the table; refusing it ends the session.
-        if let Err(e) = crate::memory::check_region_files(&mem.memory()) {
+        let checked = crate::memory::check_region_files(&mem.memory())
+            .and_then(|()| self.dirty_log.follow(&mem));
+        if let Err(e) = checked {
             log::warn!("refusing the front-end's memory table: {e}");
             return Err(e);
         }

@@ -10,13 +10,14 @@
 //!   `VhostUserBackend` on top of them;
 //! - [`relay`]: the early SET_VRING_ENABLE relay between a front-end and the request handler;
 //! - [`uring`]: the io_uring ring and its in-flight invariant;
-//! - [`memory`]: guest-memory types; [`config`]: the configuration-space window;
+//! - [`memory`]: guest-memory types; [`dirty`]: the dirty-page log's bitmap; [`config`]: the configuration-space window;
 //!   [`capabilities`]: `--print-capabilities` (vhost-user.rst "Back-end program conventions").
 
 pub mod backend;
 pub mod capabilities;
 pub mod config;
 pub mod daemon;
+pub mod dirty;
 pub mod listener;
 pub mod memory;
 pub mod relay;

@@ -3,8 +3,8 @@
 //! request handler swaps on a new table, and vhost-user-backend's vring over it; and the check
 //! that refuses a table mapped past the end of its files.
 //!
-//! Every region carries vhost-user-backend's [`BitmapMmapRegion`], the dirty-page bitmap that
-//! VHOST_USER_SET_LOG_BASE switches on (vhost-user.rst "Migration", LOG_SHMFD): every write
+//! Every region carries a [`DirtyBitmap`], the dirty-page bitmap that VHOST_USER_SET_LOG_BASE
+//! switches on (vhost-user.rst "Migration", LOG_SHMFD; see [`crate::dirty`]): every write
 //! through vm-memory (status bytes, copies, used-ring entries) marks its 4 KiB pages in the
 //! front-end's log. Writes that bypass vm-memory (the kernel filling an iovec for an io_uring
 //! READV or a TAP read) must be marked by the device with the slices' bitmaps
@@ -12,14 +12,14 @@
 
 use std::io;
 
-pub use vhost_user_backend::bitmap::BitmapMmapRegion;
+pub use crate::dirty::DirtyBitmap;
 use vhost_user_backend::VringRwLock;
 use vm_memory::{
     GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryLoadGuard, GuestMemoryMmap, GuestMemoryRegion,
 };
 
 /// Guest memory as the back-end maps it, with the dirty-page bitmap.
-pub type GuestRam = GuestMemoryMmap<BitmapMmapRegion>;
+pub type GuestRam = GuestMemoryMmap<DirtyBitmap>;
 /// The handle the request handler updates on VHOST_USER_SET_MEM_TABLE.
 pub type GuestRamAtomic = GuestMemoryAtomic<GuestRam>;
 /// One snapshot of the guest memory table, kept while a request uses it.
