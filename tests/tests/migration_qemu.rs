@@ -195,7 +195,12 @@ fn check_rounds(src: &GuestRun, dst: &GuestRun, image: &std::path::Path) {
     }
 }
 
+/// The harness with the reference back-end. Not in CI: it checks the harness, not pvio, costs
+/// a TCG guest, and under heavy load it once ended with the destination guest's kernel
+/// faulting on corrupted memory (QEMU 7.2 + qemu-storage-daemon); run it by hand with
+/// `cargo nextest run -p pvio-tests --test migration_qemu --run-ignored all`.
 #[test]
+#[ignore = "harness check with qemu-storage-daemon; run by hand"]
 fn blk_guest_migrates_with_io_qemu_storage_daemon() {
     migrate_blk("mig-blk-qsd", &BlkBackendKind::QemuStorageDaemon);
 }
