@@ -5,17 +5,20 @@
 //! ([`DeviceBackend::queues_per_thread`]), which also watches that queue's io_uring
 //! completion eventfd. A fresh [`BlkBackend`] is made for every front-end connection.
 
+use std::fs::File;
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
-use log::{debug, warn};
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use log::{debug, info, warn};
+use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
+use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 use vhost_daemon::backend::{DeviceBackend, ExtraEvent};
 use vhost_daemon::memory::{GuestRamAtomic, Vring};
 use vhost_daemon::uring::UringError;
 use vmm_sys_util::epoll::EventSet;
 
 use crate::device::BlockDevice;
+use crate::inflight::{DeviceQueues, InflightArea};
 use crate::worker::QueueWorker;
 
 /// Failure to set up the back-end for a connection.
@@ -35,7 +38,13 @@ pub enum BackendError {
 pub struct BlkBackend {
     device: Arc<BlockDevice>,
     workers: Vec<Mutex<QueueWorker>>,
+    /// The back-end request channel (VHOST_USER_SET_BACKEND_REQ_FD), once the front-end
+    /// opened it; the daemon holds a weak reference to notify configuration changes.
+    backend_req: Arc<Mutex<Option<Backend>>>,
 }
+
+/// Where a connection keeps its back-end request channel.
+pub type ChannelSlot = Mutex<Option<Backend>>;
 
 impl BlkBackend {
     /// Creates the queue workers (one io_uring each) for a new connection; `mem` must be the
@@ -51,7 +60,11 @@ impl BlkBackend {
                     .map_err(|source| BackendError::Uring { queue, source })
             })
             .collect::<Result<_, _>>()?;
-        Ok(BlkBackend { device, workers })
+        Ok(BlkBackend {
+            device,
+            workers,
+            backend_req: Arc::new(Mutex::new(None)),
+        })
     }
 
     /// The `device_event` of the io_uring completion eventfds: past the range vhost-user-backend
@@ -67,9 +80,47 @@ impl BlkBackend {
         }
     }
 
+    /// The device's queue count and size, which bound an inflight area.
+    fn device_queues(&self) -> DeviceQueues {
+        DeviceQueues {
+            count: self.device.num_queues(),
+            max_size: self.device.queue_size(),
+        }
+    }
+
+    /// Hands each queue worker its part of `area`.
+    fn use_inflight(&self, area: &Arc<InflightArea>) {
+        for (queue, worker) in (0u16..).zip(&self.workers) {
+            lock(worker).set_inflight(area.queue(queue));
+        }
+    }
+
+    /// This connection's back-end request channel, for [`notify_config_change`] while the
+    /// connection lasts.
+    pub fn channel_slot(&self) -> Weak<ChannelSlot> {
+        Arc::downgrade(&self.backend_req)
+    }
+
     /// Requests in flight, summed over the queues.
     pub fn in_flight(&self) -> usize {
         self.workers.iter().map(|w| lock(w).in_flight()).sum()
+    }
+}
+
+/// Tells the front-end of `slot`'s connection that the configuration space changed
+/// (VHOST_USER_BACKEND_CONFIG_CHANGE_MSG), e.g. the capacity after a resize; waits for its ack
+/// when REPLY_ACK was negotiated.
+///
+/// # Errors
+/// The front-end did not open the back-end request channel, or the message failed.
+pub fn notify_config_change(slot: &ChannelSlot) -> io::Result<()> {
+    let channel = slot.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    match channel {
+        Some(channel) => channel.handle_config_change().map(drop),
+        None => Err(io::Error::new(
+            io::ErrorKind::NotConnected,
+            "the front-end did not open the back-end request channel",
+        )),
     }
 }
 
@@ -101,7 +152,15 @@ impl DeviceBackend for BlkBackend {
     }
 
     fn config_space(&self) -> Vec<u8> {
-        self.device.config_space().to_vec()
+        self.device.config_space()
+    }
+
+    fn set_backend_req_fd(&self, backend: Backend) {
+        debug!("back-end request channel open");
+        *self
+            .backend_req
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(backend);
     }
 
     fn update_memory(&self, _mem: GuestRamAtomic) -> io::Result<()> {
@@ -113,6 +172,50 @@ impl DeviceBackend for BlkBackend {
 
     fn queues_per_thread(&self) -> Vec<u64> {
         (0..self.device.num_queues()).map(|q| 1u64 << q).collect()
+    }
+
+    fn get_inflight_fd(
+        &self,
+        inflight: &VhostUserInflight,
+    ) -> io::Result<(VhostUserInflight, File)> {
+        let allocated = InflightArea::allocate(
+            inflight.num_queues,
+            inflight.queue_size,
+            self.device_queues(),
+        )
+        .map_err(|e| {
+            warn!("VHOST_USER_GET_INFLIGHT_FD refused: {e}");
+            io::Error::other(e)
+        })?;
+        info!(
+            "inflight area of {} bytes for {} queue(s) of {} descriptors",
+            allocated.size, inflight.num_queues, inflight.queue_size
+        );
+        self.use_inflight(&allocated.area);
+        let reply =
+            VhostUserInflight::new(allocated.size, 0, inflight.num_queues, inflight.queue_size);
+        Ok((reply, allocated.file))
+    }
+
+    fn set_inflight_fd(&self, inflight: &VhostUserInflight, file: File) -> io::Result<()> {
+        let area = InflightArea::open(
+            file,
+            inflight.mmap_size,
+            inflight.mmap_offset,
+            (inflight.num_queues, inflight.queue_size),
+            self.device_queues(),
+        )
+        .map_err(|e| {
+            warn!("VHOST_USER_SET_INFLIGHT_FD refused: {e}");
+            io::Error::other(e)
+        })?;
+        info!(
+            "inflight area handed back: {} queue(s) of {} descriptors",
+            area.num_queues(),
+            area.queue_size()
+        );
+        self.use_inflight(&Arc::new(area));
+        Ok(())
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {

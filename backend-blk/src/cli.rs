@@ -41,7 +41,7 @@ pub struct Cli {
         long,
         visible_alias = "socket-path",
         value_name = "PATH",
-        required_unless_present_any = ["fd", "print_capabilities"],
+        required_unless_present_any = ["fd", "print_capabilities", "xenstore"],
         conflicts_with = "fd"
     )]
     pub socket: Option<PathBuf>,
@@ -55,7 +55,7 @@ pub struct Cli {
         long,
         visible_alias = "blk-file",
         value_name = "PATH",
-        required_unless_present = "print_capabilities"
+        required_unless_present_any = ["print_capabilities", "xenstore"]
     )]
     pub image: Option<PathBuf>,
 
@@ -80,6 +80,20 @@ pub struct Cli {
     /// (default: "pvio-" and a hash of the image path).
     #[arg(long, value_name = "STR")]
     pub serial: Option<String>,
+
+    /// Store mode: serve every vbd that the toolstack writes into the XenStore at this
+    /// socket, walking the XenBus handshake for each (instead of --socket/--image).
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "run_dir",
+        conflicts_with_all = ["socket", "fd", "image", "serial"]
+    )]
+    pub xenstore: Option<PathBuf>,
+
+    /// Store mode: folder for the disks' vhost-user sockets (`vbd-<domid>-<devid>.sock`).
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
 
     /// Print the back-end's capabilities as JSON (vhost-user.json, type "block") and exit.
     #[arg(long)]
@@ -132,14 +146,30 @@ pub enum ConfigError {
     /// No `--image` was given.
     #[error("give --image PATH")]
     NoImage,
+    /// `--run-dir` without `--xenstore`.
+    #[error("--run-dir is for store mode: give --xenstore PATH too")]
+    RunDirWithoutStore,
 }
 
 impl Cli {
+    /// The store-mode configuration, when `--xenstore` was given.
+    pub fn store_config(&self) -> Option<crate::store::StoreConfig> {
+        Some(crate::store::StoreConfig {
+            xenstore: self.xenstore.clone()?,
+            run_dir: self.run_dir.clone()?,
+            queue_size: self.queue_size,
+            direct: self.direct == OnOff::On,
+        })
+    }
+
     /// Checks the parsed arguments and builds the [`Config`].
     ///
     /// # Errors
     /// [`ConfigError`] naming the first argument out of range.
     pub fn into_config(self) -> Result<Config, ConfigError> {
+        if self.run_dir.is_some() {
+            return Err(ConfigError::RunDirWithoutStore);
+        }
         if self.num_queues == 0 || self.num_queues > MAX_NUM_QUEUES {
             return Err(ConfigError::NumQueues(self.num_queues));
         }
@@ -187,6 +217,33 @@ mod tests {
         let cli = Cli::try_parse_from(std::iter::once("backend-blk").chain(args.iter().copied()))
             .map_err(|e| e.kind().to_string())?;
         cli.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn store_mode_takes_the_store_and_a_run_dir_only() {
+        let cli = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("backend-blk").chain(args.iter().copied()))
+        };
+        let store = cli(&[
+            "--xenstore",
+            "/xs",
+            "--run-dir",
+            "/run/pvio",
+            "--direct",
+            "off",
+        ])
+        .unwrap()
+        .store_config()
+        .unwrap();
+        assert_eq!(store.xenstore, PathBuf::from("/xs"));
+        assert_eq!(store.run_dir, PathBuf::from("/run/pvio"));
+        assert!(!store.direct);
+        assert!(cli(&["--xenstore", "/xs"]).is_err());
+        assert!(cli(&["--xenstore", "/xs", "--run-dir", "/r", "--image", "/i"]).is_err());
+        let stray = cli(&["--socket", "/s", "--image", "/i", "--run-dir", "/r"]).unwrap();
+        assert_eq!(stray.into_config(), Err(ConfigError::RunDirWithoutStore));
+        let single = cli(&["--socket", "/s", "--image", "/i"]).unwrap();
+        assert!(single.store_config().is_none());
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The daemon: backend-blk's [`Device`] for vhost-daemon's serve loop. A fresh [`BlkBackend`]
 //! per front-end connection; on stop (SIGTERM/SIGINT, after in-flight I/O has completed) the
-//! image is synced with `fdatasync`.
+//! image is synced with `fdatasync`. SIGHUP re-reads the image size and tells the connected
+//! front-end about a new capacity (VHOST_USER_BACKEND_CONFIG_CHANGE_MSG).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::thread;
 
 use log::{debug, info, warn};
 use vhost_daemon::backend::Device;
@@ -12,7 +14,7 @@ use vhost_daemon::memory::GuestRamAtomic;
 use vhost_daemon::signals::Signals;
 use vhost_daemon::BoxError;
 
-use crate::backend::BlkBackend;
+use crate::backend::{notify_config_change, BlkBackend, ChannelSlot};
 use crate::cli::Config;
 use crate::device::BlockDevice;
 use crate::image::{Image, ImageError};
@@ -32,9 +34,11 @@ pub enum RunError {
 }
 
 /// The block device as the daemon serves it.
-struct BlkDaemon {
+pub(crate) struct BlkDaemon {
     device: Arc<BlockDevice>,
     connections: AtomicU64,
+    /// The back-end request channel of the connection being served, if any.
+    channel: Mutex<Weak<ChannelSlot>>,
 }
 
 impl Device for BlkDaemon {
@@ -46,7 +50,29 @@ impl Device for BlkDaemon {
 
     fn connect(&self, _port: usize, mem: GuestRamAtomic) -> Result<BlkBackend, BoxError> {
         self.connections.fetch_add(1, Ordering::Relaxed);
-        Ok(BlkBackend::new(self.device.clone(), mem)?)
+        let backend = BlkBackend::new(self.device.clone(), mem)?;
+        *self.channel.lock().unwrap_or_else(PoisonError::into_inner) = backend.channel_slot();
+        Ok(backend)
+    }
+
+    /// SIGHUP: re-reads the image size and, when the capacity changed and a front-end is
+    /// connected, tells it from a thread of its own, so a front-end slow to ack does not hold
+    /// up the daemon.
+    fn reconfigure(&self) {
+        match self.device.resize() {
+            Ok(None) => info!(
+                "SIGHUP: image size unchanged ({} bytes)",
+                self.device.image().size()
+            ),
+            Ok(Some((old, new))) => {
+                info!("SIGHUP: capacity changed from {old} to {new} sectors");
+                let slot = self.channel.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(slot) = slot.upgrade() {
+                    notify_in_background(slot);
+                }
+            }
+            Err(e) => warn!("SIGHUP: {e}"),
+        }
     }
 
     fn stats(&self) -> String {
@@ -66,18 +92,46 @@ impl Device for BlkDaemon {
     }
 }
 
+impl BlkDaemon {
+    /// Opens the image of `config` and makes the device.
+    ///
+    /// # Errors
+    /// [`ImageError`] when the image cannot be served.
+    pub(crate) fn open(config: &Config) -> Result<Arc<BlkDaemon>, ImageError> {
+        let image = Image::open(&config.image, config.read_only, config.direct)?;
+        Ok(Arc::new(BlkDaemon {
+            device: Arc::new(BlockDevice::new(config, image)),
+            connections: AtomicU64::new(0),
+            channel: Mutex::new(Weak::new()),
+        }))
+    }
+
+    /// The device.
+    pub(crate) fn device(&self) -> &Arc<BlockDevice> {
+        &self.device
+    }
+}
+
+fn notify_in_background(slot: Arc<ChannelSlot>) {
+    let spawned = thread::Builder::new()
+        .name("config-change".to_string())
+        .spawn(move || match notify_config_change(&slot) {
+            Ok(()) => info!("front-end notified of the new capacity"),
+            Err(e) => warn!("cannot notify the front-end of the new capacity: {e}"),
+        });
+    if let Err(e) = spawned {
+        warn!("cannot start the configuration change thread: {e}");
+    }
+}
+
 /// Serves `config` until SIGTERM or SIGINT.
 ///
 /// # Errors
 /// [`RunError`] when the socket or the image cannot be set up.
 pub fn run(config: &Config) -> Result<(), RunError> {
     let signals = Signals::block().map_err(RunError::Signals)?;
-    let image = Image::open(&config.image, config.read_only, config.direct)?;
-    let device = Arc::new(BlockDevice::new(config, image));
-    let blk = Arc::new(BlkDaemon {
-        device: device.clone(),
-        connections: AtomicU64::new(0),
-    });
+    let blk = BlkDaemon::open(config)?;
+    let device = blk.device().clone();
     let daemon = Daemon::new(blk, signals, std::slice::from_ref(&config.socket))?;
     info!(
         "serving {} ({} bytes{}{}) with {} queue(s) of up to {} descriptors, features {:#x}",

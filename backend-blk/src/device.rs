@@ -17,7 +17,7 @@ use virtio_bindings::bindings::virtio_ring::{
 use vm_memory::ByteValued;
 
 use crate::cli::{Config, SERIAL_BYTES};
-use crate::image::{Image, SECTOR_SIZE};
+use crate::image::{Image, ImageError, SECTOR_SIZE};
 use crate::request::Limits;
 
 /// Largest segment (one descriptor's buffer) the driver should use: `size_max`, bytes.
@@ -106,15 +106,34 @@ impl BlockDevice {
         self.features
     }
 
-    /// The device's vhost-user protocol features: MQ, CONFIG (vhost-user.rst); vhost-daemon
-    /// adds its own (REPLY_ACK).
+    /// The device's vhost-user protocol features: MQ, CONFIG, INFLIGHT_SHMFD (crash-safe
+    /// reconnect) and BACKEND_REQ (configuration change notifications on resize)
+    /// (vhost-user.rst); vhost-daemon adds its own (REPLY_ACK).
     pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+            | VhostUserProtocolFeatures::BACKEND_REQ
     }
 
-    /// Request limits for the parser.
-    pub fn limits(&self) -> &Limits {
-        &self.limits
+    /// Request limits for the parser, with the capacity as it is now.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            capacity_sectors: self.image.capacity_sectors(),
+            ..self.limits.clone()
+        }
+    }
+
+    /// Reads the image size again (SIGHUP) and serves it as the new `capacity`. Returns the
+    /// old and new capacity in 512-byte sectors when it changed.
+    ///
+    /// # Errors
+    /// [`ImageError::Size`] when the size cannot be read; the old capacity stays.
+    pub fn resize(&self) -> Result<Option<(u64, u64)>, ImageError> {
+        let old = self.image.capacity_sectors();
+        self.image.reread_size()?;
+        let new = self.image.capacity_sectors();
+        Ok((new != old).then_some((old, new)))
     }
 
     /// The 20-byte device ID for VIRTIO_BLK_T_GET_ID, NUL-padded.
@@ -122,9 +141,13 @@ impl BlockDevice {
         &self.serial
     }
 
-    /// `struct virtio_blk_config` as the driver sees it (the core cuts GET_CONFIG windows).
-    pub fn config_space(&self) -> &[u8] {
-        &self.config
+    /// `struct virtio_blk_config` as the driver sees it, with the capacity as it is now (the
+    /// core cuts GET_CONFIG windows).
+    pub fn config_space(&self) -> Vec<u8> {
+        let mut config = self.config.clone();
+        // `capacity` is the first field (virtio 1.2 §5.2.4) and follows the image size.
+        config[..8].copy_from_slice(&self.image.capacity_sectors().to_le_bytes());
+        config
     }
 }
 
@@ -232,7 +255,7 @@ mod tests {
 
     fn le32(dev: &BlockDevice, offset: usize) -> u32 {
         u32::from_le_bytes(
-            window(dev.config_space(), offset as u32, 4)
+            window(&dev.config_space(), offset as u32, 4)
                 .try_into()
                 .unwrap(),
         )
@@ -241,7 +264,7 @@ mod tests {
     #[test]
     fn config_space_fields() {
         let (dev, dir) = device("cfg", false, None);
-        let cap = window(dev.config_space(), 0, 8);
+        let cap = window(&dev.config_space(), 0, 8);
         assert_eq!(u64::from_le_bytes(cap.try_into().unwrap()), 2048);
         assert_eq!(
             le32(&dev, offset_of!(virtio_blk_config, size_max)),
@@ -250,7 +273,7 @@ mod tests {
         assert_eq!(le32(&dev, offset_of!(virtio_blk_config, seg_max)), SEG_MAX);
         assert_eq!(le32(&dev, offset_of!(virtio_blk_config, blk_size)), 512);
         let nq = window(
-            dev.config_space(),
+            &dev.config_space(),
             offset_of!(virtio_blk_config, num_queues) as u32,
             2,
         );

@@ -12,6 +12,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use log::warn;
 
@@ -58,8 +59,8 @@ pub enum ImageError {
     /// The path is neither a regular file nor a block device.
     #[error("image {0} is not a regular file or a block device")]
     NotAFileOrDevice(PathBuf),
-    /// `BLKGETSIZE64` failed on a block device.
-    #[error("cannot get the size of block device {path}: {source}")]
+    /// The size cannot be read (`BLKGETSIZE64` on a block device, `fstat` on a file).
+    #[error("cannot get the size of {path}: {source}")]
     Size {
         /// The image path.
         path: PathBuf,
@@ -75,7 +76,8 @@ pub struct Image {
     file: File,
     buffered: Option<File>,
     kind: ImageKind,
-    size: u64,
+    /// Bytes; changes when [`Image::reread_size`] finds the image resized.
+    size: AtomicU64,
     direct: bool,
     direct_align: u64,
     logical_block_size: u32,
@@ -159,7 +161,7 @@ impl Image {
             file,
             buffered,
             kind,
-            size,
+            size: AtomicU64::new(size),
             direct,
             direct_align,
             logical_block_size,
@@ -181,12 +183,30 @@ impl Image {
 
     /// Size in bytes.
     pub fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// Reads the size again (file length or `BLKGETSIZE64`), e.g. after the image was resized
+    /// on the host, and serves that size from now on; returns it in bytes.
+    ///
+    /// # Errors
+    /// [`ImageError::Size`] when it cannot be read; the old size stays.
+    pub fn reread_size(&self) -> Result<u64, ImageError> {
+        let size = match self.kind {
+            ImageKind::RegularFile => self.file.metadata().map(|m| m.len()),
+            ImageKind::BlockDevice => device_size(&self.file),
+        }
+        .map_err(|source| ImageError::Size {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.size.store(size, Ordering::Release);
+        Ok(size)
     }
 
     /// Capacity in 512-byte sectors (a trailing partial sector is not served).
     pub fn capacity_sectors(&self) -> u64 {
-        self.size / SECTOR_SIZE
+        self.size() / SECTOR_SIZE
     }
 
     /// Whether the main descriptor was opened with O_DIRECT.

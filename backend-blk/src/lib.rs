@@ -8,10 +8,12 @@
 //! - [`device`]: feature bits, `struct virtio_blk_config`, request limits, serial;
 //! - [`request`]: descriptor chain → validated [`request::Request`] (pure parsing);
 //! - [`status`]: every failure → VIRTIO_BLK_S_* status byte;
+//! - [`inflight`]: inflight I/O tracking area (crash-safe reconnect);
 //! - [`worker`]: per-queue data path (pop, parse, submit, complete, notify);
 //! - [`backend`]: the per-connection back-end (control path, event dispatch);
 //! - [`daemon`]: the device as vhost-daemon serves it (listener, signals, serve loop and the
-//!   io_uring ring live in the `vhost-daemon` crate).
+//!   io_uring ring live in the `vhost-daemon` crate);
+//! - [`store`]: store mode (`--xenstore`): every disk of the XenStore, XenBus handshake.
 
 use std::process::ExitCode;
 
@@ -20,8 +22,10 @@ pub mod cli;
 pub mod daemon;
 pub mod device;
 pub mod image;
+pub mod inflight;
 pub mod request;
 pub mod status;
+pub mod store;
 pub mod worker;
 
 /// Exit code for a command line that cannot be used (clap's convention).
@@ -34,6 +38,9 @@ pub fn run(cli: cli::Cli) -> ExitCode {
         let (kind, features) = cli::CAPABILITIES;
         return vhost_daemon::capabilities::print(kind, features);
     }
+    if let Some(store) = cli.store_config() {
+        return run_store(&store);
+    }
     let config = match cli.into_config() {
         Ok(config) => config,
         Err(e) => {
@@ -41,13 +48,28 @@ pub fn run(cli: cli::Cli) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    init_logging();
     match daemon::run(&config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("backend-blk: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+}
+
+fn run_store(config: &store::StoreConfig) -> ExitCode {
+    init_logging();
+    match store::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("backend-blk: error: {}", vhost_daemon::error_chain(&e));
             ExitCode::FAILURE
         }
     }

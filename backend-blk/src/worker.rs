@@ -14,10 +14,11 @@
 //! buffers and marks them when it completes, before the chain is put in the used ring.
 
 use std::os::fd::RawFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types};
-use log::{log, trace, warn, Level};
+use log::{info, log, trace, warn, Level};
 use vhost_daemon::memory::DirtyBitmap;
 use vhost_user_backend::VringT;
 use virtio_queue::{DescriptorChain, QueueT};
@@ -26,6 +27,7 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend};
 
 use crate::device::BlockDevice;
 use crate::image::SECTOR_SIZE;
+use crate::inflight::QueueInflight;
 use crate::request::{self, GuestRange, Parsed, Rejected, Request, RequestError};
 use crate::status::Status;
 use vhost_daemon::memory::{GuestRam, GuestRamAtomic, GuestRamGuard, Vring};
@@ -125,6 +127,17 @@ impl InFlight {
         entry.user_data(key as u64)
     }
 
+    /// The end of the image range the operation touches, bytes (`None` for a flush).
+    fn end(&self) -> Option<u64> {
+        match &self.op {
+            Op::Transfer {
+                offset, remaining, ..
+            } => Some(offset.saturating_add(*remaining)),
+            Op::Fallocate { offset, len, .. } => Some(offset.saturating_add(*len)),
+            Op::Sync => None,
+        }
+    }
+
     /// Accounts for a completion with `result` (bytes or `-errno`).
     fn advance(&mut self, result: i32) -> Progress {
         if result == -libc::EAGAIN || result == -libc::EINTR {
@@ -204,6 +217,10 @@ pub struct QueueWorker {
     /// Used entries were added since the last notification decision.
     used_added: bool,
     completions: Vec<Completion>,
+    /// Inflight I/O tracking, when the front-end set up an inflight area.
+    tracker: Option<QueueInflight>,
+    /// The queue (re)started: bring the inflight area in line and resubmit before going on.
+    needs_recovery: bool,
 }
 
 impl QueueWorker {
@@ -227,7 +244,16 @@ impl QueueWorker {
             mem,
             vring: None,
             used_added: false,
+            tracker: None,
+            needs_recovery: true,
         })
+    }
+
+    /// Tracks this queue's requests in `tracker` from now on (VHOST_USER_GET_INFLIGHT_FD or
+    /// SET_INFLIGHT_FD); the next kick first resubmits what the area says is in flight.
+    pub fn set_inflight(&mut self, tracker: Option<QueueInflight>) {
+        self.tracker = tracker;
+        self.needs_recovery = true;
     }
 
     /// The eventfd the kernel signals for every completion.
@@ -248,6 +274,9 @@ impl QueueWorker {
         if self.vring.is_none() {
             self.vring = Some(vring.clone());
         }
+        if std::mem::take(&mut self.needs_recovery) {
+            self.recover(vring);
+        }
         loop {
             if let Err(e) = vring.disable_notification() {
                 warn!(
@@ -263,6 +292,9 @@ impl QueueWorker {
                     .get_queue_mut()
                     .pop_descriptor_chain(mem.clone());
                 let Some(chain) = chain else { break };
+                if let Some(tracker) = &mut self.tracker {
+                    tracker.fetched(chain.head_index());
+                }
                 self.start(chain, mem.clone());
             }
             match vring.enable_notification() {
@@ -286,9 +318,54 @@ impl QueueWorker {
         self.run_ring();
     }
 
+    /// At queue start with an inflight area: brings the area in line with the used ring,
+    /// resubmits the requests it names in the order they were taken, and goes on from the used
+    /// index plus their number (vhost-user.rst "Inflight I/O tracking"). A bad area is logged
+    /// and tracking stops for this queue; the queue goes on from the front-end's base.
+    fn recover(&mut self, vring: &Vring) {
+        let Some(tracker) = &mut self.tracker else {
+            return;
+        };
+        let mem = self.mem.memory();
+        let Some((used_idx, size, desc_table)) = ring_position(vring, &mem, self.queue_index)
+        else {
+            return;
+        };
+        let recovery = match tracker.recover(used_idx, size) {
+            Ok(recovery) => recovery,
+            Err(e) => {
+                warn!(
+                    "queue {}: inflight area refused, not tracking this queue: {e}",
+                    self.queue_index
+                );
+                self.tracker = None;
+                return;
+            }
+        };
+        {
+            let mut state = vring.get_mut();
+            let queue = state.get_queue_mut();
+            queue.set_next_avail(recovery.next_avail);
+            queue.set_next_used(used_idx);
+        }
+        if !recovery.resubmit.is_empty() {
+            info!(
+                "queue {}: resubmitting {} request(s) left in flight: heads {:?}",
+                self.queue_index,
+                recovery.resubmit.len(),
+                recovery.resubmit
+            );
+        }
+        for head in recovery.resubmit {
+            let chain = DescriptorChain::new(mem.clone(), GuestAddress(desc_table), size, head);
+            self.start(chain, mem.clone());
+        }
+    }
+
     /// Waits until every in-flight request has completed and is in the used ring. Used when
     /// the front-end stops the queue (VHOST_USER_GET_VRING_BASE), resets the device, or leaves.
     pub fn drain(&mut self) {
+        self.needs_recovery = true;
         while !self.inflight.is_empty() {
             if let Err(e) = self.ring.submit_and_wait_one() {
                 warn!(
@@ -306,7 +383,7 @@ impl QueueWorker {
     /// Parses one chain and starts (or at once completes) its request.
     fn start(&mut self, chain: DescriptorChain<GuestRamGuard>, mem: GuestRamGuard) {
         let head = chain.head_index();
-        let Parsed { request, status } = match request::parse(chain, self.device.limits()) {
+        let Parsed { request, status } = match request::parse(chain, &self.device.limits()) {
             Ok(parsed) => parsed,
             Err(rejected) => return self.reject(head, rejected, &mem),
         };
@@ -473,10 +550,21 @@ impl QueueWorker {
             );
             return;
         };
-        match entry.advance(c.result) {
+        let progress = entry.advance(c.result);
+        let end = entry.end();
+        match progress {
             Progress::Again => self.push(key),
-            Progress::Done(status) => {
-                if status != Status::Ok {
+            Progress::Done(mut status) => {
+                let size = self.device.image().size();
+                if status == Status::Ok && end.is_some_and(|end| end > size) {
+                    // The image shrank (SIGHUP) while this request was in flight.
+                    warn!(
+                        "queue {}: descriptor chain {}: past the end of the image ({size} \
+                         bytes) after a resize",
+                        self.queue_index, entry.head_index
+                    );
+                    status = Status::IoErr;
+                } else if status != Status::Ok {
                     let why = if c.result < 0 {
                         std::io::Error::from_raw_os_error(-c.result).to_string()
                     } else {
@@ -536,8 +624,16 @@ impl QueueWorker {
             );
             return;
         };
+        if let Some(tracker) = &self.tracker {
+            tracker.before_used(head);
+        }
         match vring.add_used(head, len) {
-            Ok(()) => self.used_added = true,
+            Ok(()) => {
+                self.used_added = true;
+                if let Some(tracker) = &self.tracker {
+                    tracker.after_used(head, vring.get_ref().get_queue().next_used());
+                }
+            }
             Err(e) => warn!(
                 "queue {}: cannot add chain {head} to the used ring: {e}",
                 self.queue_index
@@ -573,6 +669,20 @@ impl Drop for QueueWorker {
             // The kernel may still write into the guest memory these entries keep mapped:
             // leak them rather than unmap it under the kernel.
             std::mem::forget(std::mem::take(&mut self.inflight));
+        }
+    }
+}
+
+/// The used index the driver sees, the queue size and the descriptor table address of
+/// `vring`; `None` (logged) when the used ring cannot be read.
+fn ring_position(vring: &Vring, mem: &GuestRam, queue_index: u16) -> Option<(u16, u16, u64)> {
+    let state = vring.get_ref();
+    let queue = state.get_queue();
+    match queue.used_idx(mem, Ordering::Acquire) {
+        Ok(used_idx) => Some((used_idx.0, queue.size(), queue.desc_table())),
+        Err(e) => {
+            warn!("queue {queue_index}: cannot read the used index: {e}");
+            None
         }
     }
 }

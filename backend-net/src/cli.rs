@@ -50,7 +50,7 @@ pub struct Cli {
         long,
         visible_alias = "socket-path",
         value_name = "PATH",
-        required_unless_present_any = ["fd", "print_capabilities"],
+        required_unless_present_any = ["fd", "print_capabilities", "xenstore"],
         conflicts_with = "fd"
     )]
     pub socket: Vec<PathBuf>,
@@ -58,6 +58,20 @@ pub struct Cli {
     /// An already listening unix socket inherited from the launcher, instead of --socket.
     #[arg(long, value_name = "FDNUM")]
     pub fd: Option<RawFd>,
+
+    /// Store mode: serve every vif with a TAP that the toolstack writes into the XenStore at
+    /// this socket, walking the XenBus handshake for each (instead of --socket/--tap).
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "run_dir",
+        conflicts_with_all = ["socket", "fd", "tap", "switch", "stats_socket"]
+    )]
+    pub xenstore: Option<PathBuf>,
+
+    /// Store mode: folder for the NICs' vhost-user sockets (`vif-<domid>-<devid>.sock`).
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
 
     /// Print the back-end's capabilities as JSON (vhost-user.json, type "net") and exit.
     #[arg(long)]
@@ -68,7 +82,7 @@ pub struct Cli {
         long,
         value_name = "NAME",
         conflicts_with = "switch",
-        required_unless_present_any = ["switch", "print_capabilities"]
+        required_unless_present_any = ["switch", "print_capabilities", "xenstore"]
     )]
     pub tap: Option<String>,
 
@@ -148,6 +162,9 @@ pub enum ConfigError {
     /// TAP mode with more or fewer than one socket.
     #[error("--tap serves exactly one front-end: give one --socket (got {0})")]
     TapSockets(usize),
+    /// `--run-dir` without `--xenstore`.
+    #[error("--run-dir is for store mode: give --xenstore PATH too")]
+    RunDirWithoutStore,
     /// Too many switch ports.
     #[error("--switch takes at most {MAX_PORTS} sockets (got {0})")]
     TooManyPorts(usize),
@@ -169,11 +186,24 @@ pub enum ConfigError {
 pub const CAPABILITIES: (&str, &[&str]) = ("net", &[]);
 
 impl Cli {
+    /// The store-mode configuration, when `--xenstore` was given.
+    pub fn store_config(&self) -> Option<crate::store::StoreConfig> {
+        Some(crate::store::StoreConfig {
+            xenstore: self.xenstore.clone()?,
+            run_dir: self.run_dir.clone()?,
+            queue_size: self.queue_size,
+            rx_backlog: self.rx_backlog,
+        })
+    }
+
     /// Checks the parsed arguments and builds the [`Config`].
     ///
     /// # Errors
     /// [`ConfigError`] naming the first argument that does not make sense.
     pub fn into_config(self) -> Result<Config, ConfigError> {
+        if self.run_dir.is_some() {
+            return Err(ConfigError::RunDirWithoutStore);
+        }
         if self.num_queue_pairs == 0 || self.num_queue_pairs > MAX_QUEUE_PAIRS {
             return Err(ConfigError::QueuePairs(self.num_queue_pairs));
         }
@@ -228,6 +258,23 @@ mod tests {
         let cli = Cli::try_parse_from(std::iter::once("backend-net").chain(args.iter().copied()))
             .map_err(|e| e.kind().to_string())?;
         cli.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn store_mode_takes_the_store_and_a_run_dir_only() {
+        let cli = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("backend-net").chain(args.iter().copied()))
+        };
+        let store = cli(&["--xenstore", "/xs", "--run-dir", "/run/pvio"])
+            .unwrap()
+            .store_config()
+            .unwrap();
+        assert_eq!(store.xenstore, PathBuf::from("/xs"));
+        assert_eq!(store.run_dir, PathBuf::from("/run/pvio"));
+        assert!(cli(&["--xenstore", "/xs"]).is_err());
+        assert!(cli(&["--xenstore", "/xs", "--run-dir", "/r", "--tap", "t"]).is_err());
+        let stray = cli(&["--socket", "/s", "--tap", "t", "--run-dir", "/r"]).unwrap();
+        assert_eq!(stray.into_config(), Err(ConfigError::RunDirWithoutStore));
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! - [`port`], [`switch`], [`worker`]: per-port state, the switch, the queue-pair data path.
 //! - [`backend`], [`server`]: the per-connection back-end and the device as vhost-daemon
 //!   serves it (listener, signals, serve loop, early-enable relay live in `vhost-daemon`).
+//! - [`store`]: store mode (`--xenstore`): every TAP vif of the XenStore, XenBus handshake.
 #![deny(missing_docs)]
 
 pub mod backend;
@@ -34,6 +35,7 @@ pub mod port;
 pub mod rx;
 pub mod server;
 pub mod stats;
+pub mod store;
 pub mod switch;
 pub mod tap;
 pub mod worker;

@@ -13,6 +13,15 @@ fn main() -> ExitCode {
         return vhost_daemon::capabilities::print(kind, features);
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Some(store) = cli.store_config() {
+        return match backend_net::store::run(&store) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("backend-net: {}", backend_net::error_chain(&e));
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match cli.into_config() {
         Ok(c) => c,
         Err(e) => {

@@ -40,12 +40,49 @@ pub enum Error {
 }
 
 /// The ports and what they are bridged to.
-struct NetDevice {
+pub(crate) struct NetDevice {
     ports: Vec<Arc<Port>>,
     sockets: Vec<SocketSource>,
     dataplane: Dataplane,
     queue_size: u16,
     rx_backlog: usize,
+}
+
+impl NetDevice {
+    /// The ports of `config` (one per socket) and its data plane: the TAP device's queues,
+    /// or a switch between the ports.
+    ///
+    /// # Errors
+    /// [`TapError`] when the TAP device cannot be opened.
+    pub(crate) fn new(config: &Config) -> Result<NetDevice, TapError> {
+        let ports: Vec<Arc<Port>> = (0..config.sockets.len())
+            .map(|i| {
+                Arc::new(Port::new(
+                    i,
+                    config.mac.offset(i as u32),
+                    config.mtu,
+                    config.queue_pairs,
+                    config.rx_backlog,
+                ))
+            })
+            .collect();
+        let dataplane = match &config.mode {
+            Mode::Tap(name) => Dataplane::Tap(
+                tap::open(name, config.queue_pairs)?
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect(),
+            ),
+            Mode::Switch => Dataplane::Switch(Arc::new(Switch::new(ports.clone()))),
+        };
+        Ok(NetDevice {
+            ports,
+            sockets: config.sockets.clone(),
+            dataplane,
+            queue_size: config.queue_size,
+            rx_backlog: config.rx_backlog,
+        })
+    }
 }
 
 impl Device for NetDevice {
@@ -85,39 +122,14 @@ impl Device for NetDevice {
 /// [`Error`] when something needed at start-up is missing (TAP, sockets, signal handling).
 pub fn run(config: Config) -> Result<(), Error> {
     let signals = Signals::block().map_err(Error::Signals)?;
-    let ports: Vec<Arc<Port>> = (0..config.sockets.len())
-        .map(|i| {
-            Arc::new(Port::new(
-                i,
-                config.mac.offset(i as u32),
-                config.mtu,
-                config.queue_pairs,
-                config.rx_backlog,
-            ))
-        })
-        .collect();
-    let dataplane = match &config.mode {
-        Mode::Tap(name) => Dataplane::Tap(
-            tap::open(name, config.queue_pairs)?
-                .into_iter()
-                .map(Arc::new)
-                .collect(),
-        ),
-        Mode::Switch => Dataplane::Switch(Arc::new(Switch::new(ports.clone()))),
-    };
     let stats_listener = match &config.stats_socket {
         Some(path) => {
             Some(listener::listen(&SocketSource::Path(path.clone())).map_err(Error::StatsSocket)?)
         }
         None => None,
     };
-    let device = Arc::new(NetDevice {
-        ports: ports.clone(),
-        sockets: config.sockets.clone(),
-        dataplane,
-        queue_size: config.queue_size,
-        rx_backlog: config.rx_backlog,
-    });
+    let device = Arc::new(NetDevice::new(&config)?);
+    let ports = device.ports.clone();
     for (port, socket) in ports.iter().zip(&config.sockets) {
         log::info!("port {}: socket {socket} (MAC {})", port.id, port.mac);
     }

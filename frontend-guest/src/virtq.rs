@@ -438,6 +438,14 @@ impl<const N: usize> SplitQueue<N> {
         self.num_free
     }
 
+    /// The used index as the device last published it (`used.idx`).
+    ///
+    /// # Errors
+    /// [`VirtqError::Mem`].
+    pub fn device_used_idx(&self, mem: &impl GuestRam) -> Result<u16, VirtqError> {
+        Ok(mem.load_u16(self.layout.used_idx_addr(), Ordering::Acquire)?)
+    }
+
     /// Chains added and not yet returned by [`SplitQueue::pop_used`].
     pub fn chains_in_flight(&self) -> u16 {
         self.chains_in_flight

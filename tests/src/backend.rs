@@ -264,6 +264,20 @@ impl BlkBackend {
         }
     }
 
+    /// Kills the process with SIGKILL (a crash: no clean-up, the socket file stays) and waits
+    /// for it to be gone; returns its exit status.
+    ///
+    /// # Errors
+    /// It cannot be signalled or waited for.
+    pub fn kill(mut self) -> Result<ExitStatus, Error> {
+        let io = |what: &str, source| Error::Io {
+            what: format!("{what} {}", self.program),
+            source,
+        };
+        self.child.kill().map_err(|e| io("SIGKILL", e))?;
+        self.child.wait().map_err(|e| io("wait for", e))
+    }
+
     fn wait_listening(&mut self) -> Result<(), Error> {
         let deadline = Instant::now() + PROCESS_DEADLINE;
         loop {

@@ -260,6 +260,7 @@ pub fn run(options: &Options) -> Result<Report, Error> {
     let disk = BlkDisk {
         socket: socket.clone(),
         num_queues: options.num_queues,
+        reconnect: false,
     };
     let script = workload_script(options.workload_mib, chunk_mib);
     let guest_mib = u32::try_from(256 + 2 * chunk_mib).expect("chunk is at most 64 MiB");

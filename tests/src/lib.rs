@@ -7,6 +7,7 @@
 //! with a vhost-user-blk disk, and [`console`] reads the `@@pvio key value` lines the script
 //! printed; [`guest::GuestKit`] ties the guest side together. [`demo`] is the README's main
 //! job built from the same parts; [`migration`] moves a running guest between two QEMU processes.
+//! [`xenstore`] runs the store for the XenBus handshake tests.
 
 pub mod backend;
 pub mod bins;
@@ -18,8 +19,10 @@ pub mod image;
 pub mod initramfs;
 pub mod migration;
 pub mod prereq;
+pub mod procstat;
 pub mod qemu;
 pub mod tmp;
+pub mod xenstore;
 
 /// Turns an error into a test failure that prints it with `Display` (guest errors carry the
 /// console log, which `unwrap`'s `Debug` output would squeeze into one escaped line).

@@ -107,6 +107,9 @@ pub struct BlkDisk {
     pub socket: PathBuf,
     /// Number of virtqueues the device offers the driver (`num-queues=`).
     pub num_queues: u16,
+    /// Reconnect to the back-end when it goes away (`reconnect=1` on the chardev: QEMU tries
+    /// every second and hands the inflight area back).
+    pub reconnect: bool,
 }
 
 /// A `virtio-net-pci` NIC on a `-netdev vhost-user` whose back-end listens on `socket`; the
@@ -215,7 +218,11 @@ impl Guest {
         }
         for (i, disk) in self.disks.iter().enumerate() {
             args.push("-chardev".into());
-            args.push(format!("socket,id=blk{i},path={}", disk.socket.display()));
+            let reconnect = if disk.reconnect { ",reconnect=1" } else { "" };
+            args.push(format!(
+                "socket,id=blk{i},path={}{reconnect}",
+                disk.socket.display()
+            ));
             args.push("-device".into());
             args.push(format!(
                 "vhost-user-blk-pci,chardev=blk{i},num-queues={}",
@@ -442,10 +449,12 @@ mod tests {
             BlkDisk {
                 socket: "/s/a.sock".into(),
                 num_queues: 2,
+                reconnect: false,
             },
             BlkDisk {
                 socket: "/s/b.sock".into(),
                 num_queues: 1,
+                reconnect: true,
             },
         ];
         let args = guest.args().join(" ");
@@ -454,7 +463,11 @@ mod tests {
             "-object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem"
         ));
         assert!(
-            args.contains("-chardev socket,id=blk0,path=/s/a.sock"),
+            args.contains("-chardev socket,id=blk0,path=/s/a.sock -device"),
+            "{args}"
+        );
+        assert!(
+            args.contains("-chardev socket,id=blk1,path=/s/b.sock,reconnect=1 -device"),
             "{args}"
         );
         assert!(

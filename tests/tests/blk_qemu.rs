@@ -188,6 +188,7 @@ impl ServedDisk {
         let disk = BlkDisk {
             socket: self.socket.clone(),
             num_queues: self.num_queues,
+            reconnect: false,
         };
         let configure = |guest: &mut Guest| {
             guest.vcpus = vcpus;

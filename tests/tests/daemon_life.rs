@@ -22,6 +22,7 @@ use frontend_guest::host::{
 use frontend_guest::net::NetHdr;
 use pvio_tests::backend::is_listening;
 use pvio_tests::bins::workspace_bin;
+use pvio_tests::procstat::{fds_and_threads, settle_at};
 use pvio_tests::tmp::TempDir;
 
 /// Front-end sessions per daemon.
@@ -77,24 +78,12 @@ impl Daemon {
 
     /// Open descriptors and threads of the daemon process.
     fn counts(&self) -> (usize, usize) {
-        let count = |what: &str| {
-            std::fs::read_dir(format!("/proc/{}/{what}", self.child.id()))
-                .map(Iterator::count)
-                .unwrap_or(0)
-        };
-        (count("fd"), count("task"))
+        fds_and_threads(self.child.id())
     }
 
     /// Waits until the counts equal `want`; returns the last counts seen.
     fn settle_at(&self, want: (usize, usize)) -> (usize, usize) {
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            let now = self.counts();
-            if now == want || Instant::now() >= deadline {
-                return now;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        settle_at(self.child.id(), want, SETTLE)
     }
 
     /// Waits until the counts have not changed for half a second (the daemon is idle, waiting

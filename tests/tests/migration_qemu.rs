@@ -161,6 +161,7 @@ fn try_migrate_blk(label: &str, kind: &BlkBackendKind) -> Result<(), String> {
             g.disks = vec![BlkDisk {
                 socket: src_backend.socket().to_path_buf(),
                 num_queues: 1,
+                reconnect: false,
             }];
             g.qmp = Some(src_qmp.clone());
             g.echo = g.echo.as_ref().map(|_| "src| ".into());

@@ -538,22 +538,6 @@ fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'stati
     .expect("namespace thread")
 }
 
-/// A permanent neighbour entry on the namespace's tap0: `addr` is at `mac` (the mock device).
-fn pin_neighbour(ns: &Netns, addr: &str, mac: [u8; 6]) {
-    let lladdr = fmt_mac(mac);
-    ns.ip(&[
-        "neigh",
-        "add",
-        addr,
-        "lladdr",
-        &lladdr,
-        "dev",
-        "tap0",
-        "nud",
-        "permanent",
-    ]);
-}
-
 #[test]
 fn tap_carries_frames_both_ways_in_a_namespace() {
     let dir = TempDir::new("net-proto-tap").unwrap();
@@ -562,8 +546,8 @@ fn tap_carries_frames_both_ways_in_a_namespace() {
     let daemon = NetDaemon::tap(dir.path(), &ns, "tap0", &[]);
     let mut dev = connect(&daemon, 0, &NetOptions::default());
     let me = mac(&dev);
-    let tap_mac = read_mac(&ns, "tap0");
-    pin_neighbour(&ns, "10.79.0.2", me);
+    let tap_mac = ns.mac("tap0");
+    ns.add_neighbour("10.79.0.2", me, "tap0");
     // Mock → namespace: an ICMP echo request is answered.
     let echo = frames::icmp_echo(
         tap_mac,
@@ -661,17 +645,7 @@ fn tap_with_two_queue_pairs_spreads_flows() {
         },
     );
     let me = mac(&dev);
-    ns.ip(&[
-        "neigh",
-        "add",
-        "10.79.1.2",
-        "lladdr",
-        &fmt_mac(me),
-        "dev",
-        "tap0",
-        "nud",
-        "permanent",
-    ]);
+    ns.add_neighbour("10.79.1.2", me, "tap0");
     // 64 flows (source ports) from the namespace: the TAP hashes them over its two queues.
     in_netns(&ns, || {
         for port in 0..64u16 {
@@ -704,7 +678,7 @@ fn tap_with_two_queue_pairs_spreads_flows() {
         "both receive queues used: {per_pair:?}"
     );
     // Both transmit queues reach the TAP.
-    let tap_mac = read_mac(&ns, "tap0");
+    let tap_mac = ns.mac("tap0");
     for q in 0..2u16 {
         let echo = frames::icmp_echo(tap_mac, me, [10, 79, 1, 2], [10, 79, 1, 1], 0x99, q, b"mq");
         dev.pair(usize::from(q))
@@ -718,23 +692,6 @@ fn tap_with_two_queue_pairs_spreads_flows() {
     assert_eq!(drops(&p, "tx_tap_error"), 0, "{p}");
     drop(dev);
     daemon.stop();
-}
-
-fn read_mac(ns: &Netns, dev: &str) -> [u8; 6] {
-    let text = ns.exec("cat", &[&format!("/sys/class/net/{dev}/address")]);
-    let v: Vec<u8> = text
-        .trim()
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).unwrap())
-        .collect();
-    v.try_into().unwrap()
-}
-
-fn fmt_mac(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 /// The dirty log (VHOST_USER_SET_LOG_BASE) marks the pages of receive buffers the kernel
@@ -761,7 +718,7 @@ fn tap_receive_is_logged_and_memory_slots_change_on_the_fly() {
         dev.connection().offered_features() & (1 << 26) != 0,
         "VHOST_F_LOG_ALL"
     );
-    pin_neighbour(&ns, "10.81.0.2", mac(&dev));
+    ns.add_neighbour("10.81.0.2", mac(&dev), "tap0");
     let ram_size = dev.ram().size();
     // The log covers guest memory up to the end of the region added below.
     let (extra_gpa, extra_bytes) = (1u64 << 30, 1u64 << 20);

@@ -14,12 +14,13 @@
 //! closes it when it is dropped, which is after the library's worker threads and their epolls
 //! (they hold the wrapper) are gone.
 
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::{Mutex, PoisonError};
 
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost::vhost_user::VhostUserVirtioFeatures;
+use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
+use vhost::vhost_user::{Backend as BackendChannel, VhostUserVirtioFeatures};
 use vhost_user_backend::VhostUserBackend;
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
@@ -37,7 +38,8 @@ use crate::BoxError;
 /// REM_MEM_REG / GET_MAX_MEM_SLOTS), the memory table kept by vhost-user-backend and checked
 /// by the wrapper ([`crate::memory::check_region_files`]); LOG_SHMFD (SET_LOG_BASE), the
 /// dirty-page log on the guest memory's [`crate::memory::DirtyBitmap`] (devices mark what the
-/// kernel writes for them; regions added later are logged too, [`crate::dirty::DirtyLog`]); RESET_DEVICE, forwarded to [`DeviceBackend::reset_device`].
+/// kernel writes for them; regions added later are logged too, [`crate::dirty::DirtyLog`]);
+/// RESET_DEVICE, forwarded to [`DeviceBackend::reset_device`].
 pub const CORE_PROTOCOL_FEATURES: VhostUserProtocolFeatures = VhostUserProtocolFeatures::REPLY_ACK
     .union(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
     .union(VhostUserProtocolFeatures::LOG_SHMFD)
@@ -128,6 +130,29 @@ pub trait DeviceBackend: Send + Sync + 'static {
     /// The error replied to the front-end.
     fn update_memory(&self, _mem: GuestRamAtomic) -> io::Result<()> {
         Ok(())
+    }
+    /// VHOST_USER_SET_BACKEND_REQ_FD: the channel for back-end requests to the front-end
+    /// (VHOST_USER_PROTOCOL_F_BACKEND_REQ), e.g. configuration change notifications. Default:
+    /// dropped.
+    fn set_backend_req_fd(&self, _channel: BackendChannel) {}
+    /// VHOST_USER_GET_INFLIGHT_FD (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD): allocate the
+    /// inflight I/O tracking area; returns its description and file. Default: not supported.
+    ///
+    /// # Errors
+    /// The error replied to the front-end.
+    fn get_inflight_fd(
+        &self,
+        _inflight: &VhostUserInflight,
+    ) -> io::Result<(VhostUserInflight, File)> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+    /// VHOST_USER_SET_INFLIGHT_FD: use the inflight area the front-end hands back (untrusted).
+    /// Default: not supported.
+    ///
+    /// # Errors
+    /// The error replied to the front-end.
+    fn set_inflight_fd(&self, _inflight: &VhostUserInflight, _file: File) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
     }
     /// Queues served by each worker thread, as bit masks.
     fn queues_per_thread(&self) -> Vec<u64>;
@@ -245,6 +270,21 @@ impl<B: DeviceBackend> VhostUserBackend for Backend<B> {
         self.device.queues_per_thread()
     }
 
+    fn set_backend_req_fd(&self, channel: BackendChannel) {
+        self.device.set_backend_req_fd(channel);
+    }
+
+    fn get_inflight_fd(
+        &self,
+        inflight: &VhostUserInflight,
+    ) -> io::Result<(VhostUserInflight, File)> {
+        self.device.get_inflight_fd(inflight)
+    }
+
+    fn set_inflight_fd(&self, inflight: &VhostUserInflight, file: File) -> io::Result<()> {
+        self.device.set_inflight_fd(inflight, file)
+    }
+
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         self.new_exit_event()
             .map_err(|e| log::error!("cannot create a worker exit event: {e}"))
@@ -303,6 +343,25 @@ mod tests {
     fn is_open(fd: RawFd) -> bool {
         // SAFETY: F_GETFD only reads the flags of a descriptor number; a closed one fails.
         unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+    }
+
+    /// A device without inflight tracking refuses the messages (the forwarding to one that has
+    /// it is exercised end to end by backend-blk's reconnect tests).
+    #[test]
+    fn inflight_messages_are_refused_by_default() {
+        let msg = VhostUserInflight::new(64, 0, 1, 8);
+        let plain = Backend::new(Nothing);
+        let refused = plain.get_inflight_fd(&msg).map(drop);
+        assert_eq!(
+            refused.map_err(|e| e.kind()),
+            Err(io::ErrorKind::Unsupported)
+        );
+        let file = File::open("/dev/null").unwrap();
+        let refused = plain.set_inflight_fd(&msg, file);
+        assert_eq!(
+            refused.map_err(|e| e.kind()),
+            Err(io::ErrorKind::Unsupported)
+        );
     }
 
     #[test]

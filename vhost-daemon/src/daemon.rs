@@ -186,6 +186,63 @@ impl<D: Device> Daemon<D> {
     }
 }
 
+/// One socket served on its own thread until [`PortServer::stop`], independent of the
+/// process's signals: the store-mode daemons run one per device, started and stopped as the
+/// XenBus handshake asks (the device as port 0).
+pub struct PortServer {
+    stop: Arc<Stop>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl PortServer {
+    /// Listens on `source` and serves `device` there, one front-end after another.
+    ///
+    /// # Errors
+    /// [`DaemonError::Listen`]; [`DaemonError::Resource`] when the eventfd or the thread
+    /// cannot be created.
+    pub fn start<D: Device>(device: Arc<D>, source: &SocketSource) -> Result<Self, DaemonError> {
+        let listener = listener::listen(source)?;
+        let stop = Arc::new(Stop::new(1)?);
+        let port = Port {
+            port: 0,
+            device: device.clone(),
+            stop: stop.clone(),
+        };
+        log::info!("listening on {source}");
+        let name = format!("{}-port", device.name());
+        let thread = spawn(name, move || {
+            port.serve(listener);
+            device.stopped();
+        })?;
+        Ok(PortServer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops as [`Daemon::run`] does on SIGTERM: the front-end's connection is shut down, the
+    /// worker threads joined, the device drained and [`Device::stopped`] called, the socket
+    /// file removed. Returns when all of that is done.
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.stop.trigger();
+            if thread.join().is_err() {
+                log::error!("a socket thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for PortServer {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
 /// Reads signals until SIGINT or SIGTERM, calling the device's hooks for the others.
 fn handle_signals<D: Device>(signals: &Signals, device: &D) -> Result<(), DaemonError> {
     loop {

@@ -15,12 +15,14 @@
 //! [`SLOT_META_BYTES`], up to [`BlkOptions::max_request_bytes`]).
 
 use std::collections::VecDeque;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use vhost::vhost_user::VhostUserProtocolFeatures;
+
 use super::ram::HostRam;
-use super::vhost::{ConnectOptions, VhostUserConnection, VringFds};
+use super::vhost::{BackendChannel, ConnectOptions, InflightArea, VhostUserConnection, VringFds};
 use super::{Error, Result};
 use crate::blk::{
     self, BlkConfig, BlkStatus, DiscardSegment, RequestBuffers, RequestHeader,
@@ -84,6 +86,13 @@ pub struct BlkOptions {
     pub io_timeout: Duration,
     /// Connection timing.
     pub connect: ConnectOptions,
+    /// Track requests in an inflight area (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD: GET and
+    /// SET_INFLIGHT_FD at connect, SET_INFLIGHT_FD again at [`BlkDevice::reconnect`]), as
+    /// QEMU does. Default false.
+    pub inflight: bool,
+    /// Open the back-end request channel (VHOST_USER_PROTOCOL_F_BACKEND_REQ) to receive
+    /// configuration change notifications. Default false.
+    pub backend_channel: bool,
 }
 
 impl Default for BlkOptions {
@@ -97,6 +106,8 @@ impl Default for BlkOptions {
             indirect_desc: true,
             io_timeout: Duration::from_secs(10),
             connect: ConnectOptions::default(),
+            inflight: false,
+            backend_channel: false,
         }
     }
 }
@@ -105,10 +116,15 @@ impl Default for BlkOptions {
 #[derive(Debug)]
 pub struct BlkDevice {
     conn: VhostUserConnection,
+    path: PathBuf,
+    opts: BlkOptions,
     ram: Arc<HostRam>,
     config: BlkConfig,
     features: u64,
     queues: Vec<BlkQueue>,
+    /// The inflight area the back-end allocated, kept across reconnects.
+    inflight: Option<InflightArea>,
+    channel: Option<BackendChannel>,
 }
 
 impl BlkDevice {
@@ -120,8 +136,7 @@ impl BlkDevice {
     /// [`Error::Connect`], [`Error::Vhost`], [`Error::MissingFeature`],
     /// [`Error::TooManyQueues`], [`Error::BadConfig`], RAM and virtqueue errors.
     pub fn connect(path: impl AsRef<Path>, opts: &BlkOptions) -> Result<Self> {
-        let mut conn =
-            VhostUserConnection::connect(path.as_ref(), &opts.connect, u64::from(opts.num_queues))?;
+        let mut conn = connect(path.as_ref(), opts)?;
         let offered = conn.offered_features();
         if offered & bit(VIRTIO_F_VERSION_1) == 0 {
             return Err(Error::MissingFeature {
@@ -140,9 +155,20 @@ impl BlkDevice {
                 available,
             });
         }
+        let channel = opts
+            .backend_channel
+            .then(|| conn.open_backend_channel())
+            .transpose()?;
         conn.set_features(features)?;
         let ram = Arc::new(HostRam::new(ram_bytes(opts))?);
         conn.set_mem_table(&ram)?;
+        let inflight = if opts.inflight {
+            let area = conn.get_inflight_fd(opts.num_queues, opts.queue_size)?;
+            conn.set_inflight_fd(&area)?;
+            Some(area)
+        } else {
+            None
+        };
         let mut queues = Vec::with_capacity(usize::from(opts.num_queues));
         for index in 0..usize::from(opts.num_queues) {
             let queue = BlkQueue::new(index, &ram, opts, features)?;
@@ -151,11 +177,66 @@ impl BlkDevice {
         }
         Ok(BlkDevice {
             conn,
+            path: path.as_ref().to_path_buf(),
+            opts: opts.clone(),
             ram,
             config,
             features,
             queues,
+            inflight,
+            channel,
         })
+    }
+
+    /// Connects again after the back-end went away (e.g. it crashed and was restarted on the
+    /// same socket), as QEMU's vhost-user-blk does: same features and memory table, the
+    /// inflight area handed back (VHOST_USER_SET_INFLIGHT_FD), and each vring restarted at the
+    /// used index (the back-end's last available index is lost with it). Requests in flight
+    /// stay pending and complete when the back-end resubmits them.
+    ///
+    /// # Errors
+    /// As [`BlkDevice::connect`].
+    pub fn reconnect(&mut self) -> Result<()> {
+        self.channel = None;
+        let mut conn = connect(&self.path, &self.opts)?;
+        self.channel = self
+            .opts
+            .backend_channel
+            .then(|| conn.open_backend_channel())
+            .transpose()?;
+        conn.set_features(self.features)?;
+        conn.set_mem_table(&self.ram)?;
+        if let Some(area) = &self.inflight {
+            conn.set_inflight_fd(area)?;
+        }
+        for queue in &self.queues {
+            let base = queue.vq.device_used_idx(&*self.ram)?;
+            conn.start_vring_at(queue.index, queue.vq.layout(), &self.ram, &queue.fds, base)?;
+        }
+        self.conn = conn;
+        Ok(())
+    }
+
+    /// The inflight area the back-end allocated (VHOST_USER_GET_INFLIGHT_FD), e.g. to hand a
+    /// damaged copy to a back-end in a test.
+    pub fn inflight_area(&self) -> Option<&InflightArea> {
+        self.inflight.as_ref()
+    }
+
+    /// The back-end request channel, if [`BlkOptions::backend_channel`] opened it.
+    pub fn backend_channel(&self) -> Option<&BackendChannel> {
+        self.channel.as_ref()
+    }
+
+    /// Reads the configuration space again (VHOST_USER_GET_CONFIG), e.g. after a configuration
+    /// change notification, and keeps it as [`BlkDevice::config`].
+    ///
+    /// # Errors
+    /// [`Error::BadConfig`], [`Error::Vhost`], [`Error::ControlTimeout`].
+    pub fn reread_config(&mut self) -> Result<&BlkConfig> {
+        let raw = self.conn.config(BlkConfig::BYTES as u32)?;
+        self.config = BlkConfig::parse(&raw).ok_or(Error::BadConfig { len: raw.len() })?;
+        Ok(&self.config)
     }
 
     /// The device configuration read at connect time.
@@ -219,6 +300,18 @@ impl BlkDevice {
             .map(|index| self.conn.stop_vring(index))
             .collect()
     }
+}
+
+/// Connects and negotiates the protocol features `opts` asks for.
+fn connect(path: &Path, opts: &BlkOptions) -> Result<VhostUserConnection> {
+    let mut extra = VhostUserProtocolFeatures::empty();
+    if opts.inflight {
+        extra |= VhostUserProtocolFeatures::INFLIGHT_SHMFD;
+    }
+    if opts.backend_channel {
+        extra |= VhostUserProtocolFeatures::BACKEND_REQ;
+    }
+    VhostUserConnection::connect_with(path, &opts.connect, u64::from(opts.num_queues), extra)
 }
 
 fn wanted_features(opts: &BlkOptions) -> u64 {

@@ -22,7 +22,9 @@ pub use ::vhost::vhost_user::VhostUserProtocolFeatures;
 pub use blk::{BlkDevice, BlkOptions, BlkQueue, ChainForm, Completion, Data, Request, Token};
 pub use net::{NetDevice, NetError, NetOptions, NetQueuePair, Received};
 pub use ram::HostRam;
-pub use vhost::{ConnectOptions, VhostUserConnection, VringFds, Watchdog};
+pub use vhost::{
+    BackendChannel, ConnectOptions, InflightArea, VhostUserConnection, VringFds, Watchdog,
+};
 
 use crate::mem::MemError;
 use crate::virtq::VirtqError;

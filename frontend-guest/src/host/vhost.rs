@@ -8,21 +8,23 @@
 //! [`Error::ControlTimeout`] instead of a hang (a socket read timeout cannot be used: the vhost
 //! crate retries `EAGAIN` in a loop).
 
+use std::fs::File;
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserInflight};
 use vhost::vhost_user::{
-    Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    Frontend, FrontendReqHandler, HandlerResult, VhostUserFrontend, VhostUserFrontendReqHandler,
+    VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::{VhostBackend, VhostUserDirtyLogRegion, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -156,6 +158,20 @@ impl VhostUserConnection {
     /// # Errors
     /// [`Error::Connect`], [`Error::Socket`], [`Error::Vhost`], [`Error::ControlTimeout`].
     pub fn connect(path: &Path, opts: &ConnectOptions, max_queues: u64) -> Result<Self> {
+        Self::connect_with(path, opts, max_queues, VhostUserProtocolFeatures::empty())
+    }
+
+    /// As [`VhostUserConnection::connect`], also acking the protocol features in `extra` that
+    /// the back-end offers (e.g. INFLIGHT_SHMFD, BACKEND_REQ).
+    ///
+    /// # Errors
+    /// As [`VhostUserConnection::connect`].
+    pub fn connect_with(
+        path: &Path,
+        opts: &ConnectOptions,
+        max_queues: u64,
+        extra: VhostUserProtocolFeatures,
+    ) -> Result<Self> {
         let stream = connect_with_deadline(path, opts.connect_timeout)?;
         let sock = stream.try_clone().map_err(Error::Socket)?;
         let mut conn = VhostUserConnection {
@@ -169,16 +185,16 @@ impl VhostUserConnection {
         conn.call("VHOST_USER_SET_OWNER", |f| f.set_owner())?;
         conn.offered_features = conn.call("VHOST_USER_GET_FEATURES", |f| f.get_features())?;
         if conn.offered_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
-            conn.negotiate_protocol_features()?;
+            conn.negotiate_protocol_features(extra)?;
         }
         Ok(conn)
     }
 
-    fn negotiate_protocol_features(&mut self) -> Result<()> {
+    fn negotiate_protocol_features(&mut self, extra: VhostUserProtocolFeatures) -> Result<()> {
         let offered = self.call("VHOST_USER_GET_PROTOCOL_FEATURES", |f| {
             f.get_protocol_features()
         })?;
-        let acked = offered & WANTED_PROTOCOL_FEATURES;
+        let acked = offered & (WANTED_PROTOCOL_FEATURES | extra);
         self.call("VHOST_USER_SET_PROTOCOL_FEATURES", |f| {
             f.set_protocol_features(acked)
         })?;
@@ -260,6 +276,70 @@ impl VhostUserConnection {
         Ok(payload)
     }
 
+    fn require(&self, feature: VhostUserProtocolFeatures, name: &'static str) -> Result<()> {
+        if self.protocol_features.contains(feature) {
+            Ok(())
+        } else {
+            Err(Error::MissingFeature { name })
+        }
+    }
+
+    /// Asks the back-end for an inflight I/O tracking area for `num_queues` queues of
+    /// `queue_size` descriptors (VHOST_USER_GET_INFLIGHT_FD): its description and its file.
+    ///
+    /// # Errors
+    /// [`Error::MissingFeature`] without VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD; [`Error::Vhost`],
+    /// [`Error::ControlTimeout`].
+    pub fn get_inflight_fd(&mut self, num_queues: u16, queue_size: u16) -> Result<InflightArea> {
+        self.require(
+            VhostUserProtocolFeatures::INFLIGHT_SHMFD,
+            "VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD",
+        )?;
+        let ask = VhostUserInflight::new(0, 0, num_queues, queue_size);
+        let (info, file) = self.call("VHOST_USER_GET_INFLIGHT_FD", |f| f.get_inflight_fd(&ask))?;
+        Ok(InflightArea { info, file })
+    }
+
+    /// Hands an inflight area to the back-end (VHOST_USER_SET_INFLIGHT_FD).
+    ///
+    /// # Errors
+    /// [`Error::MissingFeature`] without VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD; [`Error::Vhost`]
+    /// (e.g. the back-end refused the area), [`Error::ControlTimeout`].
+    pub fn set_inflight_fd(&mut self, area: &InflightArea) -> Result<()> {
+        self.require(
+            VhostUserProtocolFeatures::INFLIGHT_SHMFD,
+            "VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD",
+        )?;
+        self.call("VHOST_USER_SET_INFLIGHT_FD", |f| {
+            f.set_inflight_fd(&area.info, area.file.as_raw_fd())
+        })
+    }
+
+    /// Opens the back-end's request channel (VHOST_USER_SET_BACKEND_REQ_FD) and serves it on a
+    /// thread that counts VHOST_USER_BACKEND_CONFIG_CHANGE_MSG notifications.
+    ///
+    /// # Errors
+    /// [`Error::MissingFeature`] without VHOST_USER_PROTOCOL_F_BACKEND_REQ; [`Error::Vhost`],
+    /// [`Error::ControlTimeout`], [`Error::Socket`].
+    pub fn open_backend_channel(&mut self) -> Result<BackendChannel> {
+        self.require(
+            VhostUserProtocolFeatures::BACKEND_REQ,
+            "VHOST_USER_PROTOCOL_F_BACKEND_REQ",
+        )?;
+        let watch = Arc::new(ConfigWatch::default());
+        let mut handler = FrontendReqHandler::new(Arc::clone(&watch))
+            .map_err(|e| Error::Socket(io::Error::other(e)))?;
+        handler.set_reply_ack_flag(
+            self.protocol_features
+                .contains(VhostUserProtocolFeatures::REPLY_ACK),
+        );
+        let tx = handler.get_tx_raw_fd();
+        self.call("VHOST_USER_SET_BACKEND_REQ_FD", |f| {
+            f.set_backend_request_fd(&tx)
+        })?;
+        BackendChannel::serve(handler, watch)
+    }
+
     /// Acks `features` (VHOST_USER_SET_FEATURES), adding VHOST_USER_F_PROTOCOL_FEATURES when
     /// the back-end offered it.
     ///
@@ -295,6 +375,22 @@ impl VhostUserConnection {
         ram: &HostRam,
         fds: &VringFds,
     ) -> Result<()> {
+        self.start_vring_at(index, layout, ram, fds, 0)
+    }
+
+    /// As [`VhostUserConnection::start_vring`], with VHOST_USER_SET_VRING_BASE `base` (e.g.
+    /// the used index after a back-end crash, as QEMU rewinds).
+    ///
+    /// # Errors
+    /// As [`VhostUserConnection::start_vring`].
+    pub fn start_vring_at(
+        &mut self,
+        index: usize,
+        layout: &QueueLayout,
+        ram: &HostRam,
+        fds: &VringFds,
+        base: u16,
+    ) -> Result<()> {
         let config = VringConfigData {
             queue_max_size: layout.size,
             queue_size: layout.size,
@@ -310,7 +406,9 @@ impl VhostUserConnection {
         self.call("VHOST_USER_SET_VRING_ADDR", |f| {
             f.set_vring_addr(index, &config)
         })?;
-        self.call("VHOST_USER_SET_VRING_BASE", |f| f.set_vring_base(index, 0))?;
+        self.call("VHOST_USER_SET_VRING_BASE", |f| {
+            f.set_vring_base(index, base)
+        })?;
         self.call("VHOST_USER_SET_VRING_CALL", |f| {
             f.set_vring_call(index, &fds.call)
         })?;
@@ -326,16 +424,6 @@ impl VhostUserConnection {
             })?;
         }
         Ok(())
-    }
-
-    /// Fails with [`Error::MissingFeature`] unless protocol feature `feature` (spec name
-    /// `name`) was negotiated.
-    fn require(&self, feature: VhostUserProtocolFeatures, name: &'static str) -> Result<()> {
-        if self.protocol_features.contains(feature) {
-            Ok(())
-        } else {
-            Err(Error::MissingFeature { name })
-        }
     }
 
     /// The number of memory slots the back-end supports (VHOST_USER_GET_MAX_MEM_SLOTS).
@@ -500,5 +588,113 @@ impl VringFds {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
             Err(e) => Err(Error::EventFd(e)),
         }
+    }
+}
+
+/// Counts VHOST_USER_BACKEND_CONFIG_CHANGE_MSG notifications.
+#[derive(Debug, Default)]
+struct ConfigWatch {
+    changes: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl VhostUserFrontendReqHandler for ConfigWatch {
+    fn handle_config_change(&self) -> HandlerResult<u64> {
+        let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        *changes += 1;
+        self.changed.notify_all();
+        Ok(0)
+    }
+}
+
+/// The back-end request channel (VHOST_USER_PROTOCOL_F_BACKEND_REQ), served on its own
+/// thread until dropped.
+pub struct BackendChannel {
+    watch: Arc<ConfigWatch>,
+    /// A duplicate of the channel's receiving socket, shut down to stop the thread.
+    stop: UnixStream,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for BackendChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendChannel")
+            .field("config_changes", &self.config_changes())
+            .finish()
+    }
+}
+
+impl BackendChannel {
+    fn serve(
+        mut handler: FrontendReqHandler<ConfigWatch>,
+        watch: Arc<ConfigWatch>,
+    ) -> Result<Self> {
+        // SAFETY: dup only creates a new descriptor for the handler's open socket.
+        let dup = unsafe { libc::dup(handler.as_raw_fd()) };
+        if dup < 0 {
+            return Err(Error::Socket(io::Error::last_os_error()));
+        }
+        // SAFETY: `dup` is a fresh descriptor owned by nothing else.
+        let stop = unsafe { UnixStream::from_raw_fd(dup) };
+        let thread = std::thread::Builder::new()
+            .name("vhost-user-backend-channel".into())
+            .spawn(move || {
+                // A request the handler refuses keeps the channel; a socket error ends it.
+                while let Ok(_) | Err(vhost::vhost_user::Error::ReqHandlerError(_)) =
+                    handler.handle_request()
+                {}
+            })
+            .map_err(Error::Socket)?;
+        Ok(BackendChannel {
+            watch,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// VHOST_USER_BACKEND_CONFIG_CHANGE_MSG notifications received so far.
+    pub fn config_changes(&self) -> u64 {
+        *self.watch.changes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits up to `timeout` until more than `seen` notifications were received; returns the
+    /// count (equal to `seen` on timeout).
+    pub fn wait_config_change(&self, seen: u64, timeout: Duration) -> u64 {
+        let changes = self.watch.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let (changes, _) = self
+            .watch
+            .changed
+            .wait_timeout_while(changes, timeout, |n| *n <= seen)
+            .unwrap_or_else(|e| e.into_inner());
+        *changes
+    }
+}
+
+impl Drop for BackendChannel {
+    fn drop(&mut self) {
+        let _ = self.stop.shutdown(Shutdown::Both);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// An inflight I/O tracking area (vhost-user.rst "Inflight I/O tracking"): where it is in its
+/// file, and the file.
+pub struct InflightArea {
+    /// `mmap_size`, `mmap_offset`, `num_queues`, `queue_size` as the back-end described it.
+    pub info: VhostUserInflight,
+    /// The memfd holding it.
+    pub file: File,
+}
+
+impl std::fmt::Debug for InflightArea {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InflightArea")
+            .field("mmap_size", &self.info.mmap_size)
+            .field("mmap_offset", &self.info.mmap_offset)
+            .field("num_queues", &self.info.num_queues)
+            .field("queue_size", &self.info.queue_size)
+            .finish()
     }
 }

@@ -124,6 +124,33 @@ impl Netns {
     }
 
     /// Creates TAP `name` (multi_queue when `multi_queue`) with `addr` (CIDR) and brings it up.
+    /// The MAC address of interface `dev` in the namespace.
+    pub fn mac(&self, dev: &str) -> [u8; 6] {
+        let text = self.exec("cat", &[&format!("/sys/class/net/{dev}/address")]);
+        let v: Vec<u8> = text
+            .trim()
+            .split(':')
+            .map(|h| u8::from_str_radix(h, 16).unwrap())
+            .collect();
+        v.try_into().unwrap()
+    }
+
+    /// A permanent neighbour entry: `ip` is at `mac` behind `dev`.
+    pub fn add_neighbour(&self, ip: &str, mac: [u8; 6], dev: &str) {
+        let mac = mac.map(|b| format!("{b:02x}")).join(":");
+        self.ip(&[
+            "neigh",
+            "add",
+            ip,
+            "lladdr",
+            &mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+    }
+
     pub fn add_tap(&self, name: &str, multi_queue: bool, addr: &str) {
         let mut args = vec!["tuntap", "add", "dev", name, "mode", "tap"];
         if multi_queue {

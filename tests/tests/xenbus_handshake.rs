@@ -1,0 +1,430 @@
+//! The whole XenBus handshake without a VM: xenstore-lite, `backend-blk --xenstore` (store
+//! mode: one daemon for every disk), pvctl as the toolstack and the mock front end playing
+//! guest domain 1 over its own store connection. Attach, verified I/O, a bad image next to a
+//! good disk, hot-unplug while connected, re-plug, destroy with nothing left behind; a
+//! back-end daemon killed and restarted serves its disks again; a TAP NIC through
+//! `backend-net --xenstore` in a network namespace.
+
+mod net_support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use frontend_guest::net::NetHdr;
+use net_support::{frames, Netns};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use pvio_tests::backend::is_listening;
+use pvio_tests::bins::workspace_bin;
+use pvio_tests::prereq;
+use pvio_tests::procstat::{fds_and_threads, settle_at};
+use pvio_tests::tmp::TempDir;
+use pvio_tests::xenstore::XenstoreDaemon;
+use xenbus::mock_guest::{MockBlkFrontend, MockError, MockNetFrontend};
+use xenbus::{DeviceConfig, DeviceId, DeviceKind, VbdConfig, XenbusError};
+
+/// `pvctl domain create` of the guest the tests use, domain 1.
+const CREATE_G1: &str = "domain create --name g1 --mem 64 --guest /bin/true";
+
+/// Generous: the machine is a loaded 2-core CI runner.
+const STEP: Duration = Duration::from_secs(30);
+const DOMID: u32 = 1;
+
+/// A back-end daemon (`backend-blk` or `backend-net`) in store mode; SIGTERM and wait on drop.
+struct ManagerProcess(Child);
+
+/// Makes the command that starts the daemon (`program` directly, or inside a namespace).
+type Launcher = Box<dyn Fn() -> Command>;
+
+impl ManagerProcess {
+    fn start(launch: &Launcher, store: &XenstoreDaemon, run_dir: &Path, log: &Path) -> Self {
+        let log = std::fs::File::create(log).unwrap();
+        let child = launch()
+            .arg("--xenstore")
+            .arg(store.socket())
+            .arg("--run-dir")
+            .arg(run_dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        ManagerProcess(child)
+    }
+
+    /// SIGKILL: no clean stop, the socket file stays behind.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    fn stop(&mut self) -> bool {
+        let pid = Pid::from_raw(self.0.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + STEP;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        false
+    }
+}
+
+impl ManagerProcess {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for ManagerProcess {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            self.stop();
+        }
+    }
+}
+
+struct Stack {
+    dir: TempDir,
+    store: XenstoreDaemon,
+    launch: Launcher,
+    manager: ManagerProcess,
+    pvctl: PathBuf,
+}
+
+impl Stack {
+    /// xenstore-lite and backend-blk in store mode.
+    fn start() -> Self {
+        let blk = workspace_bin("backend-blk", "backend-blk");
+        Self::start_with(Box::new(move || Command::new(&blk)))
+    }
+
+    /// xenstore-lite and the back-end daemon that `launch` starts, in store mode.
+    fn start_with(launch: Launcher) -> Self {
+        let dir = TempDir::new("xenbus-handshake").unwrap();
+        std::fs::create_dir(dir.join("run")).unwrap();
+        let store = XenstoreDaemon::start(dir.path(), &[DOMID]);
+        let log = dir.join("manager.log");
+        let manager = ManagerProcess::start(&launch, &store, &dir.join("run"), &log);
+        Stack {
+            pvctl: workspace_bin("pvctl", "pvctl"),
+            dir,
+            store,
+            launch,
+            manager,
+        }
+    }
+
+    fn pvctl(&self, args: &[&str]) -> String {
+        let out = Command::new(&self.pvctl)
+            .arg("--xenstore")
+            .arg(self.store.socket())
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "pvctl {args:?}: {err}\n{}",
+            self.log()
+        );
+        assert!(err.is_empty(), "pvctl {args:?} warned: {err}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Kills the back-end daemon and starts a new one on the same store and folder.
+    fn restart_manager(&mut self) {
+        self.manager.kill();
+        let log = self.dir.join("manager-2.log");
+        let run = self.dir.join("run");
+        self.manager = ManagerProcess::start(&self.launch, &self.store, &run, &log);
+    }
+
+    /// `xenstore-ls -f` of `path` through Debian's tool (dom0).
+    fn xenstore_ls(&self, path: &str) -> String {
+        let ls = prereq::program("xenstore-ls", "xenstore-utils").unwrap();
+        let out = Command::new(ls)
+            .args(["-f", path])
+            .env("XENSTORED_PATH", self.store.socket())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "xenstore-ls {path}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn guest(&self, devid: u32) -> Result<MockBlkFrontend, MockError> {
+        let dev = DeviceId::new(DeviceKind::Vbd, DOMID, devid);
+        MockBlkFrontend::attach(self.store.guest_client(DOMID), dev, STEP)
+    }
+
+    fn nic_guest(&self, devid: u32) -> Result<MockNetFrontend, MockError> {
+        let dev = DeviceId::new(DeviceKind::Vif, DOMID, devid);
+        MockNetFrontend::attach(self.store.guest_client(DOMID), dev, STEP)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("manager.log")).unwrap_or_default()
+    }
+
+    fn run_dir_entries(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.dir.join("run"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sock"))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn image(dir: &TempDir, name: &str, mib: u64) -> String {
+    let path = dir.join(name);
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(mib << 20).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn attach_io_unplug_replug_destroy() {
+    let mut s = Stack::start();
+    let disk = image(&s.dir, "disk.raw", 4);
+    s.pvctl(&words(CREATE_G1));
+    assert_eq!(
+        s.pvctl(&["disk", "attach", "1", "--image", &disk]).trim(),
+        "0"
+    );
+
+    let mut guest = s.guest(0).unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
+    assert_eq!(guest.backend().number("sectors"), Some(4 << 11));
+    guest.verified_io(0x5a).unwrap();
+    let list = s.pvctl(&["list"]);
+    let socket = s.dir.join("run").join("vbd-1-0.sock");
+    let expected = format!(
+        "  vbd 0  front Connected     back Connected     {disk}  socket {}\n",
+        socket.display()
+    );
+    assert!(list.contains(&expected), "{list}");
+    let ls = s.xenstore_ls("/local/domain");
+    for line in [
+        "/local/domain/0/backend/vbd/1/0/state = \"4\"",
+        "/local/domain/1/device/vbd/0/state = \"4\"",
+        "/local/domain/0/backend/vbd/1/0/sectors = \"8192\"",
+        "/local/domain/0/backend/vbd/1/0/feature-flush-cache = \"1\"",
+    ] {
+        assert!(ls.lines().any(|l| l == line), "{line} not in\n{ls}");
+    }
+
+    // A disk whose image is missing fails alone: Closed with an error; disk 0 goes on.
+    let mut dom0 = s.store.client();
+    let bad = DeviceConfig::Vbd(VbdConfig {
+        image: s.dir.join("missing.raw"),
+        readonly: false,
+        num_queues: 1,
+    });
+    xenbus::device::create(&mut dom0, &DeviceId::new(DeviceKind::Vbd, DOMID, 1), &bad).unwrap();
+    match s.guest(1) {
+        Err(MockError::Xenbus(XenbusError::BackendFailed { message, .. })) => {
+            assert!(message.contains("cannot open image"), "{message}")
+        }
+        other => panic!("expected BackendFailed, got {other:?}"),
+    }
+    let list = s.pvctl(&["list"]);
+    assert!(
+        list.contains("vbd 1  front Initialising  back Closed"),
+        "{list}"
+    );
+    assert!(list.contains("error: cannot open image"), "{list}");
+    guest.verified_io(0x33).unwrap();
+    s.pvctl(&["disk", "detach", "1", "1"]);
+
+    // Hot-unplug while connected: the guest sees Closing, quiesces and closes.
+    let unplug = std::thread::spawn(move || guest.wait_unplug().map(|()| guest));
+    s.pvctl(&["disk", "detach", "1", "0"]);
+    let guest = unplug.join().unwrap().unwrap();
+    drop(guest);
+    assert!(!is_listening(&socket));
+    assert!(s.run_dir_entries().is_empty(), "{:?}", s.run_dir_entries());
+    assert!(!s.pvctl(&["list"]).contains("vbd"));
+
+    // Re-plug: the same image comes back with its data.
+    assert_eq!(
+        s.pvctl(&["disk", "attach", "1", "--image", &disk]).trim(),
+        "0"
+    );
+    let mut guest = s.guest(0).unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
+    guest.check_data(0x33).unwrap();
+    guest.verified_io(0x77).unwrap();
+    let unplug = std::thread::spawn(move || guest.wait_unplug());
+    s.pvctl(&["domain", "destroy", "1"]);
+    unplug.join().unwrap().unwrap();
+    assert_eq!(s.pvctl(&["list"]), "");
+    assert!(!s.xenstore_ls("/local/domain").contains("/local/domain/1"));
+    assert!(s.run_dir_entries().is_empty());
+    assert!(s.manager.stop(), "manager exit\n{}", s.log());
+}
+
+#[test]
+fn a_restarted_back_end_serves_its_devices_again() {
+    let mut s = Stack::start();
+    let disk = image(&s.dir, "disk.raw", 1);
+    s.pvctl(&words(CREATE_G1));
+    s.pvctl(&["disk", "attach", "1", "--image", &disk]);
+    let mut guest = s.guest(0).unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
+    guest.verified_io(0x21).unwrap();
+
+    // The daemon dies; the store keeps the device Connected, the socket file is stale.
+    s.restart_manager();
+    guest.reconnect().unwrap();
+    guest.check_data(0x21).unwrap();
+    guest.verified_io(0x42).unwrap();
+    let list = s.pvctl(&["list"]);
+    assert!(
+        list.contains("front Connected     back Connected"),
+        "{list}"
+    );
+
+    let unplug = std::thread::spawn(move || guest.wait_unplug());
+    s.pvctl(&["domain", "destroy", "1"]);
+    unplug.join().unwrap().unwrap();
+    assert!(s.run_dir_entries().is_empty());
+}
+
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+/// Waits until the daemon's counts stay the same for half a second.
+fn settled(pid: u32) -> (usize, usize) {
+    let mut last = fds_and_threads(pid);
+    let deadline = Instant::now() + STEP;
+    let mut stable = 0;
+    while stable < 25 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = fds_and_threads(pid);
+        stable = if now == last { stable + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
+
+#[test]
+fn attach_detach_cycles_leave_no_fds_or_threads_behind() {
+    const CYCLES: usize = 20;
+    let s = Stack::start();
+    let disk = image(&s.dir, "disk.raw", 1);
+    s.pvctl(&words(CREATE_G1));
+    let pid = s.manager.pid();
+    // The daemon with no device: its watch set up and idle.
+    wait_for_log(&s, "serving the vbds");
+    let idle = settled(pid);
+    for cycle in 0..CYCLES {
+        s.pvctl(&["disk", "attach", "1", "--image", &disk]);
+        let mut guest = s.guest(0).unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        guest.verified_io(cycle as u8).unwrap();
+        let unplug = std::thread::spawn(move || guest.wait_unplug());
+        s.pvctl(&["disk", "detach", "1", "0"]);
+        unplug.join().unwrap().unwrap();
+    }
+    let after = settle_at(pid, idle, STEP);
+    assert_eq!(
+        after,
+        idle,
+        "(fds, threads) after {CYCLES} disks\n{}",
+        s.log()
+    );
+    assert!(s.run_dir_entries().is_empty());
+}
+
+fn wait_for_log(s: &Stack, what: &str) {
+    let deadline = Instant::now() + STEP;
+    while !s.log().contains(what) {
+        assert!(Instant::now() < deadline, "no {what:?} in\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A NIC bridged to a TAP device in a network namespace, with backend-net in store mode
+/// running there: the guest's ICMP echo request to the namespace is answered, also after
+/// backend-net was killed and restarted; a vif on a switch is refused with an `error` (not
+/// served in store mode yet); unplug and destroy leave nothing behind.
+#[test]
+fn a_tap_nic_through_the_handshake() {
+    let ns = Arc::new(Netns::new());
+    ns.add_tap("tap0", false, "10.79.0.1/24");
+    let net = workspace_bin("backend-net", "backend-net");
+    let launcher = ns.clone();
+    let mut s = Stack::start_with(Box::new(move || launcher.command(&net)));
+    s.pvctl(&words(CREATE_G1));
+    s.pvctl(&["nic", "attach", "1", "--tap", "tap0"]);
+    let mut guest = s
+        .nic_guest(0)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
+    let list = s.pvctl(&["list"]);
+    assert!(
+        list.contains("vif 0  front Connected     back Connected     00:16:3e:00:01:00"),
+        "{list}"
+    );
+    let me = [0x00, 0x16, 0x3e, 0x00, 0x01, 0x00];
+    let tap_mac = ns.mac("tap0");
+    ns.add_neighbour("10.79.0.2", me, "tap0");
+    let echo = frames::icmp_echo(
+        tap_mac,
+        me,
+        [10, 79, 0, 2],
+        [10, 79, 0, 1],
+        0x51,
+        1,
+        &[7; 64],
+    );
+    echo_is_answered(&mut guest, &echo, &s);
+
+    // backend-net killed and restarted: it serves the NIC again, the guest reconnects.
+    s.restart_manager();
+    guest.reconnect().unwrap();
+    echo_is_answered(&mut guest, &echo, &s);
+
+    // A switch vif is refused for now, alone.
+    s.pvctl(&["nic", "attach", "1", "--switch", "sw0"]);
+    match s.nic_guest(1) {
+        Err(MockError::Xenbus(XenbusError::BackendFailed { message, .. })) => {
+            assert!(message.contains("TAP vifs only"), "{message}")
+        }
+        other => panic!("expected BackendFailed, got {other:?}"),
+    }
+    s.pvctl(&["nic", "detach", "1", "1"]);
+
+    let unplug = std::thread::spawn(move || guest.wait_unplug());
+    s.pvctl(&["domain", "destroy", "1"]);
+    unplug.join().unwrap().unwrap();
+    assert_eq!(s.pvctl(&["list"]), "");
+    assert!(s.run_dir_entries().is_empty(), "{:?}", s.run_dir_entries());
+}
+
+/// Sends the ICMP echo request `echo` from the guest's NIC and waits for the reply carrying
+/// its payload.
+fn echo_is_answered(guest: &mut MockNetFrontend, echo: &[u8], s: &Stack) {
+    let pair = guest.device().unwrap().pair(0).unwrap();
+    pair.send(&NetHdr::default(), echo).unwrap();
+    pair.wait_tx_done().unwrap();
+    let deadline = Instant::now() + STEP;
+    let reply = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no echo reply\n{}", s.log());
+        match pair.recv(left).unwrap() {
+            Some(r) if r.frame.len() >= 42 && r.frame[23] == 1 && r.frame[34] == 0 => break r,
+            _ => {}
+        }
+    };
+    assert_eq!(
+        reply.frame[42..],
+        echo[42..],
+        "the reply carries the payload"
+    );
+}
