@@ -7,7 +7,8 @@
 //! with a vhost-user-blk disk, and [`console`] reads the `@@pvio key value` lines the script
 //! printed; [`guest::GuestKit`] ties the guest side together. [`demo`] is the README's main
 //! job built from the same parts; [`migration`] moves a running guest between two QEMU processes.
-//! [`xenstore`] runs the store for the XenBus handshake tests.
+//! [`xenstore`] runs the store for the XenBus handshake tests; [`vmm`] runs pvio's own VMM and
+//! guest.
 
 pub mod backend;
 pub mod bins;
@@ -22,6 +23,7 @@ pub mod prereq;
 pub mod procstat;
 pub mod qemu;
 pub mod tmp;
+pub mod vmm;
 pub mod xenstore;
 
 /// Turns an error into a test failure that prints it with `Display` (guest errors carry the

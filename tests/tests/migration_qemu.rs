@@ -100,7 +100,13 @@ fn spawn(guest: &Guest, backend: &BlkBackend) -> RunningGuest {
 /// the destination guest's memory now and then on a loaded 2-core machine, also with an idle
 /// vhost-user device and with qemu-storage-daemon as the back-end (seen in about one run of
 /// four with four migrations at once); such a run is tried once more.
-const GUEST_KERNEL_CRASH: [&str; 4] = ["BUG:", "Oops", "corruption", "Kernel panic"];
+const GUEST_KERNEL_CRASH: [&str; 5] = [
+    "BUG",
+    "Oops",
+    "corruption",
+    "Kernel panic",
+    "general protection fault",
+];
 
 /// Whether `console` shows a guest kernel crash ([`GUEST_KERNEL_CRASH`]).
 fn guest_crashed(console: &str) -> bool {
@@ -111,7 +117,7 @@ fn guest_crashed(console: &str) -> bool {
 /// instead; panics on any other failure.
 fn wait_rounds(guest: &mut RunningGuest, count: usize, side: &str) -> Result<(), String> {
     let until = Instant::now() + ROUND_TIMEOUT;
-    while Instant::now() < until && !guest.has_exited() {
+    loop {
         if guest.wait_markers("round", count, CRASH_CHECK_INTERVAL) {
             return Ok(());
         }
@@ -119,11 +125,10 @@ fn wait_rounds(guest: &mut RunningGuest, count: usize, side: &str) -> Result<(),
         if guest_crashed(&console) {
             return Err(console);
         }
+        if Instant::now() >= until || guest.has_exited() {
+            panic!("the {side} guest did not reach {count} rounds; console:\n{console}");
+        }
     }
-    panic!(
-        "the {side} guest did not reach {count} rounds; console:\n{}",
-        guest.console().text()
-    );
 }
 
 /// Migrates a guest doing verified writes from a QEMU on back-end `kind` to another QEMU on a
