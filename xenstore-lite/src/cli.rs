@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::client::{Client, ClientError, XsOps};
+use crate::error_chain;
 use crate::journal::SyncMode;
 use crate::perms::{NodePerms, PermEntry, PermKind};
 use crate::quota::Quotas;
@@ -339,17 +340,6 @@ fn serve(args: &ServeArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// The strerror-like text of a client error.
