@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The split-driver control plane on the built-in defaults, with a `pvctl list` transcript at
-# each step: xenstore-lite, backend-blk in store mode (one daemon for every disk), pvctl as the
-# toolstack, and the mock front end (pvio-mock-guest) playing guest domain 1 over its own store
-# socket: attach, handshake and verified I/O, hot-unplug while connected, re-plug, destroy, and
-# a check that no socket, node or process is left. Disks only for now: NICs come with
-# backend-net's store mode, a real guest with the vmm crate.
+# each step: the evtchn broker, xenstore-lite serving guests over xenstore rings, backend-blk
+# in store mode (one daemon for every disk), pvctl as the toolstack, and pvio's own guest in
+# pvio's VMM (`pvctl domain start`, needs /dev/kvm) as domain 1, speaking XenBus over its
+# ring: attach, handshake and verified I/O, hot-unplug while running, re-plug (the next boot
+# finds the data), destroy, and a check that no socket, node or process is left. Disks only
+# for now.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,9 +13,14 @@ if ! command -v cargo >/dev/null; then
     echo "stack-demo: cargo not found: install a Rust toolchain (1.85 or newer)" >&2
     exit 1
 fi
-echo "stack-demo: building xenstore-lite, backend-blk, pvctl, pvio-mock-guest"
-cargo build --quiet -p xenstore-lite -p backend-blk -p pvctl -p pvio-tests \
-    --bin xenstore-lite --bin backend-blk --bin pvctl --bin pvio-mock-guest
+if [ ! -w /dev/kvm ]; then
+    echo "stack-demo: /dev/kvm is missing or not writable: the guest needs KVM" >&2
+    exit 1
+fi
+echo "stack-demo: building evtchn-broker, xenstore-lite, backend-blk, pvctl, vmm and its guest"
+cargo build --quiet -p evtchn -p xenstore-lite -p backend-blk -p pvctl -p vmm \
+    --bin evtchn-broker --bin xenstore-lite --bin backend-blk --bin pvctl --bin vmm
+payload=$(cargo run --quiet -p vmm --example guest-path)
 bin=$PWD/target/debug
 work=$(mktemp -d -t pvio-stack-demo.XXXXXX)
 pids=()
@@ -28,21 +34,27 @@ trap cleanup EXIT INT TERM
 export XENSTORED_PATH=$work/xs.sock
 pvctl() { "$bin/pvctl" "$@"; }
 say() { printf '\n$ %s\n' "$*"; }
-list() { say pvctl list; pvctl list | sed "s|$work/||g"; }
+list() { say pvctl list; pvctl list | sed "s|$work/||g; s|$payload|pvio-guest|"; }
 # Waits (up to 30 s) until command "$@" succeeds.
 wait_for() {
     for _ in $(seq 300); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
     echo "stack-demo: timed out waiting for: $*" >&2
     exit 1
 }
+# Starts domain 1's VMM with guest arguments "$@" and waits for the guest's verified I/O.
 guest() {
-    "$bin/pvio-mock-guest" --xenstore "$work/dom1.sock" --domid 1 >"$work/guest.out" 2>&1 &
-    guest_pid=$!
-    wait_for grep -q 'verified I/O done' "$work/guest.out"
-    sed "s|$work/||g; s|^|  guest: |" "$work/guest.out"
+    say pvctl domain start 1 --evtchn-broker evtchn.sock --console guest.out -- "$@"
+    guest_pid=$(pvctl domain start 1 --evtchn-broker "$work/evtchn.sock" \
+        --console "$work/guest.out" -- "$@")
+    wait_for grep -q 'blk verify ok' "$work/guest.out"
+    show_guest
 }
+show_guest() { sed "s|^pvio-guest: |  guest: |" "$work/guest.out"; }
 
-"$bin/xenstore-lite" serve --socket "$work/xs.sock" --domain-socket "1:$work/dom1.sock" \
+"$bin/evtchn-broker" --socket "$work/evtchn.sock" 2>"$work/broker.log" &
+pids+=($!)
+wait_for test -S "$work/evtchn.sock"
+"$bin/xenstore-lite" serve --socket "$work/xs.sock" --evtchn-broker "$work/evtchn.sock" \
     2>"$work/xenstore.log" &
 pids+=($!)
 wait_for pvctl list
@@ -51,35 +63,39 @@ RUST_LOG=warn "$bin/backend-blk" --xenstore "$work/xs.sock" --run-dir "$work/run
 backend=$!
 pids+=("$backend")
 truncate -s 64M "$work/disk.raw"
-: >"$work/guest.bin" # a placeholder payload: no VMM boots it yet
 
-say pvctl domain create --name demo --mem 256 --guest guest.bin
-(cd "$work" && pvctl domain create --name demo --mem 256 --guest guest.bin)
+say pvctl domain create --name demo --mem 64 --guest pvio-guest
+pvctl domain create --name demo --mem 64 --guest "$payload"
 say pvctl disk attach 1 --image disk.raw
 (cd "$work" && pvctl disk attach 1 --image disk.raw)
 wait_for sh -c "\"$bin/pvctl\" list | grep -q 'back InitWait'"
 list
 
-say "pvio-mock-guest --domid 1   # the guest: Initialised, connects, Connected, I/O"
-guest
+# The guest: Initialised, Connected, writes and verifies 1 MiB, then waits for an unplug.
+guest write=7@0+1M verify=7@0+1M unplug-wait
 list
 
-say pvctl disk detach 1 0
+say "pvctl disk detach 1 0   # the guest sees Closing: Closing, Closed, and exits"
 pvctl disk detach 1 0
-wait "$guest_pid"
-sed -n 's/^vbd\/1\/0: unplugged/  guest: unplugged/p' "$work/guest.out"
+wait_for grep -q 'all jobs passed' "$work/guest.out"
+show_guest | tail -3
 list
 
 say pvctl disk attach 1 --image disk.raw
 (cd "$work" && pvctl disk attach 1 --image disk.raw)
-say "pvio-mock-guest --domid 1"
-guest
+wait_for sh -c "\"$bin/pvctl\" list | grep -q 'back InitWait'"
+# A new boot of the guest finds the data the first one wrote.
+guest verify=7@0+1M unplug-wait
 list
 
-say pvctl domain destroy 1
+say "pvctl domain destroy 1   # closes the disk through the guest, stops the VMM"
 pvctl domain destroy 1
-wait "$guest_pid"
 list
+# Gone, or a zombie its new parent has not reaped yet.
+if [ -e "/proc/$guest_pid" ] && [ "$(sed 's/.*) //' "/proc/$guest_pid/stat" | cut -c1)" != Z ]; then
+    echo "stack-demo: the VMM (pid $guest_pid) still runs after destroy" >&2
+    exit 1
+fi
 
 left=$(find "$work/run" -name '*.sock' | wc -l)
 nodes=0
@@ -88,7 +104,7 @@ for path in /local/domain/1 /local/domain/0/backend/vbd/1; do
 done
 kill "$backend"
 wait "$backend" && status=0 || status=$?
-pids=("${pids[@]:0:1}")
+pids=("${pids[@]:0:2}")
 echo
 echo "stack-demo: sockets left: $left, domain 1 directories left: $nodes, backend-blk exit status: $status"
 [ "$left" = 0 ] && [ "$nodes" = 0 ] && [ "$status" = 0 ]
