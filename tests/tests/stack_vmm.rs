@@ -263,3 +263,53 @@ fn the_guest_walks_the_handshake_does_io_and_closes_on_detach() {
         s.logs()
     );
 }
+
+#[test]
+fn bad_input_is_refused_with_a_message_and_leaves_nothing() {
+    let s = Stack::start();
+    // A domain that does not exist.
+    let out = Command::new(workspace_bin("pvctl", "pvctl"))
+        .arg("--xenstore")
+        .arg(s.store.socket())
+        .args(["domain", "start", "7", "--evtchn-broker"])
+        .arg(s.dir.join("evtchn.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("domain 7"), "{err}");
+
+    // The VMM with a broker that is not there: one message naming it, exit 1, no node made.
+    s.pvctl(&[
+        "domain",
+        "create",
+        "--name",
+        "g1",
+        "--mem",
+        "64",
+        "--guest",
+        vmm::GUEST_PAYLOAD,
+    ]);
+    let missing = s.dir.join("no-broker.sock");
+    let out = Command::new(pvio_tests::vmm::vmm_bin())
+        .args(["run", "--guest", vmm::GUEST_PAYLOAD, "--xenstore"])
+        .arg(s.store.socket())
+        .args(["--domid", "1", "--evtchn-broker"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(missing.to_str().unwrap()), "{err}");
+    assert!(!s.xenstore_ls("/local/domain/1").contains("store/ring-ref"));
+
+    // --xenstore without --domid is a command-line error.
+    let out = Command::new(pvio_tests::vmm::vmm_bin())
+        .args(["run", "--guest", vmm::GUEST_PAYLOAD, "--xenstore"])
+        .arg(s.store.socket())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    s.pvctl(&["domain", "destroy", "1"]);
+    assert_eq!(s.pvctl(&["list"]), "");
+}
