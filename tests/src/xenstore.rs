@@ -80,6 +80,21 @@ impl XenstoreDaemon {
         self.dir.join(format!("dom{domid}.sock"))
     }
 
+    /// `xenstore-ls -f PATH` through Debian's tool, as dom0.
+    ///
+    /// # Panics
+    /// When xenstore-utils is missing or the tool fails.
+    pub fn ls(&self, path: &str) -> String {
+        let ls = crate::prereq::program("xenstore-ls", "xenstore-utils").unwrap();
+        let out = Command::new(ls)
+            .args(["-f", path])
+            .env("XENSTORED_PATH", self.socket())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "xenstore-ls {path}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// A dom0 connection.
     ///
     /// # Panics

@@ -11,7 +11,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pvio_tests::bins::workspace_bin;
-use pvio_tests::prereq;
 use pvio_tests::tmp::TempDir;
 use pvio_tests::xenstore::XenstoreDaemon;
 use vmm::pattern;
@@ -123,14 +122,7 @@ impl Stack {
     }
 
     fn xenstore_ls(&self, path: &str) -> String {
-        let ls = prereq::program("xenstore-ls", "xenstore-utils").unwrap();
-        let out = Command::new(ls)
-            .args(["-f", path])
-            .env("XENSTORED_PATH", self.store.socket())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "xenstore-ls {path}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.store.ls(path)
     }
 
     fn sockets(&self) -> Vec<PathBuf> {

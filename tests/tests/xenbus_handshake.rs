@@ -18,7 +18,6 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pvio_tests::backend::is_listening;
 use pvio_tests::bins::workspace_bin;
-use pvio_tests::prereq;
 use pvio_tests::procstat::{fds_and_threads, settle_at};
 use pvio_tests::tmp::TempDir;
 use pvio_tests::xenstore::XenstoreDaemon;
@@ -149,14 +148,7 @@ impl Stack {
 
     /// `xenstore-ls -f` of `path` through Debian's tool (dom0).
     fn xenstore_ls(&self, path: &str) -> String {
-        let ls = prereq::program("xenstore-ls", "xenstore-utils").unwrap();
-        let out = Command::new(ls)
-            .args(["-f", path])
-            .env("XENSTORED_PATH", self.store.socket())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "xenstore-ls {path}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.store.ls(path)
     }
 
     fn guest(&self, devid: u32) -> Result<MockBlkFrontend, MockError> {
