@@ -597,8 +597,8 @@ fn wait_for_counter(s: &Stack, switch: &str, mac: &str, drop: &str, at_least: u6
         let log = s.log();
         let last = log
             .lines()
-            .filter_map(|l| l.split_once("stats: ").map(|(_, j)| j))
-            .last();
+            .rev()
+            .find_map(|l| l.split_once("stats: ").map(|(_, j)| j));
         let n = last
             .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
             .and_then(|v| {
