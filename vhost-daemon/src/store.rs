@@ -4,7 +4,8 @@
 //! from its store configuration ([`StoreDevice`]); each device is then served on
 //! `DIR/<kind>-<domid>-<devid>.sock` by its own [`PortServer`], from InitWait until the back
 //! end drains it at Closing or the toolstack removes it. SIGTERM/SIGINT stop every device
-//! cleanly and leave the store as it is, so a restarted daemon serves the devices again.
+//! cleanly and leave the store as it is, so a restarted daemon serves the devices again;
+//! SIGUSR1 logs the daemon's counters ([`StoreDevice::stats`]).
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
