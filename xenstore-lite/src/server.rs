@@ -220,13 +220,17 @@ impl Server {
             }
             None => None,
         };
+        let mut store = Store::new(tree, journal, cfg.quotas);
+        if let Some(r) = &rings {
+            store.set_ring_mapper(Box::new(r.mapper()));
+        }
         Ok(Server {
             poll,
             listeners,
             conns: HashMap::new(),
             by_id: HashMap::new(),
             next_token: FIRST_CONN,
-            store: Store::new(tree, journal, cfg.quotas),
+            store,
             stop: StopHandle {
                 stop: Arc::new(AtomicBool::new(false)),
                 waker,

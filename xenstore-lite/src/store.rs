@@ -107,6 +107,17 @@ fn encode_event(path: &str, token: &[u8]) -> Option<Vec<u8>> {
         .then(|| wire::encode(MsgType::WATCH_EVENT, 0, 0, &payload))
 }
 
+/// Maps a guest's xenstore ring when XS_INTRODUCE names it, so that the reply says whether
+/// the guest can be served (C xenstored maps the ring before it answers).
+pub trait RingMapper: Send {
+    /// Maps the ring page `gfn` of `domid` and binds its event-channel `port`, keeping them
+    /// for the transport.
+    ///
+    /// # Errors
+    /// The errno to reply with: the ring cannot be mapped or the port not bound.
+    fn map(&mut self, domid: u32, gfn: u64, port: u32) -> Result<()>;
+}
+
 #[derive(Debug)]
 struct ConnState {
     domid: u32,
@@ -150,6 +161,13 @@ pub struct Store {
     ready: BTreeSet<ConnId>,
     deferred: Vec<(ConnId, Vec<u8>)>,
     domain_events: Vec<DomainEvent>,
+    mapper: Option<Box<dyn RingMapper>>,
+}
+
+impl std::fmt::Debug for dyn RingMapper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RingMapper")
+    }
 }
 
 impl Store {
@@ -165,7 +183,14 @@ impl Store {
             ready: BTreeSet::new(),
             deferred: Vec::new(),
             domain_events: Vec::new(),
+            mapper: None,
         }
+    }
+
+    /// Has XS_INTRODUCE of a guest map its ring through `mapper` before replying (without
+    /// one, introducing only records the domain).
+    pub fn set_ring_mapper(&mut self, mapper: Box<dyn RingMapper>) {
+        self.mapper = Some(mapper);
     }
 
     /// An in-memory store with the initial tree and Xen's default quotas.
@@ -758,6 +783,9 @@ impl Store {
         let port: u32 = text(args[2])?.parse().map_err(|_| Errno::EINVAL)?;
         if port == 0 || domid == DOMID_SELF {
             return Err(Errno::EINVAL);
+        }
+        if let (Some(m), true) = (&mut self.mapper, domid != 0) {
+            m.map(domid, gfn, port)?;
         }
         if self.domains.introduce(domid, gfn, port) && domid != 0 {
             self.fire_special(INTRODUCE_DOMAIN);
