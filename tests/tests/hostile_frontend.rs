@@ -51,6 +51,18 @@ fn settle(pid: u32, want: (usize, usize)) -> (usize, usize) {
     }
 }
 
+/// A good front-end's connection, retried while the daemon gets back to listening.
+fn retry<T, E: std::fmt::Display>(connect: impl Fn() -> Result<T, E>) -> T {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        match connect() {
+            Ok(dev) => return dev,
+            Err(e) if Instant::now() > deadline => panic!("good front-end refused: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
 /// Resource counts (fds, threads) before and after.
 type Counts = ((usize, usize), (usize, usize));
 
@@ -119,14 +131,7 @@ fn blk_hostile_sessions() -> Counts {
             num_queues: 1,
             ..BlkOptions::default()
         };
-        let deadline = Instant::now() + SETTLE;
-        let dev = loop {
-            match BlkDevice::connect(&socket, &opts) {
-                Ok(dev) => break dev,
-                Err(e) if Instant::now() > deadline => panic!("good front-end refused: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        };
+        let dev = retry(|| BlkDevice::connect(&socket, &opts));
         dev.disconnect().expect("good session");
     };
     hammer(&mut d, &socket, good)
@@ -153,14 +158,7 @@ fn net_hostile_sessions() -> Counts {
         &["--switch".as_ref(), "--socket".as_ref(), socket.as_os_str()],
     );
     let good = || {
-        let deadline = Instant::now() + SETTLE;
-        let dev = loop {
-            match NetDevice::connect(&socket, &NetOptions::default()) {
-                Ok(dev) => break dev,
-                Err(e) if Instant::now() > deadline => panic!("good front-end refused: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        };
+        let dev = retry(|| NetDevice::connect(&socket, &NetOptions::default()));
         dev.disconnect().expect("good session");
     };
     hammer(&mut d, &socket, good)
