@@ -518,7 +518,11 @@ fn nics_on_a_switch_come_and_go() {
     let mut g2 = s
         .nic_guest_of(DOMID2, 0)
         .unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
-    exchange(&mut g1, &mut g2, &s, 2);
+    let stale = exchange(&mut g1, &mut g2, &s, 2);
+    assert!(
+        stale.is_empty(),
+        "frames sent to the removed port reached the new one: {stale:?}"
+    );
 
     let unplug1 = std::thread::spawn(move || g1.wait_unplug());
     let unplug2 = std::thread::spawn(move || g2.wait_unplug());
@@ -551,10 +555,17 @@ fn test_frame(dst: [u8; 6], src: [u8; 6], mark: u8) -> Vec<u8> {
     frames::ethernet(dst, src, TEST_ETHERTYPE, &payload)
 }
 
-/// Round `round` of frames from guest 1 to guest 2 and back, each checked by content.
-fn exchange(g1: &mut MockNetFrontend, g2: &mut MockNetFrontend, s: &Stack, round: u8) {
-    delivered(g1, g2, &test_frame(MAC2, MAC1, round), s);
+/// Round `round` of frames from guest 1 to guest 2 and back, each checked by content;
+/// returns the other frames guest 2 received first.
+fn exchange(
+    g1: &mut MockNetFrontend,
+    g2: &mut MockNetFrontend,
+    s: &Stack,
+    round: u8,
+) -> Vec<Vec<u8>> {
+    let others = delivered(g1, g2, &test_frame(MAC2, MAC1, round), s);
     delivered(g2, g1, &test_frame(MAC1, MAC2, round.wrapping_add(0x80)), s);
+    others
 }
 
 /// Sends `frame` from `from` until `to` receives it unchanged (frames sent before the
