@@ -10,6 +10,7 @@ mod net_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -434,9 +435,9 @@ const TEST_ETHERTYPE: u16 = 0x88b5;
 
 /// Two domains' NICs on switch `sw0` of one backend-net in store mode (`pvctl nic attach
 /// DOMID --switch sw0`): frames go both ways with their content; a spoofed source address is
-/// dropped and counted (SIGUSR1's counters); domain 2's NIC is unplugged while domain 1's keeps
-/// transmitting, then plugged again and reached again; destroy leaves no socket, node, fd or
-/// thread behind.
+/// dropped and counted (SIGUSR1's counters); three times, domain 2's NIC is unplugged while
+/// domain 1's keeps transmitting to it, then plugged again and reached again; destroy leaves no
+/// socket, node, fd or thread behind.
 #[test]
 fn nics_on_a_switch_come_and_go() {
     let net = workspace_bin("backend-net", "backend-net");
@@ -486,43 +487,26 @@ fn nics_on_a_switch_come_and_go() {
     let spoofs = wait_for_counter(&s, "sw0", "00:16:3e:00:01:00", "tx_spoofed", 2);
     assert_eq!(spoofs, 2, "each spoofed frame counted once");
 
-    // Domain 2's NIC goes while domain 1's goes on sending to it.
-    let sending = std::sync::atomic::AtomicBool::new(true);
-    std::thread::scope(|scope| {
-        let unplug = scope.spawn(|| g2.wait_unplug());
-        let sender = scope.spawn(|| {
-            let p1 = g1.device().unwrap().pair(0).unwrap();
-            let mut sent = 0u32;
-            while sending.load(std::sync::atomic::Ordering::Relaxed) || sent < 10 {
-                p1.send(&NetHdr::default(), &test_frame(MAC2, MAC1, sent as u8))
-                    .unwrap();
-                p1.wait_tx_done().unwrap();
-                sent += 1;
-            }
-            sent
-        });
-        s.pvctl(&["nic", "detach", "2", "0"]);
-        unplug.join().unwrap().unwrap();
-        sending.store(false, std::sync::atomic::Ordering::Relaxed);
-        assert!(sender.join().unwrap() >= 10);
-    });
-    assert_eq!(s.run_dir_entries(), vec!["vif-1-0.sock"]);
-    let list = s.pvctl(&["list"]);
-    assert!(!list.contains("00:16:3e:00:02:00"), "{list}");
-
-    // Plugged again: a new port with the same pinned MAC, reached both ways.
-    assert_eq!(
-        s.pvctl(&["nic", "attach", "2", "--switch", "sw0"]).trim(),
-        "0"
-    );
-    let mut g2 = s
-        .nic_guest_of(DOMID2, 0)
-        .unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
-    let stale = exchange(&mut g1, &mut g2, &s, 2);
-    assert!(
-        stale.is_empty(),
-        "frames sent to the removed port reached the new one: {stale:?}"
-    );
+    // Domain 2's NIC goes while domain 1's goes on sending to it, and comes back as a new
+    // port with the same pinned MAC, reached both ways; a few times.
+    for round in 2..5 {
+        unplug_while_sending(&s, &mut g1, g2);
+        assert_eq!(s.run_dir_entries(), vec!["vif-1-0.sock"]);
+        let list = s.pvctl(&["list"]);
+        assert!(!list.contains("00:16:3e:00:02:00"), "{list}");
+        assert_eq!(
+            s.pvctl(&["nic", "attach", "2", "--switch", "sw0"]).trim(),
+            "0"
+        );
+        g2 = s
+            .nic_guest_of(DOMID2, 0)
+            .unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
+        let stale = exchange(&mut g1, &mut g2, &s, round);
+        assert!(
+            stale.is_empty(),
+            "frames sent to the removed port reached the new one: {stale:?}"
+        );
+    }
 
     let unplug1 = std::thread::spawn(move || g1.wait_unplug());
     let unplug2 = std::thread::spawn(move || g2.wait_unplug());
@@ -547,6 +531,29 @@ fn nics_on_a_switch_come_and_go() {
         "(fds, threads)\n{}",
         s.log()
     );
+}
+
+/// `pvctl nic detach 2 0` while `g1` keeps sending frames to `g2`, which sees the unplug.
+fn unplug_while_sending(s: &Stack, g1: &mut MockNetFrontend, mut g2: MockNetFrontend) {
+    let sending = AtomicBool::new(true);
+    std::thread::scope(|scope| {
+        let unplug = scope.spawn(|| g2.wait_unplug());
+        let sender = scope.spawn(|| {
+            let p1 = g1.device().unwrap().pair(0).unwrap();
+            let mut sent = 0u32;
+            while sending.load(Ordering::Relaxed) || sent < 10 {
+                p1.send(&NetHdr::default(), &test_frame(MAC2, MAC1, sent as u8))
+                    .unwrap();
+                p1.wait_tx_done().unwrap();
+                sent += 1;
+            }
+            sent
+        });
+        s.pvctl(&["nic", "detach", "2", "0"]);
+        unplug.join().unwrap().unwrap();
+        sending.store(false, Ordering::Relaxed);
+        assert!(sender.join().unwrap() >= 10);
+    });
 }
 
 /// A frame of the test's ethertype from `src` to `dst`, its payload marked by `mark`.
