@@ -487,6 +487,28 @@ fn nics_on_a_switch_come_and_go() {
     let spoofs = wait_for_counter(&s, "sw0", "00:16:3e:00:01:00", "tx_spoofed", 2);
     assert_eq!(spoofs, 2, "each spoofed frame counted once");
 
+    // A second vif with domain 2's MAC on the same switch fails alone.
+    s.pvctl(&[
+        "nic",
+        "attach",
+        "1",
+        "--switch",
+        "sw0",
+        "--mac",
+        "00:16:3e:00:02:00",
+    ]);
+    match s.nic_guest_of(DOMID, 1) {
+        Err(MockError::Xenbus(XenbusError::BackendFailed { message, .. })) => {
+            assert!(
+                message.contains("already used by another port"),
+                "{message}"
+            )
+        }
+        other => panic!("expected BackendFailed, got {other:?}"),
+    }
+    s.pvctl(&["nic", "detach", "1", "1"]);
+    exchange(&mut g1, &mut g2, &s, 0x10);
+
     // Domain 2's NIC goes while domain 1's goes on sending to it, and comes back as a new
     // port with the same pinned MAC, reached both ways; a few times.
     for round in 2..5 {
