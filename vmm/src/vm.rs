@@ -53,6 +53,9 @@ pub enum VmError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// The ACPI tables for a Linux guest could not be built.
+    #[error("ACPI tables: {0}")]
+    Acpi(#[from] crate::acpi::AcpiError),
     /// Guest RAM could not be created.
     #[error("guest RAM: {0}")]
     Ram(#[source] frontend_guest::host::Error),
@@ -84,7 +87,8 @@ pub enum VmError {
 /// How the VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The guest wrote this status to the debug-exit port.
+    /// The guest wrote this status to the debug-exit port (0 for a Linux guest's ACPI
+    /// power-off).
     GuestExit(u32),
     /// The VM stopped on a fault; the report says why, with registers and code bytes.
     Fault(String),
@@ -190,8 +194,12 @@ impl Bus {
         }
     }
 
-    /// Handles an `out`; returns the guest's exit status for a debug-exit write.
+    /// Handles an `out`; returns the guest's exit status for a debug-exit write, 0 for a
+    /// Linux guest's ACPI power-off (S5 written to the sleep control register).
     fn port_write(&self, port: u16, data: &[u8]) -> Option<u32> {
+        if port == crate::acpi::SLEEP_PORT && data.first() == Some(&crate::acpi::S5_SLEEP_VALUE) {
+            return Some(0);
+        }
         if port == DEBUG_EXIT_PORT {
             let mut b = [0u8; 4];
             let n = data.len().min(4);
@@ -450,8 +458,8 @@ fn write_boot_data(
         ram.write(gpa, bytes).map_err(|e| VmError::Ram(e.into()))?;
     }
     let Boot::Guest { args, .. } = &config.boot else {
-        // A Linux guest learns about the machine from the zero page instead.
-        return Ok(());
+        // A Linux guest learns about the machine from the zero page and the ACPI tables.
+        return write_acpi_tables(ram, config.vcpus, devices);
     };
     let mut info = BootInfo {
         mem_size: ram.size(),
@@ -475,6 +483,27 @@ fn write_boot_data(
     ];
     for (gpa, bytes) in writes {
         ram.write(gpa, bytes).map_err(|e| VmError::Ram(e.into()))?;
+    }
+    Ok(())
+}
+
+/// Writes the ACPI tables describing `vcpus` vCPUs and `devices` for a Linux guest.
+fn write_acpi_tables(
+    ram: &HostRam,
+    vcpus: u8,
+    devices: &[(DevicePlace, VhostUserMmio)],
+) -> Result<(), VmError> {
+    let described: Vec<_> = devices
+        .iter()
+        .map(|(place, _)| crate::acpi::MmioDevice {
+            base: place.mmio_base,
+            size: WINDOW_BYTES,
+            gsi: place.gsi,
+        })
+        .collect();
+    for table in crate::acpi::build(&described, vcpus)? {
+        ram.write(table.gpa, &table.bytes)
+            .map_err(|e| VmError::Ram(e.into()))?;
     }
     Ok(())
 }
