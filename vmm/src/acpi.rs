@@ -1,7 +1,8 @@
 //! ACPI tables describing the VM to a stock Linux kernel (ACPI 6.5): RSDP, XSDT, FADT
 //! (hardware-reduced, §5.2.9, with a sleep control/status register for S5), MADT (§5.2.12:
 //! one processor local APIC per vCPU and the in-kernel IOAPIC) and a DSDT listing each
-//! virtio-mmio device as `_HID "LNRO0005"` with its window and interrupt in `_CRS`.
+//! virtio-mmio device as `_HID "LNRO0005"` with its window and interrupt in `_CRS`, and the
+//! 16550 as COM1 (`PNP0501`; a hardware-reduced platform has no legacy IRQs unless described).
 //!
 //! Linux has no other way to find virtio-mmio devices unless it is built with
 //! `VIRTIO_MMIO_CMDLINE_DEVICES` (Debian's kernel is not). The tables live in the BIOS area at
@@ -49,6 +50,15 @@ pub struct MmioDevice {
     pub gsi: u32,
 }
 
+/// The 16550 UART (COM1) as the DSDT describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Com1 {
+    /// First of its 8 I/O ports.
+    pub port: u16,
+    /// IOAPIC input (GSI) of its edge-triggered, active-high interrupt.
+    pub gsi: u32,
+}
+
 /// One table and where it goes in guest memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
@@ -76,13 +86,13 @@ pub enum AcpiError {
     TooBig(u64),
 }
 
-/// Builds RSDP, XSDT, FADT, MADT and DSDT for `vcpus` vCPUs (APIC IDs 0 .. vcpus) and
-/// `devices`, laid out from [`RSDP_ADDR`] in that order.
+/// Builds RSDP, XSDT, FADT, MADT and DSDT for `vcpus` vCPUs (APIC IDs 0 .. vcpus), `com1`
+/// and `devices`, laid out from [`RSDP_ADDR`] in that order.
 ///
 /// # Errors
 /// [`AcpiError`] if a window is above 4 GiB or the tables do not fit the area.
-pub fn build(devices: &[MmioDevice], vcpus: u8) -> Result<Vec<Table>, AcpiError> {
-    let dsdt = dsdt(devices)?;
+pub fn build(devices: &[MmioDevice], com1: Com1, vcpus: u8) -> Result<Vec<Table>, AcpiError> {
+    let dsdt = dsdt(devices, com1)?;
     let madt = madt(vcpus);
     let xsdt_addr = align(RSDP_ADDR + Rsdp::len() as u64);
     // The XSDT lists FADT and MADT: header plus two 8-byte entries.
@@ -168,11 +178,11 @@ fn madt(vcpus: u8) -> Vec<u8> {
     bytes(&madt)
 }
 
-/// DSDT: `\_SB.VRxx` per device (`_HID "LNRO0005"`, `_UID` = index, `_CRS` with
-/// `Memory32Fixed` and an edge/active-high `Interrupt`) and `\_S5_` for power-off.
-fn dsdt(devices: &[MmioDevice]) -> Result<Vec<u8>, AcpiError> {
+/// DSDT: `\_SB.COM1`, `\_SB.VRxx` per device (`_HID "LNRO0005"`, `_UID` = index, `_CRS`
+/// with `Memory32Fixed` and an edge/active-high `Interrupt`) and `\_S5_` for power-off.
+fn dsdt(devices: &[MmioDevice], com1: Com1) -> Result<Vec<u8>, AcpiError> {
     let mut body = Vec::new();
-    let mut devs = Vec::new();
+    let mut devs = vec![com1_device(com1)];
     for (i, d) in devices.iter().enumerate() {
         devs.push(mmio_device(i, d)?);
     }
@@ -191,6 +201,19 @@ impl Aml for DeviceAml {
     fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
         sink.vec(&self.0);
     }
+}
+
+fn com1_device(com1: Com1) -> DeviceAml {
+    let ports = aml::IO::new(com1.port, com1.port, 0, 8);
+    let irq = aml::Interrupt::new(true, true, false, false, com1.gsi);
+    let crs = aml::ResourceTemplate::new(vec![&ports, &irq]);
+    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501"));
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    DeviceAml(bytes(&aml::Device::new(
+        "COM1".into(),
+        vec![&hid, &uid, &crs],
+    )))
 }
 
 fn mmio_device(index: usize, d: &MmioDevice) -> Result<DeviceAml, AcpiError> {
@@ -232,6 +255,11 @@ mod tests {
         u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
     }
 
+    const COM1: Com1 = Com1 {
+        port: 0x3f8,
+        gsi: 4,
+    };
+
     fn devices() -> Vec<MmioDevice> {
         (0..3)
             .map(|i| MmioDevice {
@@ -244,7 +272,7 @@ mod tests {
 
     #[test]
     fn tables_are_linked_checksummed_and_inside_the_area() {
-        let t = build(&devices(), 2).unwrap();
+        let t = build(&devices(), COM1, 2).unwrap();
         let names: Vec<_> = t.iter().map(|t| t.name).collect();
         assert_eq!(names, ["RSDP", "XSDT", "FACP", "APIC", "DSDT"]);
         let at = |n: &str| t.iter().find(|t| t.name == n).unwrap();
@@ -274,7 +302,7 @@ mod tests {
 
     #[test]
     fn madt_has_a_local_apic_per_vcpu_and_the_ioapic() {
-        let t = build(&[], 3).unwrap();
+        let t = build(&[], COM1, 3).unwrap();
         let madt = &t[3].bytes;
         assert_eq!(u32_at(madt, 36), LAPIC_ADDR);
         let mut at = 44;
@@ -300,7 +328,7 @@ mod tests {
             gsi: 5,
         };
         assert!(matches!(
-            build(&[d], 1),
+            build(&[d], COM1, 1),
             Err(AcpiError::WindowAbove4G { .. })
         ));
     }

@@ -122,19 +122,40 @@ pub struct VmConfig {
     pub vcpus: u8,
 }
 
-/// A 16550 interrupt line that is not wired: pvio's guest polls the UART.
-struct NoInterrupt;
+/// GSI of the 16550's interrupt for a Linux guest (ISA IRQ 4, COM1).
+pub const SERIAL_GSI: u32 = 4;
 
-impl Trigger for NoInterrupt {
-    type E = std::convert::Infallible;
+/// The 16550's interrupt line: not wired for pvio's guest (it polls the UART); a KVM irqfd
+/// on [`SERIAL_GSI`] for Linux, whose 8250 driver waits for the transmitter-empty interrupt.
+struct SerialInterrupt(Option<vmm_sys_util::eventfd::EventFd>);
+
+impl Trigger for SerialInterrupt {
+    type E = std::io::Error;
     fn trigger(&self) -> Result<(), Self::E> {
-        Ok(())
+        self.0.as_ref().map_or(Ok(()), |fd| fd.write(1))
     }
+}
+
+/// The serial interrupt for `boot`: an irqfd on [`SERIAL_GSI`] for Linux.
+fn serial_interrupt(vm: &VmFd, boot: &Boot) -> Result<SerialInterrupt, VmError> {
+    if !matches!(boot, Boot::Linux(_)) {
+        return Ok(SerialInterrupt(None));
+    }
+    let fd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Kvm {
+        what: "serial interrupt eventfd",
+        source: e.into(),
+    })?;
+    vm.register_irqfd(&fd, SERIAL_GSI)
+        .map_err(|source| VmError::Kvm {
+            what: "KVM_IRQFD (serial)",
+            source,
+        })?;
+    Ok(SerialInterrupt(Some(fd)))
 }
 
 /// What the vCPUs' port and MMIO exits reach.
 struct Bus {
-    serial: Mutex<Serial<NoInterrupt, NoEvents, std::io::Stdout>>,
+    serial: Mutex<Serial<SerialInterrupt, NoEvents, std::io::Stdout>>,
     devices: Vec<(u64, Mutex<VhostUserMmio>)>,
     /// Unknown addresses already logged: (is MMIO, address).
     logged: Mutex<HashSet<(bool, u64)>>,
@@ -273,7 +294,10 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
     write_boot_data(&ram, config, &devices)?;
     let vcpus = create_vcpus(&kvm, &vm, config.vcpus, entry, entry_arg)?;
     let bus = Arc::new(Bus {
-        serial: Mutex::new(Serial::new(NoInterrupt, std::io::stdout())),
+        serial: Mutex::new(Serial::new(
+            serial_interrupt(&vm, &config.boot)?,
+            std::io::stdout(),
+        )),
         devices: devices
             .into_iter()
             .map(|(place, d)| (place.mmio_base, Mutex::new(d)))
@@ -501,7 +525,11 @@ fn write_acpi_tables(
             gsi: place.gsi,
         })
         .collect();
-    for table in crate::acpi::build(&described, vcpus)? {
+    let com1 = crate::acpi::Com1 {
+        port: SERIAL_PORT,
+        gsi: SERIAL_GSI,
+    };
+    for table in crate::acpi::build(&described, com1, vcpus)? {
         ram.write(table.gpa, &table.bytes)
             .map_err(|e| VmError::Ram(e.into()))?;
     }

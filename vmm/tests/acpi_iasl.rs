@@ -2,11 +2,12 @@
 //! ACPICA's disassembler (`iasl -d`, Debian package acpica-tools, installed by
 //! scripts/install-deps.sh) must parse each table but the RSDP without checksum or parse complaints, and
 //! the disassembled DSDT must list every virtio-mmio device as LNRO0005 with its window and
-//! interrupt; the MADT must show the LAPICs and the IOAPIC.
+//! interrupt, and COM1 as PNP0501 with its ports and IRQ; the MADT must show the LAPICs and the
+//! IOAPIC; the FADT must be hardware-reduced.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use vmm::acpi::{build, MmioDevice, IOAPIC_ADDR, LAPIC_ADDR};
+use vmm::acpi::{build, Com1, MmioDevice, IOAPIC_ADDR, LAPIC_ADDR};
 
 /// A scratch directory removed when dropped.
 struct Scratch(PathBuf);
@@ -75,7 +76,11 @@ fn iasl_disassembles_the_tables_and_finds_every_virtio_mmio_device() {
         })
         .collect();
     let scratch = Scratch::new();
-    let tables = build(&devices, 2).expect("build");
+    let com1 = Com1 {
+        port: 0x3f8,
+        gsi: 4,
+    };
+    let tables = build(&devices, com1, 2).expect("build");
     let mut text = std::collections::HashMap::new();
     // iasl 20200925 does not take a lone RSDP from a binary file; the unit tests in
     // vmm/src/acpi.rs check its checksums and XSDT address.
@@ -108,6 +113,10 @@ fn iasl_disassembles_the_tables_and_finds_every_virtio_mmio_device() {
         );
         assert!(dsdt.contains(&device), "no {device} in\n{dsdt}");
     }
+    let com1 = "Device(COM1){Name(_HID,EisaId(\"PNP0501\")/*16550A-compatibleCOMSerialPort*/)Name(_UID,Zero)\
+                Name(_CRS,ResourceTemplate(){IO(Decode16,0x03F8,0x03F8,0x00,0x08,)\
+                Interrupt(ResourceConsumer,Edge,ActiveHigh,Exclusive,,,){0x00000004,}})}";
+    assert!(dsdt.contains(com1), "no {com1} in\n{dsdt}");
     assert!(
         dsdt.contains("Name(_S5,Package(0x01){0x05})"),
         "no _S5_ in\n{dsdt}"
