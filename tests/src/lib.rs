@@ -16,6 +16,7 @@ pub mod console;
 pub mod cpio;
 pub mod demo;
 pub mod guest;
+pub mod hostile;
 pub mod image;
 pub mod initramfs;
 pub mod migration;

@@ -30,14 +30,4 @@ pub mod uring;
 /// A boxed error from a device hook, sent across threads.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// `error` and its sources as one line: "outer: cause: root cause".
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        line.push_str(": ");
-        line.push_str(&s.to_string());
-        source = s.source();
-    }
-    line
-}
+pub use xenstore_lite::error_chain;
