@@ -20,6 +20,7 @@ pub mod prereq;
 pub mod procstat;
 pub mod qemu;
 pub mod tmp;
+pub mod workload;
 pub mod xenstore;
 
 /// Turns an error into a test failure that prints it with `Display` (guest errors carry the

@@ -21,6 +21,8 @@ use vhost_daemon::uring::{Completion, UringError};
 use crate::image::{Image, ImageError, SECTOR_SIZE};
 
 pub mod file;
+#[cfg(feature = "nbd")]
+pub mod nbd;
 
 /// iovecs pointing into guest memory.
 pub struct IoVecs(pub Vec<libc::iovec>);
