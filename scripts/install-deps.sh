@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages pvio's tests and demo use, only those that are missing:
 # QEMU (qemu-system-x86_64, qemu-storage-daemon), a Linux kernel with its modules and a static
-# busybox for the test guests, fio, the xenstore tools, socat, DPDK's testpmd and iproute2. Idempotent; uses sudo when not
+# busybox for the test guests, fio, the xenstore tools, socat, DPDK's testpmd, iproute2, and for
+# backend-blk's storage drivers libnbd, clang/libclang (bindgen), nbdkit and qemu-nbd. Idempotent; uses sudo when not
 # run as root. Debian 12 (bookworm) or later.
 set -euo pipefail
 
@@ -16,6 +17,11 @@ packages=(
     socat
     dpdk-dev          # dpdk-testpmd: net_virtio_user / net_vhost, a real vhost-user-net peer
     iproute2          # ip netns, for the network tests' own namespaces
+    nbdkit            # NBD test server (memory plugin) for backend-blk's nbd driver
+    qemu-utils        # qemu-nbd, a second NBD test server
+    libnbd-dev        # backend-blk's nbd driver links libnbd
+    clang             # bindgen (backend-blk's nbd feature) needs clang's headers
+    libclang-dev      # and libclang
 )
 
 missing=()
