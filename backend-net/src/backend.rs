@@ -2,10 +2,12 @@
 //! wrapper forwards to (control path on the daemon thread, one worker thread per queue pair),
 //! and the control queue.
 //!
-//! Queues: receiveq N is vring 2N, transmitq N is vring 2N+1, the controlq is vring 2P for P
-//! pairs (virtio 1.2 §5.1.2). Worker thread N serves pair N; thread 0 also serves the
-//! controlq. Within a thread the vrings are numbered 0 (receive), 1 (transmit), 2 (control);
-//! the TAP queue's readiness arrives as device event 2P+2 (an [`ExtraEvent`]).
+//! Queues: receiveq N is vring 2N, transmitq N is vring 2N+1, and the controlq follows the
+//! last pair the negotiated features allow (virtio 1.2 §5.1.2): vring 2P for P pairs with
+//! VIRTIO_NET_F_MQ, vring 2 without it. Worker thread N serves pair N; thread 0 also serves
+//! vring 2P. Within a thread the vrings are numbered 0 (receive), 1 (transmit), 2 (vring 2P);
+//! the TAP queue's readiness arrives as device event 2P+2 (an [`ExtraEvent`]). Without MQ,
+//! thread 1's receive vring (vring 2) is the controlq, which is then served there.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +47,8 @@ pub struct NetBackend {
     config: Vec<u8>,
     mem: GuestRamAtomic,
     workers: Vec<Mutex<Worker>>,
+    /// Held while control chains are taken and answered (stop waits for it).
+    ctrl_busy: Mutex<()>,
     event_idx: AtomicBool,
 }
 
@@ -80,6 +84,7 @@ impl NetBackend {
             queue_size,
             mem,
             workers,
+            ctrl_busy: Mutex::new(()),
             event_idx: AtomicBool::new(false),
         })
     }
@@ -105,16 +110,30 @@ impl NetBackend {
         self.workers[q].lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The vring index of the control queue under the acked features.
+    fn ctrl_index(&self) -> usize {
+        self.port.acked().ctrl_queue(self.port.queue_pairs)
+    }
+
     /// Serves the control queue until it is empty.
     fn process_ctrl(&self, vring: &Vring) {
+        let _busy = self.ctrl_busy.lock().unwrap_or_else(|p| p.into_inner());
         let guard = self.mem.memory();
         let mem: &GuestRam = &guard;
-        loop {
+        'kicked: loop {
             if let Err(e) = vring.disable_notification() {
                 log::warn!("control queue: {e}");
             }
             loop {
-                let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(mem);
+                let chain = {
+                    let mut state = vring.get_mut();
+                    let queue = state.get_queue_mut();
+                    if !queue.ready() {
+                        // Stopped by VHOST_USER_GET_VRING_BASE: leave the rest.
+                        break 'kicked;
+                    }
+                    queue.pop_descriptor_chain(mem)
+                };
                 let Some(chain) = chain else { break };
                 let head = chain.head_index();
                 let used = self.ctrl_chain(chain, mem);
@@ -199,6 +218,7 @@ impl DeviceBackend for NetBackend {
         self.port.update(|s| {
             s.acked = acked;
             s.connected = true;
+            s.active_pairs = acked.usable_pairs(self.port.queue_pairs);
         });
         if let Dataplane::Tap(taps) = &self.dataplane {
             for tap in taps {
@@ -247,10 +267,23 @@ impl DeviceBackend for NetBackend {
             .collect()
     }
 
+    /// VHOST_USER_GET_VRING_BASE: the daemon marked the ring not ready, so no chain is taken
+    /// from it any more. Before the next available index goes back to the front-end, every
+    /// chain already taken must be in the used ring: taking the worker's lock waits for the
+    /// batch it is forwarding (transmit) or reading from the TAP (receive), and detaching the
+    /// receive queue waits for another port's delivery into it.
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        if queue_index as usize == self.ctrl_index() {
+            drop(self.ctrl_busy.lock().unwrap_or_else(|p| p.into_inner()));
+            return Ok(());
+        }
         let q = queue_index as usize / 2;
-        if queue_index % 2 == 0 && q < self.workers.len() {
-            self.worker(q).detach_tap();
+        let Some(worker) = self.workers.get(q) else {
+            return Ok(());
+        };
+        let mut worker = worker.lock().unwrap_or_else(|p| p.into_inner());
+        if queue_index % 2 == 0 {
+            worker.detach_tap();
             if let Some(rxq) = self.port.rx_queue(q) {
                 rxq.detach();
             }
@@ -285,17 +318,26 @@ impl DeviceBackend for NetBackend {
             "port {}: worker {thread_id} event {device_event}",
             self.port.id
         );
-        let (Some(worker), [rx, tx, rest @ ..]) = (self.workers.get(thread_id), vrings) else {
+        let (Some(worker), [rx, tx, ..]) = (self.workers.get(thread_id), vrings) else {
             return;
         };
+        let pairs = usize::from(self.port.queue_pairs);
+        let vring_index = match device_event {
+            0 | 1 => Some(2 * thread_id + usize::from(device_event)),
+            2 => Some(2 * pairs),
+            _ => None,
+        };
+        if vring_index == Some(self.ctrl_index()) {
+            if let Some(ctrl) = vrings.get(usize::from(device_event)) {
+                self.process_ctrl(ctrl);
+            }
+            return;
+        }
         match device_event {
             0 => worker.lock().unwrap_or_else(|p| p.into_inner()).rx_kick(rx),
             1 => worker.lock().unwrap_or_else(|p| p.into_inner()).tx_kick(tx),
-            2 => {
-                if let [ctrl] = rest {
-                    self.process_ctrl(ctrl);
-                }
-            }
+            // Vring 2P while the control queue is vring 2 (no MQ): not a queue of the device.
+            2 => {}
             e if e == self.tap_event() => {
                 worker
                     .lock()

@@ -7,11 +7,15 @@
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
 
 use clap::Parser;
 use vhost_daemon::listener::SocketSource;
 
+use crate::fdb::{FdbConfig, DEFAULT_MAX_PER_PORT};
 use crate::mac::MacAddr;
+use crate::switch::{SwitchConfig, DEFAULT_FLOOD_RATE};
 
 /// Largest `--num-queue-pairs`: one worker thread per pair, and vhost-user-backend describes a
 /// thread's queues with a 64-bit mask that must also hold the control queue.
@@ -38,7 +42,8 @@ pub const DEFAULT_MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x70, 0x76, 0x01]);
              through a learning L2 switch (--switch)",
     long_about = None,
     after_help = "TAP mode: backend-net --socket PATH --tap NAME [--num-queue-pairs N]\n\
-                  Switch mode: backend-net --switch --socket PATH1 --socket PATH2 ...\n\n\
+                  Switch mode: backend-net --switch --socket PATH1 --socket PATH2 ...\n\
+                  \x20 [--switch-port PATH3,mac=52:54:00:00:00:03 ...]\n\n\
                   The TAP must exist (ip tuntap add dev NAME mode tap [multi_queue]). Each socket \
                   serves one front-end at a time and waits for the next when it leaves. SIGUSR1 \
                   prints the counters; SIGINT or SIGTERM stop the daemon cleanly.\n\
@@ -50,7 +55,7 @@ pub struct Cli {
         long,
         visible_alias = "socket-path",
         value_name = "PATH",
-        required_unless_present_any = ["fd", "print_capabilities", "xenstore"],
+        required_unless_present_any = ["fd", "print_capabilities", "xenstore", "switch_port"],
         conflicts_with = "fd"
     )]
     pub socket: Vec<PathBuf>,
@@ -76,6 +81,28 @@ pub struct Cli {
     /// Print the back-end's capabilities as JSON (vhost-user.json, type "net") and exit.
     #[arg(long)]
     pub print_capabilities: bool,
+
+    /// Switch port whose front-end may only send from the given MAC addresses (frames from
+    /// other sources are dropped and counted as tx_spoofed, and no other port may claim them):
+    /// PATH,mac=MAC[,mac=MAC...]. PATH is a --socket or a further port (after the --sockets).
+    #[arg(long, value_name = "PATH,mac=MAC", conflicts_with_all = ["tap", "fd"])]
+    pub switch_port: Vec<SwitchPort>,
+
+    /// Switch: seconds after which a learned MAC address not seen again is forgotten (0:
+    /// never), like a Linux bridge's ageing_time.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub fdb_aging: u64,
+
+    /// Switch: MAC addresses the switch learns per port at most; sources beyond it are not
+    /// learned (counted as fdb_refused) and frames to them flood.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PER_PORT)]
+    pub fdb_max_per_port: usize,
+
+    /// Switch: frames per second each port may flood (broadcast, multicast, unknown
+    /// destination), as N/s or N; more are dropped and counted as tx_flood_limited. 0: no
+    /// limit.
+    #[arg(long, value_name = "N/s", default_value_t = FloodRate(DEFAULT_FLOOD_RATE))]
+    pub flood_rate: FloodRate,
 
     /// Bridge the front-end to this existing TAP device.
     #[arg(
@@ -117,6 +144,77 @@ pub struct Cli {
     pub stats_socket: Option<PathBuf>,
 }
 
+/// A `--switch-port PATH,mac=MAC[,mac=MAC...]` argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwitchPort {
+    /// The port's socket.
+    pub socket: PathBuf,
+    /// The source addresses it may send from.
+    pub macs: Vec<MacAddr>,
+}
+
+/// A `--switch-port` argument that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SwitchPortError {
+    /// Not `PATH,mac=MAC[,mac=MAC...]`.
+    #[error("{0:?} is not PATH,mac=MAC[,mac=MAC...]")]
+    Syntax(String),
+    /// A `mac=` value that is not a unicast MAC address.
+    #[error("{0}: give unicast MAC addresses")]
+    Mac(String),
+}
+
+impl FromStr for SwitchPort {
+    type Err = SwitchPortError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.split(',');
+        let socket = parts.next().filter(|p| !p.is_empty());
+        let socket = socket.ok_or_else(|| SwitchPortError::Syntax(s.to_string()))?;
+        let macs = parts
+            .map(|kv| {
+                let value = kv
+                    .strip_prefix("mac=")
+                    .ok_or_else(|| SwitchPortError::Syntax(s.to_string()))?;
+                match value.parse::<MacAddr>() {
+                    Ok(m) if m.is_station() => Ok(m),
+                    Ok(m) => Err(SwitchPortError::Mac(m.to_string())),
+                    Err(e) => Err(SwitchPortError::Mac(e.to_string())),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if macs.is_empty() {
+            return Err(SwitchPortError::Syntax(s.to_string()));
+        }
+        Ok(SwitchPort {
+            socket: socket.into(),
+            macs,
+        })
+    }
+}
+
+/// A `--flood-rate` value: frames per second, written `N/s` or `N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FloodRate(pub u32);
+
+impl FromStr for FloodRate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.strip_suffix("/s")
+            .unwrap_or(s)
+            .parse()
+            .map(FloodRate)
+            .map_err(|_| format!("{s:?} is not a rate: give frames per second as N/s, e.g. 1000/s"))
+    }
+}
+
+impl std::fmt::Display for FloodRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/s", self.0)
+    }
+}
+
 /// What the daemon bridges its front-ends to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -145,6 +243,10 @@ pub struct Config {
     pub rx_backlog: usize,
     /// Where to serve counters.
     pub stats_socket: Option<PathBuf>,
+    /// Per port (as `sockets`), the only source addresses it may send from; empty: any.
+    pub pinned: Vec<Vec<MacAddr>>,
+    /// Switch protections: aging, per-port cap, flood rate.
+    pub switch: SwitchConfig,
 }
 
 /// A command line that parses but does not make sense.
@@ -177,6 +279,12 @@ pub enum ConfigError {
     /// `--rx-backlog` is zero.
     #[error("--rx-backlog must be at least 1")]
     RxBacklog,
+    /// `--fdb-max-per-port` is zero.
+    #[error("--fdb-max-per-port must be at least 1")]
+    FdbMaxPerPort,
+    /// The same socket in two `--switch-port`s.
+    #[error("--switch-port {0} is given twice")]
+    DuplicateSwitchPort(PathBuf),
     /// `--fd` is negative.
     #[error("--fd {0} is not a file descriptor number")]
     Fd(RawFd),
@@ -219,16 +327,34 @@ impl Cli {
         if self.rx_backlog == 0 {
             return Err(ConfigError::RxBacklog);
         }
+        if self.fdb_max_per_port == 0 {
+            return Err(ConfigError::FdbMaxPerPort);
+        }
         for (i, s) in self.socket.iter().enumerate() {
             if self.socket[..i].contains(s) {
                 return Err(ConfigError::DuplicateSocket(s.clone()));
             }
         }
+        let mut paths = self.socket;
+        let mut pinned = vec![Vec::new(); paths.len()];
+        for (i, p) in self.switch_port.iter().enumerate() {
+            if self.switch_port[..i].iter().any(|o| o.socket == p.socket) {
+                return Err(ConfigError::DuplicateSwitchPort(p.socket.clone()));
+            }
+            match paths.iter().position(|s| *s == p.socket) {
+                Some(at) => pinned[at] = p.macs.clone(),
+                None => {
+                    paths.push(p.socket.clone());
+                    pinned.push(p.macs.clone());
+                }
+            }
+        }
         let sockets: Vec<SocketSource> = match self.fd {
             Some(fd) if fd < 0 => return Err(ConfigError::Fd(fd)),
             Some(fd) => vec![SocketSource::Fd(fd)],
-            None => self.socket.into_iter().map(SocketSource::Path).collect(),
+            None => paths.into_iter().map(SocketSource::Path).collect(),
         };
+        pinned.resize(sockets.len(), Vec::new());
         let mode = match self.tap {
             Some(name) if sockets.len() == 1 => Mode::Tap(name),
             Some(_) => return Err(ConfigError::TapSockets(sockets.len())),
@@ -237,9 +363,18 @@ impl Cli {
             }
             None => Mode::Switch,
         };
+        let switch = SwitchConfig {
+            fdb: FdbConfig {
+                aging: (self.fdb_aging > 0).then(|| Duration::from_secs(self.fdb_aging)),
+                max_per_port: self.fdb_max_per_port,
+            },
+            flood_rate: self.flood_rate.0,
+        };
         Ok(Config {
             mode,
             sockets,
+            pinned,
+            switch,
             queue_pairs: self.num_queue_pairs,
             mac: self.mac,
             mtu: self.mtu,
@@ -291,8 +426,102 @@ mod tests {
                 queue_size: 256,
                 rx_backlog: 256,
                 stats_socket: None,
+                pinned: vec![vec![]],
+                switch: SwitchConfig::default(),
             }
         );
+    }
+
+    #[test]
+    fn switch_protections() {
+        let c = parse(&[
+            "--switch",
+            "--socket",
+            "/a",
+            "--socket",
+            "/b",
+            "--switch-port",
+            "/b,mac=52:54:00:00:00:02",
+            "--switch-port",
+            "/c,mac=52:54:00:00:00:03,mac=02:00:00:00:00:01",
+            "--fdb-aging",
+            "0",
+            "--fdb-max-per-port",
+            "8",
+            "--flood-rate",
+            "50/s",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.sockets,
+            ["/a", "/b", "/c"].map(|p| SocketSource::Path(p.into()))
+        );
+        assert_eq!(
+            c.pinned,
+            vec![
+                vec![],
+                vec![MacAddr([0x52, 0x54, 0, 0, 0, 2])],
+                vec![
+                    MacAddr([0x52, 0x54, 0, 0, 0, 3]),
+                    MacAddr([2, 0, 0, 0, 0, 1])
+                ]
+            ]
+        );
+        assert_eq!(
+            c.switch,
+            SwitchConfig {
+                fdb: FdbConfig {
+                    aging: None,
+                    max_per_port: 8
+                },
+                flood_rate: 50
+            }
+        );
+        let only_pinned = parse(&["--switch", "--switch-port", "/p,mac=52:54:00:00:00:09"]);
+        assert_eq!(
+            only_pinned.unwrap().sockets,
+            [SocketSource::Path("/p".into())]
+        );
+        assert_eq!(
+            parse(&["--switch", "--socket", "/a", "--flood-rate", "0"])
+                .unwrap()
+                .switch
+                .flood_rate,
+            0
+        );
+        for bad in [
+            &["--switch", "--socket", "/a", "--switch-port", "/a"][..],
+            &[
+                "--switch",
+                "--socket",
+                "/a",
+                "--switch-port",
+                "/a,mac=01:00:5e:00:00:01",
+            ],
+            &[
+                "--switch",
+                "--socket",
+                "/a",
+                "--switch-port",
+                "/a,ip=1.2.3.4",
+            ],
+            &["--switch", "--socket", "/a", "--flood-rate", "fast"],
+            &[
+                "--socket",
+                "/a",
+                "--tap",
+                "t",
+                "--switch-port",
+                "/a,mac=52:54:00:00:00:01",
+            ],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        let e = parse(&["--switch", "--socket", "/a", "--fdb-max-per-port", "0"]).unwrap_err();
+        assert!(e.contains("--fdb-max-per-port"), "{e}");
+        let twice = ["--switch", "--switch-port", "/p,mac=52:54:00:00:00:09"];
+        let e = parse(&[&twice[..], &twice[1..]].concat()).unwrap_err();
+        assert!(e.contains("twice"), "{e}");
     }
 
     #[test]

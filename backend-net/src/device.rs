@@ -135,6 +135,27 @@ impl Acked {
         self.has(VIRTIO_NET_F_GUEST_TSO6)
     }
 
+    /// The index of the control virtqueue for a device offering `max_pairs` queue pairs
+    /// (virtio 1.2 §5.1.2): after the last pair the negotiated features allow, so
+    /// 2 × `max_pairs` with VIRTIO_NET_F_MQ and 2 without it (one pair), as QEMU and Linux place
+    /// it.
+    pub fn ctrl_queue(&self, max_pairs: u16) -> usize {
+        if self.has(VIRTIO_NET_F_MQ) {
+            2 * usize::from(max_pairs)
+        } else {
+            2
+        }
+    }
+
+    /// Queue pairs the driver may use at most: `max_pairs` with VIRTIO_NET_F_MQ, else 1.
+    pub fn usable_pairs(&self, max_pairs: u16) -> u16 {
+        if self.has(VIRTIO_NET_F_MQ) {
+            max_pairs
+        } else {
+            1
+        }
+    }
+
     /// Transmit rules for a device with this `mtu` (bytes).
     pub fn tx_limits(&self, mtu: u16) -> TxLimits {
         TxLimits {

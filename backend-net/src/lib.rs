@@ -10,7 +10,8 @@
 //! - [`device`]: feature bits, configuration space, consequences of the acked features.
 //! - [`hdr`]: the virtio-net header and the checks a transmitted one must pass.
 //! - [`ctrl`]: control queue commands and the receive filter.
-//! - [`mac`], [`fdb`]: MAC addresses and the switch's learning table.
+//! - [`mac`], [`fdb`], [`flood`]: MAC addresses, the switch's learning table (aging, per-port
+//!   cap, pinned addresses) and its per-port flood limit.
 //! - [`offload`]: software checksum and TCP segmentation for receivers without the offload.
 //! - [`guest`]: descriptor chains walked into guest memory slices.
 //! - [`rx`]: filling receive buffers (merged buffers) and the backlog of waiting frames.
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod ctrl;
 pub mod device;
 pub mod fdb;
+pub mod flood;
 pub mod guest;
 pub mod hdr;
 pub mod mac;

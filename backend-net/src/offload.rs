@@ -33,7 +33,14 @@ pub enum OffloadError {
     /// More segments than [`MAX_SEGMENTS`].
     #[error("GSO frame would make {0} segments")]
     TooManySegments(usize),
+    /// A segment's IP length (IPv4 total length, IPv6 payload length) would exceed the 16-bit
+    /// field: `gso_size` plus the headers is above 65,535 bytes.
+    #[error("GSO frame would make segments with an IP length of {0} bytes (at most 65535)")]
+    SegmentTooLong(usize),
 }
+
+/// Largest value of the IPv4 total length and IPv6 payload length fields, bytes.
+pub const MAX_IP_LENGTH: usize = u16::MAX as usize;
 
 /// Adds `data` as big-endian 16-bit words to a one's complement running sum.
 fn sum_words(mut sum: u64, data: &[u8]) -> u64 {
@@ -145,8 +152,9 @@ fn locate(frame: &[u8], gso: Gso) -> Result<TcpFrame, OffloadError> {
 /// flags (FIN and PSH on the last only, CWR on the first only) and full TCP checksum.
 ///
 /// # Errors
-/// [`OffloadError`] when the frame is not TCP over IPv4/IPv6 matching `hdr.gso_type`, or would
-/// make more than [`MAX_SEGMENTS`] segments.
+/// [`OffloadError`] when the frame is not TCP over IPv4/IPv6 matching `hdr.gso_type`, would
+/// make more than [`MAX_SEGMENTS`] segments, or a segment whose IP length does not fit 16 bits
+/// ([`MAX_IP_LENGTH`]).
 pub fn segment_tcp(frame: &[u8], hdr: &NetHdr) -> Result<Vec<Vec<u8>>, OffloadError> {
     let t = locate(frame, hdr.gso())?;
     let mss = usize::from(hdr.gso_size.max(1));
@@ -154,6 +162,10 @@ pub fn segment_tcp(frame: &[u8], hdr: &NetHdr) -> Result<Vec<Vec<u8>>, OffloadEr
     let count = payload.len().div_ceil(mss).max(1);
     if count > MAX_SEGMENTS {
         return Err(OffloadError::TooManySegments(count));
+    }
+    let longest = ip_length(&t, t.payload + mss.min(payload.len()));
+    if longest > MAX_IP_LENGTH {
+        return Err(OffloadError::SegmentTooLong(longest));
     }
     let headers = &frame[..t.payload];
     let seq0 = u32::from_be_bytes([
@@ -191,19 +203,28 @@ pub fn segment_tcp(frame: &[u8], hdr: &NetHdr) -> Result<Vec<Vec<u8>>, OffloadEr
     Ok(out)
 }
 
+/// The IP length field's value for a segment of `seg_len` bytes laid out as `t`: the IPv6
+/// payload length (after the 40-byte fixed header) or the IPv4 total length.
+fn ip_length(t: &TcpFrame, seg_len: usize) -> usize {
+    if t.v6 {
+        seg_len - t.ip - 40
+    } else {
+        seg_len - t.ip
+    }
+}
+
 /// Sets the IP length fields (and IPv4 identification and header checksum) of `seg` and
-/// computes its TCP checksum from scratch.
+/// computes its TCP checksum from scratch. The caller checked that the IP length fits
+/// ([`MAX_IP_LENGTH`]).
 fn fix_ip_and_tcp(seg: &mut [u8], t: &TcpFrame, id: u16) {
     let tcp_len = seg.len() - t.tcp;
+    let length = u16::try_from(ip_length(t, seg.len())).unwrap_or(u16::MAX);
     let pseudo = if t.v6 {
-        // payload length: everything after the 40-byte fixed header (< 64 KiB + headers).
-        let plen = (seg.len() - t.ip - 40) as u16;
-        seg[t.ip + 4..t.ip + 6].copy_from_slice(&plen.to_be_bytes());
+        seg[t.ip + 4..t.ip + 6].copy_from_slice(&length.to_be_bytes());
         let s = sum_words(0, &seg[t.ip + 8..t.ip + 40]);
         s + tcp_len as u64 + u64::from(IPPROTO_TCP)
     } else {
-        let total = (seg.len() - t.ip) as u16;
-        seg[t.ip + 2..t.ip + 4].copy_from_slice(&total.to_be_bytes());
+        seg[t.ip + 2..t.ip + 4].copy_from_slice(&length.to_be_bytes());
         seg[t.ip + 4..t.ip + 6].copy_from_slice(&id.to_be_bytes());
         seg[t.ip + 10..t.ip + 12].fill(0);
         let c = internet_checksum(&seg[t.ip..t.tcp]);
@@ -222,7 +243,7 @@ pub(crate) mod tests {
     use virtio_bindings::virtio_net::{VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6};
 
     use super::*;
-    use crate::hdr::F_NEEDS_CSUM;
+    use crate::hdr::{F_NEEDS_CSUM, MAX_GSO_FRAME};
 
     /// An Ethernet + IPv4 + TCP frame with `payload`, correct checksums, flags PSH|FIN|CWR|ACK.
     pub(crate) fn tcp4_frame(payload: &[u8]) -> Vec<u8> {
@@ -406,18 +427,70 @@ pub(crate) mod tests {
         );
     }
 
+    #[test]
+    fn refuses_segments_longer_than_the_ip_length_field() {
+        let v4 = NetHdr {
+            gso_type: VIRTIO_NET_HDR_GSO_TCPV4 as u8,
+            gso_size: u16::MAX,
+            ..Default::default()
+        };
+        // The largest GSO frame: 65,500 payload bytes make an IPv4 packet of 65,540.
+        let largest = tcp4_frame(&vec![1; MAX_GSO_FRAME - 54]);
+        assert_eq!(
+            segment_tcp(&largest, &v4),
+            Err(OffloadError::SegmentTooLong(65_540))
+        );
+        // 65,495 payload bytes fill the field exactly.
+        let fits = tcp4_frame(&vec![1; 65_495]);
+        let segs = segment_tcp(&fits, &v4).unwrap();
+        assert_eq!(segs.len(), 1);
+        assert_eq!(&segs[0][16..18], &[0xff, 0xff]);
+        assert!(verifies(&segs[0], Gso::TcpV4));
+        let split = NetHdr {
+            gso_size: 32_768,
+            ..v4
+        };
+        assert_eq!(segment_tcp(&largest, &split).unwrap().len(), 2);
+    }
+
     proptest! {
+        /// Over the whole GSO range (frames up to 64 KiB, any `gso_size` that makes at most
+        /// MAX_SEGMENTS segments), IPv4 and IPv6: the segments carry the payload in order, each
+        /// with checksums that verify and an IP length field that is its true length; a
+        /// `gso_size` whose segments would not fit the 16-bit IP length is refused.
         #[test]
-        fn segmentation_preserves_payload_and_checksums(len in 0usize..6000, mss in 200u16..2000) {
+        fn segmentation_preserves_payload_and_checksums(
+            (len, mss) in prop_oneof![
+                (0usize..=MAX_GSO_FRAME - 54, 64u16..=u16::MAX),
+                // Near the 16-bit limit of the IP length.
+                (MAX_GSO_FRAME - 90..=MAX_GSO_FRAME - 54, 65_450u16..=u16::MAX),
+            ],
+            v6 in any::<bool>(),
+        ) {
             let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
-            let frame = tcp4_frame(&payload);
-            let hdr = NetHdr { gso_type: VIRTIO_NET_HDR_GSO_TCPV4 as u8, gso_size: mss, ..Default::default() };
-            let segs = segment_tcp(&frame, &hdr).unwrap();
+            let (frame, gso, gso_type, hdrs) = if v6 {
+                (tcp6_frame(&payload), Gso::TcpV6, VIRTIO_NET_HDR_GSO_TCPV6, 74)
+            } else {
+                (tcp4_frame(&payload), Gso::TcpV4, VIRTIO_NET_HDR_GSO_TCPV4, 54)
+            };
+            let hdr = NetHdr { gso_type: gso_type as u8, gso_size: mss, ..Default::default() };
+            let longest = hdrs - 14 - if v6 { 40 } else { 0 } + usize::from(mss).min(len);
+            let segs = match segment_tcp(&frame, &hdr) {
+                Err(OffloadError::SegmentTooLong(n)) => {
+                    prop_assert_eq!(n, longest);
+                    prop_assert!(n > MAX_IP_LENGTH);
+                    return Ok(());
+                }
+                r => r.unwrap(),
+            };
+            prop_assert!(longest <= MAX_IP_LENGTH);
             let mut joined = Vec::new();
             for s in &segs {
-                prop_assert!(verifies(s, Gso::TcpV4));
-                prop_assert!(s.len() - 54 <= usize::from(mss));
-                joined.extend_from_slice(&s[54..]);
+                prop_assert!(verifies(s, gso));
+                prop_assert!(s.len() - hdrs <= usize::from(mss));
+                let (at, ip_len) = if v6 { (18, s.len() - 54) } else { (16, s.len() - 14) };
+                prop_assert_eq!(usize::from(u16::from_be_bytes([s[at], s[at + 1]])), ip_len);
+                joined.extend_from_slice(&s[hdrs..]);
             }
             prop_assert_eq!(joined, payload);
         }

@@ -46,6 +46,9 @@ pub struct Port {
     pub queue_pairs: u16,
     /// Counters.
     pub stats: PortStats,
+    /// Switch: the only source addresses this port may send from (`--switch-port
+    /// SOCKET,mac=...`); empty: any address not pinned to another port.
+    pub pinned: Vec<MacAddr>,
     rx: Vec<RxQueue>,
     state: RwLock<PortState>,
 }
@@ -59,6 +62,7 @@ impl Port {
             mtu,
             queue_pairs,
             stats: PortStats::new(queue_pairs),
+            pinned: Vec::new(),
             rx: (0..queue_pairs).map(|_| RxQueue::new(rx_backlog)).collect(),
             state: RwLock::new(PortState {
                 connected: false,
@@ -67,6 +71,20 @@ impl Port {
                 active_pairs: queue_pairs,
             }),
         }
+    }
+
+    /// This port allowed to send only from `macs` (none: from any address).
+    pub fn with_pinned(self, macs: Vec<MacAddr>) -> Port {
+        Port {
+            pinned: macs,
+            ..self
+        }
+    }
+
+    /// Whether this port may send a frame with source address `src` (by its own pins; the
+    /// switch's table knows the other ports' pins).
+    pub fn may_send_from(&self, src: MacAddr) -> bool {
+        self.pinned.is_empty() || self.pinned.contains(&src)
     }
 
     /// A copy of the front-end's state.

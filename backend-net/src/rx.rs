@@ -5,7 +5,10 @@
 //! (with `num_buffers` = chains used) at the start of the first, the frame after it, and puts
 //! each chain in the used ring with the bytes written into it. Without it a frame must fit one
 //! chain. Chains taken but not needed (the frame did not fit after all) are given back by
-//! moving the queue's next available index back, so nothing is lost.
+//! moving the queue's next available index back, so nothing is lost. An unusable chain is
+//! returned empty; one found after usable chains were taken ends them (they are returned empty
+//! too, since moving the index back would pass over it), so every head taken is in the used
+//! ring exactly once and none is skipped.
 
 use std::collections::VecDeque;
 
@@ -118,12 +121,16 @@ pub fn deliver<'m>(
             Ok(_) => {
                 arena.truncate(mark);
                 log::warn!("receive chain {head} has no writable space or readable parts");
-                bad_chain(queue, mem, head, stats);
+                stop_at_bad_chain(queue, mem, &mut heads, head, stats);
+                capacity = 0;
+                arena.truncate(base);
             }
             Err(e) => {
                 arena.truncate(mark);
                 log::warn!("receive chain {head}: {e}");
-                bad_chain(queue, mem, head, stats);
+                stop_at_bad_chain(queue, mem, &mut heads, head, stats);
+                capacity = 0;
+                arena.truncate(base);
             }
         }
     }
@@ -153,8 +160,12 @@ pub fn deliver<'m>(
 /// With VIRTIO_RING_F_EVENT_IDX, `avail_event` is set to `seen_avail`, not to the device's next
 /// available index: after chains were given back because a frame needed more than were there,
 /// the next index lags behind, and arming there would report "more buffers" at once and forever
-/// while suppressing the kick the device waits for.
+/// while suppressing the kick the device waits for. A stopped queue has none.
 pub fn arm_for_more_buffers(queue: &mut Queue, mem: &GuestRam, seen_avail: u16) -> bool {
+    if !queue.ready() {
+        // Stopped: no chain can be taken, so there is nothing to try again for.
+        return false;
+    }
     let next = queue.next_avail();
     queue.set_next_avail(seen_avail);
     let more = queue.enable_notification(mem);
@@ -169,11 +180,24 @@ fn give_back(queue: &mut Queue, n: usize) {
     }
 }
 
-/// Returns an unusable receive chain to the driver with nothing written.
-fn bad_chain(queue: &mut Queue, mem: &GuestRam, head: u16, stats: &QueueStats) {
+/// Ends the chains taken so far at an unusable chain `bad`: it is completed as an error
+/// (returned with nothing written, counted as [`Drop::RxBadChain`]), and so are the usable chains
+/// `taken` before it, returned empty. They cannot be given back by moving the available index
+/// back, which would hand `bad` out a second time and leave the first taken head unused; so each
+/// head taken so far is in the used ring exactly once, and the frame goes on with the next
+/// chains.
+fn stop_at_bad_chain(
+    queue: &mut Queue,
+    mem: &GuestRam,
+    taken: &mut Vec<(u16, usize)>,
+    bad: u16,
+    stats: &QueueStats,
+) {
     stats.drop(Drop::RxBadChain);
-    if let Err(e) = queue.add_used(mem, head, 0) {
-        log::warn!("receive queue: add_used({head}) failed: {e}");
+    for head in taken.drain(..).map(|(head, _)| head).chain([bad]) {
+        if let Err(e) = queue.add_used(mem, head, 0) {
+            log::warn!("receive queue: add_used({head}) failed: {e}");
+        }
     }
 }
 
@@ -463,6 +487,40 @@ mod tests {
         assert_eq!(used(&mem, &vq, 2), (2, 72));
     }
 
+    /// The heads in the used ring so far.
+    fn used_heads(mem: &GuestRam, vq: &MockSplitQueue<'_, GuestRam>, q: &Queue) -> Vec<u32> {
+        (0..u64::from(q.next_used()))
+            .map(|i| used(mem, vq, i).0)
+            .collect()
+    }
+
+    #[test]
+    fn a_bad_chain_after_a_taken_one_is_never_used_twice() {
+        let mem = ram();
+        let vq = MockSplitQueue::new(&mem, 16);
+        // A usable chain, then one outside guest memory, then nothing: the frame needs more.
+        vq.add_desc_chains(&[writable(0x10000, 100), writable(0x7fff_0000, 100)], 0)
+            .unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let stats = QueueStats::default();
+        let mut arena = Vec::new();
+        let frame = RxFrame::local(NetHdr::default(), &[7; 300]);
+        let d = deliver(&mut q, &mem, MRG, &frame, &mut arena, &stats);
+        assert!(matches!(d, Delivery::NoBuffers { .. }), "{d:?}");
+        assert_eq!(stats.drops(Drop::RxBadChain), 1);
+        // Both heads are used once, none is offered again.
+        assert_eq!(used_heads(&mem, &vq, &q), vec![0, 1]);
+        assert_eq!(q.next_avail(), 2);
+        // Buffers arrive: the frame goes into them, and no head appears twice.
+        vq.add_desc_chains(&[writable(0x20000, 200), writable(0x30000, 200)], 2)
+            .unwrap();
+        let d = deliver(&mut q, &mem, MRG, &frame, &mut arena, &stats);
+        assert_eq!(d, Delivery::Delivered(2));
+        assert_eq!(used_heads(&mem, &vq, &q), vec![0, 1, 2, 3]);
+        assert_eq!(used(&mem, &vq, 3), (3, 112));
+        assert_eq!(stats.drops(Drop::RxBadChain), 1);
+    }
+
     #[test]
     fn copies_from_another_guests_chain() {
         let mem = ram();
@@ -521,7 +579,75 @@ mod tests {
         assert!(b.is_empty());
     }
 
+    /// A receive chain a hostile driver may post: usable (writable, this many bytes), outside
+    /// guest memory, or device-readable.
+    #[derive(Clone, Copy, Debug)]
+    enum Posted {
+        Usable(u32),
+        Outside,
+        Readable,
+    }
+
+    fn posted() -> impl Strategy<Value = Posted> {
+        prop_oneof![
+            3 => (1u32..3000).prop_map(Posted::Usable),
+            1 => Just(Posted::Outside),
+            1 => Just(Posted::Readable),
+        ]
+    }
+
     proptest! {
+        /// Hostile receive queues: any mix of usable and unusable chains, frames of any size,
+        /// with or without MRG_RXBUF. After every delivery each chain the device took is in the
+        /// used ring exactly once (none twice, none leaked: the used heads are exactly the
+        /// first `next_avail` ones), chains not taken stay available, and the bad-chain counter
+        /// matches the unusable chains taken.
+        #[test]
+        fn hostile_receive_chains_are_each_used_once(
+            chains in proptest::collection::vec(posted(), 1..16),
+            frames in proptest::collection::vec(14usize..5000, 1..10),
+            mrg in any::<bool>(),
+        ) {
+            let mem = ram();
+            // The mock lays its used ring over the second half of the available ring (a mock
+            // artifact): a queue of 64 keeps the 16 entries used here clear of it.
+            let vq = MockSplitQueue::new(&mem, 64);
+            prop_assert!(vq.used_addr().0 >= vq.avail_addr().0 + 4 + 2 * 16);
+            let descs: Vec<RawDescriptor> = chains
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let addr = 0x10000 * (i as u64 + 1);
+                    match *c {
+                        Posted::Usable(len) => writable(addr, len),
+                        Posted::Outside => writable(0x7fff_0000, 100),
+                        Posted::Readable => {
+                            RawDescriptor::from(SplitDescriptor::new(addr, 100, 0, 0))
+                        }
+                    }
+                })
+                .collect();
+            vq.add_desc_chains(&descs, 0).unwrap();
+            let mut q: Queue = vq.create_queue().unwrap();
+            let acked = if mrg { MRG } else { PLAIN };
+            let stats = QueueStats::default();
+            let mut arena = Vec::new();
+            for len in frames {
+                let frame = vec![0x5a; len];
+                deliver(&mut q, &mem, acked, &RxFrame::local(NetHdr::default(), &frame), &mut arena, &stats);
+                prop_assert!(arena.is_empty());
+                let taken = usize::from(q.next_avail());
+                let mut heads = used_heads(&mem, &vq, &q);
+                heads.sort_unstable();
+                prop_assert_eq!(heads, (0..taken as u32).collect::<Vec<_>>());
+                let bad = chains[..taken]
+                    .iter()
+                    .filter(|c| !matches!(c, Posted::Usable(_)))
+                    .count();
+                prop_assert_eq!(stats.drops(Drop::RxBadChain), bad as u64);
+            }
+        }
+
         /// The lengths cover the total exactly, each within its buffer, all but the last full.
         #[test]
         fn split_lengths_fill_in_order(caps in proptest::collection::vec(1usize..5000, 1..40), total in 0usize..70_000) {

@@ -57,13 +57,16 @@ impl NetDevice {
     pub(crate) fn new(config: &Config) -> Result<NetDevice, TapError> {
         let ports: Vec<Arc<Port>> = (0..config.sockets.len())
             .map(|i| {
-                Arc::new(Port::new(
-                    i,
-                    config.mac.offset(i as u32),
-                    config.mtu,
-                    config.queue_pairs,
-                    config.rx_backlog,
-                ))
+                Arc::new(
+                    Port::new(
+                        i,
+                        config.mac.offset(i as u32),
+                        config.mtu,
+                        config.queue_pairs,
+                        config.rx_backlog,
+                    )
+                    .with_pinned(config.pinned.get(i).cloned().unwrap_or_default()),
+                )
             })
             .collect();
         let dataplane = match &config.mode {
@@ -73,7 +76,7 @@ impl NetDevice {
                     .map(Arc::new)
                     .collect(),
             ),
-            Mode::Switch => Dataplane::Switch(Arc::new(Switch::new(ports.clone()))),
+            Mode::Switch => Dataplane::Switch(Arc::new(Switch::new(ports.clone(), config.switch))),
         };
         Ok(NetDevice {
             ports,

@@ -26,6 +26,12 @@ pub enum Drop {
     TxNoDestination,
     /// The software offload fallback could not handle the frame.
     TxOffload,
+    /// Switch: the frame's source address is not one the port may send from (not among its
+    /// pinned addresses, or pinned to another port).
+    TxSpoofed,
+    /// Switch: the frame would flood (group or unknown destination) beyond the port's
+    /// `--flood-rate`.
+    TxFloodLimited,
     /// The receive backlog was full while the driver had no receive buffers.
     RxNoBuffers,
     /// The frame does not fit the driver's receive buffers.
@@ -38,13 +44,15 @@ pub enum Drop {
 
 impl Drop {
     /// Every reason, in the order the counters are printed.
-    pub const ALL: [Drop; 10] = [
+    pub const ALL: [Drop; 12] = [
         Drop::TxBadHeader,
         Drop::TxTooBig,
         Drop::TxBadChain,
         Drop::TxTapError,
         Drop::TxNoDestination,
         Drop::TxOffload,
+        Drop::TxSpoofed,
+        Drop::TxFloodLimited,
         Drop::RxNoBuffers,
         Drop::RxTooBig,
         Drop::RxBadChain,
@@ -60,6 +68,8 @@ impl Drop {
             Drop::TxTapError => "tx_tap_error",
             Drop::TxNoDestination => "tx_no_destination",
             Drop::TxOffload => "tx_offload",
+            Drop::TxSpoofed => "tx_spoofed",
+            Drop::TxFloodLimited => "tx_flood_limited",
             Drop::RxNoBuffers => "rx_no_buffers",
             Drop::RxTooBig => "rx_too_big",
             Drop::RxBadChain => "rx_bad_chain",
@@ -128,6 +138,11 @@ pub struct PortStats {
     pub ctrl_err: AtomicU64,
     /// Front-end connections accepted so far.
     pub connections: AtomicU64,
+    /// Switch: source addresses of this port's frames the learning table refused (the port
+    /// held `--fdb-max-per-port` addresses, or the table was full); those frames still went on.
+    pub fdb_refused: AtomicU64,
+    /// Switch: addresses learned on this port that aged out (`--fdb-aging`).
+    pub fdb_aged: AtomicU64,
 }
 
 impl PortStats {
@@ -138,6 +153,8 @@ impl PortStats {
             ctrl_ok: AtomicU64::new(0),
             ctrl_err: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            fdb_refused: AtomicU64::new(0),
+            fdb_aged: AtomicU64::new(0),
         }
     }
 
@@ -166,6 +183,8 @@ impl PortStats {
             "ctrl_ok": self.ctrl_ok.load(Ordering::Relaxed),
             "ctrl_err": self.ctrl_err.load(Ordering::Relaxed),
             "connections": self.connections.load(Ordering::Relaxed),
+            "fdb_refused": self.fdb_refused.load(Ordering::Relaxed),
+            "fdb_aged": self.fdb_aged.load(Ordering::Relaxed),
             "queues": queues,
         })
     }

@@ -16,6 +16,7 @@ use xenbus::{DeviceConfig, DeviceKind, NetLink};
 use crate::cli::{Config, Mode, MAX_MTU, MAX_QUEUE_PAIRS, MIN_MTU};
 use crate::mac::MacAddr;
 use crate::server::NetDevice;
+use crate::switch::SwitchConfig;
 use crate::tap::TapError;
 
 /// What store mode needs from the command line.
@@ -96,6 +97,8 @@ impl StoreDevice for Nics {
             queue_size: self.0.queue_size,
             rx_backlog: self.0.rx_backlog,
             stats_socket: None,
+            pinned: vec![Vec::new()],
+            switch: SwitchConfig::default(),
         };
         Ok((Arc::new(NetDevice::new(&daemon_config)?), Vec::new()))
     }

@@ -1,16 +1,25 @@
 //! Switch mode: a learning L2 switch between the front-ends of all ports, like a Linux bridge
 //! joining Xen netback interfaces in Dom0.
 //!
-//! A transmitted frame's source address is learned for its port; the frame goes to the port
-//! that owns its destination, or floods to every other connected port for group and unknown
-//! addresses. Each receiver's filter (control queue) is applied. Offloads pass untouched when
-//! the receiver acked them (GUEST_CSUM for NEEDS_CSUM, GUEST_TSO4/6 for TCP segmentation);
-//! otherwise the switch completes the checksum or segments the frame in software.
+//! A transmitted frame's source address is checked and learned for its port; the frame goes to
+//! the port that owns its destination, or floods to every other connected port for group and
+//! unknown addresses. Each receiver's filter (control queue) is applied. Offloads pass
+//! untouched when the receiver acked them (GUEST_CSUM for NEEDS_CSUM, GUEST_TSO4/6 for TCP
+//! segmentation); otherwise the switch completes the checksum or segments the frame in
+//! software.
+//!
+//! What one guest can do to the others is bounded (see [`crate::fdb`] and [`crate::flood`]):
+//! a frame from a source address the port may not use (pinned elsewhere, or not among the
+//! port's own pins) is dropped as [`Drop::TxSpoofed`]; the port's learned addresses are capped
+//! and age out; flooded frames beyond the port's rate are dropped as [`Drop::TxFloodLimited`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::device::Acked;
-use crate::fdb::{Fdb, Forward, PortId};
+use crate::fdb::{Fdb, FdbConfig, Forward, Learn, PortId};
+use crate::flood::FloodLimit;
 use crate::guest::Cursor;
 use crate::hdr::{Gso, NetHdr};
 use crate::mac::{MacAddr, ETH_HLEN};
@@ -19,11 +28,37 @@ use crate::port::Port;
 use crate::rx::{Payload, RxFrame};
 use crate::stats::Drop;
 
+/// How the switch protects its ports from each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SwitchConfig {
+    /// The learning table's aging and per-port cap.
+    pub fdb: FdbConfig,
+    /// Flooded frames per second and port; 0: unlimited.
+    pub flood_rate: u32,
+}
+
+/// Default `--flood-rate`: frames per second a port may flood (ARP, neighbour discovery and
+/// DHCP need a few; a storm is cut to this).
+pub const DEFAULT_FLOOD_RATE: u32 = 1000;
+
+impl Default for SwitchConfig {
+    fn default() -> Self {
+        SwitchConfig {
+            fdb: FdbConfig::default(),
+            flood_rate: DEFAULT_FLOOD_RATE,
+        }
+    }
+}
+
 /// The ports and their shared learning table.
 #[derive(Debug)]
 pub struct Switch {
     ports: Vec<Arc<Port>>,
     fdb: Fdb,
+    floods: Vec<FloodLimit>,
+    start: Instant,
+    /// Milliseconds since `start` when aged entries are next removed.
+    next_expiry_ms: AtomicU64,
 }
 
 /// A receive queue that got frames in this batch: (port, queue pair).
@@ -40,12 +75,82 @@ pub fn offloads_acked(hdr: &NetHdr, acked: Acked) -> bool {
 }
 
 impl Switch {
-    /// A switch over `ports`.
-    pub fn new(ports: Vec<Arc<Port>>) -> Switch {
-        Switch {
-            ports,
-            fdb: Fdb::new(),
+    /// A switch over `ports` protected by `config`; each port's pinned addresses
+    /// ([`Port::pinned`]) are static entries of the table.
+    pub fn new(ports: Vec<Arc<Port>>, config: SwitchConfig) -> Switch {
+        let start = Instant::now();
+        let fdb = Fdb::new(config.fdb, start);
+        for port in &ports {
+            for &mac in &port.pinned {
+                fdb.pin(mac, port.id);
+            }
         }
+        Switch {
+            floods: ports
+                .iter()
+                .map(|_| FloodLimit::new(config.flood_rate, start))
+                .collect(),
+            ports,
+            fdb,
+            start,
+            next_expiry_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Removes aged entries, at most every quarter of the aging time (between 10 ms and 1 s),
+    /// counting them as `fdb_aged` of their port.
+    fn expire(&self, now: Instant) {
+        let Some(aging) = self.fdb.config().aging else {
+            return;
+        };
+        let now_ms = u64::try_from(now.saturating_duration_since(self.start).as_millis())
+            .unwrap_or(u64::MAX);
+        let due = self.next_expiry_ms.load(Ordering::Relaxed);
+        let every = (aging / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let next = now_ms.saturating_add(u64::try_from(every.as_millis()).unwrap_or(1000));
+        if now_ms < due
+            || self
+                .next_expiry_ms
+                .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        for p in self.fdb.expire(now) {
+            if let Some(port) = self.ports.get(p) {
+                port.stats.fdb_aged.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Checks and learns the source of a frame `from` sent on pair `q`, and decides where it
+    /// goes; `None` when it is dropped (counted).
+    fn admit(&self, from: &Port, q: usize, src: MacAddr, dst: MacAddr) -> Option<Forward> {
+        let now = Instant::now();
+        self.expire(now);
+        let stats = from.stats.queue(q);
+        if !from.may_send_from(src) {
+            stats.drop(Drop::TxSpoofed);
+            return None;
+        }
+        match self.fdb.learn(src, from.id, now) {
+            Learn::Spoofed => {
+                stats.drop(Drop::TxSpoofed);
+                return None;
+            }
+            Learn::Refused => {
+                from.stats.fdb_refused.fetch_add(1, Ordering::Relaxed);
+            }
+            Learn::Known | Learn::Learned => {}
+        }
+        let forward = self.fdb.forward(from.id, dst, now);
+        let limited =
+            forward == Forward::Flood && !self.floods.get(from.id).is_none_or(|f| f.take(now));
+        if limited {
+            stats.drop(Drop::TxFloodLimited);
+            return None;
+        }
+        Some(forward)
     }
 
     /// The ports.
@@ -80,14 +185,17 @@ impl Switch {
         let (Some(dst), Some(src)) = (MacAddr::destination(&eth), MacAddr::source(&eth)) else {
             return;
         };
-        self.fdb.learn(src, from.id);
-        let targets: Vec<&Arc<Port>> = match self.fdb.forward(from.id, dst) {
+        let Some(forward) = self.admit(from, q, src, dst) else {
+            return;
+        };
+        let targets: Vec<&Arc<Port>> = match forward {
             Forward::Port(p) => self.ports.get(p).into_iter().collect(),
             Forward::Flood => self.ports.iter().filter(|p| p.id != from.id).collect(),
             Forward::Local => Vec::new(),
         };
         let mut local: Option<Vec<u8>> = None;
         let mut delivered_anywhere = false;
+        let mut offload_failed = false;
         for target in targets {
             let state = target.state();
             if !state.connected {
@@ -102,7 +210,6 @@ impl Switch {
                 stats.drop(Drop::RxFiltered);
                 continue;
             }
-            delivered_anywhere = true;
             if offloads_acked(hdr, state.acked) {
                 let rx_hdr = NetHdr {
                     num_buffers: 0,
@@ -129,19 +236,22 @@ impl Switch {
                     }
                     Err(e) => {
                         log::debug!("port {}: {e}", from.id);
-                        from.stats.queue(q).drop(Drop::TxOffload);
+                        offload_failed = true;
                         continue;
                     }
                 }
             }
+            delivered_anywhere = true;
             if !touched.contains(&(target.id, tq)) {
                 touched.push((target.id, tq));
             }
         }
-        if delivered_anywhere {
-            from.stats.queue(q).tx(len);
-        } else {
-            from.stats.queue(q).drop(Drop::TxNoDestination);
+        // Each frame is counted once on the sender: passed on, or why it went nowhere.
+        let stats = from.stats.queue(q);
+        match (delivered_anywhere, offload_failed) {
+            (true, _) => stats.tx(len),
+            (false, true) => stats.drop(Drop::TxOffload),
+            (false, false) => stats.drop(Drop::TxNoDestination),
         }
     }
 

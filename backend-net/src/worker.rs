@@ -197,17 +197,14 @@ impl Worker {
         let acked = self.port.acked();
         let limits = acked.tx_limits(self.port.mtu);
         let mut touched = Touched::new();
-        loop {
+        'kicked: loop {
             if let Err(e) = tx.disable_notification() {
                 log::warn!("transmit queue {}: {e}", self.q);
             }
             loop {
-                let chains: Vec<_> = {
-                    let mut state = tx.get_mut();
-                    let queue = state.get_queue_mut();
-                    (0..BATCH)
-                        .map_while(|_| queue.pop_descriptor_chain(mem))
-                        .collect()
+                let Some(chains) = pop_batch(tx, mem) else {
+                    // VHOST_USER_GET_VRING_BASE stopped the ring; it waits for this call.
+                    break 'kicked;
                 };
                 log::trace!("transmit queue {}: {} chains", self.q, chains.len());
                 if chains.is_empty() {
@@ -274,7 +271,7 @@ impl Worker {
         let Path::Tap(t) = &mut self.path else { return };
         let port = &self.port;
         let q = self.q;
-        let ready = rx.get_ref().is_enabled() && usize::from(port.active_pairs()) > q;
+        let ready = running(rx) && usize::from(port.active_pairs()) > q;
         if !ready {
             set_attached(t, false);
             return;
@@ -286,7 +283,8 @@ impl Worker {
         let rx_need = acked.hdr_len() + acked.max_rx_frame(port.mtu);
         let stats = port.stats.queue(q);
         let mut delivered = false;
-        loop {
+        // A ring stopped meanwhile ends the loop (its chains can no longer be taken).
+        while running(rx) {
             let (moved, backlog_empty) = drain_backlog(t, rx, mem, acked, stats);
             delivered |= moved;
             if !backlog_empty {
@@ -320,6 +318,27 @@ impl Worker {
             notify(rx);
         }
     }
+}
+
+/// Takes up to [`BATCH`] chains from the transmit queue; `None` once the ring was stopped
+/// (then nothing is taken, and re-enabling notifications would report the chains left forever).
+fn pop_batch<'m>(
+    tx: &Vring,
+    mem: &'m GuestRam,
+) -> Option<Vec<virtio_queue::DescriptorChain<&'m GuestRam>>> {
+    let mut state = tx.get_mut();
+    let queue = state.get_queue_mut();
+    queue.ready().then(|| {
+        (0..BATCH)
+            .map_while(|_| queue.pop_descriptor_chain(mem))
+            .collect()
+    })
+}
+
+/// Whether the ring runs: started and not stopped by VHOST_USER_GET_VRING_BASE.
+fn running(vring: &Vring) -> bool {
+    let state = vring.get_ref();
+    state.is_enabled() && state.get_queue().ready()
 }
 
 /// The result of one receive batch.

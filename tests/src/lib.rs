@@ -6,7 +6,8 @@
 //! [`initramfs`] packs a busybox guest whose `/init` runs a shell script, [`qemu`] boots it
 //! with a vhost-user-blk disk, and [`console`] reads the `@@pvio key value` lines the script
 //! printed; [`guest::GuestKit`] ties the guest side together. [`demo`] is the README's main
-//! job built from the same parts. [`xenstore`] runs the store for the XenBus handshake tests.
+//! job built from the same parts. [`xenstore`] runs the store for the XenBus handshake tests;
+//! [`vmm`] runs pvio's own VMM and guest.
 
 pub mod backend;
 pub mod bins;
@@ -20,6 +21,7 @@ pub mod prereq;
 pub mod procstat;
 pub mod qemu;
 pub mod tmp;
+pub mod vmm;
 pub mod workload;
 pub mod xenstore;
 

@@ -41,7 +41,12 @@ fn testpmd_two_queue_pairs_through_the_switch() {
 /// port 0 and port 1 at the end.
 fn through_the_switch(pairs: u16) -> (serde_json::Value, serde_json::Value) {
     let dir = TempDir::new("net-dpdk").unwrap();
-    let daemon = NetDaemon::switch(dir.path(), 2, &["--num-queue-pairs", &pairs.to_string()]);
+    // Every frame floods (unknown destination): no flood limit.
+    let daemon = NetDaemon::switch(
+        dir.path(),
+        2,
+        &["--num-queue-pairs", &pairs.to_string(), "--flood-rate", "0"],
+    );
     // Receiver forwards on lcore 1, sender on lcore 0 (shared/REAL-CLIENTS.md: separate CPUs).
     let mut rx = TestPmd::start(&daemon.sockets()[1], "0,1", pairs, "rxonly", &[]);
     rx.command("start");

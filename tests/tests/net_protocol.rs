@@ -6,6 +6,7 @@
 
 mod net_support;
 
+use std::cell::RefCell;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -15,13 +16,16 @@ use frontend_guest::host::{NetDevice, NetOptions, Received};
 use frontend_guest::net::{
     NetHdr, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_MQ,
     VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_NOBCAST,
-    VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_ERR, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
-    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_OK,
+    VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_ERR, VIRTIO_NET_F_MQ, VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_OK,
 };
 use frontend_guest::virtq::{RawDescriptor, RawNext, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
 use frontend_guest::GuestRam;
 use net_support::frames::{self, tcp4, udp4};
-use net_support::{counter, drops, NetDaemon, Netns};
+use net_support::hostile::{hostile, noise_buffer, runner, transmit, tx_accounted};
+use net_support::{counter, drops, tso4_hdr, wait_for, without_receive_offloads, NetDaemon, Netns};
+use proptest::prop_assert_eq;
+use proptest::test_runner::TestCaseError;
 use pvio_tests::tmp::TempDir;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -112,15 +116,7 @@ fn switch_passes_frames_of_every_size_and_offloads_untouched() {
     // GUEST_CSUM, so it arrives as it was sent, spread over many 2 KiB merged buffers.
     let payload: Vec<u8> = (0..62_000u32).map(|i| (i * 7) as u8).collect();
     let frame = tcp4(mb, ma, [10, 80, 0, 1], [10, 80, 0, 2], 1000, &payload, true);
-    let hdr = NetHdr {
-        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
-        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-        num_buffers: 0,
-    };
+    let hdr = tso4_hdr(1448);
     send(&mut a, &hdr, &frame);
     let r = recv_frame(&mut b);
     assert_eq!(r.frame, frame);
@@ -149,24 +145,12 @@ fn switch_segments_and_checksums_for_a_receiver_without_offloads() {
     let dir = TempDir::new("net-proto-gso").unwrap();
     let daemon = NetDaemon::switch(dir.path(), 2, &[]);
     let mut a = connect(&daemon, 0, &NetOptions::default());
-    let plain = ALL_FEATURES
-        & !(1 << VIRTIO_NET_F_GUEST_TSO4
-            | 1 << VIRTIO_NET_F_GUEST_TSO6
-            | 1 << VIRTIO_NET_F_GUEST_CSUM);
-    let mut b = connect(&daemon, 1, &with_features(plain));
+    let mut b = connect(&daemon, 1, &without_receive_offloads());
     introduce(&mut a, &mut b);
     let (ma, mb) = (mac(&a), mac(&b));
     let payload: Vec<u8> = (0..4000u32).map(|i| (i * 13) as u8).collect();
     let frame = tcp4(mb, ma, [10, 80, 0, 1], [10, 80, 0, 2], 5000, &payload, true);
-    let hdr = NetHdr {
-        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
-        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-        num_buffers: 0,
-    };
+    let hdr = tso4_hdr(1448);
     send(&mut a, &hdr, &frame);
     let mut joined = Vec::new();
     for i in 0..3 {
@@ -522,6 +506,103 @@ fn receive_backlog_holds_then_drops_and_delivers_in_order() {
     daemon.stop();
 }
 
+#[test]
+fn control_queue_follows_the_negotiated_pairs() {
+    let dir = TempDir::new("net-proto-ctrl-index").unwrap();
+    let daemon = NetDaemon::switch(dir.path(), 2, &["--num-queue-pairs", "2"]);
+    // A negotiates VIRTIO_NET_F_MQ: its control queue is vring 4 (2 × max_virtqueue_pairs).
+    let two = NetOptions {
+        queue_pairs: 2,
+        ..NetOptions::default()
+    };
+    let mut a = connect(&daemon, 0, &two);
+    // B does not: one pair, and the control queue is vring 2 (virtio 1.2 §5.1.2).
+    let mut b = connect(
+        &daemon,
+        1,
+        &with_features(ALL_FEATURES & !(1 << VIRTIO_NET_F_MQ)),
+    );
+    assert!(a.has_feature(VIRTIO_NET_F_MQ) && !b.has_feature(VIRTIO_NET_F_MQ));
+    introduce(&mut a, &mut b);
+    for dev in [&mut a, &mut b] {
+        for (command, on) in [
+            (VIRTIO_NET_CTRL_RX_PROMISC, 0),
+            (VIRTIO_NET_CTRL_RX_NOBCAST, 1),
+        ] {
+            assert_eq!(
+                dev.ctrl(VIRTIO_NET_CTRL_RX, command, &[on]).unwrap(),
+                VIRTIO_NET_OK
+            );
+        }
+    }
+    // The commands took effect: broadcasts are filtered both ways, unicast still arrives.
+    let mut devs = [a, b];
+    for (from, to) in [(0, 1), (1, 0)] {
+        let (src, dst) = (mac(&devs[from]), mac(&devs[to]));
+        send(
+            &mut devs[from],
+            &NetHdr::default(),
+            &frames::ethernet(BROADCAST, src, 0x88b5, b"bcast"),
+        );
+        send(
+            &mut devs[from],
+            &NetHdr::default(),
+            &frames::ethernet(dst, src, 0x88b5, b"unicast"),
+        );
+        assert_eq!(
+            recv_frame(&mut devs[to]).frame[14..],
+            *b"unicast",
+            "port {from} to {to}"
+        );
+    }
+    // A also set its pairs (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET) when it connected.
+    for (p, commands) in [(0, 3), (1, 2)] {
+        let port = daemon.port(p);
+        assert_eq!(counter(&port, "ctrl_ok"), commands, "{port}");
+        assert_eq!(drops(&port, "rx_filtered"), 1, "{port}");
+    }
+    daemon.stop();
+}
+
+#[test]
+fn stopping_a_transmit_queue_waits_for_the_chains_it_took() {
+    let dir = TempDir::new("net-proto-stop").unwrap();
+    // B never sends: A's frames flood to it, all of them.
+    let daemon = NetDaemon::switch(dir.path(), 2, &["--flood-rate", "0"]);
+    let mut a = connect(&daemon, 0, &NetOptions::default());
+    let b = connect(&daemon, 1, &without_receive_offloads());
+    // 60 KB TCP segmentation offload frames, which the switch cuts into 42 segments each for
+    // B: a batch of transmit chains takes the worker a while.
+    let payload = vec![0x5a; 60_000];
+    let frame = tcp4(
+        mac(&b),
+        mac(&a),
+        [10, 81, 0, 1],
+        [10, 81, 0, 2],
+        1,
+        &payload,
+        true,
+    );
+    let hdr = tso4_hdr(1448);
+    let pair = a.pair(0).unwrap();
+    pair.prime_tx(&hdr, &frame).unwrap();
+    let sent = pair.send_primed(usize::MAX).unwrap();
+    // Once the first chains come back, the device is in the middle of the others.
+    let mut returned = wait_for("the first transmit chains", WAIT, || {
+        let n = pair.reap_tx().unwrap();
+        (n > 0).then_some(n)
+    });
+    let base = a.stop_vring(frontend_guest::net::tx_queue(0)).unwrap();
+    // Every chain the device took is in the used ring when GET_VRING_BASE answers...
+    returned += a.pair(0).unwrap().reap_tx().unwrap();
+    assert_eq!(returned as u32, base, "{sent} sent; log:\n{}", daemon.log());
+    // ... and nothing is written after it.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(a.pair(0).unwrap().reap_tx().unwrap(), 0);
+    drop((a, b));
+    daemon.stop();
+}
+
 /// Runs `f` on a thread inside network namespace `ns` (setns affects only that thread).
 fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
     let file =
@@ -690,5 +771,63 @@ fn tap_with_two_queue_pairs_spreads_flows() {
     });
     assert_eq!(drops(&p, "tx_tap_error"), 0, "{p}");
     drop(dev);
+    daemon.stop();
+}
+
+#[test]
+fn tap_survives_hostile_transmits() {
+    let dir = TempDir::new("net-proto-tap-hostile").unwrap();
+    let ns = Netns::new();
+    ns.add_tap("tap0", false, "10.78.0.1/24");
+    let daemon = NetDaemon::tap(dir.path(), &ns, "tap0", &[]);
+    let dev = connect(&daemon, 0, &NetOptions::default());
+    let me = mac(&dev);
+    let tap_mac = ns.mac("tap0");
+    ns.add_neighbour("10.78.0.2", me, "tap0");
+    let buf = noise_buffer(&dev);
+    let ram_size = dev.ram().size();
+    let addresses = [tap_mac, me, BROADCAST];
+    let state = RefCell::new((dev, 0u64, 0u16));
+    let steps = proptest::collection::vec(hostile(buf, ram_size), 1..24);
+    let result = runner(16).run(&steps, |steps| {
+        let mut guard = state.borrow_mut();
+        let (dev, sent, seq) = &mut *guard;
+        for step in steps {
+            *sent += 1;
+            transmit(dev, step, &addresses)
+                .map_err(|e| TestCaseError::fail(format!("transmit chains: {e}")))?;
+            let p = daemon.port(0);
+            prop_assert_eq!(tx_accounted(&p), *sent, "{}", p);
+            dev.pair(0)
+                .unwrap()
+                .drain_rx()
+                .map_err(|e| TestCaseError::fail(format!("receive: {e}")))?;
+        }
+        // The daemon goes on serving: an echo request is still answered.
+        *sent += 1;
+        *seq += 1;
+        let id = *seq;
+        let echo = frames::icmp_echo(
+            tap_mac,
+            me,
+            [10, 78, 0, 2],
+            [10, 78, 0, 1],
+            0x55,
+            id,
+            b"still",
+        );
+        send(dev, &NetHdr::default(), &echo);
+        recv_where(dev, 0, |r| {
+            r.frame.len() >= 42
+                && r.frame[23] == 1
+                && r.frame[34] == 0
+                && r.frame[40..42] == id.to_be_bytes()
+        });
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}\nlog:\n{}", daemon.log());
+    }
+    drop(state);
     daemon.stop();
 }

@@ -196,7 +196,10 @@ fn start_backend(
     let p = match kind {
         Backend::Pvio => {
             let mut cmd = Command::new(bin);
+            // The sink never sends, so its address is never learned and every frame floods:
+            // no flood limit, as testpmd's io forwarding has none.
             cmd.args(["--switch", "--num-queue-pairs", &pairs.to_string()])
+                .args(["--flood-rate", "0"])
                 .arg("--socket")
                 .arg(a)
                 .arg("--socket")

@@ -304,6 +304,15 @@ impl NetDevice {
         c.run(&ram, head)
     }
 
+    /// Stops vring `index` (VHOST_USER_GET_VRING_BASE) and returns the device's next available
+    /// index for it; the back-end must have put every chain it took in the used ring by then.
+    ///
+    /// # Errors
+    /// [`Error::Vhost`], [`Error::ControlTimeout`].
+    pub fn stop_vring(&mut self, index: usize) -> NetResult<u32> {
+        Ok(self.conn.stop_vring(index)?)
+    }
+
     /// Stops every vring (VHOST_USER_GET_VRING_BASE) and closes the connection.
     ///
     /// # Errors

@@ -252,6 +252,15 @@ impl VhostUserConnection {
     /// [`Error::MissingFeature`] without VHOST_USER_PROTOCOL_F_CONFIG; [`Error::Vhost`],
     /// [`Error::ControlTimeout`].
     pub fn config(&mut self, len: u32) -> Result<Vec<u8>> {
+        self.config_at(0, len)
+    }
+
+    /// Reads `len` bytes of device configuration space from byte `offset`
+    /// (VHOST_USER_GET_CONFIG), e.g. for one guest access to a transport's config window.
+    ///
+    /// # Errors
+    /// As [`VhostUserConnection::config`].
+    pub fn config_at(&mut self, offset: u32, len: u32) -> Result<Vec<u8>> {
         if !self
             .protocol_features
             .contains(VhostUserProtocolFeatures::CONFIG)
@@ -262,7 +271,7 @@ impl VhostUserConnection {
         }
         let buf = vec![0u8; len as usize];
         let (_, payload) = self.call("VHOST_USER_GET_CONFIG", |f| {
-            f.get_config(0, len, VhostUserConfigFlags::empty(), &buf)
+            f.get_config(offset, len, VhostUserConfigFlags::empty(), &buf)
         })?;
         Ok(payload)
     }
@@ -353,9 +362,8 @@ impl VhostUserConnection {
         })
     }
 
-    /// Starts vring `index` on the rings at `layout` in `ram`: VHOST_USER_SET_VRING_NUM,
-    /// _ADDR (front-end virtual addresses), _BASE 0, _CALL, _ERR, _KICK, and _ENABLE 1 when
-    /// protocol features are negotiated.
+    /// Starts vring `index` on the rings at `layout` in `ram`: VHOST_USER_SET_VRING_NUM, then
+    /// as [`VhostUserConnection::attach_vring`].
     ///
     /// # Errors
     /// [`Error::Vhost`], [`Error::ControlTimeout`], [`Error::Mem`].
@@ -382,6 +390,35 @@ impl VhostUserConnection {
         fds: &VringFds,
         base: u16,
     ) -> Result<()> {
+        self.set_vring_num(index, layout.size)?;
+        self.attach_vring(index, layout, ram, fds, base)
+    }
+
+    /// Sets vring `index`'s size in descriptors (VHOST_USER_SET_VRING_NUM). A front-end that
+    /// starts several vrings at once (a VM's transport on DRIVER_OK) sends this for every vring
+    /// first, then [`VhostUserConnection::attach_vring`] for each.
+    ///
+    /// # Errors
+    /// [`Error::Vhost`], [`Error::ControlTimeout`].
+    pub fn set_vring_num(&mut self, index: usize, size: u16) -> Result<()> {
+        self.call("VHOST_USER_SET_VRING_NUM", |f| f.set_vring_num(index, size))
+    }
+
+    /// Attaches vring `index` to the rings at `layout` in `ram` and starts it:
+    /// VHOST_USER_SET_VRING_ADDR (front-end virtual addresses), _BASE `base` (the next
+    /// available index the back-end starts from), _CALL, _ERR, _KICK, and _ENABLE 1 when
+    /// protocol features are negotiated. The size must have been set.
+    ///
+    /// # Errors
+    /// [`Error::Vhost`], [`Error::ControlTimeout`], [`Error::Mem`].
+    pub fn attach_vring(
+        &mut self,
+        index: usize,
+        layout: &QueueLayout,
+        ram: &HostRam,
+        fds: &VringFds,
+        base: u16,
+    ) -> Result<()> {
         let config = VringConfigData {
             queue_max_size: layout.size,
             queue_size: layout.size,
@@ -391,9 +428,6 @@ impl VhostUserConnection {
             avail_ring_addr: ram.host_address(layout.avail_ring)?,
             log_addr: None,
         };
-        self.call("VHOST_USER_SET_VRING_NUM", |f| {
-            f.set_vring_num(index, layout.size)
-        })?;
         self.call("VHOST_USER_SET_VRING_ADDR", |f| {
             f.set_vring_addr(index, &config)
         })?;
@@ -472,6 +506,18 @@ impl VringFds {
             call: new()?,
             err: new()?,
         })
+    }
+
+    /// The kick eventfd (given to the back-end in VHOST_USER_SET_VRING_KICK), e.g. to make it
+    /// a VMM's ioeventfd so the guest's doorbell write signals the back-end directly.
+    pub fn kick_fd(&self) -> &EventFd {
+        &self.kick
+    }
+
+    /// The call eventfd (VHOST_USER_SET_VRING_CALL), e.g. to make it a VMM's irqfd so the
+    /// back-end's used buffer notification interrupts the guest directly.
+    pub fn call_fd(&self) -> &EventFd {
+        &self.call
     }
 
     /// Sends an available buffer notification (kick).

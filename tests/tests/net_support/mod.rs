@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod frames;
+pub mod hostile;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -18,6 +19,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use frontend_guest::host::net::ALL_FEATURES;
+use frontend_guest::host::NetOptions;
+use frontend_guest::net::NetHdr;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pvio_tests::bins::workspace_bin;
@@ -123,7 +127,6 @@ impl Netns {
         cmd
     }
 
-    /// Creates TAP `name` (multi_queue when `multi_queue`) with `addr` (CIDR) and brings it up.
     /// The MAC address of interface `dev` in the namespace.
     pub fn mac(&self, dev: &str) -> [u8; 6] {
         let text = self.exec("cat", &[&format!("/sys/class/net/{dev}/address")]);
@@ -151,6 +154,7 @@ impl Netns {
         ]);
     }
 
+    /// Creates TAP `name` (multi_queue when `multi_queue`) with `addr` (CIDR) and brings it up.
     pub fn add_tap(&self, name: &str, multi_queue: bool, addr: &str) {
         let mut args = vec!["tuntap", "add", "dev", name, "mode", "tap"];
         if multi_queue {
@@ -325,6 +329,36 @@ impl Drop for NetDaemon {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Mock front-end options acking every feature but the receive offloads (GUEST_CSUM,
+/// GUEST_TSO4/6): the switch checksums and segments in software for such a guest.
+pub fn without_receive_offloads() -> NetOptions {
+    use frontend_guest::net::{
+        VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    };
+    NetOptions {
+        features: ALL_FEATURES
+            & !(1 << VIRTIO_NET_F_GUEST_TSO4
+                | 1 << VIRTIO_NET_F_GUEST_TSO6
+                | 1 << VIRTIO_NET_F_GUEST_CSUM),
+        ..NetOptions::default()
+    }
+}
+
+/// The virtio-net header of a TCP/IPv4 segmentation offload frame built by [`frames::tcp4`]
+/// with a partial checksum: segments of `gso_size` payload bytes.
+pub fn tso4_hdr(gso_size: u16) -> NetHdr {
+    use frontend_guest::net::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4};
+    NetHdr {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+        hdr_len: 54,
+        gso_size,
+        csum_start: 34,
+        csum_offset: 16,
+        num_buffers: 0,
     }
 }
 
