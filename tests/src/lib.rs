@@ -17,6 +17,7 @@ pub mod demo;
 pub mod guest;
 pub mod image;
 pub mod initramfs;
+pub mod netdisk;
 pub mod prereq;
 pub mod procstat;
 pub mod qemu;

@@ -8,45 +8,15 @@
 #![cfg(feature = "nbd")]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use frontend_guest::blk::{BlkStatus, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES};
 use frontend_guest::host::{BlkDevice, BlkOptions};
+use pvio_tests::netdisk::{backend_blk, start_listening, Proc};
 use pvio_tests::tmp::TempDir;
 use pvio_tests::workload::{random_io, DiskModel};
 
 const DISK_BYTES: usize = 16 << 20;
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `cmd` and waits until it listens on the unix socket `socket`.
-fn start_listening(cmd: &mut Command, socket: &Path) -> Proc {
-    let mut child = Proc(
-        cmd.stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")),
-    );
-    let deadline = Instant::now() + START_TIMEOUT;
-    while !pvio_tests::backend::is_listening(socket) {
-        if let Ok(Some(status)) = child.0.try_wait() {
-            panic!("{cmd:?} exited ({status}) instead of listening");
-        }
-        assert!(Instant::now() < deadline, "{cmd:?} does not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
 /// nbdkit's memory plugin on a unix socket (export name "").
 fn nbdkit_memory(dir: &TempDir) -> (Proc, PathBuf) {
     let socket = dir.join("nbdkit.sock");
@@ -60,18 +30,8 @@ fn nbdkit_memory(dir: &TempDir) -> (Proc, PathBuf) {
     (proc, socket)
 }
 
-/// backend-blk serving `url`.
 fn backend(dir: &TempDir, url: &str) -> (Proc, PathBuf) {
-    let socket = dir.join("blk.sock");
-    let bin = pvio_tests::bins::workspace_bin("backend-blk", "backend-blk");
-    let proc = start_listening(
-        Command::new(bin)
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--image", url]),
-        &socket,
-    );
-    (proc, socket)
+    backend_blk(dir.path(), url, &[])
 }
 
 fn connect(socket: &Path) -> BlkDevice {
@@ -163,8 +123,5 @@ fn server_gone_mid_run_fails_requests_and_the_daemon_survives() {
         );
     }
     assert_eq!(q.write(64, &[1; 512]).unwrap(), BlkStatus::IoErr);
-    assert!(
-        matches!(blk.0.try_wait(), Ok(None)),
-        "backend-blk survives the lost server"
-    );
+    assert!(blk.is_running(), "backend-blk survives the lost server");
 }

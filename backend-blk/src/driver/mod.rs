@@ -23,6 +23,8 @@ use crate::image::{Image, ImageError, SECTOR_SIZE};
 pub mod file;
 #[cfg(feature = "nbd")]
 pub mod nbd;
+#[cfg(feature = "rbd")]
+pub mod rbd;
 
 /// iovecs pointing into guest memory.
 pub struct IoVecs(pub Vec<libc::iovec>);
