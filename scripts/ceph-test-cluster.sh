@@ -37,6 +37,7 @@ stop() {
 }
 
 start() {
+    rm -rf "$dir"/mon "$dir"/osd "$dir"/run "$dir"/log
     mkdir -p "$dir"/run "$dir"/log "$dir"/mon/a "$dir"/osd/0
     cat >"$conf" <<CONF
 [global]
@@ -82,13 +83,13 @@ CONF
     ceph-mon -c "$conf" -i a
     local uuid
     uuid=$(cat /proc/sys/kernel/random/uuid)
-    ceph -c "$conf" osd new "$uuid" >/dev/null
+    ceph --connect-timeout 60 -c "$conf" osd new "$uuid" >/dev/null
     ceph-osd -c "$conf" -i 0 --no-mon-config --mkfs --mkkey --osd-uuid "$uuid" \
         >"$dir/log/osd-mkfs.log" 2>&1
-    ceph -c "$conf" auth add osd.0 osd 'allow *' mon 'allow profile osd' \
+    ceph --connect-timeout 60 -c "$conf" auth add osd.0 osd 'allow *' mon 'allow profile osd' \
         -i "$dir/osd/0/keyring" >/dev/null 2>&1
     ceph-osd -c "$conf" -i 0 2>/dev/null
-    ceph -c "$conf" osd pool create rbd 8 8 >/dev/null 2>&1
+    ceph --connect-timeout 60 -c "$conf" osd pool create rbd 8 8 >/dev/null 2>&1
     rbd -c "$conf" pool init rbd
     echo "$conf"
 }

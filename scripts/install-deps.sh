@@ -2,7 +2,8 @@
 # Installs the Debian packages pvio's tests and demo use, only those that are missing:
 # QEMU (qemu-system-x86_64, qemu-storage-daemon), a Linux kernel with its modules and a static
 # busybox for the test guests, fio, the xenstore tools, socat, DPDK's testpmd, iproute2, binutils,
-# and for backend-blk's storage drivers libnbd, clang/libclang (bindgen), nbdkit and qemu-nbd.
+# and for backend-blk's storage drivers libnbd, librbd/librados, clang/libclang (bindgen),
+# nbdkit, qemu-nbd and a Ceph monitor and OSD.
 # Idempotent; uses sudo when not
 # run as root. Debian 12 (bookworm) or later.
 set -euo pipefail
@@ -24,6 +25,11 @@ packages=(
     libnbd-dev        # backend-blk's nbd driver links libnbd
     clang             # bindgen (backend-blk's nbd feature) needs clang's headers
     libclang-dev      # and libclang
+    librbd-dev        # backend-blk's rbd driver links librbd
+    librados-dev      # and librados
+    ceph-mon          # the single-host test cluster of scripts/ceph-test-cluster.sh
+    ceph-osd
+    ceph-common       # ceph, rbd, ceph-authtool, monmaptool
 )
 
 missing=()
