@@ -192,3 +192,73 @@ fn bad_pool_image_or_conf_is_a_clear_error() {
     );
     refused("rbd:rbd", "POOL/IMAGE");
 }
+
+/// A cluster of this test's own (other ports), stopped on drop.
+struct OwnCluster(PathBuf);
+
+impl OwnCluster {
+    fn start(dir: &Path, port: u16) -> OwnCluster {
+        let script = pvio_tests::bins::workspace_root().join("scripts/ceph-test-cluster.sh");
+        let out = Command::new(&script)
+            .args(["start", dir.to_str().unwrap(), &port.to_string()])
+            .output()
+            .expect("run ceph-test-cluster.sh");
+        assert!(
+            out.status.success(),
+            "ceph-test-cluster.sh start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        OwnCluster(dir.to_path_buf())
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.0.join("ceph.conf")
+    }
+
+    /// Stops the OSD by its pid file and waits until it is gone.
+    fn stop_osd(&self) {
+        let pid = std::fs::read_to_string(self.0.join("run/osd.0.pid")).expect("OSD pid file");
+        let pid = nix::unistd::Pid::from_raw(pid.trim().parse().expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill the OSD");
+        while nix::sys::signal::kill(pid, None).is_ok() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let script = pvio_tests::bins::workspace_root().join("scripts/ceph-test-cluster.sh");
+        let _ = Command::new(script)
+            .args(["stop", self.0.to_str().unwrap()])
+            .status();
+    }
+}
+
+#[test]
+fn osd_stopped_mid_run_fails_requests_after_the_timeout_and_the_daemon_survives() {
+    let dir = TempDir::new("rbd-osd").unwrap();
+    let cluster = OwnCluster::start(&dir.join("ceph"), 3410);
+    let conf = cluster.conf();
+    let image = new_image(&conf, "osd");
+    let spec = format!("{}:rados_osd_op_timeout=5", url(&conf, &image));
+    let (mut blk, socket) = backend_blk(dir.path(), &spec, &[]);
+    let mut dev = BlkDevice::connect(
+        &socket,
+        &BlkOptions {
+            io_timeout: std::time::Duration::from_secs(120),
+            ..BlkOptions::default()
+        },
+    )
+    .expect("connect");
+    let q = dev.queue(0).unwrap();
+    assert_eq!(q.write(0, &[7; 4096]).unwrap(), BlkStatus::Ok);
+    cluster.stop_osd();
+    assert_eq!(
+        q.write(4096, &[8; 4096]).unwrap(),
+        BlkStatus::IoErr,
+        "a write to a cluster without OSD fails after rados_osd_op_timeout"
+    );
+    assert_eq!(q.read(0, 4096).unwrap().0, BlkStatus::IoErr);
+    assert!(blk.is_running(), "backend-blk survives the lost OSD");
+}
