@@ -262,3 +262,34 @@ fn osd_stopped_mid_run_fails_requests_after_the_timeout_and_the_daemon_survives(
     assert_eq!(q.read(0, 4096).unwrap().0, BlkStatus::IoErr);
     assert!(blk.is_running(), "backend-blk survives the lost OSD");
 }
+
+#[test]
+fn rbd_resize_reaches_the_front_end() {
+    let conf = shared_conf();
+    let dir = TempDir::new("rbd-resize").unwrap();
+    let image = new_image(&conf, "resize");
+    let (_blk, socket) = backend_blk(dir.path(), &url(&conf, &image), &[]);
+    let opts = BlkOptions {
+        backend_channel: true,
+        ..BlkOptions::default()
+    };
+    let mut dev = BlkDevice::connect(&socket, &opts).expect("connect");
+    assert_eq!(dev.config().capacity, DISK_BYTES as u64 / 512);
+    let channel = dev.backend_channel().expect("back-end channel");
+    let seen = channel.config_changes();
+    rbd(
+        &conf,
+        &["resize", "--size", &format!("{}M", 2 * DISK_MIB), &image],
+    );
+    let now = channel.wait_config_change(seen, std::time::Duration::from_secs(60));
+    assert!(
+        now > seen,
+        "no VHOST_USER_BACKEND_CONFIG_CHANGE_MSG after rbd resize"
+    );
+    let capacity = dev.reread_config().expect("GET_CONFIG").capacity;
+    assert_eq!(capacity, 2 * DISK_BYTES as u64 / 512);
+    let q = dev.queue(0).unwrap();
+    let data = vec![0x5c; 4096];
+    assert_eq!(q.write(capacity - 8, &data).unwrap(), BlkStatus::Ok);
+    assert_eq!(q.read(capacity - 8, 4096).unwrap(), (BlkStatus::Ok, data));
+}
