@@ -336,3 +336,35 @@ impl Disk {
 pub fn done_bytes(bytes: u64) -> i32 {
     i32::try_from(bytes).unwrap_or(i32::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_of_drivers_not_built_are_refused_by_name() {
+        for (url, feature) in [
+            ("nbd://localhost/x", "nbd"),
+            ("nbd+unix:///?socket=/s", "nbd"),
+            ("rbd:pool/image", "rbd"),
+        ] {
+            if (feature == "nbd" && cfg!(feature = "nbd"))
+                || (feature == "rbd" && cfg!(feature = "rbd"))
+            {
+                continue;
+            }
+            match Disk::open(Path::new(url), false, false) {
+                Err(ImageError::NotBuilt { feature: f, .. }) => assert_eq!(f, feature),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_path_is_a_file() {
+        let disk = Disk::open(Path::new("/proc/version"), true, false).unwrap();
+        assert!(disk.file().is_some());
+        assert!(disk.capabilities().read_only);
+        assert!(!disk.capabilities().discard);
+    }
+}
