@@ -5,15 +5,23 @@
 //! crosses guest memory regions becomes several iovecs). A transfer that completes short, or
 //! that has more iovecs than one `readv` takes (`UIO_MAXIOV`), is resubmitted for the rest.
 //! Each in-flight request owns a load guard of the guest memory it points into, so a
-//! VHOST_USER_SET_MEM_TABLE cannot unmap it while the kernel may still touch it.
+//! VHOST_USER_SET_MEM_TABLE or REM_MEM_REG cannot unmap it while the kernel may still touch it.
+//!
+//! Dirty-page logging (live migration, vhost-user.rst "Migration"): guest memory carries
+//! vhost-daemon's [`DirtyBitmap`], so writes through vm-memory (status bytes, GET_ID
+//! data, used-ring entries) mark their pages in the front-end's log by themselves. The
+//! storage's writes for a read do not pass through vm-memory: a read keeps the bitmap slices of
+//! its buffers and marks them when it completes, before the chain is put in the used ring.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use log::{info, log, trace, warn, Level};
+use vhost_daemon::memory::DirtyBitmap;
 use vhost_user_backend::VringT;
 use virtio_queue::{DescriptorChain, QueueT};
+use vm_memory::bitmap::Bitmap;
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend};
 
 use crate::device::BlockDevice;
@@ -387,7 +395,7 @@ impl QueueWorker {
         if remaining == 0 {
             return Start::Done(Status::Ok, 0);
         }
-        let Some(iovecs) = iovecs(mem, buffers) else {
+        let Some(HostBuffers { iovecs, dirty }) = host_buffers(mem, buffers, !write) else {
             warn!(
                 "queue {}: guest buffers vanished from guest memory",
                 self.queue_index
@@ -414,6 +422,7 @@ impl QueueWorker {
             iovecs: IoVecs(iovecs),
             next: 0,
             offset,
+            dirty,
             remaining,
         };
         Start::Submit(op, data_written)
@@ -504,6 +513,12 @@ impl QueueWorker {
     }
 
     fn finish(&mut self, entry: InFlight, status: Status) {
+        // The storage may have written any part of a read's buffers, even one that failed.
+        if let Op::Transfer { dirty, .. } = &entry.op {
+            for (bitmap, len) in dirty {
+                bitmap.mark_dirty(0, *len);
+            }
+        }
         let written = if status == Status::Ok {
             entry.data_written
         } else {
@@ -613,16 +628,35 @@ fn plan_range(sector: u64, sectors: u32, op: impl FnOnce(u64, u64) -> Op) -> Sta
     Start::Submit(op, 0)
 }
 
-/// Host iovecs for guest `buffers`, one per guest memory region each buffer touches.
-fn iovecs(mem: &GuestRam, buffers: &[GuestRange]) -> Option<Vec<libc::iovec>> {
-    let mut out = Vec::with_capacity(buffers.len());
+/// Guest buffers as the kernel and the dirty log see them.
+struct HostBuffers {
+    /// One iovec per guest memory region each buffer touches.
+    iovecs: Vec<libc::iovec>,
+    /// The dirty-log bitmap of each piece and its length (only when collected).
+    dirty: Vec<(DirtyBitmap, usize)>,
+}
+
+/// Host iovecs for guest `buffers`, with their dirty-log bitmaps when the device will write
+/// them (`device_writes`).
+fn host_buffers(
+    mem: &GuestRam,
+    buffers: &[GuestRange],
+    device_writes: bool,
+) -> Option<HostBuffers> {
+    let mut out = HostBuffers {
+        iovecs: Vec::with_capacity(buffers.len()),
+        dirty: Vec::new(),
+    };
     for b in buffers {
         for slice in GuestMemoryBackend::get_slices(mem, b.addr, b.len as usize) {
             let slice = slice.ok()?;
-            out.push(libc::iovec {
+            out.iovecs.push(libc::iovec {
                 iov_base: slice.ptr_guard_mut().as_ptr().cast(),
                 iov_len: slice.len(),
             });
+            if device_writes {
+                out.dirty.push((slice.bitmap().clone(), slice.len()));
+            }
         }
     }
     Some(out)
@@ -667,6 +701,7 @@ mod tests {
                 iovecs: IoVecs(iovecs),
                 next: 0,
                 offset: 4096,
+                dirty: Vec::new(),
                 remaining,
             },
             mem: vm_memory::GuestMemoryAtomic::new(ram).memory(),

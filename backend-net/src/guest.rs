@@ -10,12 +10,28 @@
 
 use std::ops::Range;
 
+use vhost_daemon::memory::DirtyBitmap;
 pub use vhost_daemon::memory::{GuestRam, GuestRamAtomic, GuestRamGuard, Vring};
 use virtio_queue::DescriptorChain;
+use vm_memory::bitmap::Bitmap;
 use vm_memory::{GuestAddress, GuestMemoryBackend, VolatileSlice};
 
 /// A piece of guest memory mapped in this process.
-pub type Slice<'m> = VolatileSlice<'m, ()>;
+pub type Slice<'m> = VolatileSlice<'m, DirtyBitmap>;
+
+/// Marks the first `len` bytes of `slices` dirty in the front-end's log, for data the kernel
+/// wrote into them (a READV from the TAP), which vm-memory does not see.
+pub fn mark_written(slices: &[Slice<'_>], len: usize) {
+    let mut left = len;
+    for s in slices {
+        if left == 0 {
+            break;
+        }
+        let n = s.len().min(left);
+        s.bitmap().mark_dirty(0, n);
+        left -= n;
+    }
+}
 
 /// A descriptor chain the device cannot use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -197,10 +213,11 @@ impl<'a, 'm> Cursor<'a, 'm> {
                     return done + moved;
                 };
                 // `to.len() <= from.len() - moved`, so the subslice is in range.
-                if let Ok(part) = from.subslice(moved, to.len()) {
+                let n = to.len();
+                if let Ok(part) = from.subslice(moved, n) {
                     part.copy_to_volatile_slice(to);
                 }
-                moved += to.len();
+                moved += n;
             }
             done += moved;
         }

@@ -1,7 +1,8 @@
 //! A TAP device opened for virtio-net frames (linux/if_tun.h, Documentation/networking/tuntap.rst).
 //!
 //! Each queue is a file descriptor of /dev/net/tun attached to the named, already existing TAP
-//! with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` (and `IFF_MULTI_QUEUE` for more than one queue),
+//! with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` (and `IFF_MULTI_QUEUE` for more than one queue, or
+//! when the TAP was made multi-queue),
 //! non-blocking. Every frame read or written is preceded by a virtio-net header of the size set
 //! with TUNSETVNETHDRSZ, so offloads pass through; TUNSETOFFLOAD says which offloads the kernel
 //! may leave in frames it hands over (what the driver acked as GUEST_CSUM / GUEST_TSO*).
@@ -85,10 +86,20 @@ pub fn open(name: &str, queues: u16) -> Result<Vec<TapQueue>, TapError> {
     if !Path::new("/sys/class/net").join(name).exists() {
         return Err(TapError::Missing(name.to_string()));
     }
-    let multi_queue = queues > 1;
+    // A TAP made multi-queue (`ip tuntap add ... multi_queue`) takes only IFF_MULTI_QUEUE
+    // attachments, even for one queue: several back-ends can then share it (live migration).
+    let multi_queue = queues > 1 || made_multi_queue(name);
     (0..queues)
         .map(|_| TapQueue::open(name, multi_queue))
         .collect()
+}
+
+/// Whether TAP `name` was created with IFF_MULTI_QUEUE (its sysfs `tun_flags`, hex).
+fn made_multi_queue(name: &str) -> bool {
+    std::fs::read_to_string(Path::new("/sys/class/net").join(name).join("tun_flags"))
+        .ok()
+        .and_then(|t| i64::from_str_radix(t.trim().trim_start_matches("0x"), 16).ok())
+        .is_some_and(|flags| flags & i64::from(libc::IFF_MULTI_QUEUE) != 0)
 }
 
 impl TapQueue {

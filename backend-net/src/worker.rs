@@ -24,7 +24,7 @@ use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::GuestAddressSpace;
 
 use crate::device::Acked;
-use crate::guest::{walk, Cursor, GuestRam, GuestRamAtomic, Slice, Vring};
+use crate::guest::{mark_written, walk, Cursor, GuestRam, GuestRamAtomic, Slice, Vring};
 use crate::hdr::{HdrError, NetHdr, TxLimits, HDR_LEN};
 use crate::mac::MacAddr;
 use crate::port::{notify, Port};
@@ -506,10 +506,12 @@ fn direct_read(t: &mut TapPath, cx: &RxContext<'_>, n: usize) -> Option<ReadOutc
             }
             continue;
         };
+        let src = &arena[kept[i].1.clone()];
+        // The kernel wrote the frame into the chain: log it even if the frame is dropped.
+        mark_written(src, bytes);
         if bytes < hdr_len + crate::mac::ETH_HLEN {
             continue;
         }
-        let src = &arena[kept[i].1.clone()];
         let mut dst_mac = [0u8; 6];
         let mut c = Cursor::new(src);
         c.skip(hdr_len);

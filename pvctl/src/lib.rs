@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 use xenbus::DeviceKind::{Vbd, Vif};
 use xenstore_lite::client::socket_path_from_env;
-use xenstore_lite::{Client, ClientError};
+use xenstore_lite::{error_chain, Client, ClientError};
 
 use crate::cli::{Cli, Command, DiskCommand, DomainCommand, NicCommand};
 pub use crate::error::{PvctlError, Result};
@@ -48,18 +48,6 @@ pub fn run(cli: &Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// `error` and its sources, joined by ": ".
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        line.push_str(": ");
-        line.push_str(&s.to_string());
-        source = s.source();
-    }
-    line
 }
 
 fn execute(cli: &Cli) -> Result<()> {

@@ -103,6 +103,9 @@ pub struct BlkBackendConfig {
     /// Open the image with O_DIRECT (`Some(true)`), without (`Some(false)`), or as the
     /// back-end does by default (`None`).
     pub direct: Option<bool>,
+    /// Another back-end instance serves the same image at the same time (live migration):
+    /// qemu-storage-daemon then needs `locking=off`; backend-blk takes no lock.
+    pub shared: bool,
 }
 
 impl BlkBackendConfig {
@@ -114,6 +117,7 @@ impl BlkBackendConfig {
             num_queues,
             readonly: false,
             direct: None,
+            shared: false,
         }
     }
 
@@ -152,8 +156,9 @@ impl BlkBackendConfig {
                 let mut cmd =
                     Command::new(prereq::program("qemu-storage-daemon", "qemu-system-x86")?);
                 let direct = format!(",cache.direct={}", on_off(self.direct.unwrap_or(false)));
+                let locking = if self.shared { ",locking=off" } else { "" };
                 cmd.arg("--blockdev").arg(format!(
-                    "driver=file,node-name=file0,filename={},aio=io_uring{direct}",
+                    "driver=file,node-name=file0,filename={},aio=io_uring{direct}{locking}",
                     self.image.display()
                 ));
                 cmd.args([

@@ -69,14 +69,23 @@ impl GuestKit {
         script: &str,
         configure: impl FnOnce(&mut Guest),
     ) -> Result<GuestRun, Error> {
+        let run = self.guest(script, configure)?.run()?;
+        run.console.check_exit()?;
+        Ok(run)
+    }
+
+    /// The machine that [`GuestKit::boot`] would run, with its initramfs written, for callers
+    /// that start QEMU themselves (e.g. [`Guest::spawn`] for a migration).
+    ///
+    /// # Errors
+    /// Writing the initramfs fails, or `PVIO_QEMU_ACCEL` is bad.
+    pub fn guest(&self, script: &str, configure: impl FnOnce(&mut Guest)) -> Result<Guest, Error> {
         let n = self.runs.get();
         self.runs.set(n + 1);
         let initrd = self.dir.join(&format!("initrd-{n}.cpio"));
         self.initramfs.write(&initrd, script)?;
         let mut guest = Guest::new(&self.kernel.image, &initrd)?;
         configure(&mut guest);
-        let run = guest.run()?;
-        run.console.check_exit()?;
-        Ok(run)
+        Ok(guest)
     }
 }

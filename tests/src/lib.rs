@@ -6,8 +6,9 @@
 //! [`initramfs`] packs a busybox guest whose `/init` runs a shell script, [`qemu`] boots it
 //! with a vhost-user-blk disk, and [`console`] reads the `@@pvio key value` lines the script
 //! printed; [`guest::GuestKit`] ties the guest side together. [`demo`] is the README's main
-//! job built from the same parts. [`xenstore`] runs the store for the XenBus handshake tests;
-//! [`vmm`] runs pvio's own VMM and guest.
+//! job built from the same parts; [`migration`] moves a running guest between two QEMU processes.
+//! [`xenstore`] runs the store for the XenBus handshake tests; [`vmm`] runs pvio's own VMM and
+//! guest.
 
 pub mod backend;
 pub mod bins;
@@ -15,8 +16,10 @@ pub mod console;
 pub mod cpio;
 pub mod demo;
 pub mod guest;
+pub mod hostile;
 pub mod image;
 pub mod initramfs;
+pub mod migration;
 pub mod netdisk;
 pub mod prereq;
 pub mod procstat;

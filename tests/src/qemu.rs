@@ -27,8 +27,9 @@ pub const ACCEL_ENV: &str = "PVIO_QEMU_ACCEL";
 pub const ECHO_ENV: &str = "PVIO_GUEST_ECHO";
 
 /// The kernel command line: serial console, few messages, reboot (so exit, with -no-reboot) at
-/// once on panic.
-const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1";
+/// once on panic, and no early check of the timer interrupt (under TCG on a loaded host the
+/// kernel otherwise may panic "IO-APIC + timer doesn't work!", seen in a migration test).
+const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1 no_timer_check";
 
 /// How often a running guest is checked for exit, deadline and cancellation.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -148,6 +149,10 @@ pub struct Guest {
     /// When set to true by someone else (e.g. a signal handler), the run kills QEMU and fails
     /// with [`Error::Cancelled`].
     pub cancel: Option<&'static AtomicBool>,
+    /// A QMP monitor listening on this unix socket (`-qmp unix:PATH,server=on,wait=off`).
+    pub qmp: Option<PathBuf>,
+    /// Wait for an incoming migration from this URI (`-incoming unix:PATH`) instead of booting.
+    pub incoming: Option<String>,
 }
 
 /// What a finished run left.
@@ -178,6 +183,8 @@ impl Guest {
             deadline: Duration::from_secs(180),
             echo: std::env::var_os(ECHO_ENV).map(|_| "guest| ".to_string()),
             cancel: None,
+            qmp: None,
+            incoming: None,
         })
     }
 
@@ -202,6 +209,13 @@ impl Guest {
         args.extend(["-kernel".into(), self.kernel.display().to_string()]);
         args.extend(["-initrd".into(), self.initrd.display().to_string()]);
         args.extend(["-append".into(), KERNEL_CMDLINE.into()]);
+        if let Some(qmp) = &self.qmp {
+            args.push("-qmp".into());
+            args.push(format!("unix:{},server=on,wait=off", qmp.display()));
+        }
+        if let Some(uri) = &self.incoming {
+            args.extend(["-incoming".into(), uri.clone()]);
+        }
         for (i, disk) in self.disks.iter().enumerate() {
             args.push("-chardev".into());
             let reconnect = if disk.reconnect { ",reconnect=1" } else { "" };
@@ -239,6 +253,14 @@ impl Guest {
     /// deadline ([`Error::Timeout`]) or on cancellation ([`Error::Cancelled`]). A guest whose
     /// script failed still powers off normally: check [`Console::check_exit`].
     pub fn run(&self) -> Result<GuestRun, Error> {
+        self.spawn()?.finish()
+    }
+
+    /// Starts QEMU and returns at once; the console is collected in the background.
+    ///
+    /// # Errors
+    /// QEMU or the kernel is missing, or QEMU fails to start.
+    pub fn spawn(&self) -> Result<RunningGuest, Error> {
         let qemu = prereq::program("qemu-system-x86_64", "qemu-system-x86")?;
         prereq::file(&self.kernel, "linux-image-amd64")?;
         let start = Instant::now();
@@ -259,46 +281,104 @@ impl Guest {
             let _ = BufReader::new(stderr).read_to_string(&mut text);
             text
         });
+        Ok(RunningGuest {
+            child,
+            console,
+            console_reader: Some(console_reader),
+            stderr_reader: Some(stderr_reader),
+            start,
+            deadline: self.deadline,
+            cancel: self.cancel,
+        })
+    }
+}
 
-        let waited = self.wait(&mut child, start);
+/// A QEMU process started by [`Guest::spawn`]; killed when dropped unfinished.
+#[derive(Debug)]
+pub struct RunningGuest {
+    child: Child,
+    console: Arc<Mutex<Vec<u8>>>,
+    console_reader: Option<JoinHandle<()>>,
+    stderr_reader: Option<JoinHandle<String>>,
+    start: Instant,
+    deadline: Duration,
+    cancel: Option<&'static AtomicBool>,
+}
+
+impl RunningGuest {
+    /// The console output so far.
+    pub fn console(&self) -> Console {
+        let raw = self.console.lock().unwrap_or_else(|e| e.into_inner());
+        Console::new(&String::from_utf8_lossy(&raw))
+    }
+
+    /// Whether QEMU has exited.
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits until the console holds at least `count` `@@pvio key ...` markers or QEMU exits;
+    /// returns whether it does by `timeout`.
+    pub fn wait_markers(&mut self, key: &str, count: usize, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        loop {
+            if self.console().markers(key).len() >= count {
+                return true;
+            }
+            if self.has_exited() || Instant::now() > until {
+                return false;
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Waits for QEMU to exit (the guest powered off, or QEMU was told to quit), the run's
+    /// deadline (counted from the start), or cancellation.
+    ///
+    /// # Errors
+    /// As [`Guest::run`].
+    pub fn finish(mut self) -> Result<GuestRun, Error> {
+        let waited = self.wait();
         // QEMU has exited (or was killed): its pipes are closed, the readers end.
-        let _ = console_reader.join();
-        let stderr = stderr_reader.join().unwrap_or_default();
-        let text = String::from_utf8_lossy(&console.lock().unwrap_or_else(|e| e.into_inner()))
-            .into_owned();
+        if let Some(reader) = self.console_reader.take() {
+            let _ = reader.join();
+        }
+        let stderr = self
+            .stderr_reader
+            .take()
+            .and_then(|r| r.join().ok())
+            .unwrap_or_default();
+        let console = self.console();
         match waited {
             Ok(status) if status.success() => Ok(GuestRun {
-                console: Console::new(&text),
-                wall: start.elapsed(),
+                console,
+                wall: self.start.elapsed(),
             }),
             Ok(status) => Err(Error::Failed {
                 status,
                 stderr,
-                console: Console::new(&text).text().to_string(),
+                console: console.text().to_string(),
             }),
             Err(WaitEnd::Timeout) => Err(Error::Timeout {
                 deadline: self.deadline,
-                console: Console::new(&text).text().to_string(),
+                console: console.text().to_string(),
             }),
             Err(WaitEnd::Cancelled) => Err(Error::Cancelled),
             Err(WaitEnd::Io(e)) => Err(Error::Spawn(e)),
         }
     }
 
-    /// Polls `child` until it exits; kills it at the deadline or on cancellation.
-    fn wait(&self, child: &mut Child, start: Instant) -> Result<ExitStatus, WaitEnd> {
+    /// Polls the child until it exits; kills it at the deadline or on cancellation.
+    fn wait(&mut self) -> Result<ExitStatus, WaitEnd> {
         loop {
-            if let Some(status) = child.try_wait().map_err(WaitEnd::Io)? {
+            if let Some(status) = self.child.try_wait().map_err(WaitEnd::Io)? {
                 return Ok(status);
             }
-            let cancelled = self
-                .cancel
-                .as_ref()
-                .is_some_and(|c| c.load(Ordering::Relaxed));
-            if cancelled || start.elapsed() > self.deadline {
+            let cancelled = self.cancel.is_some_and(|c| c.load(Ordering::Relaxed));
+            if cancelled || self.start.elapsed() > self.deadline {
                 // Killing an exited child fails harmlessly; wait reaps it either way.
-                let _ = child.kill();
-                child.wait().map_err(WaitEnd::Io)?;
+                let _ = self.child.kill();
+                self.child.wait().map_err(WaitEnd::Io)?;
                 return Err(if cancelled {
                     WaitEnd::Cancelled
                 } else {
@@ -306,6 +386,15 @@ impl Guest {
                 });
             }
             std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+}
+
+impl Drop for RunningGuest {
+    fn drop(&mut self) {
+        if !self.has_exited() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }

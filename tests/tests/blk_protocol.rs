@@ -31,6 +31,7 @@ use frontend_guest::virtq::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
     VIRTQ_DESC_F_WRITE,
 };
+use vhost::{VhostUserDirtyLogRegion, VhostUserMemoryRegionInfo};
 
 const IMAGE_BYTES: u64 = 8 << 20;
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -1232,4 +1233,342 @@ fn reconnect_after_clean_and_abrupt_disconnects() {
     assert_eq!(q.read(900, 4096).unwrap(), (BlkStatus::Ok, first));
     assert_eq!(q.read(908, 4096).unwrap(), (BlkStatus::Ok, second));
     d.assert_alive();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory hot-plug (VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS) and the dirty-page log
+// (VHOST_USER_PROTOCOL_F_LOG_SHMFD), vhost-user.rst.
+
+/// Guest-physical address of the region the tests add, far above the connection's RAM.
+const EXTRA_GPA: u64 = 1 << 30;
+/// Size of the added region.
+const EXTRA_BYTES: u64 = 4 << 20;
+/// Bytes per request into the added region.
+const CHUNK: u32 = 64 << 10;
+
+/// A memfd-backed region for VHOST_USER_ADD_MEM_REG at guest-physical `gpa`; the test reads
+/// and writes it through its own mapping (`ram`, at offset `gpa - region.guest_phys_addr`).
+struct ExtraRegion {
+    ram: HostRam,
+    info: VhostUserMemoryRegionInfo,
+}
+
+impl ExtraRegion {
+    fn new(gpa: u64, size: u64) -> Self {
+        let ram = HostRam::new(size).expect("memfd for an extra region");
+        let mut info = ram.region_info().expect("region info");
+        info.guest_phys_addr = gpa;
+        ExtraRegion { ram, info }
+    }
+}
+
+/// Submits a read (or write, with `data`) of `len` bytes at `sector` whose data buffer is at
+/// guest-physical `data_gpa`; header and status byte live in the connection's RAM. Returns the
+/// token and the status byte's address.
+fn submit_at(
+    dev: &mut BlkDevice,
+    sector: u64,
+    data_gpa: u64,
+    len: u32,
+    write: bool,
+) -> (frontend_guest::host::Token, u64) {
+    let ram = std::sync::Arc::clone(dev.ram());
+    let s = Scratch(&ram);
+    let kind = if write {
+        VIRTIO_BLK_T_OUT
+    } else {
+        VIRTIO_BLK_T_IN
+    };
+    let header = s.header(kind, sector);
+    let status = s.status();
+    let chain = linked(&[
+        (header, 16, false),
+        (data_gpa, len, !write),
+        (status, 1, true),
+    ]);
+    let token = dev.queue(0).unwrap().submit_raw(&chain).expect("submit");
+    (token, status)
+}
+
+/// Waits for `token` and returns its status byte.
+fn status_of(dev: &mut BlkDevice, token: frontend_guest::host::Token, status: u64) -> u8 {
+    dev.queue(0)
+        .unwrap()
+        .complete(token, TIMEOUT)
+        .expect("the request completes");
+    Scratch(dev.ram()).byte(status)
+}
+
+#[test]
+fn memory_added_and_removed_with_requests_in_flight() {
+    let mut d = Daemon::start("memslot", DaemonArgs::default());
+    let mut dev = d.connect(1);
+    assert!(dev
+        .connection()
+        .protocol_features()
+        .contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS));
+    let slots = dev
+        .connection_mut()
+        .max_mem_slots()
+        .expect("GET_MAX_MEM_SLOTS");
+    assert!(slots >= 8, "VHOST_USER_GET_MAX_MEM_SLOTS = {slots}");
+
+    // Requests in flight while the region is added keep working.
+    let before: Vec<_> = (0..8)
+        .map(|i| dev.queue(0).unwrap().submit_read(i * 128, 4096).unwrap())
+        .collect();
+    let extra = ExtraRegion::new(EXTRA_GPA, EXTRA_BYTES);
+    dev.connection_mut()
+        .add_mem_region(&extra.info)
+        .expect("VHOST_USER_ADD_MEM_REG");
+    for (i, t) in (0u64..).zip(before) {
+        let c = dev.queue(0).unwrap().complete(t, TIMEOUT).unwrap();
+        assert_eq!(
+            (c.status, c.data),
+            (Some(BlkStatus::Ok), sectors(i * 128, 8))
+        );
+    }
+
+    // Chains whose data lies in the added region are served both ways.
+    let data = pattern(CHUNK as usize, 77);
+    extra.ram.write(0, &data).unwrap();
+    let (t, st) = submit_at(&mut dev, 2048, EXTRA_GPA, CHUNK, true);
+    assert_eq!(
+        status_of(&mut dev, t, st),
+        VIRTIO_BLK_S_OK,
+        "write from added memory"
+    );
+    assert_eq!(d.file_at(2048, CHUNK as usize), data);
+    let (t, st) = submit_at(&mut dev, 0, EXTRA_GPA + u64::from(CHUNK), CHUNK, false);
+    assert_eq!(
+        status_of(&mut dev, t, st),
+        VIRTIO_BLK_S_OK,
+        "read into added memory"
+    );
+    assert_eq!(
+        extra
+            .ram
+            .read_vec(u64::from(CHUNK), CHUNK as usize)
+            .unwrap(),
+        sectors(0, u64::from(CHUNK) / 512)
+    );
+
+    // Reads into the region in flight while it is removed: each either finished before the
+    // removal, with its data in place, or found its buffer gone and failed cleanly.
+    // 32 chains of 3 descriptors fit the queue.
+    let n = 32;
+    let in_flight: Vec<_> = (0..n)
+        .map(|i| {
+            submit_at(
+                &mut dev,
+                4096 + i * 128,
+                EXTRA_GPA + i * u64::from(CHUNK),
+                CHUNK,
+                false,
+            )
+        })
+        .collect();
+    dev.connection_mut()
+        .remove_mem_region(&extra.info)
+        .expect("VHOST_USER_REM_MEM_REG");
+    for (i, (t, st)) in (0u64..).zip(in_flight) {
+        match status_of(&mut dev, t, st) {
+            VIRTIO_BLK_S_OK => assert_eq!(
+                extra
+                    .ram
+                    .read_vec(i * u64::from(CHUNK), CHUNK as usize)
+                    .unwrap(),
+                sectors(4096 + i * 128, u64::from(CHUNK) / 512),
+                "read {i} completed OK with other data"
+            ),
+            other => assert_eq!(other, VIRTIO_BLK_S_IOERR, "read {i}"),
+        }
+    }
+    // After the removal, a chain pointing there fails alone; the queue goes on.
+    let (t, st) = submit_at(&mut dev, 0, EXTRA_GPA, 512, false);
+    assert_eq!(
+        status_of(&mut dev, t, st),
+        VIRTIO_BLK_S_IOERR,
+        "removed memory"
+    );
+    d.assert_alive();
+    assert_queue_works(dev.queue(0).unwrap(), &d, 64, 5);
+}
+
+/// Sends `what` (a request the back-end must refuse); checks the refusal reaches the front-end
+/// as an error reply, the daemon lives, and a new front-end is served. vhost-user-backend 0.24
+/// ends the session after any refused request.
+fn assert_refused_then_served(
+    d: &mut Daemon,
+    what: &str,
+    send: impl FnOnce(&mut BlkDevice) -> frontend_guest::host::Result<()>,
+) {
+    let mut dev = d.connect(1);
+    let res = send(&mut dev);
+    assert!(res.is_err(), "{what} must be refused");
+    drop(dev);
+    d.assert_alive();
+    let mut dev = d.connect(1);
+    assert_queue_works(dev.queue(0).unwrap(), d, 72, what.len() as u8);
+}
+
+#[test]
+fn bad_memory_regions_are_refused() {
+    let mut d = Daemon::start("badreg", DaemonArgs::default());
+    let extra = ExtraRegion::new(EXTRA_GPA, EXTRA_BYTES);
+    assert_refused_then_served(&mut d, "a region overlapping guest RAM", |dev| {
+        let mut info = extra.info;
+        info.guest_phys_addr = 0;
+        dev.connection_mut().add_mem_region(&info)
+    });
+    assert_refused_then_served(&mut d, "a region past the end of its file", |dev| {
+        let mut info = extra.info;
+        info.memory_size = 4 * EXTRA_BYTES;
+        dev.connection_mut().add_mem_region(&info)
+    });
+    assert_refused_then_served(&mut d, "a region whose fd cannot be mapped", |dev| {
+        let (read_end, _write_end) = nix::unistd::pipe().expect("pipe");
+        let mut info = extra.info;
+        info.mmap_handle = std::os::fd::AsRawFd::as_raw_fd(&read_end);
+        dev.connection_mut().add_mem_region(&info)
+    });
+    assert_refused_then_served(&mut d, "a zero-sized region", |dev| {
+        let mut info = extra.info;
+        info.memory_size = 0;
+        dev.connection_mut().add_mem_region(&info)
+    });
+}
+
+/// Size of the dirty log the tests hand over: one bit per 4 KiB page of guest memory up to
+/// [`EXTRA_GPA`] + [`EXTRA_BYTES`].
+const LOG_BYTES: u64 = (EXTRA_GPA + EXTRA_BYTES) / 4096 / 8;
+
+/// Whether the log in `log` marks the 4 KiB page holding guest-physical `gpa`.
+fn logged(log: &HostRam, gpa: u64) -> bool {
+    let page = gpa / 4096;
+    log.read_vec(page / 8, 1).unwrap()[0] & (1 << (page % 8)) != 0
+}
+
+fn log_region(log: &HostRam, size: u64) -> VhostUserDirtyLogRegion {
+    VhostUserDirtyLogRegion {
+        mmap_size: size,
+        mmap_offset: 0,
+        mmap_handle: log.region_info().unwrap().mmap_handle,
+    }
+}
+
+#[test]
+fn dirty_log_marks_every_page_the_device_writes() {
+    let mut d = Daemon::start("dirty", DaemonArgs::default());
+    let mut dev = d.connect(1);
+    assert!(dev.offered_features() & (1 << 26) != 0, "VHOST_F_LOG_ALL");
+    let log = HostRam::new(LOG_BYTES).unwrap();
+    dev.connection_mut()
+        .set_log_base(log_region(&log, LOG_BYTES))
+        .expect("VHOST_USER_SET_LOG_BASE");
+    let ram = std::sync::Arc::clone(dev.ram());
+    // Data buffers on pages of their own, so each mark can only come from that buffer.
+    let read_buf = ram.alloc(3 * 4096, 4096).unwrap();
+    let write_buf = ram.alloc(4096, 4096).unwrap();
+    ram.write(write_buf, &pattern(4096, 9)).unwrap();
+
+    let (t, st) = submit_at(&mut dev, 8, read_buf, 3 * 4096, false);
+    assert_eq!(status_of(&mut dev, t, st), VIRTIO_BLK_S_OK);
+    for page in 0..3 {
+        assert!(
+            logged(&log, read_buf + page * 4096),
+            "page {page} of a read's data (written by io_uring) is not logged"
+        );
+    }
+    assert!(logged(&log, st), "the status byte's page is not logged");
+    let used = dev.queue(0).unwrap().layout().used_ring;
+    assert!(logged(&log, used), "the used ring's page is not logged");
+
+    let (t, st) = submit_at(&mut dev, 80, write_buf, 4096, true);
+    assert_eq!(status_of(&mut dev, t, st), VIRTIO_BLK_S_OK);
+    assert!(
+        !logged(&log, write_buf),
+        "a write's data (only read by the device) is logged"
+    );
+    assert_eq!(d.file_at(80, 4096), pattern(4096, 9));
+}
+
+#[test]
+fn bad_dirty_logs_are_refused() {
+    let mut d = Daemon::start("badlog", DaemonArgs::default());
+    let small = HostRam::new(4096).unwrap();
+    assert_refused_then_served(&mut d, "a log too small for guest memory", |dev| {
+        // One byte of log covers 32 KiB of guest memory: the connection's RAM is larger.
+        dev.connection_mut().set_log_base(log_region(&small, 1))
+    });
+    assert_refused_then_served(&mut d, "a log whose fd cannot be mapped", |dev| {
+        let (read_end, _write_end) = nix::unistd::pipe().expect("pipe");
+        let mut region = log_region(&small, 4096);
+        region.mmap_handle = std::os::fd::AsRawFd::as_raw_fd(&read_end);
+        dev.connection_mut().set_log_base(region)
+    });
+    assert_refused_then_served(&mut d, "a log of size zero", |dev| {
+        dev.connection_mut().set_log_base(log_region(&small, 0))
+    });
+    // A front-end grows its log before it adds memory (QEMU does): a region the log does not
+    // cover could not be logged, so it is refused.
+    let covers_ram = HostRam::new(LOG_BYTES).unwrap();
+    let extra = ExtraRegion::new(EXTRA_GPA, EXTRA_BYTES);
+    assert_refused_then_served(&mut d, "a region outside the dirty log", |dev| {
+        let ram_pages = dev.ram().size() / 4096;
+        dev.connection_mut()
+            .set_log_base(log_region(&covers_ram, ram_pages.div_ceil(8)))
+            .expect("a log covering guest RAM is taken");
+        dev.connection_mut().add_mem_region(&extra.info)
+    });
+}
+
+#[test]
+fn reset_device_is_acknowledged_and_the_next_session_works() {
+    let mut d = Daemon::start("reset", DaemonArgs::default());
+    let mut dev = d.connect(1);
+    assert_queue_works(dev.queue(0).unwrap(), &d, 96, 1);
+    dev.connection_mut()
+        .reset_device()
+        .expect("VHOST_USER_RESET_DEVICE");
+    drop(dev);
+    d.assert_alive();
+    let mut dev = d.connect(2);
+    assert_queue_works(dev.queue(1).unwrap(), &d, 104, 2);
+}
+
+/// Regions that arrive after VHOST_USER_SET_LOG_BASE (ADD_MEM_REG, or a whole new
+/// SET_MEM_TABLE) are logged too: vhost-user-backend 0.24 arms only the regions of the moment,
+/// vhost-daemon arms the later ones.
+#[test]
+fn regions_added_after_the_log_are_logged() {
+    let mut d = Daemon::start("dirty-add", DaemonArgs::default());
+    let mut dev = d.connect(1);
+    let log = HostRam::new(LOG_BYTES).unwrap();
+    dev.connection_mut()
+        .set_log_base(log_region(&log, LOG_BYTES))
+        .expect("VHOST_USER_SET_LOG_BASE");
+    let extra = ExtraRegion::new(EXTRA_GPA, EXTRA_BYTES);
+    dev.connection_mut()
+        .add_mem_region(&extra.info)
+        .expect("VHOST_USER_ADD_MEM_REG");
+    let (t, st) = submit_at(&mut dev, 16, EXTRA_GPA + 8192, 4096, false);
+    assert_eq!(status_of(&mut dev, t, st), VIRTIO_BLK_S_OK);
+    assert!(
+        logged(&log, EXTRA_GPA + 8192),
+        "a read into a region added after SET_LOG_BASE is not logged"
+    );
+
+    // The same RAM handed over again as a new table: its new regions are logged as well.
+    let ram = std::sync::Arc::clone(dev.ram());
+    dev.connection_mut()
+        .set_mem_table(&ram)
+        .expect("VHOST_USER_SET_MEM_TABLE");
+    let buf = ram.alloc(4096, 4096).unwrap();
+    let (t, st) = submit_at(&mut dev, 24, buf, 4096, false);
+    assert_eq!(status_of(&mut dev, t, st), VIRTIO_BLK_S_OK);
+    assert!(
+        logged(&log, buf),
+        "a read after a new SET_MEM_TABLE is not logged"
+    );
 }

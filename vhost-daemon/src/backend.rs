@@ -20,20 +20,34 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::{Mutex, PoisonError};
 
 use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
-use vhost::vhost_user::Backend as BackendChannel;
+use vhost::vhost_user::{Backend as BackendChannel, VhostUserVirtioFeatures};
 use vhost_user_backend::VhostUserBackend;
+use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
 use crate::config;
+use crate::dirty::DirtyLog;
 use crate::memory::{GuestRamAtomic, Vring};
 use crate::BoxError;
 
-/// Protocol features the core implements for every device: REPLY_ACK (vhost-user.rst
-/// "REPLY_ACK"), answered by the vhost crate's request handler.
-pub const CORE_PROTOCOL_FEATURES: VhostUserProtocolFeatures = VhostUserProtocolFeatures::REPLY_ACK;
+/// Protocol features the core implements for every device (vhost-user.rst): REPLY_ACK,
+/// answered by the vhost crate's request handler; CONFIGURE_MEM_SLOTS (ADD_MEM_REG /
+/// REM_MEM_REG / GET_MAX_MEM_SLOTS), the memory table kept by vhost-user-backend and checked
+/// by the wrapper ([`crate::memory::check_region_files`]); LOG_SHMFD (SET_LOG_BASE), the
+/// dirty-page log on the guest memory's [`crate::memory::DirtyBitmap`] (devices mark what the
+/// kernel writes for them; regions added later are logged too, [`crate::dirty::DirtyLog`]);
+/// RESET_DEVICE, forwarded to [`DeviceBackend::reset_device`].
+pub const CORE_PROTOCOL_FEATURES: VhostUserProtocolFeatures = VhostUserProtocolFeatures::REPLY_ACK
+    .union(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
+    .union(VhostUserProtocolFeatures::LOG_SHMFD)
+    .union(VhostUserProtocolFeatures::RESET_DEVICE);
+
+/// Virtio feature bits the core adds to every device's: VHOST_F_LOG_ALL (bit 26), the back-end
+/// logs the pages it writes (vhost-user.rst "Migration").
+pub const CORE_FEATURES: u64 = VhostUserVirtioFeatures::LOG_ALL.bits();
 
 /// The daemon-wide device: makes a fresh [`DeviceBackend`] for each front-end connection and
 /// implements the signal hooks.
@@ -89,7 +103,7 @@ pub trait DeviceBackend: Send + Sync + 'static {
     fn num_queues(&self) -> usize;
     /// Largest queue size the front-end may set.
     fn max_queue_size(&self) -> usize;
-    /// Device feature bits offered (VHOST_USER_GET_FEATURES).
+    /// Device feature bits offered (VHOST_USER_GET_FEATURES); the core adds [`CORE_FEATURES`].
     fn features(&self) -> u64;
     /// The features the driver acked (VHOST_USER_SET_FEATURES).
     fn acked_features(&self, _features: u64) {}
@@ -168,6 +182,8 @@ pub struct Backend<B> {
     device: B,
     /// The consumers of the worker threads' exit events (see the module documentation).
     exit_consumers: Mutex<Vec<OwnedFd>>,
+    /// Keeps regions added after VHOST_USER_SET_LOG_BASE logged.
+    dirty_log: DirtyLog,
 }
 
 impl<B: DeviceBackend> Backend<B> {
@@ -176,6 +192,7 @@ impl<B: DeviceBackend> Backend<B> {
         Backend {
             device,
             exit_consumers: Mutex::new(Vec::new()),
+            dirty_log: DirtyLog::default(),
         }
     }
 
@@ -203,7 +220,7 @@ impl<B: DeviceBackend> Backend<B> {
 }
 
 impl<B: DeviceBackend> VhostUserBackend for Backend<B> {
-    type Bitmap = ();
+    type Bitmap = crate::memory::DirtyBitmap;
     type Vring = Vring;
 
     fn num_queues(&self) -> usize {
@@ -215,7 +232,7 @@ impl<B: DeviceBackend> VhostUserBackend for Backend<B> {
     }
 
     fn features(&self) -> u64 {
-        self.device.features()
+        self.device.features() | CORE_FEATURES
     }
 
     fn acked_features(&self, features: u64) {
@@ -239,6 +256,13 @@ impl<B: DeviceBackend> VhostUserBackend for Backend<B> {
     }
 
     fn update_memory(&self, mem: GuestRamAtomic) -> io::Result<()> {
+        // vhost-user-backend has already installed the table; refusing it ends the session.
+        let checked = crate::memory::check_region_files(&mem.memory())
+            .and_then(|()| self.dirty_log.follow(&mem));
+        if let Err(e) = checked {
+            log::warn!("refusing the front-end's memory table: {e}");
+            return Err(e);
+        }
         self.device.update_memory(mem)
     }
 
@@ -345,7 +369,16 @@ mod tests {
         let b = Backend::new(Nothing);
         assert_eq!(
             b.protocol_features(),
-            VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK
+            VhostUserProtocolFeatures::CONFIG
+                | VhostUserProtocolFeatures::REPLY_ACK
+                | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+                | VhostUserProtocolFeatures::LOG_SHMFD
+                | VhostUserProtocolFeatures::RESET_DEVICE
+        );
+        assert_eq!(
+            b.features() & CORE_FEATURES,
+            CORE_FEATURES,
+            "VHOST_F_LOG_ALL"
         );
         assert_eq!(b.get_config(1, 3), vec![2, 0, 0]);
     }

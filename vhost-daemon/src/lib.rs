@@ -11,13 +11,15 @@
 //!   `VhostUserBackend` on top of them;
 //! - [`relay`]: the early SET_VRING_ENABLE relay between a front-end and the request handler;
 //! - [`uring`]: the io_uring ring and its in-flight invariant;
-//! - [`memory`]: guest-memory types; [`config`]: the configuration-space window;
-//!   [`capabilities`]: `--print-capabilities` (vhost-user.rst "Back-end program conventions").
+//! - [`memory`]: guest-memory types; [`dirty`]: the dirty-page log's bitmap; [`config`]: the
+//!   configuration-space window; [`capabilities`]: `--print-capabilities` (vhost-user.rst
+//!   "Back-end program conventions").
 
 pub mod backend;
 pub mod capabilities;
 pub mod config;
 pub mod daemon;
+pub mod dirty;
 pub mod listener;
 pub mod memory;
 pub mod relay;
@@ -28,14 +30,4 @@ pub mod uring;
 /// A boxed error from a device hook, sent across threads.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// `error` and its sources as one line: "outer: cause: root cause".
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        line.push_str(": ");
-        line.push_str(&s.to_string());
-        source = s.source();
-    }
-    line
-}
+pub use xenstore_lite::error_chain;

@@ -1,12 +1,25 @@
 //! Guest-memory types of every back-end: vm-memory's mmap-backed guest memory (regions the
-//! front-end shares with VHOST_USER_SET_MEM_TABLE), the atomic handle the request handler swaps
-//! on a new table, and vhost-user-backend's vring over it. No dirty-page bitmap yet (`()`).
+//! front-end shares with VHOST_USER_SET_MEM_TABLE and ADD_MEM_REG), the atomic handle the
+//! request handler swaps on a new table, and vhost-user-backend's vring over it; and the check
+//! that refuses a table mapped past the end of its files.
+//!
+//! Every region carries a [`DirtyBitmap`], the dirty-page bitmap that VHOST_USER_SET_LOG_BASE
+//! switches on (vhost-user.rst "Migration", LOG_SHMFD; see [`crate::dirty`]): every write
+//! through vm-memory (status bytes, copies, used-ring entries) marks its 4 KiB pages in the
+//! front-end's log. Writes that bypass vm-memory (the kernel filling an iovec for an io_uring
+//! READV or a TAP read) must be marked by the device with the slices' bitmaps
+//! (`vm_memory::bitmap::Bitmap::mark_dirty`) when they complete.
 
+use std::io;
+
+pub use crate::dirty::DirtyBitmap;
 use vhost_user_backend::VringRwLock;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
+use vm_memory::{
+    GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryLoadGuard, GuestMemoryMmap, GuestMemoryRegion,
+};
 
-/// Guest memory as the back-end maps it.
-pub type GuestRam = GuestMemoryMmap<()>;
+/// Guest memory as the back-end maps it, with the dirty-page bitmap.
+pub type GuestRam = GuestMemoryMmap<DirtyBitmap>;
 /// The handle the request handler updates on VHOST_USER_SET_MEM_TABLE.
 pub type GuestRamAtomic = GuestMemoryAtomic<GuestRam>;
 /// One snapshot of the guest memory table, kept while a request uses it.
@@ -17,4 +30,34 @@ pub type Vring = VringRwLock<GuestRamAtomic>;
 /// A fresh, empty guest memory handle for a new front-end connection.
 pub fn new_guest_ram() -> GuestRamAtomic {
     GuestMemoryAtomic::new(GuestMemoryMmap::new())
+}
+
+/// Fails if a region backed by a regular file (memfd, tmpfs, hugetlbfs) reaches past the end
+/// of that file: the first access there would raise SIGBUS. Regions on other files (a DAX
+/// device reports length 0) are not checked.
+///
+/// # Errors
+/// `InvalidInput` naming the region, or the error of reading the file's metadata.
+pub fn check_region_files(mem: &GuestRam) -> io::Result<()> {
+    for region in mem.iter() {
+        let Some(file_offset) = region.file_offset() else {
+            continue;
+        };
+        let meta = file_offset.file().metadata()?;
+        let end = file_offset.start().checked_add(region.len());
+        if meta.is_file() && end.is_none_or(|end| end > meta.len()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "memory region at guest address {:#x} ({} bytes from file offset {}) ends \
+                     past its file ({} bytes)",
+                    region.start_addr().0,
+                    region.len(),
+                    file_offset.start(),
+                    meta.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

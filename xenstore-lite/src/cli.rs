@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::client::{Client, ClientError, XsOps};
+use crate::error_chain;
 use crate::journal::SyncMode;
 use crate::perms::{NodePerms, PermEntry, PermKind};
 use crate::quota::Quotas;
@@ -161,10 +162,10 @@ struct ServeArgs {
     /// Size limit of a guest's node in bytes (header, permissions, value, child names).
     #[arg(long, default_value_t = Quotas::default().node_size)]
     quota_node_size: usize,
-    /// Watches per guest connection.
+    /// Watches per guest domain.
     #[arg(long, default_value_t = Quotas::default().watches)]
     quota_watches: usize,
-    /// Open transactions per guest connection.
+    /// Open transactions per guest domain.
     #[arg(long, default_value_t = Quotas::default().transactions)]
     quota_transactions: usize,
     /// Nodes one guest transaction may access.
@@ -179,6 +180,12 @@ struct ServeArgs {
     /// Path length below a guest's home, in bytes.
     #[arg(long, default_value_t = Quotas::default().path_max)]
     quota_path_max: usize,
+    /// Memory per unprivileged domain in bytes: nodes, transactions, watches, queued output.
+    #[arg(long, default_value_t = Quotas::default().memory)]
+    quota_memory: usize,
+    /// Connections an unprivileged domain may have open at once.
+    #[arg(long, default_value_t = Quotas::default().connections)]
+    quota_connections: usize,
 }
 
 fn parse_domain_socket(s: &str) -> Result<(u32, PathBuf), String> {
@@ -210,6 +217,8 @@ impl ServeArgs {
                 outstanding: self.quota_outstanding,
                 perms_per_node: self.quota_perms,
                 path_max: self.quota_path_max,
+                memory: self.quota_memory,
+                connections: self.quota_connections,
             },
         }
     }
@@ -339,17 +348,6 @@ fn serve(args: &ServeArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// The strerror-like text of a client error.

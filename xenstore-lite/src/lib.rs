@@ -38,5 +38,18 @@ pub use client::{Client, ClientError, XsOps};
 pub use journal::{JournalError, SyncMode};
 pub use quota::Quotas;
 pub use server::{Server, ServerConfig, ServerError};
-pub use store::{ConnId, Store};
+pub use store::{ConnId, RingMapper, Store};
 pub use wire::{Errno, MsgType};
+
+/// `error` and its sources as one line: "outer: cause: root cause" (what pvio's daemons and
+/// CLIs print for a failure).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        line.push_str(": ");
+        line.push_str(&s.to_string());
+        source = s.source();
+    }
+    line
+}

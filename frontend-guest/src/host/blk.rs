@@ -264,6 +264,11 @@ impl BlkDevice {
         &self.conn
     }
 
+    /// The vhost-user session, to send control messages (memory regions, dirty log, reset).
+    pub fn connection_mut(&mut self) -> &mut VhostUserConnection {
+        &mut self.conn
+    }
+
     /// Guest RAM, e.g. to allocate and fill buffers for [`BlkQueue::submit_raw`].
     pub fn ram(&self) -> &Arc<HostRam> {
         &self.ram
@@ -459,6 +464,11 @@ impl BlkQueue {
     /// Queue size in descriptors.
     pub fn size(&self) -> u16 {
         self.vq.size()
+    }
+
+    /// Where the queue's descriptor table and rings are in guest memory.
+    pub fn layout(&self) -> &QueueLayout {
+        self.vq.layout()
     }
 
     /// Requests submitted and not yet handed out as completions.

@@ -259,6 +259,11 @@ impl NetDevice {
         &self.conn
     }
 
+    /// The vhost-user session, to send control messages (memory regions, dirty log, reset).
+    pub fn connection_mut(&mut self) -> &mut VhostUserConnection {
+        &mut self.conn
+    }
+
     /// Guest RAM, e.g. for buffers of raw chains.
     pub fn ram(&self) -> &Arc<HostRam> {
         &self.ram

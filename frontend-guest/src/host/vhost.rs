@@ -26,7 +26,7 @@ use vhost::vhost_user::{
     Frontend, FrontendReqHandler, HandlerResult, VhostUserFrontend, VhostUserFrontendReqHandler,
     VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
-use vhost::{VhostBackend, VringConfigData};
+use vhost::{VhostBackend, VhostUserDirtyLogRegion, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::ram::HostRam;
@@ -34,10 +34,19 @@ use super::{Error, Result};
 use crate::virtq::QueueLayout;
 
 /// Protocol features the front-end uses when offered: MQ (GET_QUEUE_NUM), REPLY_ACK (errors
-/// per message) and CONFIG (GET_CONFIG).
+/// per message), CONFIG (GET_CONFIG), CONFIGURE_MEM_SLOTS (ADD_MEM_REG / REM_MEM_REG /
+/// GET_MAX_MEM_SLOTS), LOG_SHMFD (SET_LOG_BASE with a shared-memory dirty log) and
+/// RESET_DEVICE.
 const WANTED_PROTOCOL_FEATURES: VhostUserProtocolFeatures = VhostUserProtocolFeatures::MQ
     .union(VhostUserProtocolFeatures::REPLY_ACK)
-    .union(VhostUserProtocolFeatures::CONFIG);
+    .union(VhostUserProtocolFeatures::CONFIG)
+    .union(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
+    .union(VhostUserProtocolFeatures::LOG_SHMFD)
+    .union(VhostUserProtocolFeatures::RESET_DEVICE);
+
+/// The memory-slot protocol feature and its spec name.
+const MEM_SLOTS: VhostUserProtocolFeatures = VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+const MEM_SLOTS_NAME: &str = "VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS";
 
 /// Interval between connection attempts while the back-end's socket is not there yet.
 const CONNECT_RETRY: Duration = Duration::from_millis(10);
@@ -449,6 +458,70 @@ impl VhostUserConnection {
             })?;
         }
         Ok(())
+    }
+
+    /// The number of memory slots the back-end supports (VHOST_USER_GET_MAX_MEM_SLOTS).
+    ///
+    /// # Errors
+    /// [`Error::MissingFeature`] without VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS;
+    /// [`Error::Vhost`], [`Error::ControlTimeout`].
+    pub fn max_mem_slots(&mut self) -> Result<u64> {
+        self.require(MEM_SLOTS, MEM_SLOTS_NAME)?;
+        self.call("VHOST_USER_GET_MAX_MEM_SLOTS", |f| f.get_max_mem_slots())
+    }
+
+    /// Adds one guest memory region (VHOST_USER_ADD_MEM_REG); `region.mmap_handle` is sent as
+    /// the region's file descriptor and may be any descriptor (tests send bad ones on purpose).
+    ///
+    /// # Errors
+    /// [`Error::MissingFeature`] without VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS;
+    /// [`Error::Vhost`] when the back-end refuses the region, [`Error::ControlTimeout`].
+    pub fn add_mem_region(&mut self, region: &VhostUserMemoryRegionInfo) -> Result<()> {
+        self.require(MEM_SLOTS, MEM_SLOTS_NAME)?;
+        self.call("VHOST_USER_ADD_MEM_REG", |f| {
+            f.add_mem_region(region).map(|_| ())
+        })
+    }
+
+    /// Removes the guest memory region `region` (VHOST_USER_REM_MEM_REG; the back-end matches
+    /// it by guest-physical address and size).
+    ///
+    /// # Errors
+    /// [`Error::MissingFeature`] without VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS;
+    /// [`Error::Vhost`] when the back-end refuses, [`Error::ControlTimeout`].
+    pub fn remove_mem_region(&mut self, region: &VhostUserMemoryRegionInfo) -> Result<()> {
+        self.require(MEM_SLOTS, MEM_SLOTS_NAME)?;
+        self.call("VHOST_USER_REM_MEM_REG", |f| f.remove_mem_region(region))
+    }
+
+    /// Hands the back-end the dirty-page log (VHOST_USER_SET_LOG_BASE with a shared-memory
+    /// region: one bit per 4 KiB guest page, vhost-user.rst "Migration").
+    ///
+    /// # Errors
+    /// [`Error::MissingFeature`] without VHOST_USER_PROTOCOL_F_LOG_SHMFD; [`Error::Vhost`]
+    /// when the back-end refuses, [`Error::ControlTimeout`].
+    pub fn set_log_base(&mut self, region: VhostUserDirtyLogRegion) -> Result<()> {
+        self.require(
+            VhostUserProtocolFeatures::LOG_SHMFD,
+            "VHOST_USER_PROTOCOL_F_LOG_SHMFD",
+        )?;
+        self.call("VHOST_USER_SET_LOG_BASE", |f| {
+            f.set_log_base(0, Some(region))
+        })
+    }
+
+    /// Resets the device (VHOST_USER_RESET_DEVICE): the back-end stops every ring and forgets
+    /// the acked features, keeping the protocol state.
+    ///
+    /// # Errors
+    /// [`Error::MissingFeature`] without VHOST_USER_PROTOCOL_F_RESET_DEVICE; [`Error::Vhost`],
+    /// [`Error::ControlTimeout`].
+    pub fn reset_device(&mut self) -> Result<()> {
+        self.require(
+            VhostUserProtocolFeatures::RESET_DEVICE,
+            "VHOST_USER_PROTOCOL_F_RESET_DEVICE",
+        )?;
+        self.call("VHOST_USER_RESET_DEVICE", |f| f.reset_device())
     }
 
     /// Stops vring `index` and returns its next available index (VHOST_USER_GET_VRING_BASE).

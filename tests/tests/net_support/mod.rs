@@ -206,7 +206,12 @@ impl NetDaemon {
 
     /// `backend-net --tap TAP` run inside `netns`, socket `tap.sock` in `dir`, plus `extra`.
     pub fn tap(dir: &Path, netns: &Netns, tap: &str, extra: &[&str]) -> NetDaemon {
-        let socket = dir.join("tap.sock");
+        Self::tap_on(dir, "tap.sock", netns, tap, extra)
+    }
+
+    /// As [`NetDaemon::tap`] with socket `socket` in `dir` (several daemons on one TAP).
+    pub fn tap_on(dir: &Path, socket: &str, netns: &Netns, tap: &str, extra: &[&str]) -> NetDaemon {
+        let socket = dir.join(socket);
         let mut args: Vec<String> = vec![
             "--tap".into(),
             tap.into(),
