@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages pvio's tests and demo use, only those that are missing:
 # QEMU (qemu-system-x86_64, qemu-storage-daemon), a Linux kernel with its modules and a static
-# busybox for the test guests, fio, the xenstore tools, socat, DPDK's testpmd, iproute2 and binutils. Idempotent; uses sudo when not
+# busybox for the test guests, fio, the xenstore tools, socat, DPDK's testpmd, iproute2, binutils,
+# ACPICA's iasl, and for backend-blk's storage drivers libnbd, librbd/librados, clang/libclang
+# (bindgen), nbdkit, qemu-nbd and a Ceph monitor and OSD. Idempotent; uses sudo when not
 # run as root. Debian 12 (bookworm) or later.
 set -euo pipefail
 
@@ -17,6 +19,17 @@ packages=(
     dpdk-dev          # dpdk-testpmd: net_virtio_user / net_vhost, a real vhost-user-net peer
     iproute2          # ip netns, for the network tests' own namespaces
     binutils          # objdump: vmm's test that pvio's guest has no instruction KVM's CPL0 emulator rejects
+    acpica-tools      # iasl: vmm's test that disassembles the ACPI tables it gives Linux
+    nbdkit            # NBD test server (memory plugin) for backend-blk's nbd driver
+    qemu-utils        # qemu-nbd, a second NBD test server
+    libnbd-dev        # backend-blk's nbd driver links libnbd
+    clang             # bindgen (backend-blk's nbd feature) needs clang's headers
+    libclang-dev      # and libclang
+    librbd-dev        # backend-blk's rbd driver links librbd
+    librados-dev      # and librados
+    ceph-mon          # the single-host test cluster of scripts/ceph-test-cluster.sh
+    ceph-osd
+    ceph-common       # ceph, rbd, ceph-authtool, monmaptool
 )
 
 missing=()

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The split-driver control plane on the built-in defaults, with a `pvctl list` transcript at
-# each step: the evtchn broker, xenstore-lite serving guests over xenstore rings, backend-blk
-# in store mode (one daemon for every disk), pvctl as the toolstack, and pvio's own guest in
-# pvio's VMM (`pvctl domain start`, needs /dev/kvm) as domain 1, speaking XenBus over its
-# ring: attach, handshake and verified I/O, hot-unplug while running, re-plug (the next boot
-# finds the data), destroy, and a check that no socket, node or process is left. Disks only
-# for now.
+# each step: xenstore-lite, backend-blk and backend-net in store mode (one daemon for every
+# disk, one for every NIC), pvctl as the toolstack, and the mock front end (pvio-mock-guest)
+# playing guest domains 1 and 2 over their own store sockets: a disk's attach, handshake and
+# verified I/O, hot-unplug while connected, re-plug; a NIC for each domain on switch pvio0,
+# pings between them, domain 2's NIC unplugged and plugged again while domain 1's runs;
+# destroy, and a check that no socket, node or process is left. A real guest comes with the
+# vmm crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,14 +14,9 @@ if ! command -v cargo >/dev/null; then
     echo "stack-demo: cargo not found: install a Rust toolchain (1.85 or newer)" >&2
     exit 1
 fi
-if [ ! -w /dev/kvm ]; then
-    echo "stack-demo: /dev/kvm is missing or not writable: the guest needs KVM" >&2
-    exit 1
-fi
-echo "stack-demo: building evtchn-broker, xenstore-lite, backend-blk, pvctl, vmm and its guest"
-cargo build --quiet -p evtchn -p xenstore-lite -p backend-blk -p pvctl -p vmm \
-    --bin evtchn-broker --bin xenstore-lite --bin backend-blk --bin pvctl --bin vmm
-payload=$(cargo run --quiet -p vmm --example guest-path)
+echo "stack-demo: building xenstore-lite, backend-blk, backend-net, pvctl, pvio-mock-guest"
+cargo build --quiet -p xenstore-lite -p backend-blk -p backend-net -p pvctl -p pvio-tests \
+    --bin xenstore-lite --bin backend-blk --bin backend-net --bin pvctl --bin pvio-mock-guest
 bin=$PWD/target/debug
 work=$(mktemp -d -t pvio-stack-demo.XXXXXX)
 pids=()
@@ -34,77 +30,119 @@ trap cleanup EXIT INT TERM
 export XENSTORED_PATH=$work/xs.sock
 pvctl() { "$bin/pvctl" "$@"; }
 say() { printf '\n$ %s\n' "$*"; }
-list() { say pvctl list; pvctl list | sed "s|$work/||g; s|$payload|pvio-guest|"; }
+list() { say pvctl list; pvctl list | sed "s|$work/||g"; }
 # Waits (up to 30 s) until command "$@" succeeds.
 wait_for() {
     for _ in $(seq 300); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
     echo "stack-demo: timed out waiting for: $*" >&2
     exit 1
 }
-# Starts domain 1's VMM with guest arguments "$@" and waits for the guest's verified I/O.
 guest() {
-    say pvctl domain start 1 --evtchn-broker evtchn.sock --console guest.out -- "$@"
-    guest_pid=$(pvctl domain start 1 --evtchn-broker "$work/evtchn.sock" \
-        --console "$work/guest.out" -- "$@")
-    wait_for grep -q 'blk verify ok' "$work/guest.out"
-    show_guest
+    "$bin/pvio-mock-guest" --xenstore "$work/dom1.sock" --domid 1 >"$work/guest.out" 2>&1 &
+    guest_pid=$!
+    wait_for grep -q 'verified I/O done' "$work/guest.out"
+    sed "s|$work/||g; s|^|  guest: |" "$work/guest.out"
 }
-show_guest() { sed "s|^pvio-guest: |  guest: |" "$work/guest.out"; }
+# nic_guest DOMID OUT [ARGS...]: domain DOMID's NIC 0 in the background until its unplug;
+# returns once it answers pings (after its own pings, if ARGS asks for some).
+nic_guest() {
+    local domid=$1 out=$work/$2
+    shift 2
+    "$bin/pvio-mock-guest" --xenstore "$work/dom$domid.sock" --domid "$domid" --nic "$@" \
+        >"$out" 2>&1 &
+    nic_pid=$!
+    wait_for grep -q 'answering pings' "$out"
+    sed "s|$work/||g; s|^|  guest $domid: |" "$out"
+}
 
-"$bin/evtchn-broker" --socket "$work/evtchn.sock" 2>"$work/broker.log" &
-pids+=($!)
-wait_for test -S "$work/evtchn.sock"
-"$bin/xenstore-lite" serve --socket "$work/xs.sock" --evtchn-broker "$work/evtchn.sock" \
-    2>"$work/xenstore.log" &
+"$bin/xenstore-lite" serve --socket "$work/xs.sock" --domain-socket "1:$work/dom1.sock" \
+    --domain-socket "2:$work/dom2.sock" 2>"$work/xenstore.log" &
 pids+=($!)
 wait_for pvctl list
 RUST_LOG=warn "$bin/backend-blk" --xenstore "$work/xs.sock" --run-dir "$work/run" \
     2>"$work/backend-blk.log" &
 backend=$!
 pids+=("$backend")
+RUST_LOG=warn "$bin/backend-net" --xenstore "$work/xs.sock" --run-dir "$work/run" \
+    2>"$work/backend-net.log" &
+backend_net=$!
+pids+=("$backend_net")
 truncate -s 64M "$work/disk.raw"
+: >"$work/guest.bin" # a placeholder payload: no VMM boots it yet
 
-say pvctl domain create --name demo --mem 64 --guest pvio-guest
-pvctl domain create --name demo --mem 64 --guest "$payload"
+say pvctl domain create --name demo --mem 256 --guest guest.bin
+(cd "$work" && pvctl domain create --name demo --mem 256 --guest guest.bin)
 say pvctl disk attach 1 --image disk.raw
 (cd "$work" && pvctl disk attach 1 --image disk.raw)
 wait_for sh -c "\"$bin/pvctl\" list | grep -q 'back InitWait'"
 list
 
-# The guest: Initialised, Connected, writes and verifies 1 MiB, then waits for an unplug.
-guest write=7@0+1M verify=7@0+1M unplug-wait
+say "pvio-mock-guest --domid 1   # the guest: Initialised, connects, Connected, I/O"
+guest
 list
 
-say "pvctl disk detach 1 0   # the guest sees Closing: Closing, Closed, and exits"
+say pvctl disk detach 1 0
 pvctl disk detach 1 0
-wait_for grep -q 'all jobs passed' "$work/guest.out"
-show_guest | tail -3
+wait "$guest_pid"
+sed -n 's/^vbd\/1\/0: unplugged/  guest: unplugged/p' "$work/guest.out"
 list
 
 say pvctl disk attach 1 --image disk.raw
 (cd "$work" && pvctl disk attach 1 --image disk.raw)
-wait_for sh -c "\"$bin/pvctl\" list | grep -q 'back InitWait'"
-# A new boot of the guest finds the data the first one wrote.
-guest verify=7@0+1M unplug-wait
+say "pvio-mock-guest --domid 1"
+guest
 list
 
-say "pvctl domain destroy 1   # closes the disk through the guest, stops the VMM"
-pvctl domain destroy 1
+say pvctl domain create --name peer --mem 128 --guest guest.bin
+(cd "$work" && pvctl domain create --name peer --mem 128 --guest guest.bin)
+say pvctl nic attach 1   # the default: switch pvio0, MAC 00:16:3e:00:01:00
+pvctl nic attach 1
+say pvctl nic attach 2
+pvctl nic attach 2
+wait_for sh -c "[ \$(\"$bin/pvctl\" list | grep -c 'vif.*back InitWait') = 2 ]"
 list
-# Gone, or a zombie its new parent has not reaped yet.
-if [ -e "/proc/$guest_pid" ] && [ "$(sed 's/.*) //' "/proc/$guest_pid/stat" | cut -c1)" != Z ]; then
-    echo "stack-demo: the VMM (pid $guest_pid) still runs after destroy" >&2
-    exit 1
-fi
+
+say "pvio-mock-guest --domid 2 --nic &   # answers pings"
+nic_guest 2 nic2.out
+nic2_pid=$nic_pid
+say "pvio-mock-guest --domid 1 --nic --ping 00:16:3e:00:02:00 &"
+nic_guest 1 nic1.out --ping 00:16:3e:00:02:00
+nic1_pid=$nic_pid
+list
+
+say pvctl nic detach 2 0   # domain 1's NIC stays on the switch
+pvctl nic detach 2 0
+wait "$nic2_pid"
+sed -n "s|^\(vif/2/0: unplugged.*\)|  guest 2: \1|p" "$work/nic2.out"
+list
+
+say pvctl nic attach 2
+pvctl nic attach 2
+say "pvio-mock-guest --domid 2 --nic --ping 00:16:3e:00:01:00 &   # domain 1 still answers"
+nic_guest 2 nic2.out --ping 00:16:3e:00:01:00
+nic2_pid=$nic_pid
+list
+
+say pvctl domain destroy 1
+pvctl domain destroy 1
+wait "$guest_pid" "$nic1_pid"
+say pvctl domain destroy 2
+pvctl domain destroy 2
+wait "$nic2_pid"
+sed -n "s|^\(vif/1/0: unplugged.*\)|  guest 1: \1|p" "$work/nic1.out"
+list
 
 left=$(find "$work/run" -name '*.sock' | wc -l)
 nodes=0
-for path in /local/domain/1 /local/domain/0/backend/vbd/1; do
+for path in /local/domain/1 /local/domain/2 /local/domain/0/backend/vbd/1 \
+    /local/domain/0/backend/vif/1 /local/domain/0/backend/vif/2; do
     if "$bin/xenstore-lite" exists "$path"; then nodes=$((nodes + 1)); fi
 done
-kill "$backend"
+kill "$backend" "$backend_net"
 wait "$backend" && status=0 || status=$?
-pids=("${pids[@]:0:2}")
+wait "$backend_net" && net_status=0 || net_status=$?
+pids=("${pids[@]:0:1}")
 echo
-echo "stack-demo: sockets left: $left, domain 1 directories left: $nodes, backend-blk exit status: $status"
-[ "$left" = 0 ] && [ "$nodes" = 0 ] && [ "$status" = 0 ]
+echo "stack-demo: sockets left: $left, domain directories left: $nodes," \
+    "backend-blk exit status: $status, backend-net exit status: $net_status"
+[ "$left" = 0 ] && [ "$nodes" = 0 ] && [ "$status" = 0 ] && [ "$net_status" = 0 ]

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The README's test command (and CI's, via .ci/run): installs missing test dependencies, then
 # checks formatting, runs clippy with warnings as errors, and runs every test of the workspace
-# with cargo-nextest (unit, protocol, real-client and QEMU-guest tests). Exits non-zero if any
-# step fails.
+# with cargo-nextest (unit, protocol, real-client and QEMU-guest tests), with backend-blk's
+# optional storage drivers (cargo features: nbd, rbd) built, linted and tested too, the RBD
+# tests on a single-host Ceph cluster started here (scripts/ceph-test-cluster.sh) and stopped at
+# the end. Exits non-zero if any step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,4 +23,19 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
-step tests cargo nextest run --workspace --no-fail-fast
+# backend-blk's optional storage drivers; the tests crate's features build backend-blk with them.
+drivers=(nbd rbd)
+# "PACKAGE/feature" for each driver, comma-separated.
+features() {
+    local list=("${drivers[@]/#/$1/}")
+    local IFS=,
+    echo "${list[*]}"
+}
+step clippy-drivers cargo clippy -p backend-blk -p pvio-tests --all-targets \
+    --features "$(features backend-blk),$(features pvio-tests)" -- -D warnings
+step build-drivers cargo build -p backend-blk --features "$(features backend-blk)"
+ceph_dir=$PWD/target/ceph-test-cluster
+trap 'scripts/ceph-test-cluster.sh stop "$ceph_dir"' EXIT
+step ceph-cluster scripts/ceph-test-cluster.sh start "$ceph_dir"
+export PVIO_CEPH_CONF=$ceph_dir/ceph.conf
+step tests cargo nextest run --workspace --no-fail-fast --features "$(features pvio-tests)"

@@ -14,23 +14,23 @@ use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 use vhost_daemon::backend::{DeviceBackend, ExtraEvent};
 use vhost_daemon::memory::{GuestRamAtomic, Vring};
-use vhost_daemon::uring::UringError;
 use vmm_sys_util::epoll::EventSet;
 
 use crate::device::BlockDevice;
+use crate::driver::QueueError;
 use crate::inflight::{DeviceQueues, InflightArea};
 use crate::worker::QueueWorker;
 
 /// Failure to set up the back-end for a connection.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    /// A queue's io_uring could not be created.
+    /// A queue's I/O engine (io_uring, network connection) could not be set up.
     #[error("queue {queue}: {source}")]
-    Uring {
+    Queue {
         /// Queue index.
         queue: u16,
         /// Why.
-        source: UringError,
+        source: QueueError,
     },
 }
 
@@ -51,13 +51,13 @@ impl BlkBackend {
     /// guest memory handle given to the `VhostUserDaemon` too.
     ///
     /// # Errors
-    /// [`BackendError::Uring`] when a ring cannot be created.
+    /// [`BackendError::Queue`] when a queue's I/O engine cannot be set up.
     pub fn new(device: Arc<BlockDevice>, mem: GuestRamAtomic) -> Result<BlkBackend, BackendError> {
         let workers = (0..device.num_queues())
             .map(|queue| {
                 QueueWorker::new(queue, device.clone(), mem.clone())
                     .map(Mutex::new)
-                    .map_err(|source| BackendError::Uring { queue, source })
+                    .map_err(|source| BackendError::Queue { queue, source })
             })
             .collect::<Result<_, _>>()?;
         Ok(BlkBackend {

@@ -17,7 +17,8 @@ use vhost_daemon::BoxError;
 use crate::backend::{notify_config_change, BlkBackend, ChannelSlot};
 use crate::cli::Config;
 use crate::device::BlockDevice;
-use crate::image::{Image, ImageError};
+use crate::driver::Disk;
+use crate::image::ImageError;
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +63,7 @@ impl Device for BlkDaemon {
         match self.device.resize() {
             Ok(None) => info!(
                 "SIGHUP: image size unchanged ({} bytes)",
-                self.device.image().size()
+                self.device.disk().size()
             ),
             Ok(Some((old, new))) => {
                 info!("SIGHUP: capacity changed from {old} to {new} sectors");
@@ -77,7 +78,7 @@ impl Device for BlkDaemon {
 
     fn stats(&self) -> String {
         serde_json::json!({
-            "image_bytes": self.device.image().size(),
+            "image_bytes": self.device.disk().size(),
             "queues": self.device.num_queues(),
             "connections": self.connections.load(Ordering::Relaxed),
         })
@@ -85,9 +86,9 @@ impl Device for BlkDaemon {
     }
 
     fn stopped(&self) {
-        match self.device.image().sync() {
+        match self.device.disk().sync() {
             Ok(()) => debug!("image synced"),
-            Err(e) => warn!("fdatasync of the image failed: {e}"),
+            Err(e) => warn!("final sync of the disk failed: {e}"),
         }
     }
 }
@@ -98,9 +99,9 @@ impl BlkDaemon {
     /// # Errors
     /// [`ImageError`] when the image cannot be served.
     pub(crate) fn open(config: &Config) -> Result<Arc<BlkDaemon>, ImageError> {
-        let image = Image::open(&config.image, config.read_only, config.direct)?;
+        let disk = Disk::open(&config.image, config.read_only, config.direct)?;
         Ok(Arc::new(BlkDaemon {
-            device: Arc::new(BlockDevice::new(config, image)),
+            device: Arc::new(BlockDevice::new(config, disk)),
             connections: AtomicU64::new(0),
             channel: Mutex::new(Weak::new()),
         }))
@@ -136,8 +137,8 @@ pub fn run(config: &Config) -> Result<(), RunError> {
     info!(
         "serving {} ({} bytes{}{}) with {} queue(s) of up to {} descriptors, features {:#x}",
         config.image.display(),
-        device.image().size(),
-        if device.image().is_direct() {
+        device.disk().size(),
+        if device.disk().is_direct() {
             ", O_DIRECT"
         } else {
             ""

@@ -1,6 +1,6 @@
 //! What the virtio-blk device offers: feature bits, the configuration space
 //! (`struct virtio_blk_config`, virtio 1.2 §5.2.4), the request limits derived from them, and
-//! the device ID (serial). Built once from the [`Config`] and the opened [`Image`].
+//! the device ID (serial). Built once from the [`Config`] and the opened [`Disk`].
 
 use std::mem::size_of;
 
@@ -17,7 +17,8 @@ use virtio_bindings::bindings::virtio_ring::{
 use vm_memory::ByteValued;
 
 use crate::cli::{Config, SERIAL_BYTES};
-use crate::image::{Image, ImageError, SECTOR_SIZE};
+use crate::driver::{Capabilities, Disk};
+use crate::image::{ImageError, SECTOR_SIZE};
 use crate::request::Limits;
 
 /// Largest segment (one descriptor's buffer) the driver should use: `size_max`, bytes.
@@ -48,7 +49,8 @@ unsafe impl ByteValued for ConfigSpace {}
 /// The device model shared by every queue worker of every connection.
 #[derive(Debug)]
 pub struct BlockDevice {
-    image: Image,
+    disk: Disk,
+    capabilities: Capabilities,
     num_queues: u16,
     queue_size: u16,
     features: u64,
@@ -58,25 +60,25 @@ pub struct BlockDevice {
 }
 
 impl BlockDevice {
-    /// Derives features, configuration space and limits from `config` and the opened `image`.
-    pub fn new(config: &Config, image: Image) -> BlockDevice {
-        let fallocate = image.fallocate_support();
-        let read_only = config.read_only;
-        let discard = !read_only && fallocate.punch_hole;
-        let write_zeroes = !read_only && (fallocate.punch_hole || fallocate.zero_range);
+    /// Derives features, configuration space and limits from `config` and the opened `disk`
+    /// (its driver's [`Capabilities`] decide FLUSH, DISCARD, WRITE_ZEROES and RO).
+    pub fn new(config: &Config, disk: Disk) -> BlockDevice {
+        let capabilities = disk.capabilities();
+        let read_only = config.read_only || capabilities.read_only;
         let limits = Limits {
-            capacity_sectors: image.capacity_sectors(),
+            capacity_sectors: disk.capacity_sectors(),
             read_only,
-            discard,
-            write_zeroes,
+            discard: !read_only && capabilities.discard,
+            write_zeroes: !read_only && capabilities.write_zeroes,
             max_zero_sectors: MAX_ZERO_SECTORS,
             max_buffers: MAX_REQUEST_BUFFERS,
         };
-        let features = device_features(&limits);
-        let config_space = config_space(&image, config.num_queues, &limits);
-        let serial = serial(config.serial.as_deref(), &image);
+        let features = device_features(&limits, capabilities.flush);
+        let config_space = config_space(&disk, config.num_queues, &limits);
+        let serial = serial(config.serial.as_deref(), &config.image);
         BlockDevice {
-            image,
+            disk,
+            capabilities,
             num_queues: config.num_queues,
             queue_size: config.queue_size,
             features,
@@ -86,9 +88,14 @@ impl BlockDevice {
         }
     }
 
-    /// The image served.
-    pub fn image(&self) -> &Image {
-        &self.image
+    /// The disk served.
+    pub fn disk(&self) -> &Disk {
+        &self.disk
+    }
+
+    /// What the disk's driver can do.
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
     }
 
     /// Number of request queues.
@@ -119,20 +126,20 @@ impl BlockDevice {
     /// Request limits for the parser, with the capacity as it is now.
     pub fn limits(&self) -> Limits {
         Limits {
-            capacity_sectors: self.image.capacity_sectors(),
+            capacity_sectors: self.disk.capacity_sectors(),
             ..self.limits.clone()
         }
     }
 
-    /// Reads the image size again (SIGHUP) and serves it as the new `capacity`. Returns the
-    /// old and new capacity in 512-byte sectors when it changed.
+    /// Reads the disk size again (SIGHUP, or the driver noticed a resize) and serves it as the
+    /// new `capacity`. Returns the old and new capacity in 512-byte sectors when it changed.
     ///
     /// # Errors
-    /// [`ImageError::Size`] when the size cannot be read; the old capacity stays.
+    /// [`ImageError`] when the size cannot be read; the old capacity stays.
     pub fn resize(&self) -> Result<Option<(u64, u64)>, ImageError> {
-        let old = self.image.capacity_sectors();
-        self.image.reread_size()?;
-        let new = self.image.capacity_sectors();
+        let old = self.disk.capacity_sectors();
+        self.disk.reread_size()?;
+        let new = self.disk.capacity_sectors();
         Ok((new != old).then_some((old, new)))
     }
 
@@ -146,12 +153,12 @@ impl BlockDevice {
     pub fn config_space(&self) -> Vec<u8> {
         let mut config = self.config.clone();
         // `capacity` is the first field (virtio 1.2 §5.2.4) and follows the image size.
-        config[..8].copy_from_slice(&self.image.capacity_sectors().to_le_bytes());
+        config[..8].copy_from_slice(&self.disk.capacity_sectors().to_le_bytes());
         config
     }
 }
 
-fn device_features(limits: &Limits) -> u64 {
+fn device_features(limits: &Limits, flush: bool) -> u64 {
     let mut bits = vec![
         VIRTIO_F_VERSION_1,
         VIRTIO_RING_F_EVENT_IDX,
@@ -159,10 +166,12 @@ fn device_features(limits: &Limits) -> u64 {
         VIRTIO_BLK_F_SIZE_MAX,
         VIRTIO_BLK_F_SEG_MAX,
         VIRTIO_BLK_F_BLK_SIZE,
-        VIRTIO_BLK_F_FLUSH,
         VIRTIO_BLK_F_TOPOLOGY,
         VIRTIO_BLK_F_MQ,
     ];
+    if flush {
+        bits.push(VIRTIO_BLK_F_FLUSH);
+    }
     if limits.read_only {
         bits.push(VIRTIO_BLK_F_RO);
     }
@@ -178,9 +187,9 @@ fn device_features(limits: &Limits) -> u64 {
     )
 }
 
-fn config_space(image: &Image, num_queues: u16, limits: &Limits) -> ConfigSpace {
-    let logical = image.logical_block_size();
-    let physical = image.physical_block_size().max(logical);
+fn config_space(disk: &Disk, num_queues: u16, limits: &Limits) -> ConfigSpace {
+    let logical = disk.logical_block_size();
+    let physical = disk.physical_block_size().max(logical);
     let blocks_per_physical = physical / logical;
     let physical_sectors = u32::try_from(u64::from(physical) / SECTOR_SIZE).unwrap_or(1);
     let mut c = virtio_blk_config {
@@ -201,18 +210,18 @@ fn config_space(image: &Image, num_queues: u16, limits: &Limits) -> ConfigSpace 
     if limits.write_zeroes {
         c.max_write_zeroes_sectors = limits.max_zero_sectors.to_le();
         c.max_write_zeroes_seg = MAX_ZERO_SEGMENTS.to_le();
-        c.write_zeroes_may_unmap = u8::from(image.fallocate_support().punch_hole);
+        c.write_zeroes_may_unmap = u8::from(disk.capabilities().zeroes_may_unmap);
     }
     ConfigSpace(c)
 }
 
-/// The user's serial, or "pvio-" and the 32-bit FNV-1a hash of the image path in hex.
-fn serial(user: Option<&[u8]>, image: &Image) -> [u8; SERIAL_BYTES] {
+/// The user's serial, or "pvio-" and the 32-bit FNV-1a hash of the image path (or URL) in hex.
+fn serial(user: Option<&[u8]>, image: &std::path::Path) -> [u8; SERIAL_BYTES] {
     let default;
     let bytes = match user {
         Some(s) => s,
         None => {
-            let path = image.path().as_os_str().as_encoded_bytes();
+            let path = image.as_os_str().as_encoded_bytes();
             let hash = path.iter().fold(0x811c_9dc5u32, |h, &b| {
                 (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
             });
@@ -249,8 +258,8 @@ mod tests {
             direct: false,
             serial: serial.map(<[u8]>::to_vec),
         };
-        let image = Image::open(&path, read_only, false).unwrap();
-        (BlockDevice::new(&config, image), dir)
+        let disk = Disk::open(&path, read_only, false).unwrap();
+        (BlockDevice::new(&config, disk), dir)
     }
 
     fn le32(dev: &BlockDevice, offset: usize) -> u32 {

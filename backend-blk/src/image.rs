@@ -59,6 +59,22 @@ pub enum ImageError {
     /// The path is neither a regular file nor a block device.
     #[error("image {0} is not a regular file or a block device")]
     NotAFileOrDevice(PathBuf),
+    /// A network disk URL (`nbd://`, `rbd:`) whose driver this binary was built without.
+    #[error("{spec}: backend-blk was built without the `{feature}` cargo feature")]
+    NotBuilt {
+        /// The disk as given.
+        spec: String,
+        /// The cargo feature that adds the driver.
+        feature: &'static str,
+    },
+    /// A network disk cannot be opened (bad URL, server or cluster refused, ...).
+    #[error("cannot open {spec}: {reason}")]
+    Network {
+        /// The disk as given.
+        spec: String,
+        /// Why, in the storage library's words.
+        reason: String,
+    },
     /// The size cannot be read (`BLKGETSIZE64` on a block device, `fstat` on a file).
     #[error("cannot get the size of {path}: {source}")]
     Size {
@@ -176,6 +192,11 @@ impl Image {
         &self.path
     }
 
+    /// The image path for messages.
+    pub fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+
     /// Regular file or block device.
     pub fn kind(&self) -> ImageKind {
         self.kind
@@ -261,6 +282,9 @@ impl Image {
     /// # Errors
     /// The OS error of `fdatasync`.
     pub fn sync(&self) -> io::Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
         self.file.sync_data()
     }
 }

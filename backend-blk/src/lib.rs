@@ -5,6 +5,7 @@
 //! Layout, one job per module:
 //! - [`cli`]: command line (clap) → validated [`cli::Config`];
 //! - [`image`]: opening the image, its size, O_DIRECT fallback, fallocate probes;
+//! - [`driver`]: where a request's bytes go: the io_uring file driver, NBD and RBD;
 //! - [`device`]: feature bits, `struct virtio_blk_config`, request limits, serial;
 //! - [`request`]: descriptor chain → validated [`request::Request`] (pure parsing);
 //! - [`status`]: every failure → VIRTIO_BLK_S_* status byte;
@@ -21,6 +22,7 @@ pub mod backend;
 pub mod cli;
 pub mod daemon;
 pub mod device;
+pub mod driver;
 pub mod image;
 pub mod inflight;
 pub mod request;

@@ -83,7 +83,7 @@ impl StoreDevice for Disks {
             serial: None,
         };
         let blk = BlkDaemon::open(&daemon_config)?;
-        let facts = Published::vbd_facts(blk.device().image().size(), vbd.readonly);
+        let facts = Published::vbd_facts(blk.device().disk().size(), vbd.readonly);
         Ok((blk, facts))
     }
 }

@@ -9,15 +9,14 @@
 //!
 //! Dirty-page logging (live migration, vhost-user.rst "Migration"): guest memory carries
 //! vhost-daemon's [`DirtyBitmap`], so writes through vm-memory (status bytes, GET_ID
-//! data, used-ring entries) mark their pages in the front-end's log by themselves. The kernel's
-//! writes for a READV do not pass through vm-memory: a read keeps the bitmap slices of its
-//! buffers and marks them when it completes, before the chain is put in the used ring.
+//! data, used-ring entries) mark their pages in the front-end's log by themselves. The
+//! storage's writes for a read do not pass through vm-memory: a read keeps the bitmap slices of
+//! its buffers and marks them when it completes, before the chain is put in the used ring.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use io_uring::{opcode, squeue, types};
 use log::{info, log, trace, warn, Level};
 use vhost_daemon::memory::DirtyBitmap;
 use vhost_user_backend::VringT;
@@ -26,48 +25,16 @@ use vm_memory::bitmap::Bitmap;
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend};
 
 use crate::device::BlockDevice;
+use crate::driver::{IoVecs, Op, QueueDriver, QueueError, QueueIo};
 use crate::image::SECTOR_SIZE;
 use crate::inflight::QueueInflight;
 use crate::request::{self, GuestRange, Parsed, Rejected, Request, RequestError};
 use crate::status::Status;
 use vhost_daemon::memory::{GuestRam, GuestRamAtomic, GuestRamGuard, Vring};
-use vhost_daemon::uring::{Completion, Ring, Slab, UringError};
+use vhost_daemon::uring::{Completion, Slab};
 
-/// Most iovecs one READV/WRITEV takes (`UIO_MAXIOV`).
-const MAX_IOVECS_PER_OP: usize = 1024;
 /// How often an operation that fails with EAGAIN or EINTR is tried again before IOERR.
 const MAX_RETRIES: u8 = 8;
-
-/// iovecs pointing into guest memory.
-struct IoVecs(Vec<libc::iovec>);
-
-// SAFETY: the pointers refer to guest memory mapped by the `GuestRamGuard` held next to them
-// in the same `InFlight`; they are never dereferenced by this process, only handed to the
-// kernel, so moving them to another thread is sound.
-unsafe impl Send for IoVecs {}
-
-/// What an in-flight request is waiting for.
-enum Op {
-    /// READV (`write == false`) or WRITEV of the not-yet-transferred iovecs.
-    Transfer {
-        write: bool,
-        fd: RawFd,
-        iovecs: IoVecs,
-        /// First iovec not fully transferred.
-        next: usize,
-        /// File offset of `iovecs[next]`'s start, bytes.
-        offset: u64,
-        /// For a READV: the dirty-log bitmap of each guest buffer piece and its length in
-        /// bytes, marked on completion. Empty for a WRITEV.
-        dirty: Vec<(DirtyBitmap, usize)>,
-        /// Bytes still to transfer.
-        remaining: u64,
-    },
-    /// fdatasync.
-    Sync,
-    /// fallocate of `len` bytes at `offset` with `mode`.
-    Fallocate { mode: i32, offset: u64, len: u64 },
-}
 
 /// A request handed to io_uring and not yet completed.
 struct InFlight {
@@ -90,51 +57,16 @@ enum Progress {
 }
 
 impl InFlight {
-    /// The submission entry for the current state of `op`, tagged with `key`.
-    fn sqe(&self, key: usize, image_fd: RawFd) -> squeue::Entry {
-        let entry = match &self.op {
-            Op::Transfer {
-                write,
-                fd,
-                iovecs,
-                next,
-                offset,
-                ..
-            } => {
-                let iov = &iovecs.0[*next..];
-                // At most MAX_IOVECS_PER_OP, which fits in u32.
-                let count = iov.len().min(MAX_IOVECS_PER_OP) as u32;
-                if *write {
-                    opcode::Writev::new(types::Fd(*fd), iov.as_ptr(), count)
-                        .offset(*offset)
-                        .build()
-                } else {
-                    opcode::Readv::new(types::Fd(*fd), iov.as_ptr(), count)
-                        .offset(*offset)
-                        .build()
-                }
-            }
-            Op::Sync => opcode::Fsync::new(types::Fd(image_fd))
-                .flags(types::FsyncFlags::DATASYNC)
-                .build(),
-            Op::Fallocate { mode, offset, len } => {
-                opcode::Fallocate::new(types::Fd(image_fd), *len)
-                    .offset(*offset)
-                    .mode(*mode)
-                    .build()
-            }
-        };
-        entry.user_data(key as u64)
-    }
-
     /// The end of the image range the operation touches, bytes (`None` for a flush).
     fn end(&self) -> Option<u64> {
         match &self.op {
             Op::Transfer {
                 offset, remaining, ..
             } => Some(offset.saturating_add(*remaining)),
-            Op::Fallocate { offset, len, .. } => Some(offset.saturating_add(*len)),
-            Op::Sync => None,
+            Op::Discard { offset, len } | Op::WriteZeroes { offset, len, .. } => {
+                Some(offset.saturating_add(*len))
+            }
+            Op::Flush => None,
         }
     }
 
@@ -210,7 +142,8 @@ pub struct QueueWorker {
     queue_index: u16,
     device: Arc<BlockDevice>,
     mem: GuestRamAtomic,
-    ring: Ring,
+    /// Where the requests' operations go (the disk's driver).
+    io: QueueIo,
     inflight: Slab<InFlight>,
     /// The vring this worker serves, remembered from the first kick.
     vring: Option<Vring>,
@@ -224,20 +157,21 @@ pub struct QueueWorker {
 }
 
 impl QueueWorker {
-    /// A worker for queue `queue_index` with an io_uring of `device.queue_size()` entries (at
-    /// most one operation per descriptor chain is in flight, so it never overflows).
+    /// A worker for queue `queue_index` with an I/O engine (the file driver's io_uring, ...) of
+    /// `device.queue_size()` entries (at most one operation per descriptor chain is in flight,
+    /// so it never overflows).
     ///
     /// # Errors
-    /// [`UringError`] when the ring cannot be set up.
+    /// [`QueueError`] when the engine cannot be set up.
     pub fn new(
         queue_index: u16,
         device: Arc<BlockDevice>,
         mem: GuestRamAtomic,
-    ) -> Result<QueueWorker, UringError> {
+    ) -> Result<QueueWorker, QueueError> {
         let entries = u32::from(device.queue_size()).max(2);
         Ok(QueueWorker {
             queue_index,
-            ring: Ring::with_eventfd(entries)?,
+            io: device.disk().queue_io(entries)?,
             inflight: Slab::with_capacity(entries as usize),
             completions: Vec::with_capacity(2 * entries as usize),
             device,
@@ -256,9 +190,9 @@ impl QueueWorker {
         self.needs_recovery = true;
     }
 
-    /// The eventfd the kernel signals for every completion.
+    /// The descriptor the driver makes readable for completions.
     pub fn completion_fd(&self) -> Option<RawFd> {
-        self.ring.eventfd()
+        self.io.completion_fd()
     }
 
     /// Number of requests waiting for the kernel.
@@ -312,9 +246,9 @@ impl QueueWorker {
         self.run_ring();
     }
 
-    /// Handles the completion eventfd: reaps and completes finished requests.
+    /// Handles the completion descriptor: reaps and completes finished requests.
     pub fn process_completions(&mut self) {
-        self.ring.clear_eventfd();
+        self.io.on_event();
         self.run_ring();
     }
 
@@ -367,7 +301,7 @@ impl QueueWorker {
     pub fn drain(&mut self) {
         self.needs_recovery = true;
         while !self.inflight.is_empty() {
-            if let Err(e) = self.ring.submit_and_wait_one() {
+            if let Err(e) = self.io.wait_one() {
                 warn!(
                     "queue {}: cannot wait for {} in-flight requests: {e}",
                     self.queue_index,
@@ -423,32 +357,30 @@ impl QueueWorker {
         }
     }
 
-    /// Turns a request into an io_uring operation, or completes it at once.
+    /// Turns a request into a driver operation, or completes it at once.
     fn plan(&self, request: Request, mem: &GuestRam) -> Start {
-        let fallocate = self.device.image().fallocate_support();
-        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         match request {
             Request::Read { sector, buffers } => self.plan_transfer(false, sector, &buffers, mem),
             Request::Write { sector, buffers } => self.plan_transfer(true, sector, &buffers, mem),
-            Request::Flush => Start::Submit(Op::Sync, 0),
+            // Without a flush capability writes are durable when they complete.
+            Request::Flush if !self.device.capabilities().flush => Start::Done(Status::Ok, 0),
+            Request::Flush => Start::Submit(Op::Flush, 0),
             Request::GetId { buffers } => match write_ranges(mem, &buffers, self.device.serial()) {
                 Some(written) => Start::Done(Status::Ok, written),
                 None => Start::Done(Status::IoErr, 0),
             },
-            Request::Discard { sector, sectors } => plan_fallocate(punch, sector, sectors),
+            Request::Discard { sector, sectors } => {
+                plan_range(sector, sectors, |offset, len| Op::Discard { offset, len })
+            }
             Request::WriteZeroes {
                 sector,
                 sectors,
                 unmap,
-            } => {
-                // Without ZERO_RANGE a punched hole reads as zeroes too.
-                let mode = if (unmap && fallocate.punch_hole) || !fallocate.zero_range {
-                    punch
-                } else {
-                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
-                };
-                plan_fallocate(mode, sector, sectors)
-            }
+            } => plan_range(sector, sectors, |offset, len| Op::WriteZeroes {
+                offset,
+                len,
+                unmap,
+            }),
         }
     }
 
@@ -472,10 +404,12 @@ impl QueueWorker {
         };
         // The parser checked sector + length against the capacity, so this cannot overflow.
         let offset = sector * SECTOR_SIZE;
-        let fd = self.device.image().fd_for(
-            offset,
-            iovecs.iter().map(|v| (v.iov_base as u64, v.iov_len as u64)),
-        );
+        let fd = self.device.disk().file().map_or(-1, |image| {
+            image.fd_for(
+                offset,
+                iovecs.iter().map(|v| (v.iov_base as u64, v.iov_len as u64)),
+            )
+        });
         // A chain's total length fits in u32 (virtio-queue bounds it).
         let data_written = if write {
             0
@@ -496,16 +430,14 @@ impl QueueWorker {
 
     /// Queues the operation of in-flight entry `key`; fails the request if that is impossible.
     fn push(&mut self, key: usize) {
-        let image_fd = self.device.image().fd();
         let Some(entry) = self.inflight.get_mut(key) else {
             return;
         };
-        let sqe = entry.sqe(key, image_fd);
         // SAFETY: the entry at `key` owns the iovec array (its heap buffer does not move when
         // the slab grows) and the guard that keeps the guest memory behind the iovecs mapped;
         // it leaves the slab only when the completion tagged `key` is reaped, or just below if
-        // the kernel never got the entry.
-        if let Err(e) = unsafe { self.ring.push(&sqe) } {
+        // the driver never took the operation.
+        if let Err(e) = unsafe { self.io.push(key, &entry.op) } {
             warn!("queue {}: cannot queue I/O: {e}", self.queue_index);
             if let Some(entry) = self.inflight.remove(key) {
                 self.finish(entry, Status::IoErr);
@@ -516,10 +448,8 @@ impl QueueWorker {
     /// Submits queued operations, completes finished ones until none is left, then notifies.
     fn run_ring(&mut self) {
         loop {
-            if self.ring.has_unsubmitted() {
-                if let Err(e) = self.ring.submit() {
-                    warn!("queue {}: io_uring submit failed: {e}", self.queue_index);
-                }
+            if let Err(e) = self.io.submit() {
+                warn!("queue {}: submit failed: {e}", self.queue_index);
             }
             if !self.reap_once() {
                 break;
@@ -531,7 +461,7 @@ impl QueueWorker {
     /// Handles every available completion; returns whether there was any.
     fn reap_once(&mut self) -> bool {
         let mut completions = std::mem::take(&mut self.completions);
-        self.ring.reap(&mut completions);
+        self.io.reap(&mut completions);
         let any = !completions.is_empty();
         for c in completions.drain(..) {
             self.on_completion(c);
@@ -555,7 +485,7 @@ impl QueueWorker {
         match progress {
             Progress::Again => self.push(key),
             Progress::Done(mut status) => {
-                let size = self.device.image().size();
+                let size = self.device.disk().size();
                 if status == Status::Ok && end.is_some_and(|end| end > size) {
                     // The image shrank (SIGHUP) while this request was in flight.
                     warn!(
@@ -583,7 +513,7 @@ impl QueueWorker {
     }
 
     fn finish(&mut self, entry: InFlight, status: Status) {
-        // The kernel may have written any part of a read's buffers, even one that failed.
+        // The storage may have written any part of a read's buffers, even one that failed.
         if let Op::Transfer { dirty, .. } = &entry.op {
             for (bitmap, len) in dirty {
                 bitmap.mark_dirty(0, *len);
@@ -687,16 +617,14 @@ fn ring_position(vring: &Vring, mem: &GuestRam, queue_index: u16) -> Option<(u16
     }
 }
 
-fn plan_fallocate(mode: i32, sector: u64, sectors: u32) -> Start {
+/// A DISCARD or WRITE_ZEROES of `sectors` 512-byte sectors from `sector` as the operation
+/// `op(offset, len)` (bytes); an empty range completes at once.
+fn plan_range(sector: u64, sectors: u32, op: impl FnOnce(u64, u64) -> Op) -> Start {
     if sectors == 0 {
         return Start::Done(Status::Ok, 0);
     }
-    let op = Op::Fallocate {
-        mode,
-        // Checked against the capacity by the parser: no overflow.
-        offset: sector * SECTOR_SIZE,
-        len: u64::from(sectors) * SECTOR_SIZE,
-    };
+    // Checked against the capacity by the parser: no overflow.
+    let op = op(sector * SECTOR_SIZE, u64::from(sectors) * SECTOR_SIZE);
     Start::Submit(op, 0)
 }
 
@@ -797,7 +725,10 @@ mod tests {
         let mut f = transfer(vec![iov(0x1000, 512), iov(0x3000, 1024)]);
         assert!(matches!(f.advance(700), Progress::Again));
         assert_eq!(state(&f), (1, 4096 + 700, 836));
-        let sqe = format!("{:?}", f.sqe(9, 5));
+        let sqe = format!(
+            "{:?}",
+            crate::driver::file::sqe(&f.op, 9, 5, Default::default())
+        );
         assert!(sqe.contains("user_data: 9"), "{sqe}");
         assert!(matches!(f.advance(836), Progress::Done(Status::Ok)));
     }
@@ -828,6 +759,7 @@ mod tests {
 
     #[test]
     fn more_iovecs_than_one_readv_takes_are_split() {
+        use crate::driver::file::MAX_IOVECS_PER_OP;
         let many: Vec<_> = (0..MAX_IOVECS_PER_OP + 10)
             .map(|i| iov(0x1000 * (i + 1), 512))
             .collect();

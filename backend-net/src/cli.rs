@@ -28,7 +28,7 @@ pub const MIN_MTU: u16 = 68;
 /// pass without segmentation offload.
 pub const MAX_MTU: u16 = 16_000;
 /// Largest number of `--socket`s (switch ports).
-pub const MAX_PORTS: usize = 64;
+pub const MAX_PORTS: usize = crate::switch::MAX_PORTS;
 /// Default base MAC address: locally administered, QEMU's 52:54:00 prefix, then "pv".
 pub const DEFAULT_MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x70, 0x76, 0x01]);
 

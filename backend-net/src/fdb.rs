@@ -260,6 +260,22 @@ impl Fdb {
         t.learned.remove(&port);
     }
 
+    /// The port `mac` is pinned to, if it is.
+    pub fn pinned_to(&self, mac: MacAddr) -> Option<PortId> {
+        self.read()
+            .entries
+            .get(&mac)
+            .filter(|e| e.pinned)
+            .map(|e| e.port)
+    }
+
+    /// Forgets `port` altogether (it left the switch): its learned and pinned stations.
+    pub fn remove_port(&self, port: PortId) {
+        let mut t = self.write();
+        t.entries.retain(|_, e| e.port != port);
+        t.learned.remove(&port);
+    }
+
     /// Number of stations known (pinned ones included).
     pub fn len(&self) -> usize {
         self.read().entries.len()
@@ -434,6 +450,11 @@ mod tests {
         assert_eq!(fdb.expire(much_later), vec![1], "only the learned one ages");
         fdb.forget_port(1);
         assert_eq!(fdb.forward(0, mac(2), much_later), Forward::Port(1));
+        assert_eq!(fdb.pinned_to(mac(2)), Some(1));
+        fdb.remove_port(1);
+        assert_eq!(fdb.pinned_to(mac(2)), None);
+        assert_eq!(fdb.forward(0, mac(2), much_later), Forward::Flood);
+        assert!(fdb.is_empty());
     }
 
     proptest! {

@@ -36,7 +36,7 @@ pub struct PortState {
 /// One port.
 #[derive(Debug)]
 pub struct Port {
-    /// Index on the command line.
+    /// The switch's port id (in TAP mode and on the command line: the socket's index).
     pub id: PortId,
     /// MAC address in the configuration space.
     pub mac: MacAddr,
@@ -132,6 +132,12 @@ impl Port {
         self.rx.iter().for_each(RxQueue::detach);
     }
 
+    /// The port left the switch: its receive queues are detached and stay closed (a delivery
+    /// in progress is waited for; later ones are refused).
+    pub fn close(&self) {
+        self.rx.iter().for_each(RxQueue::close);
+    }
+
     /// Receive queue of pair `q`.
     pub fn rx_queue(&self, q: usize) -> Option<&RxQueue> {
         self.rx.get(q)
@@ -167,6 +173,8 @@ impl std::fmt::Debug for RxQueue {
 struct RxInner {
     ring: Option<(Vring, GuestRamAtomic)>,
     backlog: Backlog,
+    /// The port left the switch: nothing attaches again.
+    closed: bool,
 }
 
 /// What happened to an offered frame.
@@ -186,6 +194,7 @@ impl RxQueue {
             inner: Mutex::new(RxInner {
                 ring: None,
                 backlog: Backlog::new(backlog),
+                closed: false,
             }),
         }
     }
@@ -197,9 +206,17 @@ impl RxQueue {
     /// Makes the running vring (and the guest memory it lives in) the target of deliveries.
     pub fn attach(&self, vring: &Vring, mem: &GuestRamAtomic) {
         let mut inner = self.lock();
-        if inner.ring.is_none() {
+        if inner.ring.is_none() && !inner.closed {
             inner.ring = Some((vring.clone(), mem.clone()));
         }
+    }
+
+    /// Detaches for good ([`Port::close`]).
+    fn close(&self) {
+        let mut inner = self.lock();
+        inner.closed = true;
+        inner.ring = None;
+        inner.backlog.clear();
     }
 
     /// Stops deliveries (the vring stopped or the front-end left) and drops the backlog.
@@ -228,7 +245,7 @@ impl RxQueue {
     /// afterwards ([`RxQueue::notify`]), once per batch.
     pub fn offer(&self, acked: Acked, frame: &RxFrame<'_, '_>, stats: &QueueStats) -> Offer {
         let mut inner = self.lock();
-        let RxInner { ring, backlog } = &mut *inner;
+        let RxInner { ring, backlog, .. } = &mut *inner;
         let Some((vring, mem)) = ring.as_ref() else {
             stats.drop(Drop::RxNoBuffers);
             return Offer::Dropped;
@@ -256,7 +273,7 @@ impl RxQueue {
     /// moved (the caller then notifies).
     pub fn drain(&self, acked: Acked, stats: &QueueStats) -> bool {
         let mut inner = self.lock();
-        let RxInner { ring, backlog } = &mut *inner;
+        let RxInner { ring, backlog, .. } = &mut *inner;
         let Some((vring, mem)) = ring.as_ref() else {
             return false;
         };

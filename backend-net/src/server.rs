@@ -19,7 +19,7 @@ use vhost_daemon::BoxError;
 use crate::backend::{Dataplane, NetBackend};
 use crate::cli::{Config, Mode};
 use crate::port::Port;
-use crate::switch::Switch;
+use crate::switch::{Switch, SwitchError, SwitchPort};
 use crate::tap::{self, TapError};
 
 /// Why the daemon could not start or run.
@@ -28,9 +28,9 @@ pub enum Error {
     /// Blocking signals or creating the signalfd failed.
     #[error("cannot set up signal handling")]
     Signals(#[source] nix::Error),
-    /// The TAP device could not be opened.
+    /// The TAP device could not be opened, or a port could not join the switch.
     #[error(transparent)]
-    Tap(#[from] TapError),
+    Build(#[from] BuildError),
     /// The stats socket could not be created.
     #[error("stats socket")]
     StatsSocket(#[source] ListenError),
@@ -39,9 +39,22 @@ pub enum Error {
     Daemon(#[from] DaemonError),
 }
 
+/// Why the device cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The TAP device could not be opened.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    /// A port could not join the switch.
+    #[error(transparent)]
+    Switch(#[from] SwitchError),
+}
+
 /// The ports and what they are bridged to.
 pub(crate) struct NetDevice {
     ports: Vec<Arc<Port>>,
+    /// Switch mode: the ports' places on the switch (dropping the device removes them).
+    _members: Vec<SwitchPort>,
     sockets: Vec<SocketSource>,
     dataplane: Dataplane,
     queue_size: u16,
@@ -50,41 +63,64 @@ pub(crate) struct NetDevice {
 
 impl NetDevice {
     /// The ports of `config` (one per socket) and its data plane: the TAP device's queues,
-    /// or a switch between the ports.
+    /// or a new switch between the ports.
     ///
     /// # Errors
-    /// [`TapError`] when the TAP device cannot be opened.
-    pub(crate) fn new(config: &Config) -> Result<NetDevice, TapError> {
-        let ports: Vec<Arc<Port>> = (0..config.sockets.len())
-            .map(|i| {
-                Arc::new(
-                    Port::new(
-                        i,
-                        config.mac.offset(i as u32),
-                        config.mtu,
-                        config.queue_pairs,
-                        config.rx_backlog,
-                    )
-                    .with_pinned(config.pinned.get(i).cloned().unwrap_or_default()),
-                )
-            })
-            .collect();
-        let dataplane = match &config.mode {
-            Mode::Tap(name) => Dataplane::Tap(
-                tap::open(name, config.queue_pairs)?
-                    .into_iter()
-                    .map(Arc::new)
-                    .collect(),
-            ),
-            Mode::Switch => Dataplane::Switch(Arc::new(Switch::new(ports.clone(), config.switch))),
+    /// [`BuildError`] when the TAP device cannot be opened or two ports pin one MAC.
+    pub(crate) fn new(config: &Config) -> Result<NetDevice, BuildError> {
+        let port = |i: usize, id| {
+            Port::new(
+                id,
+                config.mac.offset(i as u32),
+                config.mtu,
+                config.queue_pairs,
+                config.rx_backlog,
+            )
+            .with_pinned(config.pinned.get(i).cloned().unwrap_or_default())
+        };
+        let (ports, members, dataplane) = match &config.mode {
+            Mode::Tap(name) => {
+                let taps = tap::open(name, config.queue_pairs)?;
+                let ports = (0..config.sockets.len())
+                    .map(|i| Arc::new(port(i, i)))
+                    .collect();
+                let taps = taps.into_iter().map(Arc::new).collect();
+                (ports, Vec::new(), Dataplane::Tap(taps))
+            }
+            Mode::Switch => {
+                let switch = Arc::new(Switch::new(config.switch));
+                let members = (0..config.sockets.len())
+                    .map(|i| switch.add_port(|id| port(i, id)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let ports = members.iter().map(|m| m.port().clone()).collect();
+                (ports, members, Dataplane::Switch(switch))
+            }
         };
         Ok(NetDevice {
             ports,
+            _members: members,
             sockets: config.sockets.clone(),
             dataplane,
             queue_size: config.queue_size,
             rx_backlog: config.rx_backlog,
         })
+    }
+
+    /// One port of a switch shared with other devices, served on `socket` (store mode).
+    pub(crate) fn switch_port(
+        member: SwitchPort,
+        socket: SocketSource,
+        queue_size: u16,
+        rx_backlog: usize,
+    ) -> NetDevice {
+        NetDevice {
+            ports: vec![member.port().clone()],
+            dataplane: Dataplane::Switch(member.switch().clone()),
+            _members: vec![member],
+            sockets: vec![socket],
+            queue_size,
+            rx_backlog,
+        }
     }
 }
 
@@ -161,14 +197,20 @@ pub fn stats_json(ports: &[Arc<Port>], sockets: &[SocketSource]) -> String {
         .iter()
         .zip(sockets)
         .map(|(p, s)| {
-            let mut v = p.stats.to_json();
-            v["port"] = p.id.into();
+            let mut v = port_json(p);
             v["socket"] = s.to_string().into();
-            v["mac"] = p.mac.to_string().into();
             v
         })
         .collect();
     serde_json::json!({ "ports": list }).to_string()
+}
+
+/// A port's counters with its id and MAC: `{"port": id, "mac": MAC, ...PortStats}`.
+pub fn port_json(port: &Port) -> serde_json::Value {
+    let mut v = port.stats.to_json();
+    v["port"] = port.id.into();
+    v["mac"] = port.mac.to_string().into();
+    v
 }
 
 /// Answers every connection to the stats socket with the counters as one line of JSON; the

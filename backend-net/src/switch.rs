@@ -12,9 +12,18 @@
 //! a frame from a source address the port may not use (pinned elsewhere, or not among the
 //! port's own pins) is dropped as [`Drop::TxSpoofed`]; the port's learned addresses are capped
 //! and age out; flooded frames beyond the port's rate are dropped as [`Drop::TxFloodLimited`].
+//!
+//! Ports come and go while the others forward ([`Switch::add_port`], dropping the
+//! [`SwitchPort`]): the forwarding path reads the port table as a lock-free snapshot
+//! (`arc-swap`), changes copy it under a mutex. A removed port's learned and pinned entries
+//! are dropped and its receive queues closed, so no frame reaches its rings afterwards, even
+//! from a worker still holding the previous snapshot; port ids are never reused, so a stale
+//! table entry cannot point at a newer port.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use crate::device::Acked;
@@ -50,12 +59,40 @@ impl Default for SwitchConfig {
     }
 }
 
+/// Most ports of one switch.
+pub const MAX_PORTS: usize = 64;
+
+/// Why a port cannot join the switch.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SwitchError {
+    /// The switch has [`MAX_PORTS`] ports.
+    #[error("the switch has {MAX_PORTS} ports already")]
+    Full,
+    /// One of the port's pinned addresses is pinned to another port.
+    #[error("MAC {0} is already used by another port of the switch")]
+    MacInUse(MacAddr),
+}
+
+/// A port of the switch and its flood limit.
+#[derive(Debug)]
+struct Member {
+    port: Arc<Port>,
+    flood: FloodLimit,
+}
+
+/// The ports, sorted by id.
+type Members = Vec<Arc<Member>>;
+
 /// The ports and their shared learning table.
 #[derive(Debug)]
 pub struct Switch {
-    ports: Vec<Arc<Port>>,
+    /// Read by every frame without a lock; replaced whole by [`Switch::add_port`] and
+    /// [`SwitchPort`]'s drop.
+    members: ArcSwap<Members>,
+    /// Serializes changes of `members`; the next port id.
+    changes: Mutex<PortId>,
+    config: SwitchConfig,
     fdb: Fdb,
-    floods: Vec<FloodLimit>,
     start: Instant,
     /// Milliseconds since `start` when aged entries are next removed.
     next_expiry_ms: AtomicU64,
@@ -75,26 +112,82 @@ pub fn offloads_acked(hdr: &NetHdr, acked: Acked) -> bool {
 }
 
 impl Switch {
-    /// A switch over `ports` protected by `config`; each port's pinned addresses
-    /// ([`Port::pinned`]) are static entries of the table.
-    pub fn new(ports: Vec<Arc<Port>>, config: SwitchConfig) -> Switch {
+    /// A switch without ports, protected by `config`.
+    pub fn new(config: SwitchConfig) -> Switch {
         let start = Instant::now();
-        let fdb = Fdb::new(config.fdb, start);
-        for port in &ports {
-            for &mac in &port.pinned {
-                fdb.pin(mac, port.id);
-            }
-        }
         Switch {
-            floods: ports
-                .iter()
-                .map(|_| FloodLimit::new(config.flood_rate, start))
-                .collect(),
-            ports,
-            fdb,
+            members: ArcSwap::from_pointee(Vec::new()),
+            changes: Mutex::new(0),
+            config,
+            fdb: Fdb::new(config.fdb, start),
             start,
             next_expiry_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Adds the port `make` builds with the switch's next port id; its pinned addresses
+    /// ([`Port::pinned`]) become static entries of the table. The port forwards until the
+    /// returned [`SwitchPort`] is dropped.
+    ///
+    /// # Errors
+    /// [`SwitchError::Full`]; [`SwitchError::MacInUse`] when a pinned address is another
+    /// port's (nothing is changed then).
+    pub fn add_port(
+        self: &Arc<Self>,
+        make: impl FnOnce(PortId) -> Port,
+    ) -> Result<SwitchPort, SwitchError> {
+        let mut next_id = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let members = self.members.load_full();
+        if members.len() >= MAX_PORTS {
+            return Err(SwitchError::Full);
+        }
+        let port = Arc::new(make(*next_id));
+        if let Some(&mac) = port
+            .pinned
+            .iter()
+            .find(|&&mac| self.fdb.pinned_to(mac).is_some_and(|p| p != port.id))
+        {
+            return Err(SwitchError::MacInUse(mac));
+        }
+        *next_id = next_id.max(port.id) + 1;
+        for &mac in &port.pinned {
+            self.fdb.pin(mac, port.id);
+        }
+        let mut next: Members = members.as_ref().clone();
+        next.push(Arc::new(Member {
+            port: port.clone(),
+            flood: FloodLimit::new(self.config.flood_rate, Instant::now()),
+        }));
+        next.sort_by_key(|m| m.port.id);
+        self.members.store(Arc::new(next));
+        Ok(SwitchPort {
+            switch: self.clone(),
+            port,
+        })
+    }
+
+    /// Takes port `id` out: later frames neither come from it nor go to it, its learned and
+    /// pinned entries are dropped, its receive queues closed (waiting for a delivery in
+    /// progress).
+    fn remove_port(&self, id: PortId) {
+        let _changing = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let members = self.members.load_full();
+        let Some(gone) = find(&members, id).cloned() else {
+            return;
+        };
+        let next: Members = members
+            .iter()
+            .filter(|m| m.port.id != id)
+            .cloned()
+            .collect();
+        self.members.store(Arc::new(next));
+        self.fdb.remove_port(id);
+        gone.port.close();
+    }
+
+    /// The ports now.
+    pub fn ports(&self) -> Vec<Arc<Port>> {
+        self.members.load().iter().map(|m| m.port.clone()).collect()
     }
 
     /// Removes aged entries, at most every quarter of the aging time (between 10 ms and 1 s),
@@ -116,19 +209,32 @@ impl Switch {
         {
             return;
         }
+        let members = self.members.load();
         for p in self.fdb.expire(now) {
-            if let Some(port) = self.ports.get(p) {
-                port.stats.fdb_aged.fetch_add(1, Ordering::Relaxed);
+            if let Some(m) = find(&members, p) {
+                m.port.stats.fdb_aged.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
     /// Checks and learns the source of a frame `from` sent on pair `q`, and decides where it
-    /// goes; `None` when it is dropped (counted).
-    fn admit(&self, from: &Port, q: usize, src: MacAddr, dst: MacAddr) -> Option<Forward> {
+    /// goes among `members`; `None` when it is dropped (counted).
+    fn admit(
+        &self,
+        members: &Members,
+        from: &Port,
+        q: usize,
+        src: MacAddr,
+        dst: MacAddr,
+    ) -> Option<Forward> {
         let now = Instant::now();
         self.expire(now);
         let stats = from.stats.queue(q);
+        let Some(sender) = find(members, from.id) else {
+            // A worker of a port that was just removed.
+            stats.drop(Drop::TxNoDestination);
+            return None;
+        };
         if !from.may_send_from(src) {
             stats.drop(Drop::TxSpoofed);
             return None;
@@ -143,19 +249,20 @@ impl Switch {
             }
             Learn::Known | Learn::Learned => {}
         }
-        let forward = self.fdb.forward(from.id, dst, now);
-        let limited =
-            forward == Forward::Flood && !self.floods.get(from.id).is_none_or(|f| f.take(now));
+        let forward = match self.fdb.forward(from.id, dst, now) {
+            Forward::Port(p) if find(members, p).is_none() => {
+                // Learned by a port being removed meanwhile: unknown now.
+                self.fdb.remove_port(p);
+                Forward::Flood
+            }
+            f => f,
+        };
+        let limited = forward == Forward::Flood && !sender.flood.take(now);
         if limited {
             stats.drop(Drop::TxFloodLimited);
             return None;
         }
         Some(forward)
-    }
-
-    /// The ports.
-    pub fn ports(&self) -> &[Arc<Port>] {
-        &self.ports
     }
 
     /// The learning table.
@@ -185,12 +292,17 @@ impl Switch {
         let (Some(dst), Some(src)) = (MacAddr::destination(&eth), MacAddr::source(&eth)) else {
             return;
         };
-        let Some(forward) = self.admit(from, q, src, dst) else {
+        let members = self.members.load();
+        let Some(forward) = self.admit(&members, from, q, src, dst) else {
             return;
         };
         let targets: Vec<&Arc<Port>> = match forward {
-            Forward::Port(p) => self.ports.get(p).into_iter().collect(),
-            Forward::Flood => self.ports.iter().filter(|p| p.id != from.id).collect(),
+            Forward::Port(p) => find(&members, p).map(|m| &m.port).into_iter().collect(),
+            Forward::Flood => members
+                .iter()
+                .map(|m| &m.port)
+                .filter(|p| p.id != from.id)
+                .collect(),
             Forward::Local => Vec::new(),
         };
         let mut local: Option<Vec<u8>> = None;
@@ -257,11 +369,46 @@ impl Switch {
 
     /// Notifies every receive queue in `touched` (once each) and empties it.
     pub fn notify(&self, touched: &mut Touched) {
+        let members = self.members.load();
         for (p, q) in touched.drain(..) {
-            if let Some(rxq) = self.ports.get(p).and_then(|port| port.rx_queue(q)) {
+            if let Some(rxq) = find(&members, p).and_then(|m| m.port.rx_queue(q)) {
                 rxq.notify();
             }
         }
+    }
+}
+
+/// Port `id` among `members` (sorted by id).
+fn find(members: &Members, id: PortId) -> Option<&Arc<Member>> {
+    members
+        .binary_search_by_key(&id, |m| m.port.id)
+        .ok()
+        .map(|i| &members[i])
+}
+
+/// A port's place on the switch: the port forwards while this lives; dropping it removes the
+/// port ([`Switch`] module documentation).
+#[derive(Debug)]
+pub struct SwitchPort {
+    switch: Arc<Switch>,
+    port: Arc<Port>,
+}
+
+impl SwitchPort {
+    /// The port.
+    pub fn port(&self) -> &Arc<Port> {
+        &self.port
+    }
+
+    /// The switch.
+    pub fn switch(&self) -> &Arc<Switch> {
+        &self.switch
+    }
+}
+
+impl std::ops::Drop for SwitchPort {
+    fn drop(&mut self) {
+        self.switch.remove_port(self.port.id);
     }
 }
 
@@ -291,6 +438,58 @@ mod tests {
     use super::*;
     use crate::hdr::F_NEEDS_CSUM;
     use crate::offload::tests::tcp4_frame;
+
+    fn mac(n: u8) -> MacAddr {
+        MacAddr([0x52, 0x54, 0, 0, 0, n])
+    }
+
+    fn pinned(n: u8) -> impl FnOnce(PortId) -> Port {
+        move |id| Port::new(id, mac(n), 1500, 1, 4).with_pinned(vec![mac(n)])
+    }
+
+    fn ids(sw: &Switch) -> Vec<PortId> {
+        sw.ports().iter().map(|p| p.id).collect()
+    }
+
+    #[test]
+    fn ports_come_and_go() {
+        let sw = Arc::new(Switch::new(SwitchConfig::default()));
+        let a = sw.add_port(pinned(1)).unwrap();
+        let b = sw.add_port(pinned(2)).unwrap();
+        assert_eq!(ids(&sw), vec![0, 1]);
+        assert_eq!(
+            sw.add_port(pinned(1)).unwrap_err(),
+            SwitchError::MacInUse(mac(1)),
+            "a pinned MAC is one port's"
+        );
+        assert_eq!(ids(&sw), vec![0, 1], "a refused port leaves nothing");
+        let now = Instant::now();
+        assert_eq!(sw.fdb().learn(mac(9), 0, now), Learn::Learned);
+        drop(a);
+        assert_eq!(ids(&sw), vec![1]);
+        assert_eq!(sw.fdb().pinned_to(mac(1)), None, "its pin is gone");
+        assert_eq!(
+            sw.fdb().forward(1, mac(9), now),
+            Forward::Flood,
+            "and what it learned"
+        );
+        let c = sw.add_port(pinned(1)).unwrap();
+        assert_eq!(c.port().id, 2, "ids are not reused");
+        assert_eq!(sw.fdb().pinned_to(mac(1)), Some(2));
+        drop((b, c));
+        assert!(sw.ports().is_empty() && sw.fdb().is_empty());
+    }
+
+    #[test]
+    fn a_switch_has_at_most_max_ports() {
+        let sw = Arc::new(Switch::new(SwitchConfig::default()));
+        let members: Vec<SwitchPort> = (0..MAX_PORTS)
+            .map(|n| sw.add_port(pinned(n as u8)).unwrap())
+            .collect();
+        assert_eq!(sw.add_port(pinned(200)).unwrap_err(), SwitchError::Full);
+        drop(members);
+        assert!(sw.add_port(pinned(200)).is_ok());
+    }
 
     #[test]
     fn offload_compatibility() {

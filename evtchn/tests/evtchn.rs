@@ -306,3 +306,68 @@ fn tight_notify_and_wait_loop_loses_no_wake_up() {
     }
     back_thread.join().unwrap();
 }
+
+/// A per-domain socket fixes the client's identity: a hello claiming another domain is
+/// refused, and the socket file is mode 0600.
+#[test]
+fn a_domain_socket_client_cannot_claim_another_domain() {
+    use std::os::unix::fs::PermissionsExt;
+    let broker = Broker::new();
+    let path = temp_path("dom5");
+    let _h = broker.listen_domain(&path, 5).unwrap().spawn().unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    for claim in [0, 3] {
+        assert_eq!(refused(Domain::connect(&path, claim)), Errno::EPERM);
+    }
+    let me = Domain::connect(&path, 5).unwrap();
+    // The broker serves it as domain 5: dom0 can bind to a port it allocated for dom0.
+    let back = broker.connect(0).unwrap();
+    let p = me.alloc_unbound(0).unwrap();
+    back.bind_interdomain(5, p).unwrap();
+}
+
+/// Another user cannot reach the broker's sockets (mode 0600). Needs root to switch users.
+#[test]
+fn other_users_cannot_connect_to_the_broker() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getuid has no preconditions.
+    if unsafe { nix::libc::getuid() } != 0 {
+        eprintln!("skipped: needs root to run a client as another user");
+        return;
+    }
+    let broker = Broker::new();
+    let privileged = temp_path("priv");
+    let dom = temp_path("dom6");
+    let _a = broker.listen(&privileged).unwrap().spawn().unwrap();
+    let _b = broker.listen_domain(&dom, 6).unwrap().spawn().unwrap();
+    for path in [privileged, dom] {
+        use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+        use std::os::fd::AsRawFd;
+        let addr = UnixAddr::new(&path).unwrap();
+        let mut cmd = std::process::Command::new("true");
+        cmd.uid(65534).gid(65534);
+        // SAFETY: only async-signal-safe calls (socket, connect, close) between fork and exec;
+        // the outcome travels back as the spawn error.
+        unsafe {
+            cmd.pre_exec(move || {
+                let s = socket(
+                    AddressFamily::Unix,
+                    SockType::SeqPacket,
+                    SockFlag::SOCK_CLOEXEC,
+                    None,
+                )?;
+                connect(s.as_raw_fd(), &addr)?;
+                Ok(())
+            });
+        }
+        let err = cmd
+            .status()
+            .expect_err("a client of another user got through");
+        assert_eq!(
+            err.raw_os_error(),
+            Some(nix::libc::EACCES),
+            "{path:?}: {err}"
+        );
+    }
+}

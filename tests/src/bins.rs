@@ -16,7 +16,9 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Builds binary `bin` of package `package` with the profile of the running test (or binary) and
-/// returns its path, e.g. `workspace_bin("backend-blk", "backend-blk")`.
+/// returns its path, e.g. `workspace_bin("backend-blk", "backend-blk")`. backend-blk is built
+/// with the storage drivers this crate's features ask for (`nbd`, `rbd`), the same for every
+/// test, so concurrent tests never rebuild it differently.
 ///
 /// # Panics
 /// When cargo fails to build it: the test cannot go on without the binary.
@@ -42,6 +44,14 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     cmd.current_dir(workspace_root())
         .args(["build", "--quiet", "-p", package, "--bin", bin])
         .env("CARGO_TARGET_DIR", target_dir);
+    let features = [
+        ("nbd", cfg!(feature = "nbd")),
+        ("rbd", cfg!(feature = "rbd")),
+    ];
+    let features: Vec<&str> = features.iter().filter(|f| f.1).map(|f| f.0).collect();
+    if package == "backend-blk" && !features.is_empty() {
+        cmd.args(["--features", &features.join(",")]);
+    }
     if profile != "debug" {
         cmd.args([
             "--profile",

@@ -16,14 +16,17 @@ pub mod console;
 pub mod cpio;
 pub mod demo;
 pub mod guest;
+pub mod hostile;
 pub mod image;
 pub mod initramfs;
 pub mod migration;
+pub mod netdisk;
 pub mod prereq;
 pub mod procstat;
 pub mod qemu;
 pub mod tmp;
 pub mod vmm;
+pub mod workload;
 pub mod xenstore;
 
 /// Turns an error into a test failure that prints it with `Display` (guest errors carry the

@@ -3,12 +3,14 @@
 //! guest domain 1 over its own store connection. Attach, verified I/O, a bad image next to a
 //! good disk, hot-unplug while connected, re-plug, destroy with nothing left behind; a
 //! back-end daemon killed and restarted serves its disks again; a TAP NIC through
-//! `backend-net --xenstore` in a network namespace.
+//! `backend-net --xenstore` in a network namespace; two domains' NICs on one switch of
+//! `backend-net --xenstore`, coming and going.
 
 mod net_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,8 @@ const CREATE_G1: &str = "domain create --name g1 --mem 64 --guest /bin/true";
 /// Generous: the machine is a loaded 2-core CI runner.
 const STEP: Duration = Duration::from_secs(30);
 const DOMID: u32 = 1;
+/// The second guest domain (switch tests).
+const DOMID2: u32 = 2;
 
 /// A back-end daemon (`backend-blk` or `backend-net`) in store mode; SIGTERM and wait on drop.
 struct ManagerProcess(Child);
@@ -109,7 +113,7 @@ impl Stack {
     fn start_with(launch: Launcher) -> Self {
         let dir = TempDir::new("xenbus-handshake").unwrap();
         std::fs::create_dir(dir.join("run")).unwrap();
-        let store = XenstoreDaemon::start(dir.path(), &[DOMID]);
+        let store = XenstoreDaemon::start(dir.path(), &[DOMID, DOMID2]);
         let log = dir.join("manager.log");
         let manager = ManagerProcess::start(&launch, &store, &dir.join("run"), &log);
         Stack {
@@ -157,8 +161,13 @@ impl Stack {
     }
 
     fn nic_guest(&self, devid: u32) -> Result<MockNetFrontend, MockError> {
-        let dev = DeviceId::new(DeviceKind::Vif, DOMID, devid);
-        MockNetFrontend::attach(self.store.guest_client(DOMID), dev, STEP)
+        self.nic_guest_of(DOMID, devid)
+    }
+
+    /// NIC `devid` of domain `domid`, connected through the handshake (panics if it fails).
+    fn nic_guest_of(&self, domid: u32, devid: u32) -> Result<MockNetFrontend, MockError> {
+        let dev = DeviceId::new(DeviceKind::Vif, domid, devid);
+        MockNetFrontend::attach(self.store.guest_client(domid), dev, STEP)
     }
 
     fn log(&self) -> String {
@@ -344,8 +353,7 @@ fn wait_for_log(s: &Stack, what: &str) {
 
 /// A NIC bridged to a TAP device in a network namespace, with backend-net in store mode
 /// running there: the guest's ICMP echo request to the namespace is answered, also after
-/// backend-net was killed and restarted; a vif on a switch is refused with an `error` (not
-/// served in store mode yet); unplug and destroy leave nothing behind.
+/// backend-net was killed and restarted; unplug and destroy leave nothing behind.
 #[test]
 fn a_tap_nic_through_the_handshake() {
     let ns = Arc::new(Netns::new());
@@ -382,16 +390,6 @@ fn a_tap_nic_through_the_handshake() {
     guest.reconnect().unwrap();
     echo_is_answered(&mut guest, &echo, &s);
 
-    // A switch vif is refused for now, alone.
-    s.pvctl(&["nic", "attach", "1", "--switch", "sw0"]);
-    match s.nic_guest(1) {
-        Err(MockError::Xenbus(XenbusError::BackendFailed { message, .. })) => {
-            assert!(message.contains("TAP vifs only"), "{message}")
-        }
-        other => panic!("expected BackendFailed, got {other:?}"),
-    }
-    s.pvctl(&["nic", "detach", "1", "1"]);
-
     let unplug = std::thread::spawn(move || guest.wait_unplug());
     s.pvctl(&["domain", "destroy", "1"]);
     unplug.join().unwrap().unwrap();
@@ -419,4 +417,232 @@ fn echo_is_answered(guest: &mut MockNetFrontend, echo: &[u8], s: &Stack) {
         echo[42..],
         "the reply carries the payload"
     );
+}
+
+/// The MACs pvctl gives NIC 0 of domains 1 and 2.
+const MAC1: [u8; 6] = [0x00, 0x16, 0x3e, 0x00, 0x01, 0x00];
+const MAC2: [u8; 6] = [0x00, 0x16, 0x3e, 0x00, 0x02, 0x00];
+/// IEEE 802 local experimental ethertype: frames only the test's guests use.
+const TEST_ETHERTYPE: u16 = 0x88b5;
+
+/// Two domains' NICs on switch `sw0` of one backend-net in store mode (`pvctl nic attach
+/// DOMID --switch sw0`): frames go both ways with their content; a spoofed source address is
+/// dropped and counted (SIGUSR1's counters); three times, domain 2's NIC is unplugged while
+/// domain 1's keeps transmitting to it, then plugged again and reached again; destroy leaves no
+/// socket, node, fd or thread behind.
+#[test]
+fn nics_on_a_switch_come_and_go() {
+    let net = workspace_bin("backend-net", "backend-net");
+    let s = Stack::start_with(Box::new(move || Command::new(&net)));
+    let pid = s.manager.pid();
+    wait_for_log(&s, "serving the vifs");
+    let idle = settled(pid);
+    s.pvctl(&words(CREATE_G1));
+    s.pvctl(&words("domain create --name g2 --mem 64 --guest /bin/true"));
+    for domid in ["1", "2"] {
+        assert_eq!(
+            s.pvctl(&["nic", "attach", domid, "--switch", "sw0"]).trim(),
+            "0"
+        );
+    }
+    let mut g1 = s
+        .nic_guest_of(DOMID, 0)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
+    let mut g2 = s
+        .nic_guest_of(DOMID2, 0)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
+    let list = s.pvctl(&["list"]);
+    for line in [
+        "vif 0  front Connected     back Connected     00:16:3e:00:01:00",
+        "vif 0  front Connected     back Connected     00:16:3e:00:02:00",
+    ] {
+        assert!(list.contains(line), "{line} not in\n{list}");
+    }
+    exchange(&mut g1, &mut g2, &s, 1);
+
+    // Spoofing: another guest's address and one the toolstack did not give are refused.
+    let spoofed = [
+        test_frame([0xff; 6], MAC2, 0xee),
+        test_frame(MAC2, [0x02, 0, 0, 0, 0, 0x99], 0xee),
+    ];
+    let p1 = g1.device().unwrap().pair(0).unwrap();
+    for f in &spoofed {
+        p1.send(&NetHdr::default(), f).unwrap();
+    }
+    p1.wait_tx_done().unwrap();
+    let genuine = test_frame(MAC2, MAC1, 0x42);
+    let others = delivered(&mut g1, &mut g2, &genuine, &s);
+    assert!(
+        !others.iter().any(|f| spoofed.contains(f)),
+        "a spoofed frame got through"
+    );
+    let spoofs = wait_for_counter(&s, "sw0", "00:16:3e:00:01:00", "tx_spoofed", 2);
+    assert_eq!(spoofs, 2, "each spoofed frame counted once");
+
+    // A second vif with domain 2's MAC on the same switch fails alone.
+    s.pvctl(&[
+        "nic",
+        "attach",
+        "1",
+        "--switch",
+        "sw0",
+        "--mac",
+        "00:16:3e:00:02:00",
+    ]);
+    match s.nic_guest_of(DOMID, 1) {
+        Err(MockError::Xenbus(XenbusError::BackendFailed { message, .. })) => {
+            assert!(
+                message.contains("already used by another port"),
+                "{message}"
+            )
+        }
+        other => panic!("expected BackendFailed, got {other:?}"),
+    }
+    s.pvctl(&["nic", "detach", "1", "1"]);
+    exchange(&mut g1, &mut g2, &s, 0x10);
+
+    // Domain 2's NIC goes while domain 1's goes on sending to it, and comes back as a new
+    // port with the same pinned MAC, reached both ways; a few times.
+    for round in 2..5 {
+        unplug_while_sending(&s, &mut g1, g2);
+        assert_eq!(s.run_dir_entries(), vec!["vif-1-0.sock"]);
+        let list = s.pvctl(&["list"]);
+        assert!(!list.contains("00:16:3e:00:02:00"), "{list}");
+        assert_eq!(
+            s.pvctl(&["nic", "attach", "2", "--switch", "sw0"]).trim(),
+            "0"
+        );
+        g2 = s
+            .nic_guest_of(DOMID2, 0)
+            .unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
+        let stale = exchange(&mut g1, &mut g2, &s, round);
+        assert!(
+            stale.is_empty(),
+            "frames sent to the removed port reached the new one: {stale:?}"
+        );
+    }
+
+    let unplug1 = std::thread::spawn(move || g1.wait_unplug());
+    let unplug2 = std::thread::spawn(move || g2.wait_unplug());
+    s.pvctl(&["domain", "destroy", "1"]);
+    s.pvctl(&["domain", "destroy", "2"]);
+    unplug1.join().unwrap().unwrap();
+    unplug2.join().unwrap().unwrap();
+    assert_eq!(s.pvctl(&["list"]), "");
+    let ls = s.xenstore_ls("/local/domain");
+    for gone in [
+        "backend/vif/1",
+        "backend/vif/2",
+        "/local/domain/1",
+        "/local/domain/2",
+    ] {
+        assert!(!ls.contains(gone), "{gone} left in\n{ls}");
+    }
+    assert!(s.run_dir_entries().is_empty(), "{:?}", s.run_dir_entries());
+    assert_eq!(
+        settle_at(pid, idle, STEP),
+        idle,
+        "(fds, threads)\n{}",
+        s.log()
+    );
+}
+
+/// `pvctl nic detach 2 0` while `g1` keeps sending frames to `g2`, which sees the unplug.
+fn unplug_while_sending(s: &Stack, g1: &mut MockNetFrontend, mut g2: MockNetFrontend) {
+    let sending = AtomicBool::new(true);
+    std::thread::scope(|scope| {
+        let unplug = scope.spawn(|| g2.wait_unplug());
+        let sender = scope.spawn(|| {
+            let p1 = g1.device().unwrap().pair(0).unwrap();
+            let mut sent = 0u32;
+            while sending.load(Ordering::Relaxed) || sent < 10 {
+                p1.send(&NetHdr::default(), &test_frame(MAC2, MAC1, sent as u8))
+                    .unwrap();
+                p1.wait_tx_done().unwrap();
+                sent += 1;
+            }
+            sent
+        });
+        s.pvctl(&["nic", "detach", "2", "0"]);
+        unplug.join().unwrap().unwrap();
+        sending.store(false, Ordering::Relaxed);
+        assert!(sender.join().unwrap() >= 10);
+    });
+}
+
+/// A frame of the test's ethertype from `src` to `dst`, its payload marked by `mark`.
+fn test_frame(dst: [u8; 6], src: [u8; 6], mark: u8) -> Vec<u8> {
+    let payload: Vec<u8> = (0..100u8).map(|i| i ^ mark).collect();
+    frames::ethernet(dst, src, TEST_ETHERTYPE, &payload)
+}
+
+/// Round `round` of frames from guest 1 to guest 2 and back, each checked by content;
+/// returns the other frames guest 2 received first.
+fn exchange(
+    g1: &mut MockNetFrontend,
+    g2: &mut MockNetFrontend,
+    s: &Stack,
+    round: u8,
+) -> Vec<Vec<u8>> {
+    let others = delivered(g1, g2, &test_frame(MAC2, MAC1, round), s);
+    delivered(g2, g1, &test_frame(MAC1, MAC2, round.wrapping_add(0x80)), s);
+    others
+}
+
+/// Sends `frame` from `from` until `to` receives it unchanged (frames sent before the
+/// receiver's queue runs are dropped by the switch, so sending again is not a fixed sleep);
+/// returns the other frames `to` received meanwhile (late copies of earlier rounds).
+fn delivered(
+    from: &mut MockNetFrontend,
+    to: &mut MockNetFrontend,
+    frame: &[u8],
+    s: &Stack,
+) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + STEP;
+    let tx = from.device().unwrap().pair(0).unwrap();
+    let rx = to.device().unwrap().pair(0).unwrap();
+    let mut others = Vec::new();
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "frame not delivered\n{}",
+            s.log()
+        );
+        tx.send(&NetHdr::default(), frame).unwrap();
+        tx.wait_tx_done().unwrap();
+        while let Some(r) = rx.recv(Duration::from_secs(1)).unwrap() {
+            if r.frame == frame {
+                return others;
+            }
+            others.push(r.frame);
+        }
+    }
+}
+
+/// Asks backend-net for its counters (SIGUSR1, logged) until counter `drop` of the port with
+/// `mac` on `switch` reaches `at_least`; returns it.
+fn wait_for_counter(s: &Stack, switch: &str, mac: &str, drop: &str, at_least: u64) -> u64 {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let _ = kill(Pid::from_raw(s.manager.pid() as i32), Signal::SIGUSR1);
+        std::thread::sleep(Duration::from_millis(100));
+        let log = s.log();
+        let last = log
+            .lines()
+            .rev()
+            .find_map(|l| l.split_once("stats: ").map(|(_, j)| j));
+        let n = last
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+            .and_then(|v| {
+                v["switches"][switch]
+                    .as_array()?
+                    .iter()
+                    .find(|p| p["mac"] == mac)?["drops"][drop]
+                    .as_u64()
+            });
+        match n {
+            Some(n) if n >= at_least => return n,
+            _ => assert!(Instant::now() < deadline, "no {drop} >= {at_least}\n{log}"),
+        }
+    }
 }

@@ -4,7 +4,8 @@
 //! from its store configuration ([`StoreDevice`]); each device is then served on
 //! `DIR/<kind>-<domid>-<devid>.sock` by its own [`PortServer`], from InitWait until the back
 //! end drains it at Closing or the toolstack removes it. SIGTERM/SIGINT stop every device
-//! cleanly and leave the store as it is, so a restarted daemon serves the devices again.
+//! cleanly and leave the store as it is, so a restarted daemon serves the devices again;
+//! SIGUSR1 logs the daemon's counters ([`StoreDevice::stats`]).
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,12 @@ pub trait StoreDevice: Clone {
     /// # Errors
     /// The device cannot be served with `config`.
     fn build(&self, config: &DeviceConfig, socket: &Path) -> Result<Built<Self>, Self::Error>;
+
+    /// The counters of every device served now, as one line (logged on SIGUSR1); `None`:
+    /// the daemon has none to show.
+    fn stats(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A built device and the facts to publish (name, value).
@@ -84,14 +91,14 @@ pub fn socket_path(run_dir: &Path, dev: &DeviceId) -> PathBuf {
 /// # Errors
 /// [`StoreError`] when signals, the run folder or the store cannot be set up, or the store
 /// goes away.
-pub fn run<S: StoreDevice>(
+pub fn run<S: StoreDevice + Send + 'static>(
     xenstore: &Path,
     run_dir: &Path,
     kind: DeviceKind,
     builder: S,
 ) -> Result<(), StoreError> {
     let factory = Factory {
-        builder,
+        builder: builder.clone(),
         run_dir: run_dir.to_owned(),
     };
     let signals = Signals::block().map_err(StoreError::Signals)?;
@@ -102,10 +109,11 @@ pub fn run<S: StoreDevice>(
     let client = Client::connect(xenstore).map_err(xenbus::XenbusError::from)?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    // The manager polls `stop`; this thread turns SIGTERM/SIGINT into it.
+    // The manager polls `stop`; this thread turns SIGTERM/SIGINT into it and logs the
+    // counters on SIGUSR1.
     std::thread::Builder::new()
         .name("store-signals".into())
-        .spawn(move || wait_for_stop(&signals, &flag))
+        .spawn(move || wait_for_stop(&signals, &flag, &builder))
         .map_err(StoreError::Thread)?;
     log::info!("serving the {kind}s of {}", xenstore.display());
     Manager::new(client, kind, factory).run(&stop)?;
@@ -113,11 +121,16 @@ pub fn run<S: StoreDevice>(
     Ok(())
 }
 
-fn wait_for_stop(signals: &Signals, stop: &AtomicBool) {
+fn wait_for_stop<S: StoreDevice>(signals: &Signals, stop: &AtomicBool, builder: &S) {
     loop {
         match signals.next() {
             Ok(Request::Stop) => break,
-            Ok(Request::Stats | Request::Reconfigure) => {}
+            Ok(Request::Stats) => {
+                if let Some(stats) = builder.stats() {
+                    log::info!("stats: {stats}");
+                }
+            }
+            Ok(Request::Reconfigure) => {}
             Err(e) => {
                 log::error!("reading signals: {e}");
                 break;

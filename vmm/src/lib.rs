@@ -4,6 +4,7 @@
 //! doorbells are KVM ioeventfds that are the back-ends' kick eventfds, and the back-ends' call
 //! eventfds are KVM irqfds into the in-kernel IOAPIC.
 //!
+//! - [`acpi`]: ACPI tables describing vCPUs, IOAPIC and virtio-mmio devices to Linux.
 //! - [`boot_info`]: the structure telling the guest its RAM, devices and arguments.
 //! - [`x86`]: GDT, identity page tables, long-mode registers.
 //! - [`mmio`]: the virtio-mmio register model (virtio 1.2 §4.2.2).
@@ -16,6 +17,7 @@
 //!
 //! [`GUEST_PAYLOAD`] is the path of pvio's guest as built by this crate's build script.
 
+pub mod acpi;
 pub mod boot_info;
 pub mod cli;
 pub mod linux;

@@ -3,8 +3,8 @@
 //! On a host whose /dev/kvm is the nested software "pagetable VM" (kvm_pvm), guest code at
 //! CPL0 runs in KVM's instruction emulator, which stops a stock kernel in early boot; see
 //! `vmm/README.md`. [`hardware_virtualization`] tells whether this host can do it; [`load`]
-//! is the loader (bzImage, initramfs, command line, zero page). Describing the virtio-mmio
-//! devices to a stock kernel (ACPI DSDT) is not done yet.
+//! is the loader (bzImage, initramfs, command line, zero page). The kernel finds the vCPUs,
+//! the IOAPIC and the virtio-mmio devices in the ACPI tables of [`crate::acpi`].
 
 /// `None` if the host has hardware virtualization (VT-x or AMD-V flags in /proc/cpuinfo and no
 /// kvm_pvm module), else the reason it cannot boot Linux.
@@ -53,11 +53,10 @@ pub struct LinuxBoot {
 }
 
 /// Loads `boot`'s bzImage, initramfs and command line into `ram` and writes the zero page
-/// (boot protocol: `Documentation/arch/x86/boot.rst`, e820 map of low RAM and RAM above 1 MiB).
-/// Returns the 64-bit entry point; the vCPU enters it with `rsi` = [`ZERO_PAGE_ADDR`].
-///
-/// This is the skeleton of part 2: the virtio-mmio devices are not described to the kernel
-/// yet (that needs ACPI tables, see vmm/README.md).
+/// (boot protocol: `Documentation/arch/x86/boot.rst`, e820 map of low RAM, the reserved ACPI
+/// area [`crate::acpi::RSDP_ADDR`] .. 1 MiB and RAM above 1 MiB; `acpi_rsdp_addr` set). The
+/// caller writes the ACPI tables ([`crate::acpi::build`]). Returns the 64-bit entry point; the
+/// vCPU enters it with `rsi` = [`ZERO_PAGE_ADDR`].
 ///
 /// # Errors
 /// A message saying which file or step failed.
@@ -108,14 +107,22 @@ pub fn load(ram: &frontend_guest::host::HostRam, boot: &LinuxBoot) -> Result<u64
         params.hdr.ramdisk_image = at as u32;
         params.hdr.ramdisk_size = data.len() as u32;
     }
-    let ram_entry = |addr: u64, end: u64| boot_e820_entry {
+    const E820_RAM: u32 = 1;
+    const E820_RESERVED: u32 = 2;
+    let entry = |addr: u64, end: u64, r#type| boot_e820_entry {
         addr,
         size: end - addr,
-        r#type: 1,
+        r#type,
     };
-    params.e820_table[0] = ram_entry(0, LOW_RAM_END);
-    params.e820_table[1] = ram_entry(KERNEL_START, ram.size());
-    params.e820_entries = 2;
+    params.e820_table[0] = entry(0, LOW_RAM_END, E820_RAM);
+    params.e820_table[1] = entry(
+        crate::acpi::RSDP_ADDR,
+        crate::acpi::REGION_END,
+        E820_RESERVED,
+    );
+    params.e820_table[2] = entry(KERNEL_START, ram.size(), E820_RAM);
+    params.e820_entries = 3;
+    params.acpi_rsdp_addr = crate::acpi::RSDP_ADDR;
     let zero_page = BootParams::new::<boot_params>(&params, GuestAddress(ZERO_PAGE_ADDR));
     LinuxBootConfigurator::write_bootparams(&zero_page, ram.memory())
         .map_err(|e| format!("zero page: {e}"))?;

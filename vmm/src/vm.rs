@@ -55,6 +55,9 @@ pub enum VmError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// The ACPI tables for a Linux guest could not be built.
+    #[error("ACPI tables: {0}")]
+    Acpi(#[from] crate::acpi::AcpiError),
     /// Guest RAM could not be created.
     #[error("guest RAM: {0}")]
     Ram(#[source] frontend_guest::host::Error),
@@ -86,7 +89,8 @@ pub enum VmError {
 /// How the VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The guest wrote this status to the debug-exit port.
+    /// The guest wrote this status to the debug-exit port (0 for a Linux guest's ACPI
+    /// power-off).
     GuestExit(u32),
     /// The VM stopped on a fault; the report says why, with registers and code bytes.
     Fault(String),
@@ -134,19 +138,40 @@ impl VmConfig {
     }
 }
 
-/// A 16550 interrupt line that is not wired: pvio's guest polls the UART.
-struct NoInterrupt;
+/// GSI of the 16550's interrupt for a Linux guest (ISA IRQ 4, COM1).
+pub const SERIAL_GSI: u32 = 4;
 
-impl Trigger for NoInterrupt {
-    type E = std::convert::Infallible;
+/// The 16550's interrupt line: not wired for pvio's guest (it polls the UART); a KVM irqfd
+/// on [`SERIAL_GSI`] for Linux, whose 8250 driver waits for the transmitter-empty interrupt.
+struct SerialInterrupt(Option<vmm_sys_util::eventfd::EventFd>);
+
+impl Trigger for SerialInterrupt {
+    type E = std::io::Error;
     fn trigger(&self) -> Result<(), Self::E> {
-        Ok(())
+        self.0.as_ref().map_or(Ok(()), |fd| fd.write(1))
     }
+}
+
+/// The serial interrupt for `boot`: an irqfd on [`SERIAL_GSI`] for Linux.
+fn serial_interrupt(vm: &VmFd, boot: &Boot) -> Result<SerialInterrupt, VmError> {
+    if !matches!(boot, Boot::Linux(_)) {
+        return Ok(SerialInterrupt(None));
+    }
+    let fd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Kvm {
+        what: "serial interrupt eventfd",
+        source: e.into(),
+    })?;
+    vm.register_irqfd(&fd, SERIAL_GSI)
+        .map_err(|source| VmError::Kvm {
+            what: "KVM_IRQFD (serial)",
+            source,
+        })?;
+    Ok(SerialInterrupt(Some(fd)))
 }
 
 /// What the vCPUs' port and MMIO exits reach.
 struct Bus {
-    serial: Mutex<Serial<NoInterrupt, NoEvents, std::io::Stdout>>,
+    serial: Mutex<Serial<SerialInterrupt, NoEvents, std::io::Stdout>>,
     devices: Vec<(u64, Mutex<VhostUserMmio>)>,
     /// Unknown addresses already logged: (is MMIO, address).
     logged: Mutex<HashSet<(bool, u64)>>,
@@ -208,8 +233,12 @@ impl Bus {
         }
     }
 
-    /// Handles an `out`; returns the guest's exit status for a debug-exit write.
+    /// Handles an `out`; returns the guest's exit status for a debug-exit write, 0 for a
+    /// Linux guest's ACPI power-off (S5 written to the sleep control register).
     fn port_write(&self, port: u16, data: &[u8]) -> Option<u32> {
+        if port == crate::acpi::SLEEP_PORT && data.first() == Some(&crate::acpi::S5_SLEEP_VALUE) {
+            return Some(0);
+        }
         if port == DEBUG_EXIT_PORT {
             let mut b = [0u8; 4];
             let n = data.len().min(4);
@@ -292,7 +321,10 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
     write_boot_data(&ram, config, &devices)?;
     let vcpus = create_vcpus(&kvm, &vm, config.vcpus, entry, entry_arg)?;
     let bus = Arc::new(Bus {
-        serial: Mutex::new(Serial::new(NoInterrupt, std::io::stdout())),
+        serial: Mutex::new(Serial::new(
+            serial_interrupt(&vm, &config.boot)?,
+            std::io::stdout(),
+        )),
         devices: devices
             .into_iter()
             .map(|(place, d)| (place.mmio_base, Mutex::new(d)))
@@ -478,8 +510,8 @@ fn write_boot_data(
         ram.write(gpa, bytes).map_err(|e| VmError::Ram(e.into()))?;
     }
     let Boot::Guest { args, .. } = &config.boot else {
-        // A Linux guest learns about the machine from the zero page instead.
-        return Ok(());
+        // A Linux guest learns about the machine from the zero page and the ACPI tables.
+        return write_acpi_tables(ram, config.vcpus, devices);
     };
     let mut info = BootInfo {
         mem_size: ram.size(),
@@ -512,6 +544,31 @@ fn write_boot_data(
     ];
     for (gpa, bytes) in writes {
         ram.write(gpa, bytes).map_err(|e| VmError::Ram(e.into()))?;
+    }
+    Ok(())
+}
+
+/// Writes the ACPI tables describing `vcpus` vCPUs and `devices` for a Linux guest.
+fn write_acpi_tables(
+    ram: &HostRam,
+    vcpus: u8,
+    devices: &[(DevicePlace, VhostUserMmio)],
+) -> Result<(), VmError> {
+    let described: Vec<_> = devices
+        .iter()
+        .map(|(place, _)| crate::acpi::MmioDevice {
+            base: place.mmio_base,
+            size: WINDOW_BYTES,
+            gsi: place.gsi,
+        })
+        .collect();
+    let com1 = crate::acpi::Com1 {
+        port: SERIAL_PORT,
+        gsi: SERIAL_GSI,
+    };
+    for table in crate::acpi::build(&described, com1, vcpus)? {
+        ram.write(table.gpa, &table.bytes)
+            .map_err(|e| VmError::Ram(e.into()))?;
     }
     Ok(())
 }

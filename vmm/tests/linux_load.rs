@@ -5,6 +5,7 @@
 
 use frontend_guest::host::HostRam;
 use frontend_guest::GuestRam;
+use vmm::acpi;
 use vmm::linux::{load, LinuxBoot, KERNEL_CMDLINE_ADDR, ZERO_PAGE_ADDR};
 
 fn newest_kernel() -> Option<std::path::PathBuf> {
@@ -67,5 +68,25 @@ fn bzimage_initrd_and_command_line_are_described_in_the_zero_page() {
     );
     let mut entries = [0u8; 1];
     ram.read(zp + 0x1e8, &mut entries).unwrap();
-    assert_eq!(entries[0], 2, "e820: low RAM and RAM above 1 MiB");
+    assert_eq!(entries[0], 3, "e820: low RAM, ACPI area, RAM above 1 MiB");
+    let e820 = |i: u64| {
+        let at = zp + 0x2d0 + i * 20;
+        let addr = u64::from(u32_at(&ram, at)) | u64::from(u32_at(&ram, at + 4)) << 32;
+        let size = u64::from(u32_at(&ram, at + 8)) | u64::from(u32_at(&ram, at + 12)) << 32;
+        (addr, size, u32_at(&ram, at + 16))
+    };
+    assert_eq!(
+        e820(1),
+        (acpi::RSDP_ADDR, acpi::REGION_END - acpi::RSDP_ADDR, 2),
+        "the ACPI tables' area is reserved"
+    );
+    assert_eq!(e820(0).2, 1);
+    assert_eq!(e820(2).2, 1);
+    assert!(e820(0).0 + e820(0).1 <= acpi::RSDP_ADDR);
+    assert!(e820(2).0 >= acpi::REGION_END);
+    assert_eq!(
+        u64::from(u32_at(&ram, zp + 0x70)),
+        acpi::RSDP_ADDR,
+        "acpi_rsdp_addr"
+    );
 }

@@ -162,10 +162,10 @@ struct ServeArgs {
     /// Size limit of a guest's node in bytes (header, permissions, value, child names).
     #[arg(long, default_value_t = Quotas::default().node_size)]
     quota_node_size: usize,
-    /// Watches per guest connection.
+    /// Watches per guest domain.
     #[arg(long, default_value_t = Quotas::default().watches)]
     quota_watches: usize,
-    /// Open transactions per guest connection.
+    /// Open transactions per guest domain.
     #[arg(long, default_value_t = Quotas::default().transactions)]
     quota_transactions: usize,
     /// Nodes one guest transaction may access.
@@ -180,6 +180,12 @@ struct ServeArgs {
     /// Path length below a guest's home, in bytes.
     #[arg(long, default_value_t = Quotas::default().path_max)]
     quota_path_max: usize,
+    /// Memory per unprivileged domain in bytes: nodes, transactions, watches, queued output.
+    #[arg(long, default_value_t = Quotas::default().memory)]
+    quota_memory: usize,
+    /// Connections an unprivileged domain may have open at once.
+    #[arg(long, default_value_t = Quotas::default().connections)]
+    quota_connections: usize,
 }
 
 fn parse_domain_socket(s: &str) -> Result<(u32, PathBuf), String> {
@@ -211,6 +217,8 @@ impl ServeArgs {
                 outstanding: self.quota_outstanding,
                 perms_per_node: self.quota_perms,
                 path_max: self.quota_path_max,
+                memory: self.quota_memory,
+                connections: self.quota_connections,
             },
         }
     }

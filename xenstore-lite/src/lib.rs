@@ -38,7 +38,7 @@ pub use client::{Client, ClientError, XsOps};
 pub use journal::{JournalError, SyncMode};
 pub use quota::Quotas;
 pub use server::{Server, ServerConfig, ServerError};
-pub use store::{ConnId, Store};
+pub use store::{ConnId, RingMapper, Store};
 pub use wire::{Errno, MsgType};
 
 /// `error` and its sources as one line: "outer: cause: root cause" (what pvio's daemons and

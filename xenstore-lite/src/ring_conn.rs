@@ -3,8 +3,8 @@
 //!
 //! The daemon connects to the broker as domain 0. On XS_INTRODUCE `domid gfn port` (the gfn
 //! being the grant reference of the guest's ring page) it maps the ring and binds the guest's
-//! port ([`XsRingBackend::connect`]), and opens a [`Store`] connection as that domain; on
-//! XS_RELEASE it drops both. Every ring shares the one [`Domain`] doorbell, registered in the
+//! port ([`XsRingBackend::connect`]) before replying ([`BrokerMapper`]: a failure is the error
+//! reply), then opens a [`Store`] connection as that domain; on XS_RELEASE it drops both. Every ring shares the one [`Domain`] doorbell, registered in the
 //! server's poll loop: each poll round reads every ring's requests and writes every ring's
 //! pending output (the rings are few and a check costs a few atomic loads), so output that did
 //! not fit in the 1024-byte reply ring goes out in a later round, when the guest has made room
@@ -12,13 +12,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use evtchn::{BrokerError, DomId, Domain, XsRingBackend, XsRingError};
 use thiserror::Error;
 
 use crate::domain::DomainEvent;
-use crate::store::{ConnId, Store};
+use crate::store::{ConnId, RingMapper, Store};
+use crate::wire::Errno;
 
 /// Bytes copied out of one ring per read call.
 const READ_CHUNK: usize = 4096;
@@ -59,10 +60,67 @@ struct RingConn {
     out_pos: usize,
 }
 
+/// Rings mapped by XS_INTRODUCE and not yet attached to a store connection.
+type Mapped = Arc<Mutex<HashMap<u32, XsRingBackend>>>;
+
 /// The ring connections of every introduced guest, by domain id.
 pub struct RingConns {
     domain: Arc<Domain>,
     conns: HashMap<u32, RingConn>,
+    mapped: Mapped,
+}
+
+/// The [`RingMapper`] of the broker transport: maps a guest's ring when the store handles
+/// XS_INTRODUCE and hands it to [`RingConns`].
+pub struct BrokerMapper {
+    domain: Arc<Domain>,
+    mapped: Mapped,
+}
+
+impl RingMapper for BrokerMapper {
+    fn map(&mut self, domid: u32, gfn: u64, port: u32) -> Result<(), Errno> {
+        let ring = map_ring(&self.domain, domid, gfn, port).map_err(|e| {
+            log::warn!("XS_INTRODUCE of domain {domid}: {e:?}");
+            e.errno()
+        })?;
+        self.mapped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(domid, ring);
+        Ok(())
+    }
+}
+
+fn map_ring(
+    domain: &Arc<Domain>,
+    domid: u32,
+    gfn: u64,
+    port: u32,
+) -> Result<XsRingBackend, RingConnError> {
+    let guest = DomId::try_from(domid).map_err(|_| RingConnError::Range(domid))?;
+    let gref = u32::try_from(gfn).map_err(|_| RingConnError::Range(domid))?;
+    XsRingBackend::connect(domain.clone(), guest, gref, port)
+        .map_err(|source| RingConnError::Map { domid, source })
+}
+
+impl RingConnError {
+    /// The errno of an XS_INTRODUCE reply that failed with this error.
+    fn errno(&self) -> Errno {
+        let refused = match self {
+            RingConnError::Range(_) => return Errno::EINVAL,
+            RingConnError::Map {
+                source: XsRingError::Broker(b),
+                ..
+            } => b.refused_errno().map(|e| e as i32),
+            _ => None,
+        };
+        match refused {
+            Some(libc::ENOENT) => Errno::ENOENT,
+            Some(libc::EPERM) => Errno::EPERM,
+            Some(libc::EINVAL) => Errno::EINVAL,
+            _ => Errno::EIO,
+        }
+    }
 }
 
 impl RingConns {
@@ -78,7 +136,16 @@ impl RingConns {
         Ok(RingConns {
             domain: Arc::new(domain),
             conns: HashMap::new(),
+            mapped: Mapped::default(),
         })
+    }
+
+    /// The mapper to give the store ([`Store::set_ring_mapper`]).
+    pub fn mapper(&self) -> BrokerMapper {
+        BrokerMapper {
+            domain: self.domain.clone(),
+            mapped: self.mapped.clone(),
+        }
     }
 
     /// The doorbell fd to register in the poll loop (readable when some guest notified).
@@ -97,34 +164,30 @@ impl RingConns {
         Ok(())
     }
 
-    /// Follows introduced and released guests: maps a ring (replacing any previous one of
-    /// that guest) or drops it with its store connection. A ring that cannot be mapped is
-    /// logged and skipped (the guest stays introduced, without a connection).
+    /// Follows introduced and released guests: attaches a ring the [`BrokerMapper`] mapped
+    /// (replacing any previous one of that guest) or drops it with its store connection.
     pub fn apply(&mut self, store: &mut Store, events: Vec<DomainEvent>) {
         for ev in events {
             match ev {
-                DomainEvent::Introduced { domid, gfn, port } => {
+                DomainEvent::Introduced { domid, .. } => {
                     self.detach(store, domid);
-                    if let Err(e) = self.attach(store, domid, gfn, port) {
-                        log::warn!("{e:?}");
-                    }
+                    self.attach(store, domid);
                 }
                 DomainEvent::Released(domid) => self.detach(store, domid),
             }
         }
     }
 
-    fn attach(
-        &mut self,
-        store: &mut Store,
-        domid: u32,
-        gfn: u64,
-        port: u32,
-    ) -> Result<(), RingConnError> {
-        let guest = DomId::try_from(domid).map_err(|_| RingConnError::Range(domid))?;
-        let gref = u32::try_from(gfn).map_err(|_| RingConnError::Range(domid))?;
-        let ring = XsRingBackend::connect(self.domain.clone(), guest, gref, port)
-            .map_err(|source| RingConnError::Map { domid, source })?;
+    fn attach(&mut self, store: &mut Store, domid: u32) {
+        let ring = self
+            .mapped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&domid);
+        let Some(ring) = ring else {
+            log::warn!("domain {domid} was introduced without a mapped ring");
+            return;
+        };
         let id = store.connect(domid);
         log::info!("domain {domid}: xenstore ring connected as connection {id}");
         self.conns.insert(
@@ -136,7 +199,6 @@ impl RingConns {
                 out_pos: 0,
             },
         );
-        Ok(())
     }
 
     fn detach(&mut self, store: &mut Store, domid: u32) {

@@ -220,13 +220,17 @@ impl Server {
             }
             None => None,
         };
+        let mut store = Store::new(tree, journal, cfg.quotas);
+        if let Some(r) = &rings {
+            store.set_ring_mapper(Box::new(r.mapper()));
+        }
         Ok(Server {
             poll,
             listeners,
             conns: HashMap::new(),
             by_id: HashMap::new(),
             next_token: FIRST_CONN,
-            store: Store::new(tree, journal, cfg.quotas),
+            store,
             stop: StopHandle {
                 stop: Arc::new(AtomicBool::new(false)),
                 waker,
@@ -324,6 +328,13 @@ impl Server {
                     return;
                 }
             };
+            if !self.store.may_connect(listener.domid) {
+                log::warn!(
+                    "domain {} is at its connections quota; closing a new connection",
+                    listener.domid
+                );
+                continue;
+            }
             let token = Token(self.next_token);
             self.next_token += 1;
             if let Err(e) = self
@@ -401,11 +412,16 @@ impl Server {
         let Some(c) = self.conns.get_mut(&t) else {
             return;
         };
-        if c.out_pos == c.out.len() {
-            c.out = self.store.take_output(c.id);
-            c.out_pos = 0;
-        }
-        while c.out_pos < c.out.len() {
+        // Takes the store's next output whenever the previous is all written: output queued
+        // while the socket was full has no other round to go out in.
+        loop {
+            if c.out_pos == c.out.len() {
+                c.out = self.store.take_output(c.id);
+                c.out_pos = 0;
+                if c.out.is_empty() {
+                    break;
+                }
+            }
             match c.stream.write(&c.out[c.out_pos..]) {
                 Ok(n) => c.out_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

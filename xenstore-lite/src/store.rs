@@ -107,6 +107,17 @@ fn encode_event(path: &str, token: &[u8]) -> Option<Vec<u8>> {
         .then(|| wire::encode(MsgType::WATCH_EVENT, 0, 0, &payload))
 }
 
+/// Maps a guest's xenstore ring when XS_INTRODUCE names it, so that the reply says whether
+/// the guest can be served (C xenstored maps the ring before it answers).
+pub trait RingMapper: Send {
+    /// Maps the ring page `gfn` of `domid` and binds its event-channel `port`, keeping them
+    /// for the transport.
+    ///
+    /// # Errors
+    /// The errno to reply with: the ring cannot be mapped or the port not bound.
+    fn map(&mut self, domid: u32, gfn: u64, port: u32) -> Result<()>;
+}
+
 #[derive(Debug)]
 struct ConnState {
     domid: u32,
@@ -117,6 +128,25 @@ struct ConnState {
     transactions: HashMap<u32, Transaction>,
     next_tx: u32,
     closed: bool,
+}
+
+impl ConnState {
+    /// Bytes this connection charges to its domain's memory quota: queued output, buffered
+    /// input, watches (path and token) and open transactions' node copies.
+    fn memory(&self) -> usize {
+        self.out.len()
+            + self.decoder.buffered()
+            + self
+                .watches
+                .iter()
+                .map(|w| w.path.len() + w.token.len())
+                .sum::<usize>()
+            + self
+                .transactions
+                .values()
+                .map(|t| t.overlay.bytes())
+                .sum::<usize>()
+    }
 }
 
 /// The whole store: tree, domains, connections, and the journal when durable.
@@ -131,6 +161,13 @@ pub struct Store {
     ready: BTreeSet<ConnId>,
     deferred: Vec<(ConnId, Vec<u8>)>,
     domain_events: Vec<DomainEvent>,
+    mapper: Option<Box<dyn RingMapper>>,
+}
+
+impl std::fmt::Debug for dyn RingMapper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RingMapper")
+    }
 }
 
 impl Store {
@@ -146,7 +183,14 @@ impl Store {
             ready: BTreeSet::new(),
             deferred: Vec::new(),
             domain_events: Vec::new(),
+            mapper: None,
         }
+    }
+
+    /// Has XS_INTRODUCE of a guest map its ring through `mapper` before replying (without
+    /// one, introducing only records the domain).
+    pub fn set_ring_mapper(&mut self, mapper: Box<dyn RingMapper>) {
+        self.mapper = Some(mapper);
     }
 
     /// An in-memory store with the initial tree and Xen's default quotas.
@@ -168,6 +212,35 @@ impl Store {
     /// serves their rings.
     pub fn take_domain_events(&mut self) -> Vec<DomainEvent> {
         std::mem::take(&mut self.domain_events)
+    }
+
+    /// Bytes `domid` uses toward its memory quota (see [`crate::quota`]).
+    pub fn domain_memory(&self, domid: u32) -> usize {
+        self.tree.owned_bytes(domid)
+            + self
+                .domain_conns(domid)
+                .map(ConnState::memory)
+                .sum::<usize>()
+    }
+
+    fn domain_conns(&self, domid: u32) -> impl Iterator<Item = &ConnState> {
+        self.conns.values().filter(move |c| c.domid == domid)
+    }
+
+    /// Whether another connection of `domid` is within the connections quota (always for
+    /// dom0).
+    pub fn may_connect(&self, domid: u32) -> bool {
+        domid == 0 || self.domain_conns(domid).count() < self.quotas.connections
+    }
+
+    /// `ENOMEM` when `domid` is unprivileged and `extra` more bytes would take it over its
+    /// memory quota.
+    fn charge(&self, caller: &Caller, extra: usize) -> Result<()> {
+        if caller.privileged || self.domain_memory(caller.domid) + extra <= self.quotas.memory {
+            Ok(())
+        } else {
+            Err(Errno::ENOMEM)
+        }
     }
 
     /// Opens a connection for a client of domain `domid` (0 = privileged).
@@ -330,7 +403,28 @@ impl Store {
             }
         };
         self.queue(conn, reply, true);
+        self.queue_events();
+    }
+
+    /// Queues the deferred watch events, dropping those that would take an unprivileged
+    /// domain over its memory quota.
+    fn queue_events(&mut self) {
+        let mut used: HashMap<u32, usize> = HashMap::new();
         for (c, ev) in std::mem::take(&mut self.deferred) {
+            let Some(domid) = self.conns.get(&c).map(|s| s.domid) else {
+                continue;
+            };
+            if domid != 0 {
+                let u = match used.get_mut(&domid) {
+                    Some(u) => u,
+                    None => used.entry(domid).or_insert(self.domain_memory(domid)),
+                };
+                if *u + ev.len() > self.quotas.memory {
+                    log::warn!("domain {domid} is over its memory quota; dropping a watch event");
+                    continue;
+                }
+                *u += ev.len();
+            }
             self.queue(c, ev, false);
         }
     }
@@ -376,11 +470,13 @@ impl Store {
         id: u32,
         f: impl FnOnce(&mut TxView<'_>, &Caller, &Quotas) -> Result<T>,
     ) -> Result<T> {
+        let memory = (!req.caller.privileged).then(|| self.domain_memory(req.caller.domid));
         let tx = self
             .conns
             .get_mut(&req.conn)
             .and_then(|c| c.transactions.get_mut(&id))
             .ok_or(Errno::ENOENT)?;
+        let before = tx.overlay.bytes();
         tx.overlay.begin_op();
         let mut r = f(
             &mut TxView::new(&self.tree, &mut tx.overlay),
@@ -392,6 +488,12 @@ impl Store {
             && tx.overlay.accessed() > self.quotas.transaction_nodes
         {
             r = Err(Errno::ENOSPC);
+        }
+        if r.is_ok()
+            && memory
+                .is_some_and(|m| m + tx.overlay.bytes().saturating_sub(before) > self.quotas.memory)
+        {
+            r = Err(Errno::ENOMEM);
         }
         if r.is_ok() {
             tx.overlay.end_op();
@@ -426,6 +528,9 @@ impl Store {
                     &req.caller,
                     &self.quotas,
                 )?;
+                // The copies bound what the change adds (a rewrite counts twice: refused only
+                // at the very edge of the quota).
+                self.charge(&req.caller, overlay.bytes())?;
                 self.commit(overlay)?;
             }
         }
@@ -571,16 +676,22 @@ impl Store {
             token: parts[1].to_vec(),
             depth,
         };
-        let c = self.conns.get_mut(&req.conn).ok_or(Errno::EINVAL)?;
+        let c = self.conns.get(&req.conn).ok_or(Errno::EINVAL)?;
         if c.watches
             .iter()
             .any(|w| w.path == watch.path && w.token == watch.token)
         {
             return Err(Errno::EEXIST);
         }
-        if !req.caller.privileged && c.watches.len() >= self.quotas.watches {
+        let watches: usize = self
+            .domain_conns(req.caller.domid)
+            .map(|c| c.watches.len())
+            .sum();
+        if !req.caller.privileged && watches >= self.quotas.watches {
             return Err(Errno::E2BIG);
         }
+        self.charge(&req.caller, watch.path.len() + watch.token.len())?;
+        let c = self.conns.get_mut(&req.conn).ok_or(Errno::EINVAL)?;
         if let Some(ev) = encode_event(raw, &watch.token) {
             self.deferred.push((req.conn, ev));
         }
@@ -609,10 +720,14 @@ impl Store {
         if req.tx.is_some() {
             return Err(Errno::EBUSY);
         }
-        let c = self.conns.get_mut(&req.conn).ok_or(Errno::EINVAL)?;
-        if !req.caller.privileged && c.transactions.len() >= self.quotas.transactions {
+        let open: usize = self
+            .domain_conns(req.caller.domid)
+            .map(|c| c.transactions.len())
+            .sum();
+        if !req.caller.privileged && open >= self.quotas.transactions {
             return Err(Errno::ENOSPC);
         }
+        let c = self.conns.get_mut(&req.conn).ok_or(Errno::EINVAL)?;
         let mut id = c.next_tx;
         while id == 0 || c.transactions.contains_key(&id) {
             id = id.wrapping_add(1);
@@ -668,6 +783,9 @@ impl Store {
         let port: u32 = text(args[2])?.parse().map_err(|_| Errno::EINVAL)?;
         if port == 0 || domid == DOMID_SELF {
             return Err(Errno::EINVAL);
+        }
+        if let (Some(m), true) = (&mut self.mapper, domid != 0) {
+            m.map(domid, gfn, port)?;
         }
         if self.domains.introduce(domid, gfn, port) && domid != 0 {
             self.fire_special(INTRODUCE_DOMAIN);

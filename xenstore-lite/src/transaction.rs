@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::perms::NodePerms;
-use crate::tree::{Change, Node, Tree};
+use crate::tree::{node_size, Change, Node, Tree};
 use crate::watch::PendingEvent;
 
 /// Read access to nodes, recording what it saw when it is a transaction view.
@@ -55,6 +55,7 @@ struct Undo {
     seen: HashSet<String>,
     order_len: usize,
     owner_delta: HashMap<u32, i64>,
+    bytes: usize,
 }
 
 /// The private node copies of one operation or transaction.
@@ -64,6 +65,12 @@ pub struct Overlay {
     order: Vec<String>,
     owner_delta: HashMap<u32, i64>,
     undo: Option<Undo>,
+    /// Bytes of the private node copies (paths and node sizes), for the memory quota.
+    bytes: usize,
+}
+
+fn view_memory(path: &str, view: &Option<Node>) -> usize {
+    path.len() + view.as_ref().map_or(0, node_size)
 }
 
 fn owner_of(view: &Option<Node>) -> Option<u32> {
@@ -81,6 +88,12 @@ impl Overlay {
         self.entries.len()
     }
 
+    /// Bytes held by the overlay's node copies (paths and [`node_size`]s), which a
+    /// transaction charges to its domain's memory quota.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Starts an operation that [`Overlay::rollback_op`] can undo entirely.
     pub fn begin_op(&mut self) {
         self.undo = Some(Undo {
@@ -88,6 +101,7 @@ impl Overlay {
             seen: HashSet::new(),
             order_len: self.order.len(),
             owner_delta: self.owner_delta.clone(),
+            bytes: self.bytes,
         });
     }
 
@@ -113,6 +127,7 @@ impl Overlay {
         }
         self.order.truncate(undo.order_len);
         self.owner_delta = undo.owner_delta;
+        self.bytes = undo.bytes;
     }
 
     fn save(&mut self, path: &str) {
@@ -128,6 +143,7 @@ impl Overlay {
         if !self.entries.contains_key(path) {
             self.save(path);
             let node = tree.get(path).cloned();
+            self.bytes += view_memory(path, &node);
             self.order.push(path.to_owned());
             self.entries.insert(
                 path.to_owned(),
@@ -155,6 +171,8 @@ impl Overlay {
         if let Some(o) = owner_of(&node) {
             *self.owner_delta.entry(o).or_insert(0) += 1;
         }
+        self.bytes =
+            self.bytes.saturating_sub(view_memory(path, &e.view)) + view_memory(path, &node);
         e.view = node;
         e.modified = true;
     }

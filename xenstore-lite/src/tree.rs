@@ -22,6 +22,12 @@ pub fn node_size(node: &Node) -> usize {
         + node.children.iter().map(|c| c.len() + 1).sum::<usize>()
 }
 
+/// Bytes a node at `path` costs its owner for the memory quota: the path and
+/// [`node_size`].
+pub fn node_memory(path: &str, node: &Node) -> usize {
+    path.len() + node_size(node)
+}
+
 /// One node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
@@ -71,7 +77,14 @@ pub struct Change {
 pub struct Tree {
     nodes: HashMap<String, Node>,
     generation: u64,
-    owned: HashMap<u32, usize>,
+    owned: HashMap<u32, Owned>,
+}
+
+/// What one domain owns in the tree.
+#[derive(Debug, Clone, Copy, Default)]
+struct Owned {
+    nodes: usize,
+    bytes: usize,
 }
 
 impl Default for Tree {
@@ -139,31 +152,38 @@ impl Tree {
 
     /// Number of nodes owned by `domid` (the nodes quota).
     pub fn owned_by(&self, domid: u32) -> usize {
-        self.owned.get(&domid).copied().unwrap_or(0)
+        self.owned.get(&domid).map_or(0, |o| o.nodes)
+    }
+
+    /// Bytes of the nodes owned by `domid` ([`node_memory`], for the memory quota).
+    pub fn owned_bytes(&self, domid: u32) -> usize {
+        self.owned.get(&domid).map_or(0, |o| o.bytes)
     }
 
     /// Applies changes in order; each written node gets a fresh generation.
     pub fn apply(&mut self, changes: &[Change]) {
         for c in changes {
             if let Some(old) = self.nodes.remove(&c.path) {
-                self.count(old.perms.owner(), false);
+                self.count(old.perms.owner(), node_memory(&c.path, &old), false);
             }
             if let Some(node) = &c.node {
                 self.generation += 1;
                 let mut node = node.clone();
                 node.generation = self.generation;
-                self.count(node.perms.owner(), true);
+                self.count(node.perms.owner(), node_memory(&c.path, &node), true);
                 self.nodes.insert(c.path.clone(), node);
             }
         }
     }
 
-    fn count(&mut self, owner: u32, add: bool) {
-        let n = self.owned.entry(owner).or_insert(0);
+    fn count(&mut self, owner: u32, bytes: usize, add: bool) {
+        let o = self.owned.entry(owner).or_default();
         if add {
-            *n += 1;
+            o.nodes += 1;
+            o.bytes += bytes;
         } else {
-            *n = n.saturating_sub(1);
+            o.nodes = o.nodes.saturating_sub(1);
+            o.bytes = o.bytes.saturating_sub(bytes);
         }
     }
 
@@ -221,15 +241,18 @@ impl Tree {
                 }
             }
         }
-        let mut counted: HashMap<u32, usize> = HashMap::new();
-        for n in self.nodes.values() {
-            *counted.entry(n.perms.owner()).or_insert(0) += 1;
+        let mut counted: HashMap<u32, (usize, usize)> = HashMap::new();
+        for (p, n) in &self.nodes {
+            let c = counted.entry(n.perms.owner()).or_default();
+            c.0 += 1;
+            c.1 += node_memory(p, n);
         }
         for (d, c) in &counted {
-            if self.owned_by(*d) != *c {
+            if (self.owned_by(*d), self.owned_bytes(*d)) != *c {
                 return Err(format!(
-                    "domain {d} owns {c} nodes, counted {}",
-                    self.owned_by(*d)
+                    "domain {d} owns {c:?} nodes and bytes, counted {} and {}",
+                    self.owned_by(*d),
+                    self.owned_bytes(*d)
                 ));
             }
         }

@@ -269,3 +269,26 @@ fn release_drops_the_guest_and_its_home() {
     again.write("/local/domain/3/state", "2").unwrap();
     assert_eq!(dom0.read("/local/domain/3/state").unwrap(), b"2");
 }
+
+/// XS_INTRODUCE answers after the ring is mapped: a ring reference with no grant behind it is
+/// an error reply, and the domain is not introduced.
+#[test]
+fn introduce_with_an_unmappable_ring_is_an_error_reply() {
+    let s = setup("ring-bad-introduce");
+    let mut dom0 = s.daemon.client();
+    let err = dom0.introduce(7, 4242, 9).unwrap_err();
+    assert!(
+        matches!(
+            err.errno(),
+            Some(Errno::ENOENT | Errno::EPERM | Errno::EINVAL)
+        ),
+        "{err:?}"
+    );
+    assert!(!dom0.is_domain_introduced(7).unwrap());
+    // A grant reference beyond 32 bits is out of range.
+    let err = dom0.introduce(8, 1 << 40, 9).unwrap_err();
+    assert_eq!(err.errno(), Some(Errno::EINVAL));
+    // The introduced guest is still served.
+    let mut g = s.guest;
+    g.write("/local/domain/3/after", "yes").unwrap();
+}

@@ -18,9 +18,11 @@
 //! holds the receiver's page and doorbell and sets the pending bit itself, as the hypervisor
 //! would; the broker is asked only once per port for the route.
 //!
-//! Trust: the broker trusts each connection's claimed domain id (over [`Broker::listen`]) or
-//! the id the toolstack gave it ([`Broker::serve`]); protect the listening socket with file
-//! permissions. A domain that holds a peer's page and doorbell can cause spurious events or
+//! Trust: a domain's identity comes from what it cannot forge. A connection to a per-domain
+//! socket ([`Broker::listen_domain`], mode 0600, given to that guest's user) or to a socket
+//! the toolstack handed over ([`Broker::serve`] with a domain id) is that domain, whatever its
+//! hello claims (EPERM otherwise). Only the privileged socket ([`Broker::listen`], mode 0600,
+//! clients checked by SO_PEERCRED to be root or the broker's user) trusts the claimed id. A domain that holds a peer's page and doorbell can cause spurious events or
 //! swallow that endpoint's wake-ups (denial of service); it can never make the receiver read out
 //! of bounds, panic or spin, because every bitmap state is valid and rings validate indices.
 

@@ -9,7 +9,8 @@ use std::thread::JoinHandle;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
-    bind, listen, socket, socketpair, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+    bind, getsockopt, listen, socket, socketpair, sockopt, AddressFamily, Backlog, SockFlag,
+    SockType, UnixAddr,
 };
 
 use super::wire::{self, Op, Reply, Request};
@@ -369,21 +370,51 @@ impl Broker {
         Domain::from_socket(ours, domid)
     }
 
-    /// Binds and listens on a unix SOCK_SEQPACKET socket at `path` (which must not exist).
-    /// Nothing is accepted until [`BrokerListener::spawn`], so a process may fork between the
-    /// two while it has no threads.
+    /// Binds and listens on the privileged unix SOCK_SEQPACKET socket at `path` (which must
+    /// not exist): its clients may claim any domain id, so the file is made mode 0600 before
+    /// anyone can connect, and a client whose SO_PEERCRED uid is neither root nor the broker's
+    /// own is closed at once. Guests get [`Broker::listen_domain`] sockets instead. Nothing is
+    /// accepted until [`BrokerListener::spawn`], so a process may fork between the two while it
+    /// has no threads.
     ///
     /// # Errors
-    /// [`BrokerError::Listen`] on socket, bind or listen failure.
+    /// [`BrokerError::Listen`] on socket, bind, chmod or listen failure.
     pub fn listen(&self, path: &Path) -> Result<BrokerListener> {
+        self.listen_as(path, None)
+    }
+
+    /// Binds and listens on a socket for one domain at `path` (mode 0600; the toolstack gives
+    /// it to the guest's user): every client is `domid`, whatever it claims (a hello naming
+    /// another domain is refused with EPERM).
+    ///
+    /// # Errors
+    /// As [`Broker::listen`].
+    pub fn listen_domain(&self, path: &Path, domid: DomId) -> Result<BrokerListener> {
+        self.listen_as(path, Some(domid))
+    }
+
+    fn listen_as(&self, path: &Path, domid: Option<DomId>) -> Result<BrokerListener> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let listen_err = |e: std::io::Error| {
+            BrokerError::Listen(Errno::from_raw(
+                e.raw_os_error().unwrap_or(Errno::EIO as i32),
+            ))
+        };
         let sock = seqpacket_socket().map_err(BrokerError::Listen)?;
         let addr = UnixAddr::new(path).map_err(BrokerError::Listen)?;
         bind(sock.as_raw_fd(), &addr).map_err(BrokerError::Listen)?;
+        // Before listen(): until then no one can connect, whatever the umask made of the file.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(listen_err)?;
+        // The file is ours: its owner is the broker's user.
+        let uid = std::fs::metadata(path).map_err(listen_err)?.uid();
         listen(&sock, Backlog::MAXCONN).map_err(BrokerError::Listen)?;
         Ok(BrokerListener {
             sock,
             broker: self.clone(),
             path: path.to_owned(),
+            domid,
+            uid,
         })
     }
 
@@ -486,6 +517,32 @@ pub struct BrokerListener {
     sock: OwnedFd,
     broker: Broker,
     path: PathBuf,
+    /// The domain of every client ([`Broker::listen_domain`]), `None` on the privileged
+    /// socket.
+    domid: Option<DomId>,
+    /// The broker's user.
+    uid: u32,
+}
+
+/// Whether a client of the privileged socket runs as root or as the broker's user.
+fn privileged_peer(conn: &OwnedFd, broker_uid: u32) -> bool {
+    match getsockopt(conn, sockopt::PeerCredentials) {
+        Ok(cred) => {
+            let ok = cred.uid() == 0 || cred.uid() == broker_uid;
+            if !ok {
+                log::warn!(
+                    "broker: refusing pid {} (uid {}) on the privileged socket",
+                    cred.pid(),
+                    cred.uid()
+                );
+            }
+            ok
+        }
+        Err(e) => {
+            log::warn!("broker: SO_PEERCRED: {e}");
+            false
+        }
+    }
 }
 
 impl BrokerListener {
@@ -527,7 +584,10 @@ impl BrokerListener {
             }
             match accept_cloexec(self.sock.as_fd()) {
                 Ok(conn) => {
-                    if let Err(e) = self.broker.serve(conn, None) {
+                    if self.domid.is_none() && !privileged_peer(&conn, self.uid) {
+                        continue;
+                    }
+                    if let Err(e) = self.broker.serve(conn, self.domid) {
                         log::error!("broker: {e}");
                     }
                 }

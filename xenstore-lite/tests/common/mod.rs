@@ -45,7 +45,31 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `xenstore-lite serve --socket <socket> <extra...>` and waits until it answers.
     pub fn start(socket: &Path, extra: &[&str]) -> Daemon {
-        let child = Command::new(BIN)
+        Self::start_with(socket, extra, Command::new(BIN))
+    }
+
+    /// Like [`Daemon::start`] with at most `nofile` open file descriptors.
+    pub fn start_fd_limited(socket: &Path, extra: &[&str], nofile: u64) -> Daemon {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(BIN);
+        // SAFETY: setrlimit is async-signal-safe and touches only the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: nofile,
+                    rlim_max: nofile,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Self::start_with(socket, extra, cmd)
+    }
+
+    fn start_with(socket: &Path, extra: &[&str], mut cmd: Command) -> Daemon {
+        let child = cmd
             .arg("serve")
             .arg("--socket")
             .arg(socket)
