@@ -64,10 +64,12 @@ fn state(xs: &mut Xs, path: &str) -> Result<u8, Fail> {
     }
 }
 
+/// Writes the front end's `state`. The console line comes first: once the store holds the
+/// state the toolstack may stop the VM (destroy waits for Closed, then ends the VMM), and the
+/// line must not be lost; a failed write is reported after it.
 fn set_state(xs: &mut Xs, info: &BootInfo, kind: &str, devid: u32, s: u8) -> Result<(), Fail> {
-    xs.write(frontend(info, kind, devid, "state").as_str(), &[b'0' + s])?;
     println!("pvio-guest: xenbus {kind}/{devid} state {s}");
-    Ok(())
+    xs.write(frontend(info, kind, devid, "state").as_str(), &[b'0' + s])
 }
 
 /// Waits (polling) until the back end at `path` is in one of `want`; returns that state. A
