@@ -18,25 +18,9 @@ echo "stack-demo: building xenstore-lite, backend-blk, backend-net, pvctl, pvio-
 cargo build --quiet -p xenstore-lite -p backend-blk -p backend-net -p pvctl -p pvio-tests \
     --bin xenstore-lite --bin backend-blk --bin backend-net --bin pvctl --bin pvio-mock-guest
 bin=$PWD/target/debug
-work=$(mktemp -d -t pvio-stack-demo.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [ -n "${KEEP:-}" ] && echo "kept $work" || rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-export XENSTORED_PATH=$work/xs.sock
-pvctl() { "$bin/pvctl" "$@"; }
-say() { printf '\n$ %s\n' "$*"; }
-list() { say pvctl list; pvctl list | sed "s|$work/||g"; }
-# Waits (up to 30 s) until command "$@" succeeds.
-wait_for() {
-    for _ in $(seq 300); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-    echo "stack-demo: timed out waiting for: $*" >&2
-    exit 1
-}
+demo=stack-demo
+# shellcheck source=scripts/stack-common.sh
+source scripts/stack-common.sh
 guest() {
     "$bin/pvio-mock-guest" --xenstore "$work/dom1.sock" --domid 1 >"$work/guest.out" 2>&1 &
     guest_pid=$!

@@ -22,25 +22,10 @@ cargo build --quiet -p evtchn -p xenstore-lite -p backend-blk -p pvctl -p vmm \
     --bin evtchn-broker --bin xenstore-lite --bin backend-blk --bin pvctl --bin vmm
 payload=$(cargo run --quiet -p vmm --example guest-path)
 bin=$PWD/target/debug
-work=$(mktemp -d -t pvio-stack-demo.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [ -n "${KEEP:-}" ] && echo "kept $work" || rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-export XENSTORED_PATH=$work/xs.sock
-pvctl() { "$bin/pvctl" "$@"; }
-say() { printf '\n$ %s\n' "$*"; }
-list() { say pvctl list; pvctl list | sed "s|$work/||g; s|$payload|pvio-guest|"; }
-# Waits (up to 30 s) until command "$@" succeeds.
-wait_for() {
-    for _ in $(seq 300); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-    echo "stack-vmm-demo: timed out waiting for: $*" >&2
-    exit 1
-}
+demo=stack-vmm-demo
+list_filter="s|$payload|pvio-guest|"
+# shellcheck source=scripts/stack-common.sh
+source scripts/stack-common.sh
 # Starts domain 1's VMM with guest arguments "$@" and waits for the guest's verified I/O.
 guest() {
     say pvctl domain start 1 --evtchn-broker evtchn.sock --console guest.out -- "$@"
