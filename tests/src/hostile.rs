@@ -40,6 +40,12 @@ pub mod req {
     pub const GET_PROTOCOL_FEATURES: u32 = 15;
     /// VHOST_USER_SET_VRING_ENABLE.
     pub const SET_VRING_ENABLE: u32 = 18;
+    /// VHOST_USER_SET_VRING_ERR.
+    pub const SET_VRING_ERR: u32 = 14;
+    /// VHOST_USER_SET_PROTOCOL_FEATURES.
+    pub const SET_PROTOCOL_FEATURES: u32 = 16;
+    /// VHOST_USER_GET_QUEUE_NUM.
+    pub const GET_QUEUE_NUM: u32 = 17;
 }
 
 /// Header flags: protocol version 1.

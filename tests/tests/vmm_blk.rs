@@ -168,24 +168,7 @@ fn bad_input_gives_a_clear_error_and_a_non_zero_exit() {
     assert!(out.log.contains("only 4 MiB given"), "{out}");
 }
 
-/// vhost-user request codes (vhost-user.rst, "Front-end message types").
-mod req {
-    pub const GET_FEATURES: u32 = 1;
-    pub const SET_FEATURES: u32 = 2;
-    pub const SET_OWNER: u32 = 3;
-    pub const SET_MEM_TABLE: u32 = 5;
-    pub const SET_VRING_NUM: u32 = 8;
-    pub const SET_VRING_ADDR: u32 = 9;
-    pub const SET_VRING_BASE: u32 = 10;
-    pub const GET_VRING_BASE: u32 = 11;
-    pub const SET_VRING_KICK: u32 = 12;
-    pub const SET_VRING_CALL: u32 = 13;
-    pub const SET_VRING_ERR: u32 = 14;
-    pub const GET_PROTOCOL_FEATURES: u32 = 15;
-    pub const SET_PROTOCOL_FEATURES: u32 = 16;
-    pub const GET_QUEUE_NUM: u32 = 17;
-    pub const SET_VRING_ENABLE: u32 = 18;
-}
+use pvio_tests::hostile::req;
 
 /// A scripted vhost-user back-end for one connection: it offers `features` (and, with
 /// VHOST_USER_F_PROTOCOL_FEATURES, the MQ protocol feature and 2 queues), answers the requests
