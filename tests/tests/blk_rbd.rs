@@ -1,13 +1,15 @@
 //! backend-blk's RBD driver (cargo feature `rbd`; run with `--features pvio-tests/rbd`) on the
 //! single-host Ceph cluster of `scripts/ceph-test-cluster.sh`: verified random I/O at queue
-//! depths 1 to 64 with discard and write zeroes, the bytes checked again through
-//! `rbd export`; snapshots served read-only; bad pool, image or configuration refused at
+//! depths 1 to 64 with discard and write zeroes from pvio's mock front-end and from libblkio,
+//! the bytes checked again through `rbd export`; snapshots served read-only; bad pool, image or configuration refused at
 //! start with a clear message; the OSD stopped mid-run fails requests with
 //! VIRTIO_BLK_S_IOERR after the timeout and the daemon survives.
 //!
 //! The shared cluster's configuration comes from `PVIO_CEPH_CONF` (scripts/test.sh starts
 //! it); the OSD test starts a cluster of its own on other ports.
 #![cfg(feature = "rbd")]
+
+mod blkio_client;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -20,6 +22,8 @@ use frontend_guest::host::{BlkDevice, BlkOptions};
 use pvio_tests::netdisk::backend_blk;
 use pvio_tests::tmp::TempDir;
 use pvio_tests::workload::{random_io, DiskModel};
+
+use blkio_client::BlkioClient;
 
 const DISK_MIB: usize = 16;
 const DISK_BYTES: usize = DISK_MIB << 20;
@@ -110,8 +114,16 @@ fn random_io_at_queue_depths_1_to_64_checked_by_rbd_export() {
         pvio_tests::workload::check_disk(dev.queue(1).unwrap(), &model, 34);
         assert_eq!(dev.queue(0).unwrap().flush().unwrap(), BlkStatus::Ok);
     }
+    check_export(&conf, &image, &dir, &model);
+}
+
+/// `rbd export` of `image` holds what `model` says.
+fn check_export(conf: &Path, image: &str, dir: &TempDir, model: &DiskModel) {
     let export = dir.join("export.raw");
-    rbd(&conf, &["export", &image, export.to_str().unwrap()]);
+    rbd(
+        conf,
+        &["export", "--no-progress", image, export.to_str().unwrap()],
+    );
     let bytes = std::fs::read(&export).unwrap();
     assert_eq!(bytes.len(), DISK_BYTES);
     assert_eq!(
@@ -119,6 +131,29 @@ fn random_io_at_queue_depths_1_to_64_checked_by_rbd_export() {
         None,
         "rbd export holds the bytes"
     );
+}
+
+#[test]
+fn libblkio_random_io_at_queue_depths_1_to_64_checked_by_rbd_export() {
+    let conf = shared_conf();
+    let dir = TempDir::new("rbd-blkio").unwrap();
+    let image = new_image(&conf, "blkio");
+    let (_blk, socket) = backend_blk(dir.path(), &url(&conf, &image), &[]);
+    let mut model = DiskModel::new(vec![0; DISK_BYTES]);
+    {
+        let mut client = BlkioClient::attach(&socket, 64);
+        assert_eq!(client.capacity(), DISK_BYTES as u64);
+        let features = client.zeroes();
+        assert_eq!(
+            features,
+            (true, true),
+            "libblkio sees discard and write zeroes"
+        );
+        for (depth, seed) in [(1, 41), (16, 42), (64, 43)] {
+            random_io(&mut client, &mut model, 200, depth, seed, features);
+        }
+    }
+    check_export(&conf, &image, &dir, &model);
 }
 
 #[test]
