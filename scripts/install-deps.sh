@@ -9,6 +9,7 @@ set -euo pipefail
 
 packages=(
     qemu-system-x86   # qemu-system-x86_64 and qemu-storage-daemon
+    qemu-block-extra  # qemu-storage-daemon's rbd driver (block-rbd.so), for the RBD benchmark rows
     linux-image-amd64 # the guest kernel (/boot/vmlinuz-*) and its virtio modules
     kmod              # modinfo, to find the modules
     xz-utils          # .ko.xz modules

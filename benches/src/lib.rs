@@ -10,8 +10,11 @@
 //! - [`report`]: medians, spreads, the Markdown table.
 //! - [`plot`]: minimal SVG line charts.
 //! - [`runner`]: the whole run.
+//! - [`netdisk`]: `netdisk-compare`'s RBD and NBD rows (libblkio load, qemu-storage-daemon's
+//!   rbd/nbd drivers, fio's rbd/nbd engines).
 
 pub mod matrix;
+pub mod netdisk;
 pub mod plot;
 pub mod report;
 pub mod runner;
@@ -55,7 +58,8 @@ pub enum BenchError {
 }
 
 impl BenchError {
-    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+    /// Maps an I/O error to [`BenchError::Io`] saying `what` was being done.
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let what = what.into();
         move |source| BenchError::Io { what, source }
     }

@@ -12,7 +12,9 @@
 //! image (`rbd resize`) is noticed through `rbd_update_watch`, which raises SIGHUP so the
 //! daemon takes the same path as for a resized file. Cluster errors fail the request with
 //! VIRTIO_BLK_S_IOERR (logged by the worker); when the cluster goes away, requests wait up to
-//! `rados_osd_op_timeout` ([`DEFAULT_TIMEOUT_SECS`] unless given) and then fail. For live
+//! `rados_osd_op_timeout` ([`DEFAULT_TIMEOUT_SECS`] unless given) and then fail. librbd's
+//! cache is off (`rbd_cache=false`, as QEMU's `cache.direct=on`) unless the spec sets
+//! `rbd_cache=true`: the guest caches, and every write reaches the cluster at once. For live
 //! migration between two back-ends on one image, a front-end that leaves makes this back-end
 //! flush and release the image's exclusive lock, and one that connects drops librbd's cache.
 
@@ -162,7 +164,10 @@ impl Handles {
             "client_mount_timeout",
         ]
         .map(|k| (k.to_string(), timeout.clone()));
-        for (key, value) in defaults.iter().chain(&spec.options) {
+        // No librbd cache unless asked for: the guest has its own page cache (QEMU and
+        // qemu-storage-daemon turn it off the same way for cache.direct=on).
+        let no_cache = ("rbd_cache".to_string(), "false".to_string());
+        for (key, value) in defaults.iter().chain([&no_cache]).chain(&spec.options) {
             let (k, v) = (c_string(key)?, c_string(value)?);
             // SAFETY: the cluster handle is live and not connected yet; both strings are
             // NUL-terminated and outlive the call.
