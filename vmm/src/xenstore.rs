@@ -22,7 +22,7 @@ use std::time::Duration;
 use evtchn::xs_ring::EVTCHN_PORT_OFFSET;
 use evtchn::{Domain, GrantRef, Port, SharedRegion};
 use xenbus::frontend::Frontend;
-use xenbus::layout::domain_path;
+use xenbus::layout::{domain_path, node};
 use xenbus::tx::transaction;
 use xenbus::{DeviceId, DeviceKind};
 use xenstore_lite::{Client, XsOps};
@@ -69,6 +69,9 @@ pub enum XenstoreError {
     /// The domain id is not a guest's (1..=32751).
     #[error("domain id {0} is not a guest domain")]
     BadDomid(u32),
+    /// A thread could not be started.
+    #[error("starting a thread: {0}")]
+    Thread(String),
 }
 
 /// One device of the domain found in the store.
@@ -93,6 +96,8 @@ pub struct XenstoreGuest {
     pub port: Port,
     /// The domain's devices, in device-number order (vbd first).
     pub devices: Vec<StoreDevice>,
+    /// The store's socket (the hot-plug thread opens its own connection).
+    pub store: PathBuf,
 }
 
 /// Sets up domain `domid`'s ring, introduces it to the store at `store` and collects its
@@ -132,6 +137,7 @@ pub fn setup(
         gref,
         port,
         devices,
+        store: store.to_owned(),
     })
 }
 
@@ -163,15 +169,7 @@ fn devices(
         for devid in xenbus::device::devids(client, domid, kind)? {
             let id = DeviceId::new(kind, domid, devid);
             let ready = Frontend::open(client, id)?.wait_backend_ready(client, timeout)?;
-            let kind = match kind {
-                DeviceKind::Vbd => crate::virtio::DeviceKind::Blk {
-                    num_queues: ready
-                        .number("num-queues")
-                        .and_then(|n| u16::try_from(n).ok())
-                        .unwrap_or(1),
-                },
-                DeviceKind::Vif => crate::virtio::DeviceKind::Net { mac: None },
-            };
+            let kind = virtio_kind(kind, ready.number(node::NUM_QUEUES));
             log::info!("{id}: back end ready at {}", ready.socket.display());
             found.push(StoreDevice {
                 id,
@@ -183,6 +181,21 @@ fn devices(
         }
     }
     Ok(found)
+}
+
+/// The virtio device for a XenBus device of `kind` whose back end offers `num_queues`
+/// (vbd; absent or out of range: 1). A vif is one receive / transmit pair with the back
+/// end's MAC.
+pub fn virtio_kind(kind: DeviceKind, num_queues: Option<u64>) -> crate::virtio::DeviceKind {
+    match kind {
+        DeviceKind::Vbd => crate::virtio::DeviceKind::Blk {
+            num_queues: num_queues
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|&n| n >= 1)
+                .unwrap_or(1),
+        },
+        DeviceKind::Vif => crate::virtio::DeviceKind::Net { mac: None },
+    }
 }
 
 /// Makes the ring page guest memory at [`XENSTORE_RING_GPA`] (KVM memory slot 1) and starts
