@@ -234,6 +234,8 @@ impl Bus {
             b[..n].copy_from_slice(&data[..n]);
             return Some(u32::from_le_bytes(b));
         }
+        // The doorbell is a KVM ioeventfd (xenstore::attach); writes it does not match (another
+        // value or width) still notify the store from here.
         if let (XENSTORE_NOTIFY_PORT, Some(xs)) = (port, &self.xenstore) {
             if let Err(e) = xs.domain.notify(xs.port) {
                 log::warn!("xenstore notify: {e}");
