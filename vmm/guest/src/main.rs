@@ -159,8 +159,12 @@ fn run(boot_info: u64) -> Result<(), Fail> {
     };
     let cmdline =
         core::str::from_utf8(cmdline).map_err(|_| Fail::new("arguments are not UTF-8", 0))?;
+    let present = info.devices[..info.num_devices as usize]
+        .iter()
+        .filter(|d| d.device_id != 0)
+        .count();
     println!(
-        "pvio-guest: {} MiB RAM, {} device(s), args: {cmdline}",
+        "pvio-guest: {} MiB RAM, {present} device(s) in {} slot(s), args: {cmdline}",
         info.mem_size >> 20,
         info.num_devices
     );
