@@ -340,6 +340,14 @@ impl Stack {
         );
     }
 
+    /// Asserts `pvctl list` shows `n` devices Connected on both sides; returns the listing.
+    fn assert_connected(&self, n: usize) -> String {
+        let list = self.pvctl(&["list"]);
+        let connected = list.matches("front Connected     back Connected").count();
+        assert_eq!(connected, n, "{list}");
+        list
+    }
+
     /// Asserts every line starts a line of `xenstore-ls /local/domain` and no line starts
     /// with any of `absent`.
     fn assert_ls(&self, present: &[&str], absent: &[&str]) {
@@ -408,12 +416,7 @@ fn hot_unplug_and_replug_of_a_disk_beside_a_nic_in_a_running_guest() {
     s.wait_console("vm2", "net recv ok frames=12");
     let console = s.console("vm1");
     assert_eq!(console.matches("blk verify ok").count(), 1, "{console}");
-    let list = s.pvctl(&["list"]);
-    assert_eq!(
-        list.matches("front Connected     back Connected").count(),
-        3,
-        "{list}"
-    );
+    s.assert_connected(3);
     s.assert_ls(
         &[
             "/local/domain/1/device/vbd/0/state = \"4\"",
@@ -435,13 +438,8 @@ fn hot_unplug_and_replug_of_a_disk_beside_a_nic_in_a_running_guest() {
     s.pvctl(&["disk", "detach", "1", "0", "--timeout", "120"]);
     s.wait_console("vm1", "xenbus vbd/0 state 6");
     assert!(!gone(pid1), "VMM 1 exited on detach\n{}", s.console("vm1"));
-    let list = s.pvctl(&["list"]);
+    let list = s.assert_connected(2);
     assert!(!list.contains("vbd"), "{list}");
-    assert_eq!(
-        list.matches("front Connected     back Connected").count(),
-        2,
-        "{list}"
-    );
     s.assert_ls(
         &["/local/domain/1/device/vif/0/state = \"4\""],
         &[
@@ -465,12 +463,7 @@ fn hot_unplug_and_replug_of_a_disk_beside_a_nic_in_a_running_guest() {
     s.wait_console("vm1", "xenbus vbd/0 plugged in slot 0");
     s.wait_console_count("vm1", "blk verify ok", 2);
     s.wait_console_count("vm1", "blk write ok bytes=65536", 2);
-    let list = s.pvctl(&["list"]);
-    assert_eq!(
-        list.matches("front Connected     back Connected").count(),
-        3,
-        "{list}"
-    );
+    s.assert_connected(3);
     s.assert_ls(
         &[
             "/local/domain/1/device/vbd/0/state = \"4\"",

@@ -118,6 +118,16 @@ fn write_slot(
     )
 }
 
+/// Whether a device held in `slot` is to be unplugged, given its front end's and back end's
+/// `state` (Unknown: the node is gone) and its `virtio-mmio-slot` node: the front end closed,
+/// a directory is gone, or the node does not name `slot` (the device was made again, or the
+/// guest removed the node).
+fn released(front: XenbusState, back: XenbusState, named: Option<&str>, slot: usize) -> bool {
+    matches!(front, XenbusState::Closed | XenbusState::Unknown)
+        || back == XenbusState::Unknown
+        || named.map(str::trim) != Some(slot.to_string().as_str())
+}
+
 impl HotPlug {
     fn run(&mut self) {
         loop {
@@ -160,9 +170,7 @@ impl HotPlug {
         let front = read_state(&mut self.client, &id.frontend_node(node::STATE))?;
         let back = read_state(&mut self.client, &id.backend_node(node::STATE))?;
         let named = read_optional(&mut self.client, &id.frontend_node(node::VIRTIO_MMIO_SLOT))?;
-        Ok(matches!(front, XenbusState::Closed | XenbusState::Unknown)
-            || back == XenbusState::Unknown
-            || named.as_deref().map(str::trim) != Some(slot.to_string().as_str()))
+        Ok(released(front, back, named.as_deref(), slot))
     }
 
     /// The socket and back-end `num-queues` of a device ready to plug: front end
@@ -235,5 +243,29 @@ impl HotPlug {
             log::warn!("hot-plug: removing {node}: {e}");
         }
         log::info!("hot-plug: {id} left slot {slot}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use XenbusState::*;
+
+    #[test]
+    fn a_device_is_released_when_closed_gone_or_made_again() {
+        // Connected, or on its way there or out: it stays.
+        for front in [Initialising, Initialised, Connected, Closing] {
+            assert!(!released(front, Connected, Some("2"), 2), "{front:?}");
+        }
+        assert!(!released(Connected, Closing, Some("2"), 2));
+        assert!(!released(Connected, Closed, Some("2"), 2));
+        // The guest let go, or the toolstack removed a directory.
+        assert!(released(Closed, Closed, Some("2"), 2));
+        assert!(released(Unknown, Connected, Some("2"), 2));
+        assert!(released(Connected, Unknown, Some("2"), 2));
+        // A new device under the same number (no node yet), or a node naming another slot.
+        assert!(released(Initialising, InitWait, None, 2));
+        assert!(released(Connected, Connected, Some("3"), 2));
+        assert!(released(Connected, Connected, Some("x"), 2));
     }
 }
