@@ -51,6 +51,7 @@ impl Device for BlkDaemon {
 
     fn connect(&self, _port: usize, mem: GuestRamAtomic) -> Result<BlkBackend, BoxError> {
         self.connections.fetch_add(1, Ordering::Relaxed);
+        self.device.disk().front_end_connected();
         let backend = BlkBackend::new(self.device.clone(), mem)?;
         *self.channel.lock().unwrap_or_else(PoisonError::into_inner) = backend.channel_slot();
         Ok(backend)
