@@ -4,6 +4,7 @@
 //! was measured and every checked read matched.
 
 use std::fs;
+use std::path::Path;
 use std::process::Command;
 
 use pvio_tests::backend::{BlkBackend, BlkBackendConfig, BlkBackendKind};
@@ -25,8 +26,7 @@ fn json_number(json: &str, key: &str) -> f64 {
         .unwrap_or_else(|_| panic!("{key} is not a number in {json}"))
 }
 
-fn verify_against(kind: &BlkBackendKind) {
-    let dir = TempDir::new("bench-verify").or_panic("temp dir");
+fn verify_against(kind: &BlkBackendKind, dir: TempDir) {
     let image = dir.join("disk.raw");
     fs::File::create(&image)
         .and_then(|f| f.set_len(16 << 20))
@@ -82,12 +82,22 @@ fn verify_against(kind: &BlkBackendKind) {
 
 #[test]
 fn verification_mode_passes_against_backend_blk() {
-    verify_against(&BlkBackendKind::pvio());
+    let dir = TempDir::new("bench-verify").or_panic("temp dir");
+    verify_against(&BlkBackendKind::pvio(), dir);
+}
+
+/// On tmpfs backend-blk serves reads and writes with preadv/pwritev on the queue's thread
+/// (tmpfs refuses RWF_NOWAIT, so io_uring would punt each to io-wq): same checks.
+#[test]
+fn verification_mode_passes_against_backend_blk_on_tmpfs() {
+    let dir = TempDir::new_in(Path::new("/dev/shm"), "bench-verify").or_panic("temp dir");
+    verify_against(&BlkBackendKind::pvio(), dir);
 }
 
 #[test]
 fn verification_mode_passes_against_qemu_storage_daemon() {
-    verify_against(&BlkBackendKind::QemuStorageDaemon);
+    let dir = TempDir::new("bench-verify").or_panic("temp dir");
+    verify_against(&BlkBackendKind::QemuStorageDaemon, dir);
 }
 
 #[test]
