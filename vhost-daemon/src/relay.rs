@@ -262,9 +262,44 @@ fn to_handler(
     writer: &Mutex<UnixStream>,
     num_rings: usize,
 ) -> io::Result<()> {
-    let mut acked = 0u64;
-    let mut early = EarlyStates::new(num_rings);
-    while let Some(m) = read_message(front)? {
+    let mut relay = ToHandler::new(num_rings);
+    while relay.forward_one(front, inner, writer)? {}
+    Ok(())
+}
+
+/// The front-end-to-handler direction of the relay, one message at a time: what the relay
+/// thread runs, and what the vhost-user fuzz target drives on its own thread.
+pub struct ToHandler {
+    /// The virtio features the front-end set last (VHOST_USER_SET_FEATURES).
+    acked: u64,
+    early: EarlyStates,
+}
+
+impl ToHandler {
+    /// The relay for a device of `num_rings` virtqueues, before any message.
+    pub fn new(num_rings: usize) -> ToHandler {
+        ToHandler {
+            acked: 0,
+            early: EarlyStates::new(num_rings),
+        }
+    }
+
+    /// Reads one message (header, payload, descriptors) from the front-end's `front` and
+    /// passes it to the handler's `inner`, or answers an early SET_VRING_ENABLE itself on
+    /// `answers` (the front-end's socket). Returns false at the end of the front-end's stream.
+    ///
+    /// # Errors
+    /// A socket error, a message cut short or one above vhost-user's MAX_MSG_SIZE (4096 bytes
+    /// of payload): the relay ends.
+    pub fn forward_one(
+        &mut self,
+        front: &UnixStream,
+        inner: &UnixStream,
+        answers: &Mutex<UnixStream>,
+    ) -> io::Result<bool> {
+        let Some(m) = read_message(front)? else {
+            return Ok(false);
+        };
         log::trace!(
             "front-end request {} ({} bytes, {} fds)",
             m.request(),
@@ -272,37 +307,38 @@ fn to_handler(
             m.fds.len()
         );
         if m.request() == u32::from(FrontendReq::SET_FEATURES) {
-            acked = m
+            self.acked = m
                 .payload
                 .get(..8)
                 .and_then(|b| b.try_into().ok())
                 .map_or(0, u64::from_le_bytes);
         }
-        if is_early_ring_enable(&m, acked) {
+        if is_early_ring_enable(&m, self.acked) {
             log::debug!("answering SET_VRING_ENABLE sent before SET_FEATURES");
-            let known = ring_state(&m).is_some_and(|(index, state)| early.remember(index, state));
+            let known =
+                ring_state(&m).is_some_and(|(index, state)| self.early.remember(index, state));
             if !known {
                 log::warn!("early SET_VRING_ENABLE of a ring the device lacks");
             }
             if m.flags() & VhostUserHeaderFlag::NEED_REPLY.bits() != 0 {
                 write_message(
-                    &writer.lock().unwrap_or_else(|p| p.into_inner()),
+                    &answers.lock().unwrap_or_else(|p| p.into_inner()),
                     &ack(&m, u64::from(!known)),
                 )?;
             }
-            continue;
+            return Ok(true);
         }
         write_message(inner, &m)?;
         if m.request() == u32::from(FrontendReq::SET_FEATURES) {
-            let protocol = acked & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
-            for (index, state) in early.take() {
+            let protocol = self.acked & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
+            for (index, state) in self.early.take() {
                 if protocol {
                     write_message(inner, &ring_enable(index, state))?;
                 }
             }
         }
+        Ok(true)
     }
-    Ok(())
 }
 
 #[cfg(test)]
