@@ -76,6 +76,7 @@ fn read_message(sock: &UnixStream) -> io::Result<Option<Message>> {
             MsgFlags::MSG_CMSG_CLOEXEC,
         )
         .map_err(io::Error::from)?;
+        let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
         for c in msg.cmsgs().map_err(io::Error::from)? {
             if let ControlMessageOwned::ScmRights(raw) = c {
                 // SAFETY: SCM_RIGHTS just installed these descriptors in this process; nothing
@@ -85,6 +86,15 @@ fn read_message(sock: &UnixStream) -> io::Result<Option<Message>> {
                         .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
                 );
             }
+        }
+        // A message carries at most MAX_ATTACHED_FD_ENTRIES descriptors (vhost-user.rst), also
+        // when its header came in pieces with descriptors on each: refuse it rather than pass
+        // on more than the handler can take (it would lose the message).
+        if truncated || fds.len() > MAX_ATTACHED_FD_ENTRIES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "more file descriptors than a vhost-user message may carry",
+            ));
         }
         if msg.bytes == 0 {
             return if got == 0 {
@@ -353,6 +363,47 @@ mod tests {
         v.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         v.extend_from_slice(payload);
         v
+    }
+
+    /// Found by the vhost_user fuzz target: a header written in pieces, each with descriptors,
+    /// added up to more than a message may carry; the relay passed them all on in one message,
+    /// the handler lost it and read the next message as its rest. Now it is refused.
+    #[test]
+    fn refuses_more_descriptors_than_a_message_may_carry() {
+        let (front, qemu) = UnixStream::pair().unwrap();
+        let (inner, handler) = UnixStream::pair().unwrap();
+        let answers = Mutex::new(front.try_clone().unwrap());
+        let file = File::open("/dev/null").unwrap();
+        let fds = [file.as_raw_fd(); 8];
+        let header = message(FrontendReq::GET_FEATURES, 0x1, &[]);
+        // Five pieces of eight descriptors each: 40 in all.
+        for piece in [
+            &header[..2],
+            &header[2..4],
+            &header[4..6],
+            &header[6..8],
+            &header[8..],
+        ] {
+            sendmsg::<()>(
+                qemu.as_raw_fd(),
+                &[IoSlice::new(piece)],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::empty(),
+                None,
+            )
+            .unwrap();
+        }
+        let mut relay = ToHandler::new(1);
+        let refused = relay.forward_one(&front, &inner, &answers);
+        assert_eq!(
+            refused.map_err(|e| e.kind()).err(),
+            Some(io::ErrorKind::InvalidData)
+        );
+        handler.set_nonblocking(true).unwrap();
+        assert!(
+            read_message(&handler).is_err(),
+            "nothing was passed to the handler"
+        );
     }
 
     #[test]
