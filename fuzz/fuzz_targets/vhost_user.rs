@@ -11,7 +11,8 @@
 //! length and that many bytes (cut to what is left). The descriptor byte attaches
 //! `min(b & 0xf, 8)` descriptors, the first of kind `(b >> 4) & 3`, the others of kind
 //! `b >> 6`: 0 the guest memory (a 512 MiB memfd), 1 an eventfd, 2 `/dev/null`, 3 a unix
-//! socket (a back-end request channel). After each record the back-end handles every message
+//! socket (a back-end request channel); `b & 0xf == 15` attaches the last descriptor the
+//! back-end sent instead (the inflight area, handed back as QEMU does). After each record the back-end handles every message
 //! it can read, one `handle_request` at a time on this thread; an error ends the connection,
 //! as in the daemon. `fuzz/capture-vhost-seeds.sh` writes QEMU's traffic in this format.
 //!
@@ -50,6 +51,10 @@ const REPLY: u32 = 0x4;
 const GUEST_RAM_BYTES: u64 = 512 << 20;
 /// Descriptors attached to one record at most (QEMU sends at most 8 memory regions).
 const MAX_FDS: usize = 8;
+/// The descriptor count that attaches the last descriptor the back-end sent instead (the
+/// inflight area of VHOST_USER_GET_INFLIGHT_FD, which the front-end hands back with
+/// VHOST_USER_SET_INFLIGHT_FD).
+const RETURNED: u8 = 0xf;
 
 /// The descriptors a record may attach, made afresh for each input.
 struct FdSet {
@@ -81,8 +86,12 @@ impl FdSet {
         }
     }
 
-    /// The descriptors of a record's descriptor byte.
-    fn pick(&self, b: u8) -> Vec<RawFd> {
+    /// The descriptors of a record's descriptor byte; `returned` is the last descriptor the
+    /// back-end sent (its inflight area).
+    fn pick(&self, b: u8, returned: Option<RawFd>) -> Vec<RawFd> {
+        if b & 0xf == RETURNED {
+            return returned.into_iter().collect();
+        }
         let count = usize::from(b & 0xf).min(MAX_FDS);
         (0..count)
             .map(|i| self.kind(if i == 0 { b >> 4 } else { b >> 6 }))
@@ -100,8 +109,9 @@ fn next_record(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((*fds, bytes, rest))
 }
 
-/// Everything the back-end has sent on `sock` so far; received descriptors are closed.
-fn drain(sock: &UnixStream) -> Vec<u8> {
+/// Everything the back-end has sent on `sock` so far; the last descriptor it sent is kept in
+/// `returned`, the others are closed.
+fn drain(sock: &UnixStream, returned: &mut Option<OwnedFd>) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
@@ -118,9 +128,9 @@ fn drain(sock: &UnixStream) -> Vec<u8> {
         for c in msg.cmsgs().unwrap() {
             if let ControlMessageOwned::ScmRights(fds) = c {
                 // SAFETY: SCM_RIGHTS just installed these descriptors here; nothing else owns
-                // them, so closing them is ours to do.
+                // them.
                 fds.into_iter()
-                    .for_each(|fd| drop(unsafe { OwnedFd::from_raw_fd(fd) }));
+                    .for_each(|fd| *returned = Some(unsafe { OwnedFd::from_raw_fd(fd) }));
             }
         }
         if msg.bytes == 0 {
@@ -137,8 +147,8 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 
 /// Checks what the back-end sent on `sock` after handling a message whose request code was
 /// `request` (`None`: not known): at most one whole, well-formed reply to it.
-fn check_replies(sock: &UnixStream, request: Option<u32>) {
-    let sent = drain(sock);
+fn check_replies(sock: &UnixStream, request: Option<u32>, returned: &mut Option<OwnedFd>) {
+    let sent = drain(sock, returned);
     if sent.is_empty() {
         return;
     }
@@ -211,6 +221,8 @@ struct Connection<H> {
     handler: H,
     /// The handler has failed (the daemon would close the connection).
     ended: bool,
+    /// The last descriptor the back-end sent.
+    returned: Option<OwnedFd>,
 }
 
 impl<B: DeviceBackend> Connection<vhost_user_backend::DaemonReqHandler<Arc<Backend<B>>>> {
@@ -236,6 +248,7 @@ impl<B: DeviceBackend> Connection<vhost_user_backend::DaemonReqHandler<Arc<Backe
             relay,
             handler: session.request_handler(handler_end),
             ended: false,
+            returned: None,
         }
     }
 
@@ -246,7 +259,7 @@ impl<B: DeviceBackend> Connection<vhost_user_backend::DaemonReqHandler<Arc<Backe
         if let Some(r) = &mut self.relay {
             while !r.ended && (last || whole_message(r.from_front.as_fd())) {
                 match r.relay.forward_one(&r.from_front, &r.inner, &r.answers) {
-                    Ok(true) => check_replies(&self.front, None),
+                    Ok(true) => check_replies(&self.front, None, &mut self.returned),
                     Ok(false) | Err(_) => {
                         r.ended = true;
                         let _ = r.inner.shutdown(std::net::Shutdown::Write);
@@ -264,7 +277,7 @@ impl<B: DeviceBackend> Connection<vhost_user_backend::DaemonReqHandler<Arc<Backe
                 Some(r) => &r.inner,
                 None => &self.front,
             };
-            check_replies(replies, request);
+            check_replies(replies, request, &mut self.returned);
             if trace() {
                 eprintln!("request {request:?}: {handled:?}");
             }
@@ -285,7 +298,8 @@ fn connection<D: Device>(device: &D, records: &[u8], fds: &FdSet) {
     let mut rest = records;
     while let Some((fd_byte, bytes, tail)) = next_record(rest) {
         rest = tail;
-        if conn.ended() || !send(&conn.front, bytes, &fds.pick(fd_byte)) {
+        let attached = fds.pick(fd_byte, conn.returned.as_ref().map(AsRawFd::as_raw_fd));
+        if conn.ended() || !send(&conn.front, bytes, &attached) {
             break;
         }
         conn.pump(false);
