@@ -34,8 +34,9 @@ pub enum RunError {
     Daemon(#[from] DaemonError),
 }
 
-/// The block device as the daemon serves it.
-pub(crate) struct BlkDaemon {
+/// The block device as the daemon serves it: vhost-daemon's [`Device`], a fresh
+/// [`BlkBackend`] per front-end connection.
+pub struct BlkDaemon {
     device: Arc<BlockDevice>,
     connections: AtomicU64,
     /// The back-end request channel of the connection being served, if any.
@@ -99,7 +100,7 @@ impl BlkDaemon {
     ///
     /// # Errors
     /// [`ImageError`] when the image cannot be served.
-    pub(crate) fn open(config: &Config) -> Result<Arc<BlkDaemon>, ImageError> {
+    pub fn open(config: &Config) -> Result<Arc<BlkDaemon>, ImageError> {
         let disk = Disk::open(&config.image, config.read_only, config.direct)?;
         Ok(Arc::new(BlkDaemon {
             device: Arc::new(BlockDevice::new(config, disk)),
