@@ -4,7 +4,9 @@
 # with cargo-nextest (unit, protocol, real-client and QEMU-guest tests), with backend-blk's
 # optional storage drivers (cargo features: nbd, rbd) built, linted and tested too, the RBD
 # tests on a single-host Ceph cluster started here (scripts/ceph-test-cluster.sh) and stopped at
-# the end. Exits non-zero if any step fails.
+# the end, and finally runs every fuzz target (fuzz/, nightly toolchain) for 20 s on its seeds
+# and corpus (scripts/fuzz.sh), failing on any crash, leak or hang. Exits non-zero if any step
+# fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,3 +41,5 @@ trap 'scripts/ceph-test-cluster.sh stop "$ceph_dir"' EXIT
 step ceph-cluster scripts/ceph-test-cluster.sh start "$ceph_dir"
 export PVIO_CEPH_CONF=$ceph_dir/ceph.conf
 step tests cargo nextest run --workspace --no-fail-fast --features "$(features pvio-tests)"
+# Short coverage-guided fuzz runs: every target for a fixed 20 s (fuzz/README.md, "CI").
+step fuzz scripts/fuzz.sh 20

@@ -18,7 +18,7 @@ use crate::backend::{notify_config_change, BlkBackend, ChannelSlot};
 use crate::cli::Config;
 use crate::device::BlockDevice;
 use crate::driver::Disk;
-use crate::image::ImageError;
+use crate::image::{Image, ImageError};
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +34,9 @@ pub enum RunError {
     Daemon(#[from] DaemonError),
 }
 
-/// The block device as the daemon serves it.
-pub(crate) struct BlkDaemon {
+/// The block device as the daemon serves it: vhost-daemon's [`Device`], a fresh
+/// [`BlkBackend`] per front-end connection.
+pub struct BlkDaemon {
     device: Arc<BlockDevice>,
     connections: AtomicU64,
     /// The back-end request channel of the connection being served, if any.
@@ -99,7 +100,7 @@ impl BlkDaemon {
     ///
     /// # Errors
     /// [`ImageError`] when the image cannot be served.
-    pub(crate) fn open(config: &Config) -> Result<Arc<BlkDaemon>, ImageError> {
+    pub fn open(config: &Config) -> Result<Arc<BlkDaemon>, ImageError> {
         let disk = Disk::open(&config.image, config.read_only, config.direct)?;
         Ok(Arc::new(BlkDaemon {
             device: Arc::new(BlockDevice::new(config, disk)),
@@ -136,11 +137,16 @@ pub fn run(config: &Config) -> Result<(), RunError> {
     let device = blk.device().clone();
     let daemon = Daemon::new(blk, signals, std::slice::from_ref(&config.socket))?;
     info!(
-        "serving {} ({} bytes{}{}) with {} queue(s) of up to {} descriptors, features {:#x}",
+        "serving {} ({} bytes{}{}{}) with {} queue(s) of up to {} descriptors, features {:#x}",
         config.image.display(),
         device.disk().size(),
         if device.disk().is_direct() {
             ", O_DIRECT"
+        } else {
+            ""
+        },
+        if device.disk().file().is_some_and(Image::serves_inline) {
+            ", reads and writes inline (tmpfs)"
         } else {
             ""
         },

@@ -50,8 +50,9 @@ pub enum BuildError {
     Switch(#[from] SwitchError),
 }
 
-/// The ports and what they are bridged to.
-pub(crate) struct NetDevice {
+/// The ports and what they are bridged to: vhost-daemon's [`Device`], a fresh [`NetBackend`]
+/// per front-end connection on a port.
+pub struct NetDevice {
     ports: Vec<Arc<Port>>,
     /// Switch mode: the ports' places on the switch (dropping the device removes them).
     _members: Vec<SwitchPort>,
@@ -67,7 +68,7 @@ impl NetDevice {
     ///
     /// # Errors
     /// [`BuildError`] when the TAP device cannot be opened or two ports pin one MAC.
-    pub(crate) fn new(config: &Config) -> Result<NetDevice, BuildError> {
+    pub fn new(config: &Config) -> Result<NetDevice, BuildError> {
         let port = |i: usize, id| {
             Port::new(
                 id,

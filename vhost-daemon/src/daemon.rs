@@ -286,6 +286,80 @@ struct Port<D: Device> {
 
 type LibDaemon<B> = VhostUserDaemon<Arc<Backend<B>>>;
 
+/// One front-end connection's back-end: the device's fresh [`DeviceBackend`] in its
+/// [`Backend`] wrapper, with vhost-user-backend's daemon for it (its worker threads running,
+/// the device's extra descriptors in their epolls). [`Port`] serves every connection through
+/// one; the fuzz target of the vhost-user message stream drives one message at a time
+/// through [`Session::request_handler`].
+pub struct Session<B: DeviceBackend> {
+    backend: Arc<Backend<B>>,
+    daemon: LibDaemon<B>,
+}
+
+impl<B: DeviceBackend> Session<B> {
+    /// A fresh back-end of `device` for a front-end on socket `port`, with empty guest memory.
+    ///
+    /// # Errors
+    /// The device cannot make a back-end ([`Device::connect`]), vhost-user-backend cannot
+    /// start its worker threads, or a worker's epoll refuses an extra descriptor; nothing is
+    /// left running then.
+    pub fn open<D: Device<Backend = B>>(device: &D, port: usize) -> Result<Self, BoxError> {
+        let mem = new_guest_ram();
+        let backend = Arc::new(Backend::new(device.connect(port, mem.clone())?));
+        let daemon =
+            VhostUserDaemon::new(format!("{}-{port}", device.name()), backend.clone(), mem)
+                .map_err(|e| format!("cannot create the vhost-user daemon: {e}"))?;
+        let session = Session { backend, daemon };
+        if let Err(e) = session.register_extra_events() {
+            session.close();
+            return Err(e);
+        }
+        Ok(session)
+    }
+
+    /// The device back-end.
+    pub fn device(&self) -> &B {
+        self.backend.device()
+    }
+
+    /// The vhost crate's request handler for a front-end connected on `stream`, for a caller
+    /// that handles the messages on its own thread (`handle_request`, one message per call;
+    /// an error ends the connection, as it does for the daemon). Drop it before
+    /// [`Session::close`].
+    pub fn request_handler(
+        &self,
+        stream: UnixStream,
+    ) -> vhost_user_backend::DaemonReqHandler<Arc<Backend<B>>> {
+        self.daemon.request_handler(stream)
+    }
+
+    /// Adds the device's extra descriptors to its worker threads' epolls.
+    fn register_extra_events(&self) -> Result<(), BoxError> {
+        let handlers = self.daemon.get_epoll_handlers();
+        for extra in self.device().extra_events() {
+            let handler = handlers
+                .get(extra.thread)
+                .ok_or_else(|| format!("no worker thread {}", extra.thread))?;
+            handler
+                .register_listener(extra.fd, extra.events, u64::from(extra.device_event))
+                .map_err(|e| {
+                    format!("cannot watch a descriptor of worker {}: {e}", extra.thread)
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Ends the connection: stops the worker threads (dropping the library's daemon joins
+    /// them), then lets the device finish its in-flight work ([`DeviceBackend::disconnected`]).
+    pub fn close(self) {
+        for handler in self.daemon.get_epoll_handlers() {
+            handler.send_exit_event();
+        }
+        drop(self.daemon);
+        self.backend.device().disconnected();
+    }
+}
+
 impl<D: Device> Port<D> {
     fn serve(&self, mut listener: Listener) {
         // SAFETY: the listener outlives every use of the borrowed descriptor below.
@@ -300,38 +374,28 @@ impl<D: Device> Port<D> {
     /// Accepts one front-end and serves it until it leaves or the daemon stops.
     fn connection(&self, listener: &mut Listener) -> Result<(), BoxError> {
         let id = self.port;
-        let mem = new_guest_ram();
-        let backend = Arc::new(Backend::new(self.device.connect(id, mem.clone())?));
-        let mut daemon =
-            VhostUserDaemon::new(format!("{}-{id}", self.device.name()), backend.clone(), mem)
-                .map_err(|e| format!("cannot create the vhost-user daemon: {e}"))?;
-        let relay = if self.device.early_enable_relay() {
-            let front = match listener.accept() {
-                Ok(Some(stream)) => stream,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(format!("cannot accept the front-end: {e}").into()),
-            };
-            let rings = backend.device().num_queues();
-            Some(attach_through_relay(&mut daemon, front, id, rings)?)
-        } else {
-            daemon
-                .start(listener)
-                .map_err(|e| format!("cannot accept the front-end: {e}"))?;
-            None
+        let mut session = Session::open(&*self.device, id)?;
+        let started = self.start(&mut session, listener);
+        let relay_threads = match started {
+            Ok(Some(threads)) => threads,
+            Ok(None) => {
+                session.close();
+                return Ok(());
+            }
+            Err(e) => {
+                session.close();
+                return Err(e);
+            }
         };
         log::info!("socket {id}: front-end connected");
-        let result = register_extra_events(&daemon, backend.device());
-        if let Err(e) = &result {
-            log::error!("socket {id}: {e}");
-            daemon.request_shutdown();
-        }
+        let daemon = &mut session.daemon;
         self.stop.set_session(id, daemon.shutdown_handle());
         if self.stop.stopping() {
             daemon.request_shutdown();
         }
         let ended = daemon.wait();
         self.stop.set_session(id, None);
-        for t in relay.into_iter().flatten() {
+        for t in relay_threads {
             let _ = t.join();
         }
         match ended {
@@ -341,32 +405,34 @@ impl<D: Device> Port<D> {
             )) => log::info!("socket {id}: front-end disconnected"),
             Err(e) => log::warn!("socket {id}: front-end connection ended: {e}"),
         }
-        // Stop the worker threads (dropping the daemon joins them), then let the device finish
-        // its in-flight work.
-        for handler in daemon.get_epoll_handlers() {
-            handler.send_exit_event();
-        }
-        drop(daemon);
-        backend.device().disconnected();
-        result
+        session.close();
+        Ok(())
     }
-}
 
-/// Adds the device's extra descriptors to its worker threads' epolls.
-fn register_extra_events<B: DeviceBackend>(
-    daemon: &LibDaemon<B>,
-    device: &B,
-) -> Result<(), BoxError> {
-    let handlers = daemon.get_epoll_handlers();
-    for extra in device.extra_events() {
-        let handler = handlers
-            .get(extra.thread)
-            .ok_or_else(|| format!("no worker thread {}", extra.thread))?;
-        handler
-            .register_listener(extra.fd, extra.events, u64::from(extra.device_event))
-            .map_err(|e| format!("cannot watch a descriptor of worker {}: {e}", extra.thread))?;
+    /// Accepts the front-end on `listener` and starts `session`'s request thread, through the
+    /// early-enable relay if the device needs it: returns the relay's threads (none without
+    /// it), or `None` when there was no front-end after all.
+    fn start(
+        &self,
+        session: &mut Session<D::Backend>,
+        listener: &mut Listener,
+    ) -> Result<Option<Vec<JoinHandle<()>>>, BoxError> {
+        if !self.device.early_enable_relay() {
+            session
+                .daemon
+                .start(listener)
+                .map_err(|e| format!("cannot accept the front-end: {e}"))?;
+            return Ok(Some(Vec::new()));
+        }
+        let front = match listener.accept() {
+            Ok(Some(stream)) => stream,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(format!("cannot accept the front-end: {e}").into()),
+        };
+        let rings = session.device().num_queues();
+        let relay = attach_through_relay(&mut session.daemon, front, self.port, rings)?;
+        Ok(Some(relay.into()))
     }
-    Ok(())
 }
 
 /// Connects `daemon` to the front-end's stream `front` through a [`relay`]: the daemon accepts

@@ -76,6 +76,7 @@ fn read_message(sock: &UnixStream) -> io::Result<Option<Message>> {
             MsgFlags::MSG_CMSG_CLOEXEC,
         )
         .map_err(io::Error::from)?;
+        let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
         for c in msg.cmsgs().map_err(io::Error::from)? {
             if let ControlMessageOwned::ScmRights(raw) = c {
                 // SAFETY: SCM_RIGHTS just installed these descriptors in this process; nothing
@@ -85,6 +86,15 @@ fn read_message(sock: &UnixStream) -> io::Result<Option<Message>> {
                         .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
                 );
             }
+        }
+        // A message carries at most MAX_ATTACHED_FD_ENTRIES descriptors (vhost-user.rst), also
+        // when its header came in pieces with descriptors on each: refuse it rather than pass
+        // on more than the handler can take (it would lose the message).
+        if truncated || fds.len() > MAX_ATTACHED_FD_ENTRIES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "more file descriptors than a vhost-user message may carry",
+            ));
         }
         if msg.bytes == 0 {
             return if got == 0 {
@@ -262,9 +272,44 @@ fn to_handler(
     writer: &Mutex<UnixStream>,
     num_rings: usize,
 ) -> io::Result<()> {
-    let mut acked = 0u64;
-    let mut early = EarlyStates::new(num_rings);
-    while let Some(m) = read_message(front)? {
+    let mut relay = ToHandler::new(num_rings);
+    while relay.forward_one(front, inner, writer)? {}
+    Ok(())
+}
+
+/// The front-end-to-handler direction of the relay, one message at a time: what the relay
+/// thread runs, and what the vhost-user fuzz target drives on its own thread.
+pub struct ToHandler {
+    /// The virtio features the front-end set last (VHOST_USER_SET_FEATURES).
+    acked: u64,
+    early: EarlyStates,
+}
+
+impl ToHandler {
+    /// The relay for a device of `num_rings` virtqueues, before any message.
+    pub fn new(num_rings: usize) -> ToHandler {
+        ToHandler {
+            acked: 0,
+            early: EarlyStates::new(num_rings),
+        }
+    }
+
+    /// Reads one message (header, payload, descriptors) from the front-end's `front` and
+    /// passes it to the handler's `inner`, or answers an early SET_VRING_ENABLE itself on
+    /// `answers` (the front-end's socket). Returns false at the end of the front-end's stream.
+    ///
+    /// # Errors
+    /// A socket error, a message cut short or one above vhost-user's MAX_MSG_SIZE (4096 bytes
+    /// of payload): the relay ends.
+    pub fn forward_one(
+        &mut self,
+        front: &UnixStream,
+        inner: &UnixStream,
+        answers: &Mutex<UnixStream>,
+    ) -> io::Result<bool> {
+        let Some(m) = read_message(front)? else {
+            return Ok(false);
+        };
         log::trace!(
             "front-end request {} ({} bytes, {} fds)",
             m.request(),
@@ -272,37 +317,38 @@ fn to_handler(
             m.fds.len()
         );
         if m.request() == u32::from(FrontendReq::SET_FEATURES) {
-            acked = m
+            self.acked = m
                 .payload
                 .get(..8)
                 .and_then(|b| b.try_into().ok())
                 .map_or(0, u64::from_le_bytes);
         }
-        if is_early_ring_enable(&m, acked) {
+        if is_early_ring_enable(&m, self.acked) {
             log::debug!("answering SET_VRING_ENABLE sent before SET_FEATURES");
-            let known = ring_state(&m).is_some_and(|(index, state)| early.remember(index, state));
+            let known =
+                ring_state(&m).is_some_and(|(index, state)| self.early.remember(index, state));
             if !known {
                 log::warn!("early SET_VRING_ENABLE of a ring the device lacks");
             }
             if m.flags() & VhostUserHeaderFlag::NEED_REPLY.bits() != 0 {
                 write_message(
-                    &writer.lock().unwrap_or_else(|p| p.into_inner()),
+                    &answers.lock().unwrap_or_else(|p| p.into_inner()),
                     &ack(&m, u64::from(!known)),
                 )?;
             }
-            continue;
+            return Ok(true);
         }
         write_message(inner, &m)?;
         if m.request() == u32::from(FrontendReq::SET_FEATURES) {
-            let protocol = acked & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
-            for (index, state) in early.take() {
+            let protocol = self.acked & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
+            for (index, state) in self.early.take() {
                 if protocol {
                     write_message(inner, &ring_enable(index, state))?;
                 }
             }
         }
+        Ok(true)
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -317,6 +363,47 @@ mod tests {
         v.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         v.extend_from_slice(payload);
         v
+    }
+
+    /// Found by the vhost_user fuzz target: a header written in pieces, each with descriptors,
+    /// added up to more than a message may carry; the relay passed them all on in one message,
+    /// the handler lost it and read the next message as its rest. Now it is refused.
+    #[test]
+    fn refuses_more_descriptors_than_a_message_may_carry() {
+        let (front, qemu) = UnixStream::pair().unwrap();
+        let (inner, handler) = UnixStream::pair().unwrap();
+        let answers = Mutex::new(front.try_clone().unwrap());
+        let file = File::open("/dev/null").unwrap();
+        let fds = [file.as_raw_fd(); 8];
+        let header = message(FrontendReq::GET_FEATURES, 0x1, &[]);
+        // Five pieces of eight descriptors each: 40 in all.
+        for piece in [
+            &header[..2],
+            &header[2..4],
+            &header[4..6],
+            &header[6..8],
+            &header[8..],
+        ] {
+            sendmsg::<()>(
+                qemu.as_raw_fd(),
+                &[IoSlice::new(piece)],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::empty(),
+                None,
+            )
+            .unwrap();
+        }
+        let mut relay = ToHandler::new(1);
+        let refused = relay.forward_one(&front, &inner, &answers);
+        assert_eq!(
+            refused.map_err(|e| e.kind()).err(),
+            Some(io::ErrorKind::InvalidData)
+        );
+        handler.set_nonblocking(true).unwrap();
+        assert!(
+            read_message(&handler).is_err(),
+            "nothing was passed to the handler"
+        );
     }
 
     #[test]

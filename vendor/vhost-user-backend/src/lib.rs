@@ -53,6 +53,10 @@ compile_error!("Both `postcopy` and `xen` features can not be enabled at the sam
 /// An alias for `GuestMemoryAtomic<GuestMemoryMmap<B>>` to simplify code.
 type GM<B> = GuestMemoryAtomic<GuestMemoryMmap<B>>;
 
+/// pvio patch: the vhost crate's request handler over a daemon's handler, as
+/// [`VhostUserDaemon::request_handler`] returns it.
+pub type DaemonReqHandler<T> = BackendReqHandler<Mutex<VhostUserHandler<T>>>;
+
 #[derive(Debug)]
 /// Errors related to vhost-user daemon.
 pub enum Error {
@@ -307,6 +311,14 @@ where
             },
             _ => result,
         }
+    }
+
+    /// pvio patch: the request handler for a front-end already connected on `stream`, for a
+    /// caller that runs [`BackendReqHandler::handle_request`] on its own thread, one message
+    /// at a time, instead of [`VhostUserDaemon::start`]'s thread (pvio's fuzz target does).
+    /// The caller ends the connection by dropping the handler.
+    pub fn request_handler(&self, stream: UnixStream) -> DaemonReqHandler<T> {
+        BackendReqHandler::from_stream(stream, self.handler.clone())
     }
 
     /// Retrieve the vring epoll handler.

@@ -326,7 +326,17 @@ impl<H: MsgHeader> Endpoint<H> {
         iovs: &mut [iovec],
     ) -> Result<(usize, Option<Vec<File>>)> {
         let mut fd_array = vec![0; MAX_ATTACHED_FD_ENTRIES];
-        let (bytes, fds) = self.sock.recv_with_fds(iovs, &mut fd_array)?;
+        // pvio patch: vmm-sys-util reports control data cut short (more descriptors than
+        // MAX_ATTACHED_FD_ENTRIES) as ENOBUFS, after the bytes were consumed and the
+        // descriptors closed. Taken as SocketRetry, `recv_into_iovec_all` would read the next
+        // message's bytes as the rest of this one; the message is lost, so it is an error.
+        let (bytes, fds) = self
+            .sock
+            .recv_with_fds(iovs, &mut fd_array)
+            .map_err(|e| match e.errno() {
+                libc::ENOBUFS => Error::IncorrectFds,
+                _ => Error::from(e),
+            })?;
 
         let files = match fds {
             0 => None,

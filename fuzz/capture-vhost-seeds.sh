@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Captures a real front-end's vhost-user traffic as fuzz seeds: QEMU (tests' Linux guest,
+# pvio-capture-guest: a vhost-user-blk-pci disk and a vhost-user netdev) talks to backend-blk and
+# backend-net through fuzz/vhost-capture-proxy.py, which passes the SCM_RIGHTS descriptors on
+# (socat cannot) and writes fuzz/seeds/vhost_user/qemu-{blk,net} and the guest's descriptor
+# chains as fuzz/seeds/blk_request/qemu-* and fuzz/seeds/net_tx/qemu-*.
+# Usage: fuzz/capture-vhost-seeds.sh   (from anywhere; needs QEMU and the tests' guest kernel)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+seeds="$root/fuzz/seeds"
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+cd "$root"
+cargo build -q -p backend-blk -p backend-net -p pvio-tests --bin backend-blk --bin backend-net \
+    --bin pvio-capture-guest
+wait_socket() {
+    for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done
+    echo "no socket $1" >&2
+    return 1
+}
+rm -f "$seeds"/vhost_user/qemu-* "$seeds"/blk_request/qemu-* "$seeds"/net_tx/qemu-*
+truncate -s 64M "$work/disk.raw"
+target/debug/backend-blk --socket "$work/blk.sock" --image "$work/disk.raw" &
+target/debug/backend-net --switch --socket "$work/net.sock" &
+wait_socket "$work/blk.sock"
+wait_socket "$work/net.sock"
+proxies=()
+for dev in blk net; do
+    python3 fuzz/vhost-capture-proxy.py --listen "$work/$dev-proxy.sock" \
+        --backend "$work/$dev.sock" --device "$dev" --seeds "$seeds" &
+    proxies+=($!)
+    wait_socket "$work/$dev-proxy.sock"
+done
+target/debug/pvio-capture-guest --blk-socket "$work/blk-proxy.sock" --net-socket "$work/net-proxy.sock"
+wait "${proxies[@]}"
+du -sh "$seeds"/vhost_user "$seeds"/blk_request "$seeds"/net_tx
