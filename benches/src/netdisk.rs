@@ -148,11 +148,7 @@ impl Daemon {
                 let mut c = Command::new("qemu-storage-daemon");
                 c.args(["--blockdev", &storage.qsd_blockdev()]);
                 c.args(["--object", "iothread,id=iot0", "--export"]);
-                c.arg(format!(
-                    "type=vhost-user-blk,id=exp0,node-name=disk0,iothread=iot0,addr.type=unix,\
-                     addr.path={},writable=on,num-queues=1",
-                    socket.display()
-                ));
+                c.arg(crate::systems::qsd_export(&socket, 1));
                 c
             }
             System::Fio => unreachable!("fio is not a daemon"),
@@ -247,6 +243,22 @@ impl Rng {
     }
 }
 
+/// A libblkio instance connected to the back-end on `socket`, retried for up to 10 s (the
+/// socket file exists a moment before the daemon listens on it).
+fn attach(socket: &Path) -> Result<Blkio> {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut blkio = Blkio::new("virtio-blk-vhost-user").map_err(blkio_err("new"))?;
+        let path = socket.to_str().unwrap_or_default();
+        blkio.set_str("path", path).map_err(blkio_err("path"))?;
+        match blkio.connect() {
+            Ok(()) => return Ok(blkio),
+            Err(_) if Instant::now() < until => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(blkio_err("connect")(e)),
+        }
+    }
+}
+
 /// Drives the back-end `daemon` with libblkio: `depth` 4 KiB random reads (or writes) over
 /// the first `span` bytes for `runtime`.
 ///
@@ -259,10 +271,7 @@ pub fn blkio_load(
     span: u64,
     runtime: Duration,
 ) -> Result<Sample> {
-    let mut blkio = Blkio::new("virtio-blk-vhost-user").map_err(blkio_err("new"))?;
-    let path = daemon.socket.to_str().unwrap_or_default();
-    blkio.set_str("path", path).map_err(blkio_err("path"))?;
-    blkio.connect().map_err(blkio_err("connect"))?;
+    let mut blkio = attach(&daemon.socket)?;
     blkio
         .set_i32("num-queues", 1)
         .map_err(blkio_err("num-queues"))?;

@@ -156,6 +156,16 @@ impl Programs {
     }
 }
 
+/// qemu-storage-daemon's `--export` argument: node `disk0` as a writable vhost-user-blk export
+/// with `queues` queues on unix socket `socket`, served by iothread `iot0`.
+pub fn qsd_export(socket: &Path, queues: u16) -> String {
+    format!(
+        "type=vhost-user-blk,id=exp0,node-name=disk0,iothread=iot0,addr.type=unix,\
+         addr.path={},writable=on,num-queues={queues}",
+        socket.display()
+    )
+}
+
 /// A running back-end daemon: killed, reaped and its socket removed on drop.
 #[derive(Debug)]
 pub struct Daemon {
@@ -197,11 +207,7 @@ impl Daemon {
                 ));
                 c.args(["--blockdev", "driver=raw,node-name=disk0,file=file0"]);
                 c.args(["--object", "iothread,id=iot0"]);
-                c.arg("--export").arg(format!(
-                    "type=vhost-user-blk,id=exp0,node-name=disk0,iothread=iot0,addr.type=unix,\
-                     addr.path={},writable=on,num-queues={queues}",
-                    socket.display()
-                ));
+                c.arg("--export").arg(qsd_export(&socket, queues));
                 c
             }
         };

@@ -147,10 +147,10 @@ impl RbdImage {
 }
 
 impl Drop for RbdImage {
-    /// Removes the image in the background: a back-end killed at the test's end leaves its
-    /// watch for librados' watch timeout (about 30 s), which `rbd rm` waits out; a cluster
-    /// that is down (the OSD test) makes it give up after [`REMOVE_TIMEOUTS`]. An image left
-    /// over goes with the test cluster.
+    /// Removes the image in the background, not holding up the test: a cluster that is down
+    /// (the OSD test) makes `rbd rm` give up only after [`REMOVE_TIMEOUTS`], and it refuses an
+    /// image a back-end killed at the test's end still watches (for about 30 s). An image
+    /// left over goes with the test cluster.
     fn drop(&mut self) {
         let _ = Command::new("rbd")
             .arg("-c")

@@ -193,10 +193,15 @@ fn measure(
     }
 }
 
-/// The median of `xs` (empty: 0).
+/// The median of `xs` (the mean of the middle two for an even count; empty: 0).
 fn median(xs: &mut [f64]) -> f64 {
     xs.sort_by(f64::total_cmp);
-    xs.get(xs.len() / 2).copied().unwrap_or(0.0)
+    let n = xs.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => xs[n / 2],
+        _ => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
 }
 
 /// The load average (1, 5, 15 minutes) as /proc/loadavg says.
@@ -305,8 +310,8 @@ fn run_all(args: &Args) -> Result<String> {
     let bytes = args.image_mib << 20;
     let mut report = format!(
         "# backend-blk on network storage\n\nlibblkio client (1 queue) for backend-blk and \
-         qemu-storage-daemon, fio's own engine for the raw library; {} s per run, {} rounds, \
-         medians. Load average at start: {}.\n\n",
+         qemu-storage-daemon, fio's own engine for the raw library; {} s per run, {} rounds \
+         (systems rotated per round), medians of each figure. Load average at start: {}.\n\n",
         args.runtime,
         args.rounds,
         load_average()
