@@ -31,6 +31,7 @@ use crate::inflight::QueueInflight;
 use crate::request::{self, GuestRange, Parsed, Rejected, Request, RequestError};
 use crate::status::Status;
 use vhost_daemon::memory::{GuestRam, GuestRamAtomic, GuestRamGuard, Vring};
+use vhost_daemon::ring::go_round_again;
 use vhost_daemon::uring::{Completion, Slab};
 
 /// How often an operation that fails with EAGAIN or EINTR is tried again before IOERR.
@@ -219,6 +220,7 @@ impl QueueWorker {
                 );
             }
             let mem = self.mem.memory();
+            let mut took = false;
             loop {
                 // The vring lock must be released before `start` adds used entries.
                 let chain = vring
@@ -226,21 +228,14 @@ impl QueueWorker {
                     .get_queue_mut()
                     .pop_descriptor_chain(mem.clone());
                 let Some(chain) = chain else { break };
+                took = true;
                 if let Some(tracker) = &mut self.tracker {
                     tracker.fetched(chain.head_index());
                 }
                 self.start(chain, mem.clone());
             }
-            match vring.enable_notification() {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    warn!(
-                        "queue {}: cannot enable notifications: {e}",
-                        self.queue_index
-                    );
-                    break;
-                }
+            if !go_round_again(vring, took, "request queue") {
+                break;
             }
         }
         self.run_ring();
