@@ -275,5 +275,6 @@ impl DeviceBackend for BlkBackend {
             log::info!("waiting for {in_flight} in-flight request(s)");
         }
         self.drain();
+        self.device.disk().front_end_left();
     }
 }

@@ -21,6 +21,9 @@ pub const MAX_NUM_QUEUES: u16 = 64;
 /// Length of the virtio-blk device ID returned by VIRTIO_BLK_T_GET_ID (virtio 1.2 §5.2.6), bytes.
 pub const SERIAL_BYTES: usize = 20;
 
+/// Default busy-poll window of the queue threads, µs (`--poll-us`).
+pub const DEFAULT_POLL_US: u32 = 0;
+
 /// `backend-blk`: a vhost-user-blk back-end that serves a raw image file or a block device to a
 /// vhost-user front-end (QEMU's vhost-user-blk-pci, cloud-hypervisor, ...) with io_uring.
 #[derive(Debug, Parser)]
@@ -76,6 +79,13 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "on|off", default_value_t = OnOff::On)]
     pub direct: OnOff,
 
+    /// Busy-poll window in µs: after its last work a queue's thread keeps looking at the
+    /// available ring and the I/O completions this long before it sleeps, so a request that
+    /// comes meanwhile needs no kick and no wake-up (0 sleeps at once). It costs up to this
+    /// much CPU time per idle period, measured as back-end CPU time per I/O in benches/README.md.
+    #[arg(long, value_name = "US", default_value_t = DEFAULT_POLL_US)]
+    pub poll_us: u32,
+
     /// Device ID returned to the driver by VIRTIO_BLK_T_GET_ID, truncated to 20 bytes
     /// (default: "pvio-" and a hash of the image path).
     #[arg(long, value_name = "STR")]
@@ -124,6 +134,8 @@ pub struct Config {
     pub queue_size: u16,
     /// Ask for O_DIRECT.
     pub direct: bool,
+    /// Busy-poll window of the queue threads, µs (0: none).
+    pub poll_us: u32,
     /// GET_ID serial given by the user, already cut to [`SERIAL_BYTES`]; `None` for the default.
     pub serial: Option<Vec<u8>>,
 }
@@ -159,6 +171,7 @@ impl Cli {
             run_dir: self.run_dir.clone()?,
             queue_size: self.queue_size,
             direct: self.direct == OnOff::On,
+            poll_us: self.poll_us,
         })
     }
 
@@ -195,6 +208,7 @@ impl Cli {
             num_queues: self.num_queues,
             queue_size: self.queue_size,
             direct: self.direct == OnOff::On,
+            poll_us: self.poll_us,
             serial,
         })
     }
@@ -258,6 +272,7 @@ mod tests {
                 num_queues: 1,
                 queue_size: 256,
                 direct: true,
+                poll_us: DEFAULT_POLL_US,
                 serial: None,
             }
         );
@@ -272,6 +287,9 @@ mod tests {
         let c = parse(&["--fd", "3", "--image", "/i", "--direct", "off"]).unwrap();
         assert_eq!(c.socket, SocketSource::Fd(3));
         assert!(!c.direct);
+        let c = parse(&["--fd", "3", "--image", "/i", "--poll-us", "50"]).unwrap();
+        assert_eq!(c.poll_us, 50);
+        assert!(parse(&["--fd", "3", "--image", "/i", "--poll-us", "-1"]).is_err());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::backend::{notify_config_change, BlkBackend, ChannelSlot};
 use crate::cli::Config;
 use crate::device::BlockDevice;
 use crate::driver::Disk;
-use crate::image::ImageError;
+use crate::image::{Image, ImageError};
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,7 @@ impl Device for BlkDaemon {
 
     fn connect(&self, _port: usize, mem: GuestRamAtomic) -> Result<BlkBackend, BoxError> {
         self.connections.fetch_add(1, Ordering::Relaxed);
+        self.device.disk().front_end_connected();
         let backend = BlkBackend::new(self.device.clone(), mem)?;
         *self.channel.lock().unwrap_or_else(PoisonError::into_inner) = backend.channel_slot();
         Ok(backend)
@@ -136,11 +137,16 @@ pub fn run(config: &Config) -> Result<(), RunError> {
     let device = blk.device().clone();
     let daemon = Daemon::new(blk, signals, std::slice::from_ref(&config.socket))?;
     info!(
-        "serving {} ({} bytes{}{}) with {} queue(s) of up to {} descriptors, features {:#x}",
+        "serving {} ({} bytes{}{}{}) with {} queue(s) of up to {} descriptors, features {:#x}",
         config.image.display(),
         device.disk().size(),
         if device.disk().is_direct() {
             ", O_DIRECT"
+        } else {
+            ""
+        },
+        if device.disk().file().is_some_and(Image::serves_inline) {
+            ", reads and writes inline (tmpfs)"
         } else {
             ""
         },

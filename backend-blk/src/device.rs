@@ -3,6 +3,7 @@
 //! the device ID (serial). Built once from the [`Config`] and the opened [`Disk`].
 
 use std::mem::size_of;
+use std::time::Duration;
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use virtio_bindings::bindings::virtio_blk::{
@@ -53,6 +54,7 @@ pub struct BlockDevice {
     capabilities: Capabilities,
     num_queues: u16,
     queue_size: u16,
+    poll: Duration,
     features: u64,
     config: Vec<u8>,
     limits: Limits,
@@ -81,11 +83,17 @@ impl BlockDevice {
             capabilities,
             num_queues: config.num_queues,
             queue_size: config.queue_size,
+            poll: Duration::from_micros(config.poll_us.into()),
             features,
             config: config_space.as_slice().to_vec(),
             limits,
             serial,
         }
+    }
+
+    /// How long a queue's thread busy-polls after its last work before it sleeps.
+    pub fn poll(&self) -> Duration {
+        self.poll
     }
 
     /// The disk served.
@@ -256,6 +264,7 @@ mod tests {
             num_queues: 3,
             queue_size: 128,
             direct: false,
+            poll_us: 0,
             serial: serial.map(<[u8]>::to_vec),
         };
         let disk = Disk::open(&path, read_only, false).unwrap();

@@ -6,6 +6,12 @@
 //! `fallocate(2)` can do there: `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE` (discard) and
 //! `FALLOC_FL_ZERO_RANGE` (write zeroes). The probes only ever touch a range past the end of
 //! the image, with `FALLOC_FL_KEEP_SIZE`, so they cannot change data or the image size.
+//!
+//! It also finds whether transfers are better served inline ([`Image::serves_inline`]): on a
+//! file system in memory (tmpfs, ramfs) that refuses `RWF_NOWAIT` (Linux 6.18's tmpfs does),
+//! io_uring cannot try a read or write without blocking first and hands every one to an
+//! io-wq worker thread, which costs two thread switches per request; the data never waits
+//! for a device there, so a `preadv`/`pwritev` on the queue's own thread is cheaper.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -100,6 +106,7 @@ pub struct Image {
     physical_block_size: u32,
     read_only: bool,
     fallocate: FallocateSupport,
+    inline: bool,
 }
 
 impl Image {
@@ -172,6 +179,7 @@ impl Image {
         } else {
             probe_fallocate(&file, kind, size)
         };
+        let inline = kind == ImageKind::RegularFile && memory_fs_without_nowait(&file);
         Ok(Image {
             path: path.to_path_buf(),
             file,
@@ -184,7 +192,16 @@ impl Image {
             physical_block_size,
             read_only,
             fallocate,
+            inline,
         })
+    }
+
+    /// Whether reads and writes are done with `preadv`/`pwritev` on the queue's thread rather
+    /// than through io_uring: the image is a regular file on tmpfs or ramfs, whose reads never
+    /// wait for a device, and the file system refuses `RWF_NOWAIT`, so io_uring would punt
+    /// every transfer to an io-wq worker thread (see the module documentation).
+    pub fn serves_inline(&self) -> bool {
+        self.inline
     }
 
     /// The image path as given.
@@ -346,6 +363,32 @@ fn direct_io_alignment(file: &File) -> Option<u64> {
     align.is_power_of_two().then_some(align)
 }
 
+/// `statfs(2)` magic numbers of file systems that keep files in memory (linux/magic.h).
+const MEMORY_FS_MAGIC: [i64; 2] = [
+    0x0102_1994, /* TMPFS_MAGIC */
+    0x8584_58f6, /* RAMFS_MAGIC */
+];
+
+/// Whether `file` lives on tmpfs or ramfs and refuses a `RWF_NOWAIT` read (EOPNOTSUPP).
+fn memory_fs_without_nowait(file: &File) -> bool {
+    // SAFETY: statfs is plain data; all-zero is a valid value.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fs` is a valid, writable statfs; the descriptor is open.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) } < 0
+        || !MEMORY_FS_MAGIC.contains(&(fs.f_type as i64))
+    {
+        return false;
+    }
+    let mut byte = 0u8;
+    let iov = libc::iovec {
+        iov_base: (&raw mut byte).cast(),
+        iov_len: 1,
+    };
+    // SAFETY: `iov` points to one writable byte that outlives the call.
+    let ret = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, 0, libc::RWF_NOWAIT) };
+    ret < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP)
+}
+
 /// Probes fallocate modes on a range past the end of the image, where they cannot change data.
 fn probe_fallocate(file: &File, kind: ImageKind, size: u64) -> FallocateSupport {
     const PROBE_LEN: u64 = 4096;
@@ -440,6 +483,7 @@ mod tests {
         // Linux 6.6, some FUSE and network file systems).
         let img = Image::open(Path::new("/proc/version"), true, true).unwrap();
         assert!(!img.is_direct());
+        assert!(!img.serves_inline(), "procfs is not a memory file system");
         assert_eq!(
             img.fd_for(1, [(1, 1)]),
             img.fd(),

@@ -28,6 +28,8 @@ pub struct StoreConfig {
     pub queue_size: u16,
     /// Ask for O_DIRECT, for every disk.
     pub direct: bool,
+    /// Busy-poll window of the queue threads, µs, for every disk.
+    pub poll_us: u32,
 }
 
 /// Why one disk cannot be served (its `error` node).
@@ -80,6 +82,7 @@ impl StoreDevice for Disks {
             num_queues: vbd.num_queues,
             queue_size: self.0.queue_size,
             direct: self.0.direct,
+            poll_us: self.0.poll_us,
             serial: None,
         };
         let blk = BlkDaemon::open(&daemon_config)?;

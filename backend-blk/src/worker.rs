@@ -16,6 +16,7 @@
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use log::{info, log, trace, warn, Level};
 use vhost_daemon::memory::DirtyBitmap;
@@ -36,6 +37,9 @@ use vhost_daemon::uring::{Completion, Slab};
 
 /// How often an operation that fails with EAGAIN or EINTR is tried again before IOERR.
 const MAX_RETRIES: u8 = 8;
+
+/// Longest a worker busy-polls for one event before it goes back to its event loop.
+const MAX_POLL_PER_EVENT: Duration = Duration::from_millis(2);
 
 /// A request handed to io_uring and not yet completed.
 struct InFlight {
@@ -201,10 +205,12 @@ impl QueueWorker {
         self.inflight.len()
     }
 
-    /// Handles a kick: takes every available descriptor chain, re-enabling notifications and
-    /// looking again until the available ring is really empty (with VIRTIO_RING_F_EVENT_IDX
-    /// this also publishes avail_event), submits their I/O with one `io_uring_enter`, and
-    /// completes what is already done.
+    /// Handles a kick: takes every available descriptor chain, submits their I/O with one
+    /// `io_uring_enter` and completes what is already done, then busy-polls the available ring
+    /// and the completions for [`BlockDevice::poll`] after the last work (notifications stay
+    /// off meanwhile, so the driver does not kick); then re-enables notifications and looks
+    /// again until the available ring is really empty (with VIRTIO_RING_F_EVENT_IDX this also
+    /// publishes avail_event).
     pub fn process_queue(&mut self, vring: &Vring) {
         if self.vring.is_none() {
             self.vring = Some(vring.clone());
@@ -212,6 +218,7 @@ impl QueueWorker {
         if std::mem::take(&mut self.needs_recovery) {
             self.recover(vring);
         }
+        let started = Instant::now();
         loop {
             if let Err(e) = vring.disable_notification() {
                 warn!(
@@ -219,26 +226,59 @@ impl QueueWorker {
                     self.queue_index
                 );
             }
-            let mem = self.mem.memory();
-            let mut took = false;
-            loop {
-                // The vring lock must be released before `start` adds used entries.
-                let chain = vring
-                    .get_mut()
-                    .get_queue_mut()
-                    .pop_descriptor_chain(mem.clone());
-                let Some(chain) = chain else { break };
-                took = true;
-                if let Some(tracker) = &mut self.tracker {
-                    tracker.fetched(chain.head_index());
-                }
-                self.start(chain, mem.clone());
-            }
-            if !go_round_again(vring, took, "request queue") {
+            let took = self.take_available(vring) > 0;
+            self.run_ring();
+            self.poll(vring, started);
+            if !go_round_again(vring, &self.mem.memory(), took, "request queue") {
                 break;
             }
         }
-        self.run_ring();
+    }
+
+    /// Starts every chain of the available ring; returns how many.
+    fn take_available(&mut self, vring: &Vring) -> usize {
+        let mem = self.mem.memory();
+        let mut taken = 0;
+        loop {
+            // The vring lock must be released before `start` adds used entries.
+            let chain = vring
+                .get_mut()
+                .get_queue_mut()
+                .pop_descriptor_chain(mem.clone());
+            let Some(chain) = chain else { break };
+            if let Some(tracker) = &mut self.tracker {
+                tracker.fetched(chain.head_index());
+            }
+            self.start(chain, mem.clone());
+            taken += 1;
+        }
+        taken
+    }
+
+    /// Busy-polls the available ring and the completions until nothing came for
+    /// [`BlockDevice::poll`]. Gives up once the event that started at `started` has been served
+    /// for [`MAX_POLL_PER_EVENT`], so the control path (which waits for this worker's lock)
+    /// and the worker's other events get their turn.
+    fn poll(&mut self, vring: &Vring, started: Instant) {
+        let window = self.device.poll();
+        if window.is_zero() {
+            return;
+        }
+        let mut last_work = Instant::now();
+        loop {
+            let taken = self.take_available(vring);
+            let completed = self.run_ring();
+            let now = Instant::now();
+            if taken > 0 || completed {
+                last_work = now;
+            } else if now.duration_since(last_work) >= window {
+                return;
+            }
+            if now.duration_since(started) >= MAX_POLL_PER_EVENT {
+                return;
+            }
+            std::hint::spin_loop();
+        }
     }
 
     /// Handles the completion descriptor: reaps and completes finished requests.
@@ -440,8 +480,10 @@ impl QueueWorker {
         }
     }
 
-    /// Submits queued operations, completes finished ones until none is left, then notifies.
-    fn run_ring(&mut self) {
+    /// Submits queued operations, completes finished ones until none is left, then notifies;
+    /// returns whether any completed.
+    fn run_ring(&mut self) -> bool {
+        let mut any = false;
         loop {
             if let Err(e) = self.io.submit() {
                 warn!("queue {}: submit failed: {e}", self.queue_index);
@@ -449,8 +491,10 @@ impl QueueWorker {
             if !self.reap_once() {
                 break;
             }
+            any = true;
         }
         self.notify();
+        any
     }
 
     /// Handles every available completion; returns whether there was any.

@@ -143,7 +143,7 @@ impl NetBackend {
                     log::warn!("control queue: add_used({head}): {e}");
                 }
             }
-            if !vhost_daemon::ring::go_round_again(vring, took, "control queue") {
+            if !vhost_daemon::ring::go_round_again(vring, mem, took, "control queue") {
                 break;
             }
         }

@@ -235,7 +235,7 @@ impl Worker {
                     }
                 }
             }
-            if !go_round_again(tx, popped, "transmit queue") {
+            if !go_round_again(tx, mem, popped, "transmit queue") {
                 break;
             }
         }

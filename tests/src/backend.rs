@@ -106,6 +106,8 @@ pub struct BlkBackendConfig {
     /// Another back-end instance serves the same image at the same time (live migration):
     /// qemu-storage-daemon then needs `locking=off`; backend-blk takes no lock.
     pub shared: bool,
+    /// backend-blk's busy-poll window in µs (`--poll-us`), or its default (`None`).
+    pub poll_us: Option<u32>,
 }
 
 impl BlkBackendConfig {
@@ -118,6 +120,7 @@ impl BlkBackendConfig {
             readonly: false,
             direct: None,
             shared: false,
+            poll_us: None,
         }
     }
 
@@ -149,6 +152,9 @@ impl BlkBackendConfig {
                 }
                 if let Some(direct) = self.direct {
                     cmd.args(["--direct", on_off(direct)]);
+                }
+                if let Some(poll_us) = self.poll_us {
+                    cmd.args(["--poll-us", &poll_us.to_string()]);
                 }
                 Ok(cmd)
             }

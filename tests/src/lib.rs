@@ -7,11 +7,13 @@
 //! with a vhost-user-blk disk, and [`console`] reads the `@@pvio key value` lines the script
 //! printed; [`guest::GuestKit`] ties the guest side together. [`demo`] is the README's main
 //! job built from the same parts; [`migration`] moves a running guest between two QEMU processes.
+//! [`netdisk`] and [`ceph`] serve disks from NBD servers and a Ceph test cluster.
 //! [`xenstore`] runs the store for the XenBus handshake tests; [`vmm`] runs pvio's own VMM and
 //! guest.
 
 pub mod backend;
 pub mod bins;
+pub mod ceph;
 pub mod console;
 pub mod cpio;
 pub mod demo;

@@ -22,8 +22,16 @@ impl TempDir {
     /// # Errors
     /// The folder cannot be created (an old one of the same name is removed first).
     pub fn new(label: &str) -> io::Result<Self> {
+        Self::new_in(&std::env::temp_dir(), label)
+    }
+
+    /// [`TempDir::new`] under `parent` instead (e.g. `/dev/shm` for a tmpfs image).
+    ///
+    /// # Errors
+    /// The folder cannot be created (an old one of the same name is removed first).
+    pub fn new_in(parent: &Path, label: &str) -> io::Result<Self> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("pvio-{label}-{}-{n}", std::process::id()));
+        let path = parent.join(format!("pvio-{label}-{}-{n}", std::process::id()));
         if path.exists() {
             std::fs::remove_dir_all(&path)?;
         }

@@ -4,6 +4,7 @@
 //! was measured and every checked read matched.
 
 use std::fs;
+use std::path::Path;
 use std::process::Command;
 
 use pvio_tests::backend::{BlkBackend, BlkBackendConfig, BlkBackendKind};
@@ -25,13 +26,15 @@ fn json_number(json: &str, key: &str) -> f64 {
         .unwrap_or_else(|_| panic!("{key} is not a number in {json}"))
 }
 
-fn verify_against(kind: &BlkBackendKind) {
-    let dir = TempDir::new("bench-verify").or_panic("temp dir");
+fn verify_against(kind: &BlkBackendKind, dir: TempDir, poll_us: Option<u32>) {
     let image = dir.join("disk.raw");
     fs::File::create(&image)
         .and_then(|f| f.set_len(16 << 20))
         .or_panic("image");
-    let config = BlkBackendConfig::new(&image, &dir.join("vub.sock"), 2);
+    let config = BlkBackendConfig {
+        poll_us,
+        ..BlkBackendConfig::new(&image, &dir.join("vub.sock"), 2)
+    };
     let backend = BlkBackend::start(kind, &config, &dir.join("backend.log")).or_panic("back-end");
     let out = Command::new(workspace_bin("frontend-guest", "frontend-guest"))
         .args([
@@ -82,12 +85,30 @@ fn verify_against(kind: &BlkBackendKind) {
 
 #[test]
 fn verification_mode_passes_against_backend_blk() {
-    verify_against(&BlkBackendKind::pvio());
+    let dir = TempDir::new("bench-verify").or_panic("temp dir");
+    verify_against(&BlkBackendKind::pvio(), dir, None);
+}
+
+/// The same with busy-polling: the worker takes chains and reaps io_uring completions
+/// without kicks or completion events while it polls.
+#[test]
+fn verification_mode_passes_against_backend_blk_polling() {
+    let dir = TempDir::new("bench-verify").or_panic("temp dir");
+    verify_against(&BlkBackendKind::pvio(), dir, Some(200));
+}
+
+/// On tmpfs backend-blk serves reads and writes with preadv/pwritev on the queue's thread
+/// (tmpfs refuses RWF_NOWAIT, so io_uring would punt each to io-wq): same checks.
+#[test]
+fn verification_mode_passes_against_backend_blk_on_tmpfs() {
+    let dir = TempDir::new_in(Path::new("/dev/shm"), "bench-verify").or_panic("temp dir");
+    verify_against(&BlkBackendKind::pvio(), dir, None);
 }
 
 #[test]
 fn verification_mode_passes_against_qemu_storage_daemon() {
-    verify_against(&BlkBackendKind::QemuStorageDaemon);
+    let dir = TempDir::new("bench-verify").or_panic("temp dir");
+    verify_against(&BlkBackendKind::QemuStorageDaemon, dir, None);
 }
 
 #[test]

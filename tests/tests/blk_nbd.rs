@@ -1,6 +1,6 @@
 //! backend-blk's NBD driver (cargo feature `nbd`; run with `--features pvio-tests/nbd`):
-//! the real daemon serving an NBD export from nbdkit's memory plugin and from qemu-nbd on a raw
-//! file, driven by frontend-guest's vhost-user front-end with verified random I/O; a server
+//! the real daemon serving an NBD export from nbdkit's memory plugin (on a unix socket and on
+//! TCP, 127.0.0.1) and from qemu-nbd on a raw file, driven by frontend-guest's vhost-user front-end with verified random I/O; a server
 //! that goes away mid-run fails requests with VIRTIO_BLK_S_IOERR and the daemon survives.
 //!
 //! Contract under test: `backend-blk --image nbd+unix:///EXPORT?socket=PATH` (and
@@ -12,22 +12,29 @@ use std::process::Command;
 
 use frontend_guest::blk::{BlkStatus, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES};
 use frontend_guest::host::{BlkDevice, BlkOptions};
-use pvio_tests::netdisk::{backend_blk, start_listening, Proc};
+use pvio_tests::netdisk::{backend_blk, free_tcp_port, start_listening, start_listening_on};
+use pvio_tests::netdisk::{Listen, Proc};
 use pvio_tests::tmp::TempDir;
 use pvio_tests::workload::{random_io, DiskModel};
 
 const DISK_BYTES: usize = 16 << 20;
-/// nbdkit's memory plugin on a unix socket (export name "").
+
+/// nbdkit's memory plugin listening at `at` (any export name).
+fn nbdkit_memory_on(at: Listen<'_>) -> Proc {
+    let mut cmd = Command::new("nbdkit");
+    cmd.args(["--foreground", "--exit-with-parent"]);
+    match at {
+        Listen::Unix(socket) => cmd.arg("-U").arg(socket),
+        Listen::Tcp(port) => cmd.args(["-i", "127.0.0.1", "-p", &port.to_string()]),
+    };
+    cmd.args(["memory", &DISK_BYTES.to_string()]);
+    start_listening_on(&mut cmd, at)
+}
+
+/// nbdkit's memory plugin on a unix socket in `dir`.
 fn nbdkit_memory(dir: &TempDir) -> (Proc, PathBuf) {
     let socket = dir.join("nbdkit.sock");
-    let proc = start_listening(
-        Command::new("nbdkit")
-            .args(["--foreground", "--exit-with-parent", "-U"])
-            .arg(&socket)
-            .args(["memory", &DISK_BYTES.to_string()]),
-        &socket,
-    );
-    (proc, socket)
+    (nbdkit_memory_on(Listen::Unix(&socket)), socket)
 }
 
 fn backend(dir: &TempDir, url: &str) -> (Proc, PathBuf) {
@@ -54,7 +61,12 @@ fn zeroes(dev: &BlkDevice) -> (bool, bool) {
 fn random_io_on_nbdkit_memory_at_queue_depths_1_to_64() {
     let dir = TempDir::new("nbd-mem").unwrap();
     let (_nbdkit, nbd_socket) = nbdkit_memory(&dir);
-    let (_blk, socket) = backend(&dir, &unix_url(&nbd_socket));
+    random_io_at_depths(&dir, &unix_url(&nbd_socket));
+}
+
+/// Verified random I/O at queue depths 1 to 64 on the export behind `url`.
+fn random_io_at_depths(dir: &TempDir, url: &str) {
+    let (_blk, socket) = backend(dir, url);
     let mut dev = connect(&socket);
     assert_eq!(dev.config().capacity, DISK_BYTES as u64 / 512);
     let features = zeroes(&dev);
@@ -64,6 +76,14 @@ fn random_io_on_nbdkit_memory_at_queue_depths_1_to_64() {
     for (depth, seed) in [(1, 11), (16, 12), (64, 13)] {
         random_io(q, &mut model, 300, depth, seed, features);
     }
+}
+
+#[test]
+fn random_io_over_tcp_on_nbdkit_memory() {
+    let dir = TempDir::new("nbd-tcp").unwrap();
+    let port = free_tcp_port();
+    let _nbdkit = nbdkit_memory_on(Listen::Tcp(port));
+    random_io_at_depths(&dir, &format!("nbd://127.0.0.1:{port}/disk"));
 }
 
 #[test]

@@ -1,73 +1,36 @@
 //! backend-blk's RBD driver (cargo feature `rbd`; run with `--features pvio-tests/rbd`) on the
 //! single-host Ceph cluster of `scripts/ceph-test-cluster.sh`: verified random I/O at queue
-//! depths 1 to 64 with discard and write zeroes, the bytes checked again through
-//! `rbd export`; snapshots served read-only; bad pool, image or configuration refused at
+//! depths 1 to 64 with discard and write zeroes from pvio's mock front-end and from libblkio,
+//! the bytes checked again through `rbd export`; snapshots served read-only; bad pool, image or configuration refused at
 //! start with a clear message; the OSD stopped mid-run fails requests with
 //! VIRTIO_BLK_S_IOERR after the timeout and the daemon survives.
 //!
 //! The shared cluster's configuration comes from `PVIO_CEPH_CONF` (scripts/test.sh starts
-//! it); the OSD test starts a cluster of its own on other ports.
+//! it; see pvio_tests::ceph); the OSD test starts a cluster of its own on other ports.
 #![cfg(feature = "rbd")]
 
+mod blkio_client;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Command;
 
 use frontend_guest::blk::{
     BlkStatus, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use frontend_guest::host::{BlkDevice, BlkOptions};
+use pvio_tests::ceph::{rbd, shared_conf, RbdImage};
 use pvio_tests::netdisk::backend_blk;
 use pvio_tests::tmp::TempDir;
 use pvio_tests::workload::{random_io, DiskModel};
 
+use blkio_client::BlkioClient;
+
 const DISK_MIB: usize = 16;
 const DISK_BYTES: usize = DISK_MIB << 20;
 
-/// The shared test cluster's ceph.conf.
-fn shared_conf() -> PathBuf {
-    let conf = std::env::var_os("PVIO_CEPH_CONF").expect(
-        "PVIO_CEPH_CONF: start a test cluster with `scripts/ceph-test-cluster.sh start DIR` \
-         and export PVIO_CEPH_CONF=DIR/ceph.conf (scripts/test.sh does)",
-    );
-    PathBuf::from(conf)
-}
-
-/// Runs `rbd -c CONF ARGS`, panicking with its stderr on failure.
-fn rbd(conf: &Path, args: &[&str]) -> Output {
-    let out = Command::new("rbd")
-        .arg("-c")
-        .arg(conf)
-        .args(args)
-        .output()
-        .expect("run rbd (ceph-common)");
-    assert!(
-        out.status.success(),
-        "rbd {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// A name for a new image in pool "rbd", after the test and this process.
-fn image_name(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "rbd/{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 /// A new image of [`DISK_MIB`] MiB.
-fn new_image(conf: &Path, tag: &str) -> String {
-    let name = image_name(tag);
-    rbd(conf, &["create", "--size", &format!("{DISK_MIB}M"), &name]);
-    name
-}
-
-fn url(conf: &Path, image: &str) -> String {
-    format!("rbd:{image}:conf={}", conf.display())
+fn new_image(conf: &Path, tag: &str) -> RbdImage {
+    RbdImage::create(conf, tag, DISK_BYTES as u64)
 }
 
 fn connect(socket: &Path) -> BlkDevice {
@@ -79,7 +42,7 @@ fn random_io_at_queue_depths_1_to_64_checked_by_rbd_export() {
     let conf = shared_conf();
     let dir = TempDir::new("rbd-io").unwrap();
     let image = new_image(&conf, "io");
-    let (_blk, socket) = backend_blk(dir.path(), &url(&conf, &image), &["--num-queues", "2"]);
+    let (_blk, socket) = backend_blk(dir.path(), &image.url(), &["--num-queues", "2"]);
     let mut model = DiskModel::new(vec![0; DISK_BYTES]);
     {
         let mut dev = BlkDevice::connect(
@@ -110,8 +73,13 @@ fn random_io_at_queue_depths_1_to_64_checked_by_rbd_export() {
         pvio_tests::workload::check_disk(dev.queue(1).unwrap(), &model, 34);
         assert_eq!(dev.queue(0).unwrap().flush().unwrap(), BlkStatus::Ok);
     }
+    check_export(&image, &dir, &model);
+}
+
+/// `rbd export` of `image` holds what `model` says.
+fn check_export(image: &RbdImage, dir: &TempDir, model: &DiskModel) {
     let export = dir.join("export.raw");
-    rbd(&conf, &["export", &image, export.to_str().unwrap()]);
+    image.export(&export);
     let bytes = std::fs::read(&export).unwrap();
     assert_eq!(bytes.len(), DISK_BYTES);
     assert_eq!(
@@ -122,16 +90,40 @@ fn random_io_at_queue_depths_1_to_64_checked_by_rbd_export() {
 }
 
 #[test]
+fn libblkio_random_io_at_queue_depths_1_to_64_checked_by_rbd_export() {
+    let conf = shared_conf();
+    let dir = TempDir::new("rbd-blkio").unwrap();
+    let image = new_image(&conf, "blkio");
+    let (_blk, socket) = backend_blk(dir.path(), &image.url(), &[]);
+    let mut model = DiskModel::new(vec![0; DISK_BYTES]);
+    {
+        let mut client = BlkioClient::attach(&socket, 64);
+        assert_eq!(client.capacity(), DISK_BYTES as u64);
+        let features = client.zeroes();
+        assert_eq!(
+            features,
+            (true, true),
+            "libblkio sees discard and write zeroes"
+        );
+        for (depth, seed) in [(1, 41), (16, 42), (64, 43)] {
+            random_io(&mut client, &mut model, 200, depth, seed, features);
+        }
+    }
+    check_export(&image, &dir, &model);
+}
+
+#[test]
 fn snapshot_is_served_read_only() {
     let conf = shared_conf();
     let dir = TempDir::new("rbd-snap").unwrap();
-    let source = image_name("snap");
+    let image = RbdImage::named(&conf, "snap");
+    let source = image.name();
     let data: Vec<u8> = (0..DISK_BYTES).map(|i| (i / 4096) as u8).collect();
     let file = dir.join("data.raw");
     std::fs::write(&file, &data).unwrap();
     rbd(
         &conf,
-        &["import", "--no-progress", file.to_str().unwrap(), &source],
+        &["import", "--no-progress", file.to_str().unwrap(), source],
     );
     rbd(&conf, &["snap", "create", &format!("{source}@s1")]);
     // The image changes after the snapshot; the snapshot does not.
@@ -147,10 +139,14 @@ fn snapshot_is_served_read_only() {
             "4M",
             "--io-pattern",
             "seq",
-            &source,
+            source,
         ],
     );
-    let (_blk, socket) = backend_blk(dir.path(), &url(&conf, &format!("{source}@s1")), &[]);
+    let (_blk, socket) = backend_blk(
+        dir.path(),
+        &format!("rbd:{source}@s1:conf={}", conf.display()),
+        &[],
+    );
     let mut dev = connect(&socket);
     assert!(dev.has_feature(VIRTIO_BLK_F_RO), "a snapshot is read-only");
     let q = dev.queue(0).unwrap();
@@ -241,7 +237,7 @@ fn osd_stopped_mid_run_fails_requests_after_the_timeout_and_the_daemon_survives(
     let cluster = OwnCluster::start(&dir.join("ceph"), 3410);
     let conf = cluster.conf();
     let image = new_image(&conf, "osd");
-    let spec = format!("{}:rados_osd_op_timeout=5", url(&conf, &image));
+    let spec = format!("{}:rados_osd_op_timeout=5", image.url());
     let (mut blk, socket) = backend_blk(dir.path(), &spec, &[]);
     let mut dev = BlkDevice::connect(
         &socket,
@@ -268,7 +264,7 @@ fn rbd_resize_reaches_the_front_end() {
     let conf = shared_conf();
     let dir = TempDir::new("rbd-resize").unwrap();
     let image = new_image(&conf, "resize");
-    let (_blk, socket) = backend_blk(dir.path(), &url(&conf, &image), &[]);
+    let (_blk, socket) = backend_blk(dir.path(), &image.url(), &[]);
     let opts = BlkOptions {
         backend_channel: true,
         ..BlkOptions::default()
@@ -279,7 +275,12 @@ fn rbd_resize_reaches_the_front_end() {
     let seen = channel.config_changes();
     rbd(
         &conf,
-        &["resize", "--size", &format!("{}M", 2 * DISK_MIB), &image],
+        &[
+            "resize",
+            "--size",
+            &format!("{}M", 2 * DISK_MIB),
+            image.name(),
+        ],
     );
     let now = channel.wait_config_change(seen, std::time::Duration::from_secs(60));
     assert!(
@@ -292,4 +293,64 @@ fn rbd_resize_reaches_the_front_end() {
     let data = vec![0x5c; 4096];
     assert_eq!(q.write(capacity - 8, &data).unwrap(), BlkStatus::Ok);
     assert_eq!(q.read(capacity - 8, 4096).unwrap(), (BlkStatus::Ok, data));
+}
+
+/// Waits (up to a minute) until `done` holds, panicking with `what` otherwise.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done() {
+        assert!(std::time::Instant::now() < until, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_front_end_that_leaves_hands_the_exclusive_lock_over() {
+    let conf = shared_conf();
+    let dir = TempDir::new("rbd-lock").unwrap();
+    let image = new_image(&conf, "lock");
+    let info = rbd(&conf, &["info", "--format", "json", image.name()]);
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("\"exclusive-lock\""), "{info}");
+    let serve = |name: &str| {
+        let sub = dir.join(name);
+        std::fs::create_dir(&sub).unwrap();
+        backend_blk(&sub, &image.url(), &[])
+    };
+    let ((_a, socket_a), (_b, socket_b)) = (serve("a"), serve("b"));
+    let ok = BlkStatus::Ok;
+    {
+        let mut dev = connect(&socket_a);
+        let q = dev.queue(0).unwrap();
+        assert_eq!(q.write(0, &[1; 4096]).unwrap(), ok);
+        assert_eq!(q.read(8, 4096).unwrap(), (ok, vec![0; 4096]));
+        assert!(
+            !image.lockers().is_empty(),
+            "A holds the lock while it writes"
+        );
+    }
+    wait_until("A releases the lock when its front-end leaves", || {
+        image.lockers().is_empty()
+    });
+    {
+        let mut dev = connect(&socket_b);
+        let q = dev.queue(0).unwrap();
+        assert_eq!(q.read(0, 4096).unwrap(), (ok, vec![1; 4096]));
+        assert_eq!(q.write(8, &[2; 4096]).unwrap(), ok);
+    }
+    wait_until("B releases the lock when its front-end leaves", || {
+        image.lockers().is_empty()
+    });
+    let mut dev = connect(&socket_a);
+    let q = dev.queue(0).unwrap();
+    assert_eq!(
+        q.read(8, 4096).unwrap(),
+        (ok, vec![2; 4096]),
+        "A reads what B wrote, not its old cache"
+    );
+    assert_eq!(
+        q.write(16, &[3; 4096]).unwrap(),
+        ok,
+        "A takes the lock again"
+    );
 }

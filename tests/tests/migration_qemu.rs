@@ -1,13 +1,15 @@
 //! Live migration of a running Linux guest (TCG) between two QEMU processes, each with its
 //! own vhost-user back-end instance, with the guest's I/O going on across the move.
 //!
-//! Block: both back-ends serve the same image. The guest writes 256 KiB of random data per
-//! round to a fresh stretch of the disk with O_DIRECT, reads it back and prints both digests;
-//! it loops until it reads the word `stop` from a sector the host writes once the destination
-//! has done rounds of its own. The host then checks every round, from the source's console
-//! and the destination's, against the image file. QEMU migrates only when the back-end logs
-//! dirty pages (VHOST_USER_PROTOCOL_F_LOG_SHMFD); qemu-storage-daemon, which does, checks the
-//! harness.
+//! Block: both back-ends serve the same image: a raw file, or (cargo feature `rbd`) one Ceph
+//! RBD image with the exclusive-lock feature on, which the destination's back-end must take
+//! over from the source's. The guest writes 256 KiB of random data per round to a fresh
+//! stretch of the disk with O_DIRECT, reads it back and prints both digests; it loops until it
+//! reads the word `stop` from a sector the host writes once the destination has done rounds of
+//! its own. The host then checks every round, from the source's console and the
+//! destination's, against the image (the file, or `rbd export`). QEMU migrates only when the
+//! back-end logs dirty pages (VHOST_USER_PROTOCOL_F_LOG_SHMFD); qemu-storage-daemon, which
+//! does, checks the harness.
 //!
 //! Network: the guest pings an address inside a network namespace the test made, through a
 //! multi-queue TAP there that two backend-net instances share (one queue each); it must go on
@@ -15,11 +17,14 @@
 
 mod net_support;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use net_support::{NetDaemon, Netns};
 
 use pvio_tests::backend::{BlkBackend, BlkBackendConfig, BlkBackendKind};
+#[cfg(feature = "rbd")]
+use pvio_tests::ceph::{self, RbdImage};
 use pvio_tests::console::Console;
 use pvio_tests::guest::GuestKit;
 use pvio_tests::image::{self, MIB};
@@ -44,6 +49,75 @@ const ROUND_TIMEOUT: Duration = Duration::from_secs(120);
 const CRASH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the migration itself may take.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Where the disk both back-ends serve lives.
+#[derive(Debug, Clone, Copy)]
+enum Storage {
+    /// A raw image file in the test's folder.
+    File,
+    /// An RBD image on the shared test cluster (`PVIO_CEPH_CONF`).
+    #[cfg(feature = "rbd")]
+    Rbd,
+}
+
+/// The disk both back-ends serve, [`IMAGE_SIZE`] bytes.
+enum SharedDisk {
+    /// A raw image file.
+    File(PathBuf),
+    /// An RBD image (removed on drop), and where to export it for the checks.
+    #[cfg(feature = "rbd")]
+    Rbd(RbdImage, PathBuf),
+}
+
+impl SharedDisk {
+    /// A new zeroed disk on `storage` (the file, or the image's export, in `dir`).
+    fn create(storage: Storage, dir: &Path) -> SharedDisk {
+        match storage {
+            Storage::File => {
+                let image = dir.join("disk.raw");
+                image::create_sparse(&image, IMAGE_SIZE).or_panic("creating the image");
+                SharedDisk::File(image)
+            }
+            #[cfg(feature = "rbd")]
+            Storage::Rbd => {
+                let image = RbdImage::create(&ceph::shared_conf(), "mig", IMAGE_SIZE);
+                SharedDisk::Rbd(image, dir.join("export.raw"))
+            }
+        }
+    }
+
+    /// What the back-ends' `--image` names.
+    fn spec(&self) -> PathBuf {
+        match self {
+            SharedDisk::File(image) => image.clone(),
+            #[cfg(feature = "rbd")]
+            SharedDisk::Rbd(image, _) => image.url().into(),
+        }
+    }
+
+    /// Writes `data` at byte `offset` while the back-ends serve the disk.
+    fn write_at(&self, offset: u64, data: &[u8]) {
+        match self {
+            SharedDisk::File(image) => {
+                image::write_at(image, offset, data).or_panic("writing the image")
+            }
+            #[cfg(feature = "rbd")]
+            SharedDisk::Rbd(image, _) => image.write_at(offset, data),
+        }
+    }
+
+    /// A raw file holding the disk's bytes now: the image file, or the image's `rbd export`.
+    fn contents(&self) -> PathBuf {
+        match self {
+            SharedDisk::File(image) => image.clone(),
+            #[cfg(feature = "rbd")]
+            SharedDisk::Rbd(image, export) => {
+                image.export(export);
+                export.clone()
+            }
+        }
+    }
+}
 
 /// The guest's loop: write, read back, report, stop when told.
 fn blk_guest_script() -> String {
@@ -132,14 +206,14 @@ fn wait_rounds(guest: &mut RunningGuest, count: usize, side: &str) -> Result<(),
 }
 
 /// Migrates a guest doing verified writes from a QEMU on back-end `kind` to another QEMU on a
-/// second instance of `kind` serving the same image, and checks every round; a run whose
-/// guest kernel crashed ([`GUEST_KERNEL_CRASH`]) is tried once more.
-fn migrate_blk(label: &str, kind: &BlkBackendKind) {
-    if let Err(console) = try_migrate_blk(label, kind) {
+/// second instance of `kind` serving the same disk on `storage`, and checks every round; a run
+/// whose guest kernel crashed ([`GUEST_KERNEL_CRASH`]) is tried once more.
+fn migrate_blk(label: &str, kind: &BlkBackendKind, storage: Storage) {
+    if let Err(console) = try_migrate_blk(label, kind, storage) {
         eprintln!(
             "the guest's kernel crashed around the move (QEMU TCG); trying once more. console:\n{console}"
         );
-        if let Err(console) = try_migrate_blk(label, kind) {
+        if let Err(console) = try_migrate_blk(label, kind, storage) {
             panic!("the guest's kernel crashed around the move twice; console:\n{console}");
         }
     }
@@ -147,13 +221,12 @@ fn migrate_blk(label: &str, kind: &BlkBackendKind) {
 
 /// One try of [`migrate_blk`]: `Err` with the console if a guest kernel crashed, a panic on
 /// any other failure.
-fn try_migrate_blk(label: &str, kind: &BlkBackendKind) -> Result<(), String> {
+fn try_migrate_blk(label: &str, kind: &BlkBackendKind, storage: Storage) -> Result<(), String> {
     let kit = GuestKit::new(label, BLK_MODULES).or_panic("preparing the guest");
     let dir = kit.dir();
-    let image = dir.join("disk.raw");
-    image::create_sparse(&image, IMAGE_SIZE).or_panic("creating the image");
+    let disk = SharedDisk::create(storage, dir.path());
     let start_backend = |name: &str| {
-        let mut config = BlkBackendConfig::new(&image, &dir.join(&format!("{name}.sock")), 1);
+        let mut config = BlkBackendConfig::new(&disk.spec(), &dir.join(&format!("{name}.sock")), 1);
         config.shared = true;
         BlkBackend::start(kind, &config, &dir.join(&format!("{name}.log")))
             .or_panic("starting a back-end")
@@ -197,7 +270,7 @@ fn try_migrate_blk(label: &str, kind: &BlkBackendKind) -> Result<(), String> {
     );
     let src_run = src.finish().or_panic("the source QEMU after migration");
     wait_rounds(&mut dst, ROUNDS_PER_SIDE, "destination")?;
-    image::write_at(&image, STOP_OFFSET, b"stop").or_panic("writing the stop word");
+    disk.write_at(STOP_OFFSET, b"stop");
     let dst_run = match dst.finish() {
         Ok(run) => run,
         Err(e) if guest_crashed(&e.to_string()) => return Err(e.to_string()),
@@ -209,13 +282,13 @@ fn try_migrate_blk(label: &str, kind: &BlkBackendKind) -> Result<(), String> {
     if guest_crashed(dst_run.console.text()) {
         return Err(dst_run.console.text().to_string());
     }
-    check_rounds(&src_run, &dst_run, &image);
+    check_rounds(&src_run, &dst_run, &disk.contents());
     Ok(())
 }
 
 /// Every round, from either console, read back what it wrote and the image holds it; rounds
 /// are numbered 1.. without gaps, and the guest's script ended well.
-fn check_rounds(src: &GuestRun, dst: &GuestRun, image: &std::path::Path) {
+fn check_rounds(src: &GuestRun, dst: &GuestRun, image: &Path) {
     // A line cut by the move starts on the source's console and ends on the destination's.
     let both = Console::new(&format!("{}{}", src.console.text(), dst.console.text()));
     both.check_exit().or_panic("the guest's script");
@@ -250,12 +323,26 @@ fn check_rounds(src: &GuestRun, dst: &GuestRun, image: &std::path::Path) {
 #[test]
 #[ignore = "harness check with qemu-storage-daemon; run by hand"]
 fn blk_guest_migrates_with_io_qemu_storage_daemon() {
-    migrate_blk("mig-blk-qsd", &BlkBackendKind::QemuStorageDaemon);
+    migrate_blk(
+        "mig-blk-qsd",
+        &BlkBackendKind::QemuStorageDaemon,
+        Storage::File,
+    );
 }
 
 #[test]
 fn blk_guest_migrates_with_io_backend_blk() {
-    migrate_blk("mig-blk", &BlkBackendKind::pvio());
+    migrate_blk("mig-blk", &BlkBackendKind::pvio(), Storage::File);
+}
+
+/// Two backend-blk instances on one RBD image (exclusive-lock on): the guest writes and
+/// verifies through the source's before the move and through the destination's after it,
+/// which takes the lock the source released when its front-end left (and from the host's
+/// `rbd import-diff` of the stop word, and back); `rbd export` holds every round.
+#[cfg(feature = "rbd")]
+#[test]
+fn blk_guest_migrates_with_io_backend_blk_on_rbd() {
+    migrate_blk("mig-rbd", &BlkBackendKind::pvio(), Storage::Rbd);
 }
 
 /// The namespace's address on the TAP and the guest's, in a subnet that exists only inside the

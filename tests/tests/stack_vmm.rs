@@ -1,10 +1,12 @@
 //! The split-driver stack with pvio's real guest: the evtchn broker, xenstore-lite serving
-//! introduced guests over their xenstore rings (`--evtchn-broker`), `backend-blk --xenstore`,
-//! pvctl as the toolstack, and `vmm run --xenstore --domid 1` booting pvio's guest, which walks
-//! the XenBus handshake over its ring (Initialised, Connected), does verified I/O on the disk,
-//! and on `pvctl disk detach` sees the back end's Closing and closes (Closing, Closed). States
-//! are checked with `pvctl list` and Debian's `xenstore-ls`; at the end nothing is left
-//! behind (VMM process, sockets, nodes).
+//! introduced guests over their xenstore rings (`--evtchn-broker`), `backend-blk --xenstore`
+//! and `backend-net --xenstore`, pvctl as the toolstack, and `vmm run --xenstore --domid N`
+//! booting pvio's guest, which walks the XenBus handshake over its ring (Initialised,
+//! Connected), does verified I/O on its disk and NIC, and on `pvctl disk detach` sees the back
+//! end's Closing and closes (Closing, Closed). A disk attached while the guest runs is
+//! hot-plugged into an empty virtio-mmio slot and the guest connects it. States are checked
+//! with `pvctl list` and Debian's `xenstore-ls`; at the end nothing is left behind (VMM
+//! processes, sockets, nodes).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -60,6 +62,7 @@ struct Stack {
     store: XenstoreDaemon,
     _broker: Process,
     backend: Process,
+    net: Process,
 }
 
 impl Stack {
@@ -87,16 +90,25 @@ impl Stack {
                 .arg(dir.join("run")),
             &dir.join("backend.log"),
         );
+        let net = spawn(
+            Command::new(workspace_bin("backend-net", "backend-net"))
+                .arg("--xenstore")
+                .arg(store.socket())
+                .arg("--run-dir")
+                .arg(dir.join("run")),
+            &dir.join("backend-net.log"),
+        );
         Stack {
             dir,
             store,
             _broker: broker,
             backend,
+            net,
         }
     }
 
     fn logs(&self) -> String {
-        ["backend.log", "broker.log"]
+        ["backend.log", "backend-net.log", "broker.log"]
             .iter()
             .map(|f| {
                 let text = std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
@@ -138,10 +150,16 @@ impl Stack {
     /// `pvctl domain start 1` with the guest arguments `words`, console in `<name>.out`;
     /// returns the VMM's pid.
     fn start_guest(&self, name: &str, words: &[&str]) -> u32 {
+        self.start_domain("1", name, words)
+    }
+
+    /// `pvctl domain start DOMID` with the guest arguments `words`, console in
+    /// `<name>.out`; returns the VMM's pid.
+    fn start_domain(&self, domid: &str, name: &str, words: &[&str]) -> u32 {
         let console = self.dir.join(&format!("{name}.out"));
         let broker = self.dir.join("evtchn.sock");
         let vmm = pvio_tests::vmm::vmm_bin();
-        let mut args = vec!["domain", "start", "1"];
+        let mut args = vec!["domain", "start", domid];
         args.extend(["--evtchn-broker", broker.to_str().unwrap()]);
         args.extend(["--vmm", vmm.to_str().unwrap()]);
         args.extend(["--console", console.to_str().unwrap(), "--"]);
@@ -304,4 +322,181 @@ fn bad_input_is_refused_with_a_message_and_leaves_nothing() {
     assert_eq!(out.status.code(), Some(2));
     s.pvctl(&["domain", "destroy", "1"]);
     assert_eq!(s.pvctl(&["list"]), "");
+}
+
+impl Stack {
+    /// Waits until `name`'s console holds `what` `n` times.
+    fn wait_console_count(&self, name: &str, what: &str, n: usize) {
+        wait_for(
+            &format!("{n} × {what:?} on {name}"),
+            || self.console(name).matches(what).count() >= n,
+            || {
+                format!(
+                    "{}\n--- {name}.out ---\n{}",
+                    self.logs(),
+                    self.console(name)
+                )
+            },
+        );
+    }
+
+    /// Asserts `pvctl list` shows `n` devices Connected on both sides; returns the listing.
+    fn assert_connected(&self, n: usize) -> String {
+        let list = self.pvctl(&["list"]);
+        let connected = list.matches("front Connected     back Connected").count();
+        assert_eq!(connected, n, "{list}");
+        list
+    }
+
+    /// Asserts every line starts a line of `xenstore-ls /local/domain` and no line starts
+    /// with any of `absent`.
+    fn assert_ls(&self, present: &[&str], absent: &[&str]) {
+        let ls = self.xenstore_ls("/local/domain");
+        for line in present {
+            assert!(
+                ls.lines().any(|l| l.starts_with(line)),
+                "{line} not in\n{ls}"
+            );
+        }
+        for line in absent {
+            assert!(
+                !ls.lines().any(|l| l.starts_with(line)),
+                "{line} still in\n{ls}"
+            );
+        }
+    }
+}
+
+/// The end-to-end run: domain 1 with a disk and a NIC, domain 2 with a NIC on the
+/// same switch; verified disk I/O and checked frames between the two guests; the disk
+/// detached while domain 1 runs and attached again (hot-unplug, hot-plug into the freed
+/// slot, the data still there); destroy; nothing left behind.
+#[test]
+fn hot_unplug_and_replug_of_a_disk_beside_a_nic_in_a_running_guest() {
+    let s = Stack::start();
+    let image = s.dir.join("disk.raw");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let image = image.to_str().unwrap();
+    for name in ["g1", "g2"] {
+        let guest = vmm::GUEST_PAYLOAD;
+        s.pvctl(&[
+            "domain", "create", "--name", name, "--mem", "64", "--guest", guest,
+        ]);
+    }
+    assert_eq!(
+        s.pvctl(&["disk", "attach", "1", "--image", image]).trim(),
+        "0"
+    );
+    assert_eq!(s.pvctl(&["nic", "attach", "1"]).trim(), "0");
+    assert_eq!(s.pvctl(&["nic", "attach", "2"]).trim(), "0");
+
+    // Domain 1 writes and checks its disk, sends frames to domain 2, then waits for the
+    // disk to leave and come back and checks the data on it again.
+    let range = format!("{SEED}@0+{LEN}");
+    let (write, verify) = (format!("write={range}"), format!("verify={range}"));
+    let later = format!("write={}@{LEN}+{LEN}", SEED + 1);
+    let frames = "net-send=12";
+    let words = [
+        "qd=4",
+        &write,
+        &verify,
+        frames,
+        "unplug-wait=vbd",
+        "plug-wait=vbd",
+        &verify,
+        &later,
+        "unplug-wait",
+    ];
+    let pid1 = s.start_domain("1", "vm1", &words);
+    let pid2 = s.start_domain("2", "vm2", &["net-recv=12", "unplug-wait"]);
+    s.wait_console("vm1", "net send ok frames=12");
+    s.wait_console("vm2", "net recv ok frames=12");
+    let console = s.console("vm1");
+    assert_eq!(console.matches("blk verify ok").count(), 1, "{console}");
+    s.assert_connected(3);
+    s.assert_ls(
+        &[
+            "/local/domain/1/device/vbd/0/state = \"4\"",
+            "/local/domain/1/device/vbd/0/virtio-mmio-slot = \"0\"",
+            "/local/domain/1/device/vbd/0/multi-queue-num-queues = \"1\"",
+            "/local/domain/1/device/vif/0/state = \"4\"",
+            "/local/domain/1/device/vif/0/virtio-mmio-slot = \"1\"",
+            "/local/domain/2/device/vif/0/virtio-mmio-slot = \"0\"",
+            "/local/domain/0/backend/vbd/1/0/state = \"4\"",
+            "/local/domain/0/backend/vif/1/0/state = \"4\"",
+            "/local/domain/0/backend/vif/2/0/state = \"4\"",
+        ],
+        &[],
+    );
+    let sockets = s.sockets().len();
+    assert_eq!(sockets, 3, "{:?}", s.sockets());
+
+    // Hot-unplug: the guest closes the disk, the VMM empties its slot; the NIC stays.
+    s.pvctl(&["disk", "detach", "1", "0", "--timeout", "120"]);
+    s.wait_console("vm1", "xenbus vbd/0 state 6");
+    assert!(!gone(pid1), "VMM 1 exited on detach\n{}", s.console("vm1"));
+    let list = s.assert_connected(2);
+    assert!(!list.contains("vbd"), "{list}");
+    s.assert_ls(
+        &["/local/domain/1/device/vif/0/state = \"4\""],
+        &[
+            "/local/domain/1/device/vbd/0",
+            "/local/domain/0/backend/vbd/1",
+        ],
+    );
+    // The back end removes the socket when it sees the nodes gone.
+    wait_for(
+        "the disk's socket to go",
+        || s.sockets().len() == 2,
+        || format!("{:?}", s.sockets()),
+    );
+
+    // Hot-plug: the same image again; the VMM puts it in the free slot, the guest sees the
+    // node, connects and finds its data.
+    assert_eq!(
+        s.pvctl(&["disk", "attach", "1", "--image", image]).trim(),
+        "0"
+    );
+    s.wait_console("vm1", "xenbus vbd/0 plugged in slot 0");
+    s.wait_console_count("vm1", "blk verify ok", 2);
+    s.wait_console_count("vm1", "blk write ok bytes=65536", 2);
+    s.assert_connected(3);
+    s.assert_ls(
+        &[
+            "/local/domain/1/device/vbd/0/state = \"4\"",
+            "/local/domain/1/device/vbd/0/virtio-mmio-slot = \"0\"",
+            "/local/domain/0/backend/vbd/1/0/state = \"4\"",
+        ],
+        &[],
+    );
+
+    // Destroy: the guests close every device and exit; nothing is left behind.
+    for domid in ["1", "2"] {
+        s.pvctl(&["domain", "destroy", domid, "--timeout", "120"]);
+    }
+    for (pid, name) in [(pid1, "vm1"), (pid2, "vm2")] {
+        assert!(gone(pid), "VMM {pid} still runs after destroy");
+        let console = s.console(name);
+        assert!(console.contains("xenbus vif/0 state 6"), "{console}");
+    }
+    let data = std::fs::read(image).unwrap();
+    assert_eq!(pattern::check_disk(&data[..LEN], SEED, 0), None);
+    let second = &data[LEN..2 * LEN];
+    assert_eq!(pattern::check_disk(second, SEED + 1, LEN as u64), None);
+    assert_eq!(s.pvctl(&["list"]), "");
+    assert!(!s.xenstore_ls("/local/domain").contains("/local/domain/1"));
+    assert!(!s.xenstore_ls("/local/domain").contains("/local/domain/2"));
+    wait_for(
+        "every socket to go",
+        || s.sockets().is_empty(),
+        || format!("{:?}", s.sockets()),
+    );
+    let mut s = s;
+    for (name, daemon) in [("backend-blk", &mut s.backend), ("backend-net", &mut s.net)] {
+        let alive = matches!(daemon.0.try_wait(), Ok(None));
+        assert!(alive, "{name} exited");
+    }
 }

@@ -14,15 +14,19 @@
 //! - [`pattern`]: the disk and frame data patterns the guest and the tests share.
 //! - [`linux`]: booting a stock Linux kernel (needs hardware virtualization).
 //! - [`xenstore`]: `--xenstore`: the guest's xenstore ring, XS_INTRODUCE, the domain's devices.
+//! - [`slots`]: the virtio-mmio slots, each holding a device or empty.
+//! - [`hotplug`]: `--xenstore`: devices plugged into and unplugged from the running guest.
 //!
 //! [`GUEST_PAYLOAD`] is the path of pvio's guest as built by this crate's build script.
 
 pub mod acpi;
 pub mod boot_info;
 pub mod cli;
+pub mod hotplug;
 pub mod linux;
 pub mod mmio;
 pub mod pattern;
+pub mod slots;
 pub mod virtio;
 pub mod vm;
 pub mod x86;

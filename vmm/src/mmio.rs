@@ -425,6 +425,29 @@ impl MmioTransport {
     }
 }
 
+/// A guest read of an empty slot (no device plugged, virtio 1.2 §4.2.2: DeviceID 0x0 means
+/// "no device"; the driver ignores it): MagicValue, Version 2, DeviceID 0 and VendorID, every
+/// other register and the configuration space read as zeros.
+///
+/// # Errors
+/// [`AccessError::BadWidth`] for a register access that is not an aligned 4-byte read (the
+/// data reads as zeros then, as for a device).
+pub fn read_empty(offset: u64, data: &mut [u8]) -> Result<(), AccessError> {
+    data.fill(0);
+    if offset >= CONFIG {
+        return check_config_access(offset, data.len());
+    }
+    check_register_access(offset, data.len())?;
+    let value = match offset {
+        MAGIC_VALUE => MAGIC,
+        VERSION => 2,
+        VENDOR_ID => VENDOR,
+        _ => 0,
+    };
+    data.copy_from_slice(&value.to_le_bytes());
+    Ok(())
+}
+
 fn check_register_access(offset: u64, len: usize) -> Result<(), AccessError> {
     if len == 4 && offset % 4 == 0 {
         Ok(())
@@ -445,6 +468,27 @@ fn check_config_access(offset: u64, len: usize) -> Result<(), AccessError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_slot_reads_device_id_zero() {
+        let mut b = [0xaa; 4];
+        for (offset, want) in [
+            (MAGIC_VALUE, MAGIC),
+            (VERSION, 2),
+            (DEVICE_ID, 0),
+            (VENDOR_ID, VENDOR),
+            (STATUS, 0),
+            (QUEUE_NUM_MAX, 0),
+        ] {
+            read_empty(offset, &mut b).unwrap();
+            assert_eq!(u32::from_le_bytes(b), want, "offset {offset:#x}");
+        }
+        let mut c = [0xaa; 2];
+        assert!(read_empty(DEVICE_ID, &mut c).is_err());
+        assert_eq!(c, [0, 0]);
+        read_empty(CONFIG + 4, &mut c).unwrap();
+        assert_eq!(c, [0, 0]);
+    }
 
     /// A configuration space of 16 bytes 0x10, 0x11, ... that records writes.
     #[derive(Default)]

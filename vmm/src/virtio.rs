@@ -144,7 +144,7 @@ impl DeviceKind {
 }
 
 /// Where a device sits: its register window and interrupt.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DevicePlace {
     /// Guest-physical base of the register window.
     pub mmio_base: u64,
@@ -161,6 +161,7 @@ pub struct VhostUserMmio {
     conn: VhostUserConnection,
     vrings: Vec<VringFds>,
     ram: Arc<HostRam>,
+    place: DevicePlace,
     started: bool,
 }
 
@@ -281,8 +282,26 @@ impl VhostUserMmio {
             conn,
             vrings,
             ram,
+            place,
             started: false,
         })
+    }
+
+    /// Takes the device out of the VM (hot-unplug): stops its vrings if the guest left them
+    /// running, unregisters every ioeventfd and irqfd, and closes the vhost-user connection.
+    /// Failures are logged: the slot is given up either way.
+    pub fn disconnect(mut self, vm: &VmFd) {
+        self.stop();
+        let notify = IoEventAddress::Mmio(self.place.mmio_base + mmio::QUEUE_NOTIFY);
+        for (q, fds) in self.vrings.iter().enumerate() {
+            if let Err(e) = vm.unregister_ioevent(fds.kick_fd(), &notify, q as u32) {
+                log::warn!("{}: unregistering ioeventfd {q}: {e}", self.name);
+            }
+            if let Err(e) = vm.unregister_irqfd(fds.call_fd(), self.place.gsi) {
+                log::warn!("{}: unregistering irqfd {q}: {e}", self.name);
+            }
+        }
+        log::info!("{} ({}): disconnected", self.name, self.socket.display());
     }
 
     /// The virtio device id.

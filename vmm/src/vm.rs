@@ -3,8 +3,9 @@
 //! Guest-physical memory map: GDT at 0x500, boot info at 0x1000, guest arguments at 0x2000,
 //! boot stack below 0x9000, page tables 0x9000..0xf000, the payload from 1 MiB; virtio-mmio
 //! windows from [`MMIO_BASE`] (4 KiB each, GSI [`FIRST_GSI`] + i); the in-kernel IOAPIC at
-//! 0xfec00000 and LAPIC at 0xfee00000. The first vCPU enters the payload in long mode; the
-//! others wait for INIT/SIPI. Each vCPU runs on its own thread and reports the first event
+//! 0xfec00000 and LAPIC at 0xfee00000 (the windows are `slots`: with `--xenstore` there are
+//! [`MAX_DEVICES`] of them, the unused ones empty for hot-plug). The first vCPU enters the
+//! payload in long mode; the others wait for INIT/SIPI. Each vCPU runs on its own thread and reports the first event
 //! that ends the VM (debug-exit write, fault) to [`run`].
 
 use std::collections::HashSet;
@@ -29,15 +30,13 @@ use crate::boot_info::{
 };
 use crate::cli::DeviceSpec;
 use crate::linux::LinuxBoot;
-use crate::mmio::{AccessError, WINDOW_BYTES};
-use crate::virtio::{DeviceError, DevicePlace, VhostUserMmio};
+use crate::mmio::WINDOW_BYTES;
+use crate::slots::{Refused, Slots};
+use crate::virtio::{DeviceError, VhostUserMmio};
 use crate::x86;
 use crate::xenstore::XenstoreGuest;
 
-/// Guest-physical base of the first virtio-mmio window.
-pub const MMIO_BASE: u64 = 0xd000_0000;
-/// GSI of the first device's interrupt (IOAPIC inputs 5 .. 5 + [`MAX_DEVICES`]).
-pub const FIRST_GSI: u32 = 5;
+pub use crate::slots::{FIRST_GSI, MMIO_BASE};
 /// Lowest guest-physical address a payload segment may use.
 pub const PAYLOAD_START: u64 = 0x10_0000;
 /// Bytes of guest code shown in a fault report.
@@ -84,6 +83,9 @@ pub enum VmError {
     /// A vCPU thread could not be started.
     #[error("starting a vCPU thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// The hot-plug thread could not start (store connection, watches).
+    #[error("hot-plug: {0}")]
+    Hotplug(#[source] crate::xenstore::XenstoreError),
 }
 
 /// How the VM ended.
@@ -172,7 +174,7 @@ fn serial_interrupt(vm: &VmFd, boot: &Boot) -> Result<SerialInterrupt, VmError> 
 /// What the vCPUs' port and MMIO exits reach.
 struct Bus {
     serial: Mutex<Serial<SerialInterrupt, NoEvents, std::io::Stdout>>,
-    devices: Vec<(u64, Mutex<VhostUserMmio>)>,
+    slots: Arc<Slots>,
     /// Unknown addresses already logged: (is MMIO, address).
     logged: Mutex<HashSet<(bool, u64)>>,
     /// The XenStore ring's event channel, with `--xenstore`.
@@ -191,35 +193,21 @@ impl Bus {
         }
     }
 
-    fn device(&self, addr: u64) -> Option<(u64, &Mutex<VhostUserMmio>)> {
-        self.devices
-            .iter()
-            .find(|(base, _)| (*base..base + WINDOW_BYTES).contains(&addr))
-            .map(|(base, d)| (addr - base, d))
-    }
-
-    /// Runs `access` on the device whose window holds `addr` (with the offset in it), logging
-    /// a refused access once per address. Returns false if no device is there.
-    fn with_device(
-        &self,
-        addr: u64,
-        what: &str,
-        access: impl FnOnce(&mut VhostUserMmio, u64) -> Result<(), AccessError>,
-    ) -> bool {
-        let Some((offset, dev)) = self.device(addr) else {
-            return false;
-        };
-        let mut dev = lock(dev);
-        if let Err(e) = access(&mut dev, offset) {
-            let name = dev.name().to_string();
-            drop(dev);
-            self.log_once(true, addr, &format!("{name}: {what} refused: {e}"));
+    /// Logs a slot's refusal of a guest access once per address; false if no slot is there.
+    fn slot_access(&self, addr: u64, what: &str, result: Option<Result<(), Refused>>) -> bool {
+        match result {
+            None => false,
+            Some(Ok(())) => true,
+            Some(Err((name, e))) => {
+                self.log_once(true, addr, &format!("{name}: {what} refused: {e}"));
+                true
+            }
         }
-        true
     }
 
     fn mmio_read(&self, addr: u64, data: &mut [u8]) {
-        if !self.with_device(addr, "read", |dev, offset| dev.read(offset, data)) {
+        let result = self.slots.read(addr, data);
+        if !self.slot_access(addr, "read", result) {
             data.fill(0xff);
             let msg = format!("read of unknown MMIO address {addr:#x}");
             self.log_once(true, addr, &msg);
@@ -227,7 +215,8 @@ impl Bus {
     }
 
     fn mmio_write(&self, addr: u64, data: &[u8]) {
-        if !self.with_device(addr, "write", |dev, offset| dev.write(offset, data)) {
+        let result = self.slots.write(addr, data);
+        if !self.slot_access(addr, "write", result) {
             let msg = format!("write to unknown MMIO address {addr:#x}");
             self.log_once(true, addr, &msg);
         }
@@ -245,6 +234,8 @@ impl Bus {
             b[..n].copy_from_slice(&data[..n]);
             return Some(u32::from_le_bytes(b));
         }
+        // The doorbell is a KVM ioeventfd (xenstore::attach); writes it does not match (another
+        // value or width) still notify the store from here.
         if let (XENSTORE_NOTIFY_PORT, Some(xs)) = (port, &self.xenstore) {
             if let Err(e) = xs.domain.notify(xs.port) {
                 log::warn!("xenstore notify: {e}");
@@ -290,7 +281,7 @@ impl Bus {
 pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
     let kvm_err = |what| move |source| VmError::Kvm { what, source };
     let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
-    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
     let ram = Arc::new(HostRam::new(config.mem_bytes).map_err(VmError::Ram)?);
     let region = kvm_userspace_memory_region {
         slot: 0,
@@ -318,21 +309,40 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
         crate::xenstore::attach(&vm, xs, ram.size())?;
     }
     let devices = connect_devices(&vm, &ram, &config.all_devices())?;
-    write_boot_data(&ram, config, &devices)?;
+    // With XenStore every slot exists, the unused ones empty for hot-plug.
+    let count = match config.xenstore {
+        Some(_) => MAX_DEVICES,
+        None => devices.len(),
+    };
+    let slots = Arc::new(Slots::new(devices, count));
+    write_boot_data(&ram, config, &slots)?;
     let vcpus = create_vcpus(&kvm, &vm, config.vcpus, entry, entry_arg)?;
     let bus = Arc::new(Bus {
         serial: Mutex::new(Serial::new(
             serial_interrupt(&vm, &config.boot)?,
             std::io::stdout(),
         )),
-        devices: devices
-            .into_iter()
-            .map(|(place, d)| (place.mmio_base, Mutex::new(d)))
-            .collect(),
+        slots: Arc::clone(&slots),
         logged: Mutex::new(HashSet::new()),
         xenstore: config.xenstore.clone(),
-        ram,
+        ram: Arc::clone(&ram),
     });
+    if let Some(xs) = &config.xenstore {
+        let boot = config.devices.len();
+        let held = (0..slots.len())
+            .map(|i| {
+                i.checked_sub(boot)
+                    .and_then(|j| xs.devices.get(j))
+                    .map(|d| d.id)
+            })
+            .collect();
+        let plug = crate::hotplug::Context {
+            vm: Arc::clone(&vm),
+            ram,
+            slots,
+        };
+        crate::hotplug::start(xs, plug, held).map_err(VmError::Hotplug)?;
+    }
     let outcome = run_vcpus(vcpus, &bus)?;
     let _ = std::io::stdout().flush();
     // Keep the VM (and its RAM) alive until the process exits: vCPU threads may still run.
@@ -466,14 +476,11 @@ fn connect_devices(
     vm: &VmFd,
     ram: &Arc<HostRam>,
     specs: &[DeviceSpec],
-) -> Result<Vec<(DevicePlace, VhostUserMmio)>, VmError> {
+) -> Result<Vec<VhostUserMmio>, VmError> {
     let mut devices = Vec::new();
     let (mut disks, mut nets) = (0, 0);
     for (i, spec) in specs.iter().enumerate().take(MAX_DEVICES) {
-        let place = DevicePlace {
-            mmio_base: MMIO_BASE + i as u64 * WINDOW_BYTES,
-            gsi: FIRST_GSI + i as u32,
-        };
+        let place = crate::slots::place(i);
         let name = match spec.kind {
             crate::virtio::DeviceKind::Blk { .. } => {
                 disks += 1;
@@ -492,16 +499,12 @@ fn connect_devices(
             vm,
             place,
         )?;
-        devices.push((place, dev));
+        devices.push(dev);
     }
     Ok(devices)
 }
 
-fn write_boot_data(
-    ram: &HostRam,
-    config: &VmConfig,
-    devices: &[(DevicePlace, VhostUserMmio)],
-) -> Result<(), VmError> {
+fn write_boot_data(ram: &HostRam, config: &VmConfig, slots: &Slots) -> Result<(), VmError> {
     let tables: [(u64, &[u8]); 2] = [
         (x86::GDT_ADDR, &x86::gdt_bytes()),
         (x86::PML4_ADDR, &x86::page_tables()),
@@ -511,14 +514,14 @@ fn write_boot_data(
     }
     let Boot::Guest { args, .. } = &config.boot else {
         // A Linux guest learns about the machine from the zero page and the ACPI tables.
-        return write_acpi_tables(ram, config.vcpus, devices);
+        return write_acpi_tables(ram, config.vcpus, slots);
     };
     let mut info = BootInfo {
         mem_size: ram.size(),
         cmdline_addr: CMDLINE_ADDR,
         cmdline_len: args.len() as u32,
         num_vcpus: config.vcpus.into(),
-        num_devices: devices.len() as u32,
+        num_devices: slots.len() as u32,
         devices: [DeviceInfo::default(); MAX_DEVICES],
         xenstore: XenstoreInfo::default(),
         devids: [NO_DEVID; MAX_DEVICES],
@@ -530,13 +533,15 @@ fn write_boot_data(
             *slot = dev.id.devid;
         }
     }
-    for (slot, (place, dev)) in info.devices.iter_mut().zip(devices) {
-        *slot = DeviceInfo {
-            mmio_base: place.mmio_base,
-            mmio_size: WINDOW_BYTES,
-            gsi: place.gsi,
-            device_id: dev.device_id(),
-        };
+    for (i, entry) in info.devices.iter_mut().enumerate() {
+        if let Some((place, device_id)) = slots.describe(i) {
+            *entry = DeviceInfo {
+                mmio_base: place.mmio_base,
+                mmio_size: WINDOW_BYTES,
+                gsi: place.gsi,
+                device_id,
+            };
+        }
     }
     let writes: [(u64, &[u8]); 2] = [
         (BOOT_INFO_ADDR, &info.to_bytes()),
@@ -548,14 +553,12 @@ fn write_boot_data(
     Ok(())
 }
 
-/// Writes the ACPI tables describing `vcpus` vCPUs and `devices` for a Linux guest.
-fn write_acpi_tables(
-    ram: &HostRam,
-    vcpus: u8,
-    devices: &[(DevicePlace, VhostUserMmio)],
-) -> Result<(), VmError> {
-    let described: Vec<_> = devices
-        .iter()
+/// Writes the ACPI tables describing `vcpus` vCPUs and the devices in `slots` for a Linux
+/// guest (empty slots are not described).
+fn write_acpi_tables(ram: &HostRam, vcpus: u8, slots: &Slots) -> Result<(), VmError> {
+    let described: Vec<_> = (0..slots.len())
+        .filter_map(|i| slots.describe(i))
+        .filter(|&(_, id)| id != 0)
         .map(|(place, _)| crate::acpi::MmioDevice {
             base: place.mmio_base,
             size: WINDOW_BYTES,

@@ -5,6 +5,8 @@
 //! 1. connects to the evtchn broker as domain N, grants a fresh page to domain 0 and allocates
 //!    an unbound event channel for it: the guest's xenstore ring (xs_wire.h
 //!    `struct xenstore_domain_interface`, its `evtchn_port` field filled in);
+//!    The guest's doorbell (a 4-byte `out` of the port to [`XENSTORE_NOTIFY_PORT`]) is a KVM
+//!    ioeventfd, turned into EVTCHNOP_send by a VMM thread: the vCPU does not exit for it;
 //! 2. introduces the domain to xenstore-lite (XS_INTRODUCE `N gref port`, recorded in
 //!    `/local/domain/N/store/{ring-ref,port}`), which then serves the guest over that ring;
 //! 3. reads the domain's `device/vbd` and `device/vif` directories, waits (bounded) for each
@@ -22,16 +24,16 @@ use std::time::Duration;
 use evtchn::xs_ring::EVTCHN_PORT_OFFSET;
 use evtchn::{Domain, GrantRef, Port, SharedRegion};
 use xenbus::frontend::Frontend;
-use xenbus::layout::domain_path;
+use xenbus::layout::{domain_path, node};
 use xenbus::tx::transaction;
 use xenbus::{DeviceId, DeviceKind};
 use xenstore_lite::{Client, XsOps};
 
 use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::boot_info::{XenstoreInfo, XENSTORE_GSI};
+use crate::boot_info::{XenstoreInfo, XENSTORE_GSI, XENSTORE_NOTIFY_PORT};
 use crate::cli::DeviceSpec;
 use crate::vm::VmError;
 
@@ -69,6 +71,9 @@ pub enum XenstoreError {
     /// The domain id is not a guest's (1..=32751).
     #[error("domain id {0} is not a guest domain")]
     BadDomid(u32),
+    /// A thread could not be started.
+    #[error("starting a thread: {0}")]
+    Thread(String),
 }
 
 /// One device of the domain found in the store.
@@ -93,6 +98,8 @@ pub struct XenstoreGuest {
     pub port: Port,
     /// The domain's devices, in device-number order (vbd first).
     pub devices: Vec<StoreDevice>,
+    /// The store's socket (the hot-plug thread opens its own connection).
+    pub store: PathBuf,
 }
 
 /// Sets up domain `domid`'s ring, introduces it to the store at `store` and collects its
@@ -132,6 +139,7 @@ pub fn setup(
         gref,
         port,
         devices,
+        store: store.to_owned(),
     })
 }
 
@@ -163,15 +171,7 @@ fn devices(
         for devid in xenbus::device::devids(client, domid, kind)? {
             let id = DeviceId::new(kind, domid, devid);
             let ready = Frontend::open(client, id)?.wait_backend_ready(client, timeout)?;
-            let kind = match kind {
-                DeviceKind::Vbd => crate::virtio::DeviceKind::Blk {
-                    num_queues: ready
-                        .number("num-queues")
-                        .and_then(|n| u16::try_from(n).ok())
-                        .unwrap_or(1),
-                },
-                DeviceKind::Vif => crate::virtio::DeviceKind::Net { mac: None },
-            };
+            let kind = virtio_kind(kind, ready.number(node::NUM_QUEUES));
             log::info!("{id}: back end ready at {}", ready.socket.display());
             found.push(StoreDevice {
                 id,
@@ -185,9 +185,25 @@ fn devices(
     Ok(found)
 }
 
-/// Makes the ring page guest memory at [`XENSTORE_RING_GPA`] (KVM memory slot 1) and starts
+/// The virtio device for a XenBus device of `kind` whose back end offers `num_queues`
+/// (vbd; absent or out of range: 1). A vif is one receive / transmit pair with the back
+/// end's MAC.
+pub fn virtio_kind(kind: DeviceKind, num_queues: Option<u64>) -> crate::virtio::DeviceKind {
+    match kind {
+        DeviceKind::Vbd => crate::virtio::DeviceKind::Blk {
+            num_queues: num_queues
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|&n| n >= 1)
+                .unwrap_or(1),
+        },
+        DeviceKind::Vif => crate::virtio::DeviceKind::Net { mac: None },
+    }
+}
+
+/// Makes the ring page guest memory at [`XENSTORE_RING_GPA`] (KVM memory slot 1), starts
 /// the thread that turns the store's notifications into interrupts on [`XENSTORE_GSI`] (a
-/// KVM irqfd). `ram_bytes` is the guest RAM size (it must end below the ring).
+/// KVM irqfd) and the one that turns the guest's doorbell (a KVM ioeventfd on
+/// [`XENSTORE_NOTIFY_PORT`]) into EVTCHNOP_send. `ram_bytes` is the guest RAM size (it must end below the ring).
 ///
 /// # Errors
 /// [`VmError::Kvm`], [`VmError::Thread`].
@@ -216,7 +232,34 @@ pub fn attach(vm: &VmFd, xs: &Arc<XenstoreGuest>, ram_bytes: u64) -> Result<(), 
         .name("xenstore-evtchn".into())
         .spawn(move || forward_events(&domain, &irq))
         .map_err(VmError::Thread)?;
+    let doorbell = EventFd::new(0).map_err(|e| VmError::Kvm {
+        what: "eventfd",
+        source: kvm_ioctls::Error::new(e.raw_os_error().unwrap_or(libc::EIO)),
+    })?;
+    let port = IoEventAddress::Pio(XENSTORE_NOTIFY_PORT.into());
+    vm.register_ioevent(&doorbell, &port, xs.port)
+        .map_err(kvm_err("KVM_IOEVENTFD (xenstore doorbell)"))?;
+    let (domain, port) = (Arc::clone(&xs.domain), xs.port);
+    std::thread::Builder::new()
+        .name("xenstore-doorbell".into())
+        .spawn(move || forward_doorbell(&doorbell, &domain, port))
+        .map_err(VmError::Thread)?;
     Ok(())
+}
+
+/// Turns the guest's doorbell writes (a KVM ioeventfd on [`XENSTORE_NOTIFY_PORT`]: 4 bytes,
+/// data = the ring's port; the vCPU does not exit) into EVTCHNOP_send to the store, one per
+/// batch, until the eventfd fails.
+fn forward_doorbell(doorbell: &EventFd, domain: &Domain, port: Port) {
+    loop {
+        if let Err(e) = doorbell.read() {
+            log::warn!("xenstore doorbell: {e}; the store is no longer notified");
+            return;
+        }
+        if let Err(e) = domain.notify(port) {
+            log::warn!("xenstore notify: {e}");
+        }
+    }
 }
 
 /// Raises the guest's interrupt for every batch of the store's notifications, until the

@@ -65,6 +65,14 @@ pub mod node {
     pub const TAP: &str = "tap";
     /// vif back end: queue pairs to offer.
     pub const NUM_QUEUE_PAIRS: &str = "num-queue-pairs";
+    /// Front end, written by the VMM (dom0) once the device is live in the guest: the index
+    /// of the virtio-mmio slot it is connected to (slot i: window `0xd0000000 + 0x1000 i`,
+    /// GSI `5 + i`, as the guest's boot info lists them). Absent while the device is not
+    /// (or no longer) in a slot.
+    pub const VIRTIO_MMIO_SLOT: &str = "virtio-mmio-slot";
+    /// Front end, written by the guest with its `state` Initialised (one transaction): the
+    /// queues (vbd) or queue pairs (vif) it uses (Linux blkfront/netfront's name).
+    pub const MULTI_QUEUE_NUM_QUEUES: &str = "multi-queue-num-queues";
 }
 
 /// `specification` value of every pvio device.

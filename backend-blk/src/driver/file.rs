@@ -4,6 +4,10 @@
 //! `fdatasync`; discard punches a hole and write zeroes uses `FALLOC_FL_ZERO_RANGE` (or a
 //! punched hole, which reads as zeroes too, when the driver allows unmapping or zero-range is
 //! missing), all with `FALLOC_FL_KEEP_SIZE`.
+//!
+//! On an image that [`Image::serves_inline`] (tmpfs), reads and writes are done at once with
+//! `preadv`/`pwritev` on the queue's thread instead; their results wait in the queue until the
+//! worker reaps them with the ring's, so the worker's flow is the same for both.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -37,6 +41,10 @@ pub struct FileQueue {
     /// The main descriptor: flush and fallocate go here.
     fd: RawFd,
     fallocate: FallocateSupport,
+    /// Transfers run inline ([`Image::serves_inline`]).
+    inline: bool,
+    /// Results of inline transfers not yet reaped.
+    done: Vec<Completion>,
 }
 
 impl FileQueue {
@@ -49,7 +57,37 @@ impl FileQueue {
             ring: Ring::with_eventfd(entries)?,
             fd: image.fd(),
             fallocate: image.fallocate_support(),
+            inline: image.serves_inline(),
+            done: Vec::with_capacity(entries as usize),
         })
+    }
+}
+
+/// Runs the current part of a transfer with `preadv`/`pwritev` now: its completion result
+/// (bytes, or `-errno`).
+///
+/// # Safety
+/// The iovecs of `iovecs[next..]` must point to memory valid for the transfer (writable for
+/// a read) during the call.
+unsafe fn transfer_now(write: bool, fd: RawFd, iovecs: &[libc::iovec], offset: u64) -> i32 {
+    // At most MAX_IOVECS_PER_OP, which fits in i32.
+    let count = iovecs.len().min(MAX_IOVECS_PER_OP) as libc::c_int;
+    let Ok(offset) = libc::off_t::try_from(offset) else {
+        return -libc::EFBIG;
+    };
+    let ret = if write {
+        // SAFETY: the caller guarantees the iovecs point to readable memory.
+        unsafe { libc::pwritev(fd, iovecs.as_ptr(), count, offset) }
+    } else {
+        // SAFETY: the caller guarantees the iovecs point to writable memory.
+        unsafe { libc::preadv(fd, iovecs.as_ptr(), count, offset) }
+    };
+    if ret < 0 {
+        -io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    } else {
+        super::done_bytes(ret as u64)
     }
 }
 
@@ -112,6 +150,28 @@ impl QueueDriver for FileQueue {
     }
 
     unsafe fn push(&mut self, key: usize, op: &Op) -> io::Result<()> {
+        if let (
+            true,
+            Op::Transfer {
+                write,
+                fd,
+                iovecs,
+                next,
+                offset,
+                ..
+            },
+        ) = (self.inline, op)
+        {
+            let iov = iovecs.0.get(*next..).unwrap_or_default();
+            // SAFETY: the caller keeps the memory behind the iovecs valid (longer than this
+            // call, which is all a synchronous transfer needs).
+            let result = unsafe { transfer_now(*write, *fd, iov, *offset) };
+            self.done.push(Completion {
+                key: key as u64,
+                result,
+            });
+            return Ok(());
+        }
         let entry = sqe(op, key, self.fd, self.fallocate);
         // SAFETY: the caller keeps the iovec array and the memory behind it valid and unmoved
         // until the completion tagged `key` is reaped.
@@ -127,9 +187,13 @@ impl QueueDriver for FileQueue {
 
     fn reap(&mut self, out: &mut Vec<Completion>) {
         self.ring.reap(out);
+        out.append(&mut self.done);
     }
 
     fn wait_one(&mut self) -> io::Result<()> {
+        if !self.done.is_empty() {
+            return Ok(());
+        }
         self.ring.submit_and_wait_one()
     }
 }

@@ -306,6 +306,24 @@ impl Disk {
         each_disk!(self, d => d.reread_size())
     }
 
+    /// A front-end connected: forget what the driver cached from before, since other clients
+    /// (the source back-end of a live migration) may have written the storage meanwhile.
+    pub fn front_end_connected(&self) {
+        #[cfg(feature = "rbd")]
+        if let Disk::Rbd(d) = self {
+            d.front_end_connected();
+        }
+    }
+
+    /// The front-end left and its requests completed: make its writes durable and let other
+    /// clients take the storage over (RBD: release the image's exclusive lock).
+    pub fn front_end_left(&self) {
+        #[cfg(feature = "rbd")]
+        if let Disk::Rbd(d) = self {
+            d.front_end_left();
+        }
+    }
+
     /// Makes everything written durable, at stop.
     ///
     /// # Errors

@@ -12,7 +12,9 @@
 //! image (`rbd resize`) is noticed through `rbd_update_watch`, which raises SIGHUP so the
 //! daemon takes the same path as for a resized file. Cluster errors fail the request with
 //! VIRTIO_BLK_S_IOERR (logged by the worker); when the cluster goes away, requests wait up to
-//! `rados_osd_op_timeout` ([`DEFAULT_TIMEOUT_SECS`] unless given) and then fail.
+//! `rados_osd_op_timeout` ([`DEFAULT_TIMEOUT_SECS`] unless given) and then fail. For live
+//! migration between two back-ends on one image, a front-end that leaves makes this back-end
+//! flush and release the image's exclusive lock, and one that connects drops librbd's cache.
 
 use std::ffi::{c_void, CString};
 use std::io;
@@ -321,6 +323,50 @@ impl RbdDisk {
         })?;
         self.size.store(size, Ordering::Release);
         Ok(size)
+    }
+
+    /// A new front-end: `rbd_invalidate_cache`, so that nothing another client wrote since
+    /// (a live migration's source) is read from an old cache entry.
+    pub fn front_end_connected(&self) {
+        // SAFETY: the image is open.
+        let ret = unsafe { rbd::rbd_invalidate_cache(self.handles.image) };
+        if ret < 0 {
+            warn!(
+                "{}: rbd_invalidate_cache: {}",
+                self.name,
+                errno_text(i64::from(ret))
+            );
+        }
+    }
+
+    /// The front-end left: flush, then release the image's exclusive lock if this client
+    /// holds it (the `exclusive-lock` feature, on by default), so that another back-end on
+    /// the image (a live migration's destination) takes it at once instead of asking this
+    /// one for it. librbd takes the lock again at this client's next write.
+    pub fn front_end_left(&self) {
+        if self.read_only {
+            return;
+        }
+        if let Err(e) = self.sync() {
+            warn!("{}: flush after the front-end left: {e}", self.name);
+        }
+        let mut owner = 0;
+        // SAFETY: the image is open; `owner` is a valid out-pointer.
+        let ret = unsafe { rbd::rbd_is_exclusive_lock_owner(self.handles.image, &mut owner) };
+        if ret < 0 || owner == 0 {
+            return;
+        }
+        // SAFETY: the image is open and this client owns its exclusive lock.
+        let ret = unsafe { rbd::rbd_lock_release(self.handles.image) };
+        if ret < 0 {
+            warn!(
+                "{}: releasing the exclusive lock: {}",
+                self.name,
+                errno_text(i64::from(ret))
+            );
+        } else {
+            info!("{}: exclusive lock released", self.name);
+        }
     }
 
     /// `rbd_flush`: everything written is durable.

@@ -5,6 +5,7 @@ use crate::println;
 use crate::ram::{Heap, Ram};
 use crate::rt::boot_info::BootInfo;
 use crate::virtio::{Device, MAX_QUEUES};
+use crate::xenbus::Kind;
 use crate::{Completion, Fail};
 
 /// Most jobs on one command line.
@@ -54,8 +55,11 @@ pub enum Job {
     Crash(Crash),
     /// Time the pattern loop over this many bytes at CPL0 and at CPL3.
     CplCompare(u64),
-    /// Wait for the back ends to close the XenBus devices, then close the front ends.
-    UnplugWait,
+    /// Wait for the back ends to close the XenBus devices (of one kind, or all), then close
+    /// the front ends.
+    UnplugWait(Option<Kind>),
+    /// Wait for a XenBus device of this kind to be hot-plugged and connect it.
+    PlugWait(Kind),
 }
 
 /// Parsed arguments.
@@ -89,6 +93,11 @@ fn number(s: &str) -> Result<u64, Fail> {
         .parse()
         .map_err(|_| Fail::new("bad number in arguments", 0))?;
     n.checked_shl(shift).ok_or(Fail::new("number too large", n))
+}
+
+/// Parses a XenBus device kind, `vbd` or `vif`.
+fn kind(s: &str) -> Result<Kind, Fail> {
+    Kind::parse(s).ok_or(Fail::new("device kind is not vbd or vif", 0))
 }
 
 /// Parses `OFFSET+LEN`.
@@ -150,7 +159,9 @@ impl Args {
                 "net-send" => Job::Net(NetJob::Send(number(value)? as u32)),
                 "net-recv" => Job::Net(NetJob::Recv(number(value)? as u32)),
                 "touch-unknown" => Job::TouchUnknown,
-                "unplug-wait" => Job::UnplugWait,
+                "unplug-wait" if value.is_empty() => Job::UnplugWait(None),
+                "unplug-wait" => Job::UnplugWait(Some(kind(value)?)),
+                "plug-wait" => Job::PlugWait(kind(value)?),
                 "cpl-compare" => Job::CplCompare(number(value)? & !7),
                 "crash" => Job::Crash(match value {
                     "sse" => Crash::Sse,

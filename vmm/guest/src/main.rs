@@ -20,8 +20,10 @@
 //!   generated and checked at CPL3 (native on kvm_pvm), or at CPL0 with `cpl0-data`;
 //! - `net-send=N` / `net-recv=N`: send N frames to / receive N frames from a peer guest
 //!   (stop-and-wait with acknowledgements), `frame=BYTES` payload per frame (default 256);
-//! - `unplug-wait`: wait for the back end of every XenBus device to ask for Closing and close
-//!   the front end (with XenStore, see `xenbus.rs`);
+//! - `unplug-wait[=vbd|vif]`: wait for the back end of every XenBus device (of that kind) to
+//!   ask for Closing and close the front end; `plug-wait=vbd|vif`: wait for a device of that
+//!   kind to be hot-plugged into an empty slot and connect it (with XenStore, see
+//!   `xenbus.rs`);
 //! - `cpl-compare=LEN`: time the disk pattern loop over LEN bytes at CPL0 and at CPL3;
 //! - `touch-unknown`: access an unknown port and MMIO address twice each (the VMM logs each
 //!   once and goes on); `crash=sse` / `crash=triple`: fault on purpose (emulation failure,
@@ -149,15 +151,20 @@ extern "C" {
 fn run(boot_info: u64) -> Result<(), Fail> {
     // SAFETY: the VMM wrote BOOT_INFO_BYTES bytes of boot info at this address.
     let raw = unsafe { &*(boot_info as *const [u8; BOOT_INFO_BYTES]) };
-    let info = BootInfo::parse(raw).ok_or(Fail::new("bad boot info at", boot_info))?;
+    // Mutable: hot-plug and unplug change which slots hold which device.
+    let mut info = BootInfo::parse(raw).ok_or(Fail::new("bad boot info at", boot_info))?;
     // SAFETY: the VMM wrote cmdline_len bytes of arguments at cmdline_addr.
     let cmdline = unsafe {
         core::slice::from_raw_parts(info.cmdline_addr as *const u8, info.cmdline_len as usize)
     };
     let cmdline =
         core::str::from_utf8(cmdline).map_err(|_| Fail::new("arguments are not UTF-8", 0))?;
+    let present = info.devices[..info.num_devices as usize]
+        .iter()
+        .filter(|d| d.device_id != 0)
+        .count();
     println!(
-        "pvio-guest: {} MiB RAM, {} device(s), args: {cmdline}",
+        "pvio-guest: {} MiB RAM, {present} device(s) in {} slot(s), args: {cmdline}",
         info.mem_size >> 20,
         info.num_devices
     );
@@ -174,7 +181,8 @@ fn run(boot_info: u64) -> Result<(), Fail> {
             Job::TouchUnknown => faults::touch_unknown(),
             Job::Crash(kind) => faults::crash(kind),
             Job::CplCompare(len) => cpl::compare(&ram, &mut heap, len)?,
-            Job::UnplugWait => xenbus::wait_unplug(xs.as_mut(), &info)?,
+            Job::UnplugWait(kind) => xenbus::wait_unplug(xs.as_mut(), &mut info, kind)?,
+            Job::PlugWait(kind) => xenbus::wait_plug(xs.as_mut(), &mut info, kind)?,
         }
     }
     Ok(())
