@@ -32,6 +32,7 @@ use crate::inflight::QueueInflight;
 use crate::request::{self, GuestRange, Parsed, Rejected, Request, RequestError};
 use crate::status::Status;
 use vhost_daemon::memory::{GuestRam, GuestRamAtomic, GuestRamGuard, Vring};
+use vhost_daemon::ring::go_round_again;
 use vhost_daemon::uring::{Completion, Slab};
 
 /// How often an operation that fails with EAGAIN or EINTR is tried again before IOERR.
@@ -225,19 +226,11 @@ impl QueueWorker {
                     self.queue_index
                 );
             }
-            self.take_available(vring);
+            let took = self.take_available(vring) > 0;
             self.run_ring();
             self.poll(vring, started);
-            match vring.enable_notification() {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    warn!(
-                        "queue {}: cannot enable notifications: {e}",
-                        self.queue_index
-                    );
-                    break;
-                }
+            if !go_round_again(vring, &self.mem.memory(), took, "request queue") {
+                break;
             }
         }
     }

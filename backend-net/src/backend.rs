@@ -124,6 +124,7 @@ impl NetBackend {
             if let Err(e) = vring.disable_notification() {
                 log::warn!("control queue: {e}");
             }
+            let mut took = false;
             loop {
                 let chain = {
                     let mut state = vring.get_mut();
@@ -135,15 +136,15 @@ impl NetBackend {
                     queue.pop_descriptor_chain(mem)
                 };
                 let Some(chain) = chain else { break };
+                took = true;
                 let head = chain.head_index();
                 let used = self.ctrl_chain(chain, mem);
                 if let Err(e) = vring.add_used(head, used) {
                     log::warn!("control queue: add_used({head}): {e}");
                 }
             }
-            match vring.enable_notification() {
-                Ok(true) => continue,
-                _ => break,
+            if !vhost_daemon::ring::go_round_again(vring, mem, took, "control queue") {
+                break;
             }
         }
         notify(vring);

@@ -32,6 +32,7 @@ use crate::rx::{arm_for_more_buffers, deliver, Backlog, Delivery, Pending, RxFra
 use crate::stats::{Drop, QueueStats};
 use crate::switch::{Switch, Touched};
 use crate::tap::TapQueue;
+use vhost_daemon::ring::go_round_again;
 use vhost_daemon::uring::{Op, Ring, UringError};
 
 /// Most TAP operations (frames) in one io_uring batch, and the ring's submission entries.
@@ -201,6 +202,7 @@ impl Worker {
             if let Err(e) = tx.disable_notification() {
                 log::warn!("transmit queue {}: {e}", self.q);
             }
+            let mut popped = false;
             loop {
                 let Some(chains) = pop_batch(tx, mem) else {
                     // VHOST_USER_GET_VRING_BASE stopped the ring; it waits for this call.
@@ -210,6 +212,7 @@ impl Worker {
                 if chains.is_empty() {
                     break;
                 }
+                popped = true;
                 let mut arena = Vec::with_capacity(chains.len() * 2);
                 let mut heads = Vec::with_capacity(chains.len());
                 let mut frames = Vec::with_capacity(chains.len());
@@ -232,13 +235,8 @@ impl Worker {
                     }
                 }
             }
-            match tx.enable_notification() {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    log::warn!("transmit queue {}: {e}", self.q);
-                    break;
-                }
+            if !go_round_again(tx, mem, popped, "transmit queue") {
+                break;
             }
         }
         notify(tx);

@@ -10,6 +10,7 @@
 //!   implement and the [`backend::Backend`] wrapper that implements vhost-user-backend's
 //!   `VhostUserBackend` on top of them;
 //! - [`relay`]: the early SET_VRING_ENABLE relay between a front-end and the request handler;
+//! - [`ring`]: helpers for the devices' virtqueue loops;
 //! - [`uring`]: the io_uring ring and its in-flight invariant;
 //! - [`memory`]: guest-memory types; [`dirty`]: the dirty-page log's bitmap; [`config`]: the
 //!   configuration-space window; [`capabilities`]: `--print-capabilities` (vhost-user.rst
@@ -23,6 +24,7 @@ pub mod dirty;
 pub mod listener;
 pub mod memory;
 pub mod relay;
+pub mod ring;
 pub mod signals;
 pub mod store;
 pub mod uring;
