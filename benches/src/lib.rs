@@ -9,8 +9,10 @@
 //! - [`systems`]: images, daemons (killed on drop) and the load generators.
 //! - [`report`]: medians, spreads, the Markdown table.
 //! - [`plot`]: minimal SVG line charts.
+//! - [`libblkio`]: libblkio as a second load source (`blkio-load`).
 //! - [`runner`]: the whole run.
 
+pub mod libblkio;
 pub mod matrix;
 pub mod plot;
 pub mod report;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use pvio_benches::matrix;
 use pvio_benches::runner::{self, Options};
-use pvio_benches::systems::{Medium, Programs};
+use pvio_benches::systems::{Load, Medium, Programs};
 
 /// Compare pvio's backend-blk with qemu-storage-daemon and raw io_uring (fio).
 #[derive(Debug, Parser)]
@@ -26,6 +26,13 @@ struct Args {
     /// Only the tmpfs image.
     #[arg(long)]
     tmpfs_only: bool,
+    /// Only the points of issue 14's goals: 4 KiB random read and write at QD 1 and 32 on one
+    /// queue and QD 32 on two.
+    #[arg(long, conflicts_with = "quick")]
+    goals: bool,
+    /// Load sources: pvio's generator, libblkio, or both (each its own table).
+    #[arg(long, value_enum, default_value_t = Loads::Both)]
+    load: Loads,
     /// Image size in MiB.
     #[arg(long, default_value_t = 1024)]
     image_mib: u64,
@@ -38,6 +45,27 @@ struct Args {
     /// Folder holding the frontend-guest and backend-blk binaries (default: this program's).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+}
+
+/// The `--load` choice.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Loads {
+    /// pvio's load generator (raw: fio).
+    Pvio,
+    /// libblkio (raw: libblkio's io_uring driver).
+    Libblkio,
+    /// Both, one after the other per image.
+    Both,
+}
+
+impl Loads {
+    fn list(self) -> Vec<Load> {
+        match self {
+            Loads::Pvio => vec![Load::Pvio],
+            Loads::Libblkio => vec![Load::Libblkio],
+            Loads::Both => vec![Load::Pvio, Load::Libblkio],
+        }
+    }
 }
 
 fn main() {
@@ -69,9 +97,12 @@ fn run(args: Args) -> pvio_benches::Result<()> {
         repeats: if quick { 1 } else { args.repeats.max(1) },
         points: if quick {
             matrix::quick()
+        } else if args.goals {
+            matrix::goals()
         } else {
             matrix::full()
         },
+        loads: args.load.list(),
         media: if quick || args.tmpfs_only {
             vec![Medium::Tmpfs]
         } else {
