@@ -149,6 +149,8 @@ pub struct Programs {
     pub frontend_guest: PathBuf,
     /// The libblkio load generator.
     pub blkio_load: PathBuf,
+    /// Extra arguments for backend-blk (e.g. `--poll-us 50`).
+    pub pvio_args: Vec<String>,
     /// pvio's back-end.
     pub backend_blk: PathBuf,
     /// qemu-storage-daemon.
@@ -181,6 +183,7 @@ impl Programs {
         Ok(Programs {
             frontend_guest: local("frontend-guest")?,
             blkio_load: local("blkio-load")?,
+            pvio_args: Vec::new(),
             backend_blk: local("backend-blk")?,
             qsd: on_path("qemu-storage-daemon")?,
             fio: on_path("fio")?,
@@ -217,6 +220,7 @@ impl Daemon {
                     .arg(&image.path);
                 c.args(["--num-queues", &queues.to_string(), "--queue-size", "256"]);
                 c.args(["--direct", if image.medium.direct() { "on" } else { "off" }]);
+                c.args(&progs.pvio_args);
                 c.env("RUST_LOG", "warn");
                 c
             }

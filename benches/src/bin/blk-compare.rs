@@ -30,6 +30,9 @@ struct Args {
     /// queue and QD 32 on two.
     #[arg(long, conflicts_with = "quick")]
     goals: bool,
+    /// An extra backend-blk argument, e.g. `--pvio-arg=--poll-us=50` (repeatable).
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pvio_arg: Vec<String>,
     /// Load sources: pvio's generator, libblkio, or both (each its own table).
     #[arg(long, value_enum, default_value_t = Loads::Both)]
     load: Loads,
@@ -115,8 +118,11 @@ fn run(args: Args) -> pvio_benches::Result<()> {
         },
         out_dir: args.out,
         tmpfs_dir: args.tmpfs,
-        programs: Programs::find(&bin_dir)?,
-        notes: machine_notes(),
+        programs: Programs {
+            pvio_args: args.pvio_arg.clone(),
+            ..Programs::find(&bin_dir)?
+        },
+        notes: machine_notes(&args.pvio_arg),
     };
     let md = runner::run(&opts)?;
     println!("{md}");
@@ -124,12 +130,17 @@ fn run(args: Args) -> pvio_benches::Result<()> {
     Ok(())
 }
 
-fn machine_notes() -> Vec<String> {
+fn machine_notes(pvio_args: &[String]) -> Vec<String> {
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let args = if pvio_args.is_empty() {
+        "defaults".to_owned()
+    } else {
+        pvio_args.join(" ")
+    };
     vec![format!(
-        "Machine: {cpus} CPUs, kernel {}, load average at start {}",
+        "Machine: {cpus} CPUs, kernel {}, load average at start {}; backend-blk options: {args}",
         kernel.trim(),
         load.split_whitespace()
             .take(3)
