@@ -9,10 +9,12 @@
 //! - [`systems`]: images, daemons (killed on drop) and the load generators.
 //! - [`report`]: medians, spreads, the Markdown table.
 //! - [`plot`]: minimal SVG line charts.
+//! - [`libblkio`]: libblkio as a second load source (`blkio-load`).
 //! - [`runner`]: the whole run.
 //! - [`netdisk`]: `netdisk-compare`'s RBD and NBD rows (libblkio load, qemu-storage-daemon's
 //!   rbd/nbd drivers, fio's rbd/nbd engines).
 
+pub mod libblkio;
 pub mod matrix;
 pub mod netdisk;
 pub mod plot;

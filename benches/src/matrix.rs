@@ -71,6 +71,23 @@ pub fn full() -> Vec<Point> {
     points
 }
 
+/// The points of issue 14's goals: 4 KiB random read and write at QD 1 and 32 on one queue
+/// and at QD 32 on two queues.
+pub fn goals() -> Vec<Point> {
+    let mut points = Vec::new();
+    for rw in ["randread", "randwrite"] {
+        for (iodepth, queues) in [(1, 1), (32, 1), (32, 2)] {
+            points.push(Point {
+                rw,
+                bs: 4096,
+                iodepth,
+                queues,
+            });
+        }
+    }
+    points
+}
+
 /// The smoke matrix: 4 KiB random read and write at QD 8, one queue.
 pub fn quick() -> Vec<Point> {
     ["randread", "randwrite"]

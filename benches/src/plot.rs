@@ -154,19 +154,35 @@ pub fn line_chart(
     s
 }
 
+/// A tick label: 1200 -> "1.2k", 2000 -> "2k", 1_500_000 -> "1.5M" (as many decimals as the
+/// value needs, up to two, so neighbouring ticks never print alike).
 fn axis_label(v: f64) -> String {
-    if v >= 1e6 {
-        format!("{:.1}M", v / 1e6)
+    let (scaled, unit) = if v >= 1e6 {
+        (v / 1e6, "M")
     } else if v >= 1e3 {
-        format!("{:.0}k", v / 1e3)
+        (v / 1e3, "k")
     } else {
-        format!("{v:.0}")
-    }
+        (v, "")
+    };
+    let text = format!("{scaled:.2}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text}{unit}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tick_labels_keep_their_digits() {
+        assert_eq!(axis_label(1200.0), "1.2k");
+        assert_eq!(axis_label(1600.0), "1.6k");
+        assert_eq!(axis_label(2000.0), "2k");
+        assert_eq!(axis_label(62_500.0), "62.5k");
+        assert_eq!(axis_label(1_250_000.0), "1.25M");
+        assert_eq!(axis_label(0.0), "0");
+        assert_eq!(axis_label(400.0), "400");
+    }
 
     #[test]
     fn nice_maxima() {

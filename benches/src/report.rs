@@ -3,13 +3,15 @@
 use std::fmt::Write;
 
 use crate::matrix::Point;
-use crate::systems::{Medium, Sample, System};
+use crate::systems::{Load, Medium, Sample, System};
 
 /// All samples of one point on one system.
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// The image's medium.
     pub medium: Medium,
+    /// The load source.
+    pub load: Load,
     /// The workload.
     pub point: Point,
     /// The system.
@@ -58,16 +60,17 @@ impl Entry {
     }
 }
 
-/// Finds the entry of (medium, point, system).
+/// Finds the entry of (medium, load, point, system).
 pub fn find<'a>(
     entries: &'a [Entry],
     medium: Medium,
+    load: Load,
     point: &Point,
     system: System,
 ) -> Option<&'a Entry> {
     entries
         .iter()
-        .find(|e| e.medium == medium && e.point == *point && e.system == system)
+        .find(|e| e.medium == medium && e.load == load && e.point == *point && e.system == system)
 }
 
 fn iops_cell(e: Option<&Entry>) -> String {
@@ -101,15 +104,23 @@ pub struct Context {
     pub notes: Vec<String>,
 }
 
-/// The Markdown report: one table per medium.
-pub fn markdown(entries: &[Entry], points: &[Point], media: &[Medium], ctx: &Context) -> String {
+/// The Markdown report: the goals of issue 14 as measured, then one table per medium and load
+/// source.
+pub fn markdown(
+    entries: &[Entry],
+    points: &[Point],
+    media: &[Medium],
+    loads: &[Load],
+    ctx: &Context,
+) -> String {
     let mut s = String::from("# pvio backend-blk vs qemu-storage-daemon vs raw io_uring\n\n");
     let _ = writeln!(
         s,
         "Each cell: median of {} runs of {:.1} s; ± is half the min–max spread, as % of the median. \
          Systems alternate within each repeat. Image: {} MiB. Latency: completion latency \
-         (submit to used-ring entry for the vhost-user back-ends, fio's clat for raw), µs. CPU: \
-         back-end process user+system time per I/O, µs (all its threads).\n",
+         (submit to used-ring entry for the vhost-user back-ends, fio's clat or libblkio's \
+         completion for raw), µs. CPU: back-end process user+system time per I/O, µs (all its \
+         threads). Load: the 1-minute load average at the end of each run (min–max).\n",
         ctx.repeats,
         ctx.runtime_s,
         ctx.image_bytes >> 20
@@ -117,13 +128,40 @@ pub fn markdown(entries: &[Entry], points: &[Point], media: &[Medium], ctx: &Con
     for n in &ctx.notes {
         let _ = writeln!(s, "- {n}");
     }
+    s.push_str(&goals(entries, media, loads));
     for &medium in media {
-        let _ = writeln!(s, "\n## {} image\n", medium.name());
-        s.push_str("| workload | pvio IOPS | peer IOPS | raw io_uring IOPS | pvio/peer | pvio/raw | CPU µs/IO pvio | CPU µs/IO peer | p50/p99/p99.9 µs pvio | p50/p99/p99.9 µs peer | p50/p99 µs raw |\n");
-        s.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+        for &load in loads {
+            table(&mut s, entries, points, medium, load);
+        }
+    }
+    s
+}
+
+/// One table: every point of `medium` driven by `load`.
+fn table(s: &mut String, entries: &[Entry], points: &[Point], medium: Medium, load: Load) {
+    let mine: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| e.medium == medium && e.load == load)
+        .collect();
+    if mine.is_empty() {
+        return;
+    }
+    let loads = mine.iter().flat_map(|e| e.samples.iter().map(|s| s.load1));
+    let (lo, hi) = loads.fold((f64::INFINITY, 0.0f64), |(lo, hi), l| {
+        (lo.min(l), hi.max(l))
+    });
+    let _ = writeln!(
+        s,
+        "\n## {} image, {} (load {lo:.1}–{hi:.1})\n",
+        medium.name(),
+        load.name()
+    );
+    s.push_str("| workload | pvio IOPS | peer IOPS | raw io_uring IOPS | pvio/peer | pvio/raw | CPU µs/IO pvio | CPU µs/IO peer | mean µs pvio/peer/raw | p50/p99/p99.9 µs pvio | p50/p99/p99.9 µs peer | p50/p99 µs raw |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    {
         for p in points {
-            let [pv, qs, raw] =
-                [System::Pvio, System::Qsd, System::Raw].map(|sys| find(entries, medium, p, sys));
+            let [pv, qs, raw] = [System::Pvio, System::Qsd, System::Raw]
+                .map(|sys| find(entries, medium, load, p, sys));
             if pv.is_none() && qs.is_none() && raw.is_none() {
                 continue;
             }
@@ -145,9 +183,12 @@ pub fn markdown(entries: &[Entry], points: &[Point], media: &[Medium], ctx: &Con
                     },
                 )
             };
+            let means = [pv, qs, raw]
+                .map(|e| opt(e.and_then(|e| e.median_of(|s| Some(s.mean))), 1))
+                .join("/");
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 p.label(),
                 iops_cell(pv),
                 iops_cell(qs),
@@ -156,10 +197,132 @@ pub fn markdown(entries: &[Entry], points: &[Point], media: &[Medium], ctx: &Con
                 ratio(pv, raw),
                 cpu(pv),
                 cpu(qs),
+                means,
                 lat(pv, 3),
                 lat(qs, 3),
                 lat(raw, 2),
             );
+        }
+    }
+}
+
+/// 4 KiB random `rw` at depth `iodepth` on `queues` queues.
+fn point(rw: &'static str, iodepth: u16, queues: u16) -> Point {
+    Point {
+        rw,
+        bs: 4096,
+        iodepth,
+        queues,
+    }
+}
+
+/// The goals of issue 14, each as measured per medium and load source where its points ran.
+fn goals(entries: &[Entry], media: &[Medium], loads: &[Load]) -> String {
+    let mut s = String::from(
+        "\n## Goals (issue 14)\n\n| goal | medium, load | measured | met |\n|---|---|---|---|\n",
+    );
+    let mut row = |goal: &str, medium: Medium, load: Load, measured: String, met: bool| {
+        let _ = writeln!(
+            s,
+            "| {goal} | {}, {} | {measured} | {} |",
+            medium.name(),
+            load.tag(),
+            if met { "yes" } else { "no" }
+        );
+    };
+    let iops = |m, l, p: &Point, sys| find(entries, m, l, p, sys).and_then(Entry::iops);
+    let mean = |m, l, p: &Point, sys| {
+        find(entries, m, l, p, sys).and_then(|e| e.median_of(|s| Some(s.mean)))
+    };
+    for &m in media {
+        for &l in loads {
+            for rw in ["randread", "randwrite"] {
+                let p = point(rw, 32, 1);
+                let pv = iops(m, l, &p, System::Pvio);
+                if m == Medium::Tmpfs {
+                    if let (Some(pv), Some(raw)) = (pv, iops(m, l, &p, System::Raw)) {
+                        let r = pv / raw;
+                        row(
+                            &format!("{rw} QD32 1q ≥ 0.75× raw"),
+                            m,
+                            l,
+                            format!("{r:.2}×"),
+                            r >= 0.75,
+                        );
+                    }
+                    if let (Some(pv), Some(qs)) = (pv, iops(m, l, &p, System::Qsd)) {
+                        let r = pv / qs;
+                        row(
+                            &format!("{rw} QD32 1q ≥ 1.6× peer"),
+                            m,
+                            l,
+                            format!("{r:.2}×"),
+                            r >= 1.6,
+                        );
+                    }
+                } else if let (Some(pv), Some(raw)) = (pv, iops(m, l, &p, System::Raw)) {
+                    let r = pv / raw;
+                    row(
+                        &format!("O_DIRECT {rw} QD32 1q ≥ 0.95× raw"),
+                        m,
+                        l,
+                        format!("{r:.2}×"),
+                        r >= 0.95,
+                    );
+                }
+                let two = point(rw, 32, 2);
+                if let (Some(one), Some(two)) = (pv, iops(m, l, &two, System::Pvio)) {
+                    let r = two / one;
+                    row(
+                        &format!("{rw} QD32: 2 queues ≥ 1.6× 1 queue"),
+                        m,
+                        l,
+                        format!("{r:.2}×"),
+                        r >= 1.6,
+                    );
+                }
+                let p1 = point(rw, 1, 1);
+                let [pv, qs, raw] =
+                    [System::Pvio, System::Qsd, System::Raw].map(|sys| mean(m, l, &p1, sys));
+                if let (Some(pv), Some(qs)) = (pv, qs) {
+                    let r = pv / qs;
+                    row(
+                        &format!("{rw} QD1 mean latency ≤ 0.8× peer"),
+                        m,
+                        l,
+                        format!("{pv:.1} vs {qs:.1} µs ({r:.2}×)"),
+                        r <= 0.8,
+                    );
+                }
+                if let (Some(pv), Some(raw)) = (pv, raw) {
+                    row(
+                        &format!("{rw} QD1 mean latency ≤ raw + 15 µs"),
+                        m,
+                        l,
+                        format!("{pv:.1} vs {raw:.1} µs"),
+                        pv <= raw + 15.0,
+                    );
+                }
+            }
+            let cpu = |e: &Entry| e.median_of(|s| s.cpu_us_per_io);
+            let pairs: Vec<(f64, f64)> = entries
+                .iter()
+                .filter(|e| e.medium == m && e.load == l && e.system == System::Pvio)
+                .filter_map(|e| {
+                    let peer = find(entries, m, l, &e.point, System::Qsd)?;
+                    Some((cpu(e)?, cpu(peer)?))
+                })
+                .collect();
+            if !pairs.is_empty() {
+                let lower = pairs.iter().filter(|(a, b)| a < b).count();
+                row(
+                    "CPU µs/IO lower than the peer's",
+                    m,
+                    l,
+                    format!("{lower} of {} points", pairs.len()),
+                    lower == pairs.len(),
+                );
+            }
         }
     }
     s
@@ -187,6 +350,7 @@ mod tests {
         };
         let mk = |system, iops| Entry {
             medium: Medium::Tmpfs,
+            load: Load::Pvio,
             point: p,
             system,
             samples: vec![Sample {
@@ -206,7 +370,7 @@ mod tests {
             image_bytes: 1 << 20,
             notes: vec![],
         };
-        let md = markdown(&entries, &[p], &[Medium::Tmpfs], &ctx);
+        let md = markdown(&entries, &[p], &[Medium::Tmpfs], &[Load::Pvio], &ctx);
         assert!(md.contains("| randread 4k qd32 q1 | 130.0k ±0% | 100.0k ±0% | 200.0k ±0% | 1.30 | 0.65 | 2.00 |"), "{md}");
     }
 }

@@ -1,6 +1,6 @@
-//! The whole comparison: for each medium, create the image; for each point and repeat, run
-//! every system (the order rotates per repeat, so no system always runs on a warmer cache);
-//! then write the report, the raw samples and the plots.
+//! The whole comparison: for each medium, create the image; for each load source, point and
+//! repeat, run every system (the order rotates per repeat, so no system always runs on a
+//! warmer cache); then write the report, the raw samples and the plots.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::matrix::{self, Point};
 use crate::plot::{line_chart, Series};
 use crate::report::{self, Context, Entry};
-use crate::systems::{run_fio, run_loadgen, Daemon, Image, Medium, Programs, Sample, System};
+use crate::systems::{run_loadgen, run_raw, Daemon, Image, Load, Medium, Programs, Sample, System};
 use crate::{BenchError, Result};
 
 /// How to run.
@@ -23,6 +23,8 @@ pub struct Options {
     pub points: Vec<Point>,
     /// The media to run on.
     pub media: Vec<Medium>,
+    /// The load sources.
+    pub loads: Vec<Load>,
     /// Image size in bytes.
     pub image_bytes: u64,
     /// Folder for the report, plots and the on-disk image (e.g. target/bench).
@@ -51,7 +53,8 @@ pub fn run(opts: &Options) -> Result<String> {
         opts.out_dir.display()
     )))?;
     let mut entries = Vec::new();
-    let total = opts.media.len() * opts.points.len() * opts.repeats * SYSTEMS.len();
+    let total =
+        opts.media.len() * opts.loads.len() * opts.points.len() * opts.repeats * SYSTEMS.len();
     let mut done = 0;
     for &medium in &opts.media {
         let parent = match medium {
@@ -59,50 +62,55 @@ pub fn run(opts: &Options) -> Result<String> {
             Medium::Disk => &opts.out_dir,
         };
         let image = Image::create(parent, medium, opts.image_bytes)?;
-        for p in &opts.points {
-            let mut samples: [Vec<Sample>; 3] = Default::default();
-            for r in 0..opts.repeats {
-                for k in 0..SYSTEMS.len() {
-                    let i = (k + r) % SYSTEMS.len();
-                    done += 1;
-                    eprintln!(
-                        "[{done}/{total}] {} {} {} (repeat {})",
-                        medium.name(),
-                        p.label(),
-                        SYSTEMS[i].name(),
-                        r + 1
-                    );
-                    let s = run_one(opts, SYSTEMS[i], p, &image)?;
-                    eprintln!(
-                        "    {:.0} IOPS, p50 {:.0} us, p99 {:.0} us, cpu {}",
-                        s.iops,
-                        s.p50,
-                        s.p99,
-                        s.cpu_us_per_io
-                            .map_or("-".to_owned(), |c| format!("{c:.2} us/IO"))
-                    );
-                    samples[i].push(s);
+        for &load in &opts.loads {
+            for p in &opts.points {
+                let mut samples: [Vec<Sample>; 3] = Default::default();
+                for r in 0..opts.repeats {
+                    for k in 0..SYSTEMS.len() {
+                        let i = (k + r) % SYSTEMS.len();
+                        done += 1;
+                        eprintln!(
+                            "[{done}/{total}] {} {} {} {} (repeat {})",
+                            medium.name(),
+                            load.tag(),
+                            p.label(),
+                            SYSTEMS[i].name(),
+                            r + 1
+                        );
+                        let s = run_one(opts, load, SYSTEMS[i], p, &image)?;
+                        eprintln!(
+                            "    {:.0} IOPS, mean {:.1} us, p99 {:.0} us, cpu {}, load {:.1}",
+                            s.iops,
+                            s.mean,
+                            s.p99,
+                            s.cpu_us_per_io
+                                .map_or("-".to_owned(), |c| format!("{c:.2} us/IO")),
+                            s.load1
+                        );
+                        samples[i].push(s);
+                    }
                 }
-            }
-            for (system, samples) in SYSTEMS.into_iter().zip(samples) {
-                entries.push(Entry {
-                    medium,
-                    point: *p,
-                    system,
-                    samples,
-                });
+                for (system, samples) in SYSTEMS.into_iter().zip(samples) {
+                    entries.push(Entry {
+                        medium,
+                        load,
+                        point: *p,
+                        system,
+                        samples,
+                    });
+                }
             }
         }
     }
     write_outputs(opts, &entries)
 }
 
-fn run_one(opts: &Options, system: System, p: &Point, image: &Image) -> Result<Sample> {
+fn run_one(opts: &Options, load: Load, system: System, p: &Point, image: &Image) -> Result<Sample> {
     if system == System::Raw {
-        return run_fio(&opts.programs, p, image, opts.runtime);
+        return run_raw(&opts.programs, load, p, image, opts.runtime);
     }
     let mut daemon = Daemon::start(&opts.programs, system, image, p.queues)?;
-    run_loadgen(&opts.programs, &mut daemon, p, image, opts.runtime)
+    run_loadgen(&opts.programs, load, &mut daemon, p, image, opts.runtime)
 }
 
 fn write_file(path: &Path, text: &str) -> Result<()> {
@@ -116,7 +124,7 @@ fn write_outputs(opts: &Options, entries: &[Entry]) -> Result<String> {
         image_bytes: opts.image_bytes,
         notes: opts.notes.clone(),
     };
-    let mut md = report::markdown(entries, &opts.points, &opts.media, &ctx);
+    let mut md = report::markdown(entries, &opts.points, &opts.media, &opts.loads, &ctx);
     let plots = write_plots(opts, entries)?;
     if !plots.is_empty() {
         md.push_str("\n## Plots\n\n");
@@ -137,11 +145,13 @@ fn results_json(entries: &[Entry]) -> String {
         .iter()
         .map(|e| {
             serde_json::json!({
-                "medium": e.medium.name(), "system": e.system.name(), "rw": e.point.rw,
+                "medium": e.medium.name(), "load": e.load.tag(), "system": e.system.name(),
+                "rw": e.point.rw,
                 "bs": e.point.bs, "iodepth": e.point.iodepth, "queues": e.point.queues,
                 "samples": e.samples.iter().map(|s| serde_json::json!({
-                    "iops": s.iops, "mib_s": s.mib_s, "p50_us": s.p50, "p99_us": s.p99,
-                    "p99_9_us": s.p999, "backend_cpu_us_per_io": s.cpu_us_per_io,
+                    "iops": s.iops, "mib_s": s.mib_s, "mean_us": s.mean, "p50_us": s.p50,
+                    "p99_us": s.p99, "p99_9_us": s.p999,
+                    "backend_cpu_us_per_io": s.cpu_us_per_io, "load1": s.load1,
                 })).collect::<Vec<_>>(),
             })
         })
@@ -149,90 +159,130 @@ fn results_json(entries: &[Entry]) -> String {
     serde_json::to_string_pretty(&v).unwrap_or_default()
 }
 
-/// IOPS against queue depth (4 KiB random, per medium, workload and queue count) and latency
-/// percentiles at QD 32 (per medium), one line per system. Returns the file names.
+/// IOPS against queue depth (4 KiB random, per medium, load, workload and queue count) and
+/// latency percentiles at QD 32 (per medium and load), one line per system. Returns the file
+/// names.
 fn write_plots(opts: &Options, entries: &[Entry]) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for &medium in &opts.media {
-        for queues in [1u16, 2] {
-            for rw in ["randread", "randwrite"] {
-                let pts: Vec<Point> = matrix::RANDOM_DEPTHS
-                    .iter()
-                    .map(|&iodepth| Point {
-                        rw,
-                        bs: 4096,
-                        iodepth,
-                        queues,
-                    })
-                    .filter(|p| opts.points.contains(p))
-                    .collect();
-                if pts.len() < 2 {
-                    continue;
+        for &load in &opts.loads {
+            let section = Section { medium, load };
+            for queues in [1u16, 2] {
+                for rw in ["randread", "randwrite"] {
+                    if let Some(name) = iops_plot(opts, entries, section, rw, queues)? {
+                        names.push(name);
+                    }
                 }
-                let series = per_system(entries, medium, &pts, Entry::iops);
-                let labels = pts
-                    .iter()
-                    .map(|p| p.iodepth.to_string())
-                    .collect::<Vec<_>>();
-                let title = format!("4 KiB {rw}, {queues} queue(s), {} image", medium.name());
-                let name = format!("iops-qd-{}-{rw}-q{queues}.svg", medium.name());
-                write_file(
-                    &opts.out_dir.join(&name),
-                    &line_chart(&title, "queue depth (per queue)", "IOPS", &labels, &series),
-                )?;
+            }
+            if let Some(name) = latency_plot(opts, entries, section)? {
                 names.push(name);
             }
-        }
-        let p = Point {
-            rw: "randread",
-            bs: 4096,
-            iodepth: 32,
-            queues: 1,
-        };
-        if opts.points.contains(&p) {
-            let pcts: [(&str, Measure); 3] = [
-                ("p50", |s| s.p50),
-                ("p99", |s| s.p99),
-                ("p99.9", |s| s.p999),
-            ];
-            let series = SYSTEMS
-                .iter()
-                .map(|&sys| Series {
-                    name: sys.name().to_owned(),
-                    values: pcts
-                        .iter()
-                        .map(|(_, f)| {
-                            report::find(entries, medium, &p, sys)
-                                .and_then(|e| e.median_of(|s| Some(f(s))))
-                        })
-                        .collect(),
-                })
-                .collect::<Vec<_>>();
-            let labels = pcts
-                .iter()
-                .map(|(n, _)| (*n).to_owned())
-                .collect::<Vec<_>>();
-            let title = format!("4 KiB randread QD 32, 1 queue, {} image", medium.name());
-            let name = format!("latency-{}-randread-qd32.svg", medium.name());
-            write_file(
-                &opts.out_dir.join(&name),
-                &line_chart(
-                    &title,
-                    "percentile",
-                    "completion latency (µs)",
-                    &labels,
-                    &series,
-                ),
-            )?;
-            names.push(name);
         }
     }
     Ok(names)
 }
 
+/// One table's worth of entries: an image medium and a load source.
+#[derive(Debug, Clone, Copy)]
+struct Section {
+    medium: Medium,
+    load: Load,
+}
+
+impl Section {
+    fn describe(self) -> String {
+        format!("{} image, {}", self.medium.name(), self.load.name())
+    }
+
+    fn tag(self) -> String {
+        format!("{}-{}", self.medium.name(), self.load.tag())
+    }
+}
+
+fn iops_plot(
+    opts: &Options,
+    entries: &[Entry],
+    sec: Section,
+    rw: &'static str,
+    queues: u16,
+) -> Result<Option<String>> {
+    let pts: Vec<Point> = matrix::RANDOM_DEPTHS
+        .iter()
+        .map(|&iodepth| Point {
+            rw,
+            bs: 4096,
+            iodepth,
+            queues,
+        })
+        .filter(|p| opts.points.contains(p))
+        .collect();
+    if pts.len() < 2 {
+        return Ok(None);
+    }
+    let series = per_system(entries, sec, &pts, Entry::iops);
+    let labels = pts
+        .iter()
+        .map(|p| p.iodepth.to_string())
+        .collect::<Vec<_>>();
+    let title = format!("4 KiB {rw}, {queues} queue(s), {}", sec.describe());
+    let name = format!("iops-qd-{}-{rw}-q{queues}.svg", sec.tag());
+    write_file(
+        &opts.out_dir.join(&name),
+        &line_chart(&title, "queue depth (per queue)", "IOPS", &labels, &series),
+    )?;
+    Ok(Some(name))
+}
+
+fn latency_plot(opts: &Options, entries: &[Entry], sec: Section) -> Result<Option<String>> {
+    let p = Point {
+        rw: "randread",
+        bs: 4096,
+        iodepth: 32,
+        queues: 1,
+    };
+    if !opts.points.contains(&p) {
+        return Ok(None);
+    }
+    let pcts: [(&str, Measure); 3] = [
+        ("p50", |s| s.p50),
+        ("p99", |s| s.p99),
+        ("p99.9", |s| s.p999),
+    ];
+    let series = SYSTEMS
+        .iter()
+        .map(|&sys| Series {
+            name: sys.name().to_owned(),
+            values: pcts
+                .iter()
+                .map(|(_, f)| {
+                    report::find(entries, sec.medium, sec.load, &p, sys)
+                        .and_then(|e| e.median_of(|s| Some(f(s))))
+                })
+                .collect(),
+        })
+        .collect::<Vec<_>>();
+    let labels = pcts
+        .iter()
+        .map(|(n, _)| (*n).to_owned())
+        .collect::<Vec<_>>();
+    let title = format!("4 KiB randread QD 32, 1 queue, {}", sec.describe());
+    let name = format!("latency-{}-randread-qd32.svg", sec.tag());
+    write_file(
+        &opts.out_dir.join(&name),
+        &line_chart(
+            &title,
+            "percentile",
+            "completion latency (µs)",
+            &labels,
+            &series,
+        ),
+    )?;
+    Ok(Some(name))
+}
+
 fn per_system(
     entries: &[Entry],
-    medium: Medium,
+    sec: Section,
     pts: &[Point],
     f: fn(&Entry) -> Option<f64>,
 ) -> Vec<Series> {
@@ -242,7 +292,7 @@ fn per_system(
             name: sys.name().to_owned(),
             values: pts
                 .iter()
-                .map(|p| report::find(entries, medium, p, sys).and_then(f))
+                .map(|p| report::find(entries, sec.medium, sec.load, p, sys).and_then(f))
                 .collect(),
         })
         .collect()

@@ -1,5 +1,6 @@
 //! The systems under test and their plumbing: test images, back-end daemons (killed and their
-//! sockets removed on drop, also when a run fails), the load generator and fio.
+//! sockets removed on drop, also when a run fails), the two load sources (pvio's generator with
+//! fio as the raw ceiling, libblkio with its own io_uring driver as the raw ceiling).
 
 use std::fs;
 use std::io::Write;
@@ -113,11 +114,43 @@ impl System {
     }
 }
 
+/// What drives the back-ends (and measures the raw ceiling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Load {
+    /// pvio's `frontend-guest bench blk`; raw: fio with io_uring.
+    Pvio,
+    /// libblkio's `virtio-blk-vhost-user` driver (`blkio-load`); raw: libblkio's `io_uring`
+    /// driver on the image.
+    Libblkio,
+}
+
+impl Load {
+    /// Name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Load::Pvio => "pvio load generator",
+            Load::Libblkio => "libblkio",
+        }
+    }
+
+    /// Short name for file names.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Load::Pvio => "pvio",
+            Load::Libblkio => "libblkio",
+        }
+    }
+}
+
 /// Paths of the programs used.
 #[derive(Debug, Clone)]
 pub struct Programs {
     /// pvio's load generator.
     pub frontend_guest: PathBuf,
+    /// The libblkio load generator.
+    pub blkio_load: PathBuf,
+    /// Extra arguments for backend-blk (e.g. `--poll-us 50`).
+    pub pvio_args: Vec<String>,
     /// pvio's back-end.
     pub backend_blk: PathBuf,
     /// qemu-storage-daemon.
@@ -149,6 +182,8 @@ impl Programs {
         };
         Ok(Programs {
             frontend_guest: local("frontend-guest")?,
+            blkio_load: local("blkio-load")?,
+            pvio_args: Vec::new(),
             backend_blk: local("backend-blk")?,
             qsd: on_path("qemu-storage-daemon")?,
             fio: on_path("fio")?,
@@ -195,6 +230,7 @@ impl Daemon {
                     .arg(&image.path);
                 c.args(["--num-queues", &queues.to_string(), "--queue-size", "256"]);
                 c.args(["--direct", if image.medium.direct() { "on" } else { "off" }]);
+                c.args(&progs.pvio_args);
                 c.env("RUST_LOG", "warn");
                 c
             }
@@ -260,14 +296,26 @@ pub struct Sample {
     pub iops: f64,
     /// MiB/s.
     pub mib_s: f64,
+    /// Mean completion latency, microseconds.
+    pub mean: f64,
     /// Completion latency percentiles, microseconds.
     pub p50: f64,
     /// 99th.
     pub p99: f64,
     /// 99.9th.
     pub p999: f64,
-    /// Back-end CPU time per I/O, microseconds (not measured for raw fio).
+    /// Back-end CPU time per I/O, microseconds (not measured for raw io_uring).
     pub cpu_us_per_io: Option<f64>,
+    /// The 1-minute load average when the run ended (`/proc/loadavg`).
+    pub load1: f64,
+}
+
+/// The 1-minute load average now (0 if unreadable).
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 fn run(cmd: &mut Command, program: &str) -> Result<String> {
@@ -306,20 +354,9 @@ fn parse_json(text: &str, program: &str) -> Result<Value> {
     })
 }
 
-/// Runs pvio's load generator against `daemon` for `runtime`.
-///
-/// # Errors
-/// [`BenchError`] if it fails or prints something unexpected.
-pub fn run_loadgen(
-    progs: &Programs,
-    daemon: &mut Daemon,
-    p: &Point,
-    image: &Image,
-    runtime: Duration,
-) -> Result<Sample> {
-    let mut cmd = Command::new(&progs.frontend_guest);
-    cmd.args(["bench", "blk", "--json", "--no-progress", "--rw", p.rw]);
-    cmd.arg("--socket").arg(&daemon.socket);
+/// The common arguments of both load generators for point `p`.
+fn load_args(cmd: &mut Command, p: &Point, image: &Image, runtime: Duration) {
+    cmd.args(["--rw", p.rw]);
     cmd.args([
         "--bs",
         &p.bs.to_string(),
@@ -333,18 +370,72 @@ pub fn run_loadgen(
         &image.size.to_string(),
     ]);
     cmd.args(["--runtime", &format!("{}ms", runtime.as_millis())]);
+}
+
+/// Runs `load`'s generator against `daemon` for `runtime`.
+///
+/// # Errors
+/// [`BenchError`] if it fails or prints something unexpected.
+pub fn run_loadgen(
+    progs: &Programs,
+    load: Load,
+    daemon: &mut Daemon,
+    p: &Point,
+    image: &Image,
+    runtime: Duration,
+) -> Result<Sample> {
+    let (mut cmd, program) = match load {
+        Load::Pvio => {
+            let mut c = Command::new(&progs.frontend_guest);
+            c.args(["bench", "blk", "--json", "--no-progress"]);
+            (c, "frontend-guest bench blk")
+        }
+        Load::Libblkio => (Command::new(&progs.blkio_load), "blkio-load"),
+    };
+    cmd.arg("--socket").arg(&daemon.socket);
+    load_args(&mut cmd, p, image, runtime);
     cmd.args(["--backend-pid", &daemon.pid().to_string()]);
-    let out = run(&mut cmd, "frontend-guest bench blk");
+    let out = run(&mut cmd, program);
     daemon.check_alive()?;
-    let v = parse_json(&out?, "frontend-guest")?;
-    let f = |path: &[&str]| field(&v, path, "frontend-guest");
+    parse_loadgen(&out?, program)
+}
+
+/// The raw io_uring ceiling for `load`: fio, or libblkio's io_uring driver on the image.
+///
+/// # Errors
+/// [`BenchError`] if the program fails or prints something unexpected.
+pub fn run_raw(
+    progs: &Programs,
+    load: Load,
+    p: &Point,
+    image: &Image,
+    runtime: Duration,
+) -> Result<Sample> {
+    if load == Load::Pvio {
+        return run_fio(progs, p, image, runtime);
+    }
+    let mut cmd = Command::new(&progs.blkio_load);
+    cmd.arg("--file").arg(&image.path);
+    if image.medium.direct() {
+        cmd.arg("--direct");
+    }
+    load_args(&mut cmd, p, image, runtime);
+    parse_loadgen(&run(&mut cmd, "blkio-load --file")?, "blkio-load")
+}
+
+/// A sample from the JSON object `frontend-guest bench blk --json` and `blkio-load` print.
+fn parse_loadgen(out: &str, program: &str) -> Result<Sample> {
+    let v = parse_json(out, program)?;
+    let f = |path: &[&str]| field(&v, path, program);
     Ok(Sample {
         iops: f(&["iops"])?,
         mib_s: f(&["mib_s"])?,
+        mean: f(&["lat_us", "mean"])?,
         p50: f(&["lat_us", "p50"])?,
         p99: f(&["lat_us", "p99"])?,
         p999: f(&["lat_us", "p99_9"])?,
         cpu_us_per_io: v.get("backend_cpu_us_per_io").and_then(Value::as_f64),
+        load1: load_average(),
     })
 }
 
@@ -389,9 +480,11 @@ pub fn run_fio(progs: &Programs, p: &Point, image: &Image, runtime: Duration) ->
     Ok(Sample {
         iops: f(&[dir, "iops"])?,
         mib_s: f(&[dir, "bw_bytes"])? / f64::from(1u32 << 20),
+        mean: f(&[dir, "clat_ns", "mean"])? / 1000.0,
         p50: pct("50.000000")?,
         p99: pct("99.000000")?,
         p999: pct("99.900000")?,
         cpu_us_per_io: None,
+        load1: load_average(),
     })
 }

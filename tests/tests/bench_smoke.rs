@@ -116,6 +116,7 @@ fn quick_comparison_writes_a_report_for_every_system() {
     let runner = workspace_bin("pvio-benches", "blk-compare");
     workspace_bin("frontend-guest", "frontend-guest");
     workspace_bin("backend-blk", "backend-blk");
+    workspace_bin("pvio-benches", "blkio-load");
     let dir = TempDir::new("bench-quick").or_panic("temp dir");
     let out = Command::new(&runner)
         .args(["--quick", "--runtime", "0.5", "--out"])
@@ -131,22 +132,27 @@ fn quick_comparison_writes_a_report_for_every_system() {
     );
     let report = fs::read_to_string(dir.join("out").join("blk-report.md")).or_panic("report");
     for workload in ["randread 4k qd8 q1", "randwrite 4k qd8 q1"] {
-        let row = report
+        let rows: Vec<&str> = report
             .lines()
-            .find(|l| l.starts_with(&format!("| {workload} |")))
-            .unwrap_or_else(|| panic!("no row for {workload} in\n{report}"));
-        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-        // workload, pvio, peer, raw IOPS, the two ratios and the two CPU columns: all measured.
-        for (i, cell) in cells[2..9].iter().enumerate() {
-            assert!(
-                !cell.contains('—'),
-                "column {} of {workload} is empty:\n{report}",
-                i + 1
-            );
+            .filter(|l| l.starts_with(&format!("| {workload} |")))
+            .collect();
+        assert_eq!(rows.len(), 2, "one row per load source:\n{report}");
+        for row in rows {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            // pvio, peer, raw IOPS, the two ratios, the two CPU columns, the means: measured.
+            for (i, cell) in cells[2..10].iter().enumerate() {
+                assert!(
+                    !cell.contains('—'),
+                    "column {} of {workload} is empty:\n{report}",
+                    i + 1
+                );
+            }
         }
     }
     let results = fs::read_to_string(dir.join("out").join("blk-results.json")).or_panic("results");
-    assert_eq!(results.matches("\"system\"").count(), 6, "{results}");
+    // 2 points x 3 systems x 2 load sources (pvio's generator, libblkio).
+    assert_eq!(results.matches("\"system\"").count(), 12, "{results}");
+    assert!(report.contains("## Goals (issue 14)"), "{report}");
     let left: Vec<_> = fs::read_dir(dir.path())
         .or_panic("list temp dir")
         .filter_map(|e| e.ok().map(|e| e.file_name()))

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use pvio_benches::matrix::Point;
 use pvio_benches::report::median;
-use pvio_benches::systems::{run_loadgen, Daemon, Image, Medium, Programs, System};
+use pvio_benches::systems::{run_loadgen, Daemon, Image, Load, Medium, Programs, System};
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -135,7 +135,7 @@ fn main() -> BenchResult<()> {
             queues: 1,
         };
         let runtime = Duration::from_millis(args.runtime_ms);
-        let mock = run_loadgen(&progs, &mut daemon, &point, &image, runtime)?;
+        let mock = run_loadgen(&progs, Load::Pvio, &mut daemon, &point, &image, runtime)?;
         println!(
             "| {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} |",
             point.label(),

@@ -160,7 +160,8 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn from_histogram(h: &Histogram) -> Self {
+    /// The summary of a histogram of latencies in nanoseconds.
+    pub fn from_histogram(h: &Histogram) -> Self {
         let us = |ns: u64| ns as f64 / 1000.0;
         Latency {
             min: us(h.min()),
