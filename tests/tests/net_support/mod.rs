@@ -30,6 +30,10 @@ use serde_json::Value;
 
 /// How long a process may take to start listening or to exit.
 pub const PROCESS_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long testpmd may take to answer a command: its EAL set-up alone takes ~15 s on an idle
+/// 2-core machine and more than 30 s while the rest of the suite runs beside it.
+const TESTPMD_DEADLINE: Duration = Duration::from_secs(120);
 /// How often a condition with a deadline is checked.
 pub const POLL: Duration = Duration::from_millis(20);
 
@@ -474,7 +478,7 @@ impl TestPmd {
     fn wait_prompt(&mut self, from: usize, echo: &str) -> String {
         let output = self.output.clone();
         let mut exited = None;
-        let text = wait_for("testpmd's prompt", PROCESS_DEADLINE, || {
+        let text = wait_for("testpmd's prompt", TESTPMD_DEADLINE, || {
             let text = output.lock().unwrap();
             let rest = &text[from.min(text.len())..];
             let after_echo = rest.find(echo).map(|e| e + echo.len())?;
