@@ -3,7 +3,10 @@
 # pvio-capture-guest: a vhost-user-blk-pci disk and a vhost-user netdev) talks to backend-blk and
 # backend-net through fuzz/vhost-capture-proxy.py, which passes the SCM_RIGHTS descriptors on
 # (socat cannot) and writes fuzz/seeds/vhost_user/qemu-{blk,net} and the guest's descriptor
-# chains as fuzz/seeds/blk_request/qemu-* and fuzz/seeds/net_tx/qemu-*.
+# chains as fuzz/seeds/blk_request/qemu-* and fuzz/seeds/net_tx/qemu-*. QEMU keeps a vhost-user
+# NIC's control queue to itself, so pvio's mock front-end (pvio-capture-guest --mock-net-socket)
+# then sends control commands through the proxy to a second backend-net (as the fuzz target's):
+# fuzz/seeds/net_ctrl/mock-*, fuzz/seeds/vhost_user/mock-net.
 # Usage: fuzz/capture-vhost-seeds.sh   (from anywhere; needs QEMU and the tests' guest kernel)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,12 +21,15 @@ wait_socket() {
     echo "no socket $1" >&2
     return 1
 }
-rm -f "$seeds"/vhost_user/qemu-* "$seeds"/blk_request/qemu-* "$seeds"/net_tx/qemu-*
+rm -f "$seeds"/vhost_user/qemu-* "$seeds"/vhost_user/mock-* "$seeds"/blk_request/qemu-* \
+    "$seeds"/net_tx/qemu-* "$seeds"/net_ctrl/mock-*
 truncate -s 64M "$work/disk.raw"
 target/debug/backend-blk --socket "$work/blk.sock" --image "$work/disk.raw" &
 target/debug/backend-net --switch --socket "$work/net.sock" &
+target/debug/backend-net --switch --socket "$work/mq.sock" &
 wait_socket "$work/blk.sock"
 wait_socket "$work/net.sock"
+wait_socket "$work/mq.sock"
 proxies=()
 for dev in blk net; do
     python3 fuzz/vhost-capture-proxy.py --listen "$work/$dev-proxy.sock" \
@@ -33,4 +39,10 @@ for dev in blk net; do
 done
 target/debug/pvio-capture-guest --blk-socket "$work/blk-proxy.sock" --net-socket "$work/net-proxy.sock"
 wait "${proxies[@]}"
-du -sh "$seeds"/vhost_user "$seeds"/blk_request "$seeds"/net_tx
+python3 fuzz/vhost-capture-proxy.py --listen "$work/mq-proxy.sock" --backend "$work/mq.sock" \
+    --device net --source mock --seeds "$seeds" &
+mock=$!
+wait_socket "$work/mq-proxy.sock"
+target/debug/pvio-capture-guest --mock-net-socket "$work/mq-proxy.sock"
+wait "$mock"
+du -sh "$seeds"/vhost_user "$seeds"/blk_request "$seeds"/net_tx "$seeds"/net_ctrl

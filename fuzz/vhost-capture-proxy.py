@@ -10,9 +10,12 @@ descriptors (socket.recv_fds / send_fds). When the front-end leaves it writes fu
 - the descriptor chains the guest's driver made available, read from the shared guest memory
   (the proxy keeps the memory descriptors and the ring addresses it relays and polls the
   available rings): backend-blk request chains in the `blk_request` format, backend-net
-  transmit chains (odd queues) in the `net_tx` format.
+  transmit chains (odd queues) in the `net_tx` format, control chains (even queues whose
+  chains start with a readable descriptor: the receive queues' are all writable) in the
+  `net_ctrl` format.
 
 Usage: vhost-capture-proxy.py --listen PATH --backend PATH --device blk|net --seeds DIR
+                              [--source NAME]   (seed file prefix, default qemu)
 """
 import argparse
 import mmap
@@ -25,7 +28,7 @@ import time
 HDR = 12
 MAX_FDS = 32
 # Front-end request codes (vhost-user.rst "Front-end message types").
-SET_MEM_TABLE, SET_VRING_NUM, SET_VRING_ADDR, SET_VRING_BASE = 5, 8, 9, 10
+SET_FEATURES, SET_MEM_TABLE, SET_VRING_NUM, SET_VRING_ADDR, SET_VRING_BASE = 2, 5, 8, 9, 10
 ADD_MEM_REG, REM_MEM_REG = 37, 38
 # Descriptor flags (virtio 1.2 §2.7.5).
 NEXT, WRITE, INDIRECT = 1, 2, 4
@@ -71,6 +74,7 @@ class Guest:
     def __init__(self):
         self.regions = []  # (gpa, size, uaddr, mapping)
         self.rings = {}  # index -> dict(num, desc, avail, last)
+        self.features = 0
         self.lock = threading.Lock()
 
     def add_region(self, gpa, size, uaddr, offset, fd):
@@ -91,7 +95,9 @@ class Guest:
 
     def on_message(self, code, payload, fds):
         with self.lock:
-            if code == SET_MEM_TABLE:
+            if code == SET_FEATURES:
+                self.features = struct.unpack_from("<Q", payload)[0]
+            elif code == SET_MEM_TABLE:
                 n = struct.unpack_from("<I", payload, 0)[0]
                 self.regions = []
                 for i in range(min(n, len(fds))):
@@ -202,6 +208,7 @@ def main():
     ap.add_argument("--backend", required=True)
     ap.add_argument("--device", choices=["blk", "net"], required=True)
     ap.add_argument("--seeds", required=True)
+    ap.add_argument("--source", default="qemu")
     a = ap.parse_args()
     lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     lsock.bind(a.listen)
@@ -230,39 +237,47 @@ def main():
     down = threading.Thread(target=relay, args=(back, front, from_back))
     up.start()
     down.start()
-    queues = set(range(64)) if a.device == "blk" else set(range(1, 64, 2))
     while up.is_alive():
-        chains += guest.poll(queues)
+        chains += guest.poll(set(range(64)))
         time.sleep(0.002)
     down.join()
-    write_seeds(a, records, chains)
+    write_seeds(a, records, chains, guest.features)
 
 
-def write_seeds(a, records, chains):
+def write_seeds(a, records, chains, features):
     def put(target, name, data):
         os.makedirs(os.path.join(a.seeds, target), exist_ok=True)
         with open(os.path.join(a.seeds, target, name), "wb") as f:
             f.write(data)
 
-    put("vhost_user", f"qemu-{a.device}", bytes([0 if a.device == "blk" else 1]) + b"".join(records))
+    device = bytes([0 if a.device == "blk" else 1])
+    put("vhost_user", f"{a.source}-{a.device}", device + b"".join(records))
     seen, count = {}, 0
-    for _, chain, indirect in chains:
+    for q, chain, indirect in chains:
         if not chain or chain[0][3] is None:
-            continue
+            continue  # a receive chain (all writable)
         first = chain[0][3]
         if a.device == "blk":
+            target = "blk_request"
             kind = (struct.unpack_from("<I", first)[0] if len(first) >= 4 else -1, len(chain), indirect)
             data = blk_seed(chain, indirect)
-        else:
+        elif q % 2:
+            target = "net_tx"
             frame = b"".join(d for _, _, _, d in chain if d is not None)
             kind = (frame[12 + 12:12 + 14] if len(frame) >= 26 else b"", len(frame) // 64)
             data = bytes([7]) + frame
-        if seen.get(kind, 0) < 2:
-            seen[kind] = seen.get(kind, 0) + 1
+        else:
+            # net_ctrl: acked features (u64), queue pairs (u16), then one command (length
+            # byte, class, command, data): the ring index of the control queue is 2 * pairs.
+            target = "net_ctrl"
+            cmd = b"".join(d for _, _, _, d in chain if d is not None)[:255]
+            kind = tuple(cmd[:2])
+            data = struct.pack("<QH", features, max(q // 2, 1)) + bytes([len(cmd)]) + cmd
+        if seen.get((target, kind), 0) < 2:
+            seen[(target, kind)] = seen.get((target, kind), 0) + 1
             count += 1
-            target = "blk_request" if a.device == "blk" else "net_tx"
-            put(target, f"qemu-{count}", data)
-    print(f"{a.device}: {len(records)} messages, {len(chains)} chains, {count} chain seeds")
+            put(target, f"{a.source}-{count}", data)
+    print(f"{a.source} {a.device}: {len(records)} messages, {len(chains)} chains, {count} chain seeds")
 
 
 if __name__ == "__main__":
