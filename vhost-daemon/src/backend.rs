@@ -22,7 +22,6 @@ use std::sync::{Mutex, PoisonError};
 use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Backend as BackendChannel, VhostUserVirtioFeatures};
 use vhost_user_backend::VhostUserBackend;
-use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -35,8 +34,8 @@ use crate::BoxError;
 
 /// Protocol features the core implements for every device (vhost-user.rst): REPLY_ACK,
 /// answered by the vhost crate's request handler; CONFIGURE_MEM_SLOTS (ADD_MEM_REG /
-/// REM_MEM_REG / GET_MAX_MEM_SLOTS), the memory table kept by vhost-user-backend and checked
-/// by the wrapper ([`crate::memory::check_region_files`]); LOG_SHMFD (SET_LOG_BASE), the
+/// REM_MEM_REG / GET_MAX_MEM_SLOTS), the memory table kept by vhost-user-backend (regions past
+/// the end of their file refused before they are mapped: vendor patch 7); LOG_SHMFD (SET_LOG_BASE), the
 /// dirty-page log on the guest memory's [`crate::memory::DirtyBitmap`] (devices mark what the
 /// kernel writes for them; regions added later are logged too, [`crate::dirty::DirtyLog`]);
 /// RESET_DEVICE, forwarded to [`DeviceBackend::reset_device`].
@@ -257,9 +256,7 @@ impl<B: DeviceBackend> VhostUserBackend for Backend<B> {
 
     fn update_memory(&self, mem: GuestRamAtomic) -> io::Result<()> {
         // vhost-user-backend has already installed the table; refusing it ends the session.
-        let checked = crate::memory::check_region_files(&mem.memory())
-            .and_then(|()| self.dirty_log.follow(&mem));
-        if let Err(e) = checked {
+        if let Err(e) = self.dirty_log.follow(&mem) {
             log::warn!("refusing the front-end's memory table: {e}");
             return Err(e);
         }

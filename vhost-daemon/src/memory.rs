@@ -1,7 +1,7 @@
 //! Guest-memory types of every back-end: vm-memory's mmap-backed guest memory (regions the
 //! front-end shares with VHOST_USER_SET_MEM_TABLE and ADD_MEM_REG), the atomic handle the
-//! request handler swaps on a new table, and vhost-user-backend's vring over it; and the check
-//! that refuses a table mapped past the end of its files.
+//! request handler swaps on a new table, and vhost-user-backend's vring over it. A region mapped
+//! past the end of its file is refused before it is mapped (vendor patch 7, vendor/PATCHES.md).
 //!
 //! Every region carries a [`DirtyBitmap`], the dirty-page bitmap that VHOST_USER_SET_LOG_BASE
 //! switches on (vhost-user.rst "Migration", LOG_SHMFD; see [`crate::dirty`]): every write
@@ -10,13 +10,9 @@
 //! READV or a TAP read) must be marked by the device with the slices' bitmaps
 //! (`vm_memory::bitmap::Bitmap::mark_dirty`) when they complete.
 
-use std::io;
-
 pub use crate::dirty::DirtyBitmap;
 use vhost_user_backend::VringRwLock;
-use vm_memory::{
-    GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryLoadGuard, GuestMemoryMmap, GuestMemoryRegion,
-};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 
 /// Guest memory as the back-end maps it, with the dirty-page bitmap.
 pub type GuestRam = GuestMemoryMmap<DirtyBitmap>;
@@ -30,34 +26,4 @@ pub type Vring = VringRwLock<GuestRamAtomic>;
 /// A fresh, empty guest memory handle for a new front-end connection.
 pub fn new_guest_ram() -> GuestRamAtomic {
     GuestMemoryAtomic::new(GuestMemoryMmap::new())
-}
-
-/// Fails if a region backed by a regular file (memfd, tmpfs, hugetlbfs) reaches past the end
-/// of that file: the first access there would raise SIGBUS. Regions on other files (a DAX
-/// device reports length 0) are not checked.
-///
-/// # Errors
-/// `InvalidInput` naming the region, or the error of reading the file's metadata.
-pub fn check_region_files(mem: &GuestRam) -> io::Result<()> {
-    for region in mem.iter() {
-        let Some(file_offset) = region.file_offset() else {
-            continue;
-        };
-        let meta = file_offset.file().metadata()?;
-        let end = file_offset.start().checked_add(region.len());
-        if meta.is_file() && end.is_none_or(|end| end > meta.len()) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "memory region at guest address {:#x} ({} bytes from file offset {}) ends \
-                     past its file ({} bytes)",
-                    region.start_addr().0,
-                    region.len(),
-                    file_offset.start(),
-                    meta.len()
-                ),
-            ));
-        }
-    }
-    Ok(())
 }

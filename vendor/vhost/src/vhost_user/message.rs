@@ -560,6 +560,24 @@ impl VhostUserMemoryRegion {
 
     /// Creates mmap region from Self.
     pub fn mmap_region<B: NewBitmap>(&self, file: File) -> Result<MmapRegion<B>> {
+        // pvio patch 7: a region of a regular file (memfd, tmpfs, hugetlbfs) that reaches past
+        // the file's end would raise SIGBUS at the first access there; refuse it before it is
+        // mapped and installed (vendor/PATCHES.md).
+        let meta = file.metadata().map_err(Error::ReqHandlerError)?;
+        let (gpa, size, offset) = (self.guest_phys_addr, self.memory_size, self.mmap_offset);
+        let end = offset.checked_add(size);
+        if meta.is_file() && end.is_none_or(|end| end > meta.len()) {
+            return Err(Error::ReqHandlerError(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "memory region at guest address {:#x} ({} bytes from file offset {}) ends past its file ({} bytes)",
+                    gpa,
+                    size,
+                    offset,
+                    meta.len()
+                ),
+            )));
+        }
         MmapRegion::<B>::from_file(
             FileOffset::new(file, self.mmap_offset),
             self.memory_size as usize,
