@@ -32,7 +32,7 @@ use crate::inflight::QueueInflight;
 use crate::request::{self, GuestRange, Parsed, Rejected, Request, RequestError};
 use crate::status::Status;
 use vhost_daemon::memory::{GuestRam, GuestRamAtomic, GuestRamGuard, Vring};
-use vhost_daemon::ring::go_round_again;
+use vhost_daemon::ring::Kick;
 use vhost_daemon::uring::{Completion, Slab};
 
 /// How often an operation that fails with EAGAIN or EINTR is tried again before IOERR.
@@ -219,6 +219,7 @@ impl QueueWorker {
             self.recover(vring);
         }
         let started = Instant::now();
+        let mut kick = Kick::default();
         loop {
             if let Err(e) = vring.disable_notification() {
                 warn!(
@@ -226,20 +227,21 @@ impl QueueWorker {
                     self.queue_index
                 );
             }
-            let took = self.take_available(vring) > 0;
+            let took = self.take_available(vring, &mut kick) > 0;
             self.run_ring();
-            self.poll(vring, started);
-            if !go_round_again(vring, &self.mem.memory(), took, "request queue") {
+            self.poll(vring, started, &mut kick);
+            if !kick.go_round_again(vring, &self.mem.memory(), took, "request queue") {
                 break;
             }
         }
     }
 
-    /// Starts every chain of the available ring; returns how many.
-    fn take_available(&mut self, vring: &Vring) -> usize {
+    /// Starts every chain of the available ring, as many as `kick`'s budget allows; returns
+    /// how many.
+    fn take_available(&mut self, vring: &Vring, kick: &mut Kick) -> usize {
         let mem = self.mem.memory();
         let mut taken = 0;
-        loop {
+        while kick.step() {
             // The vring lock must be released before `start` adds used entries.
             let chain = vring
                 .get_mut()
@@ -258,15 +260,15 @@ impl QueueWorker {
     /// Busy-polls the available ring and the completions until nothing came for
     /// [`BlockDevice::poll`]. Gives up once the event that started at `started` has been served
     /// for [`MAX_POLL_PER_EVENT`], so the control path (which waits for this worker's lock)
-    /// and the worker's other events get their turn.
-    fn poll(&mut self, vring: &Vring, started: Instant) {
+    /// and the worker's other events get their turn. Chains taken count against `kick`.
+    fn poll(&mut self, vring: &Vring, started: Instant, kick: &mut Kick) {
         let window = self.device.poll();
         if window.is_zero() {
             return;
         }
         let mut last_work = Instant::now();
         loop {
-            let taken = self.take_available(vring);
+            let taken = self.take_available(vring, kick);
             let completed = self.run_ring();
             let now = Instant::now();
             if taken > 0 || completed {

@@ -120,12 +120,13 @@ impl NetBackend {
         let _busy = self.ctrl_busy.lock().unwrap_or_else(|p| p.into_inner());
         let guard = self.mem.memory();
         let mem: &GuestRam = &guard;
+        let mut kick = vhost_daemon::ring::Kick::default();
         'kicked: loop {
             if let Err(e) = vring.disable_notification() {
                 log::warn!("control queue: {e}");
             }
             let mut took = false;
-            loop {
+            while kick.step() {
                 let chain = {
                     let mut state = vring.get_mut();
                     let queue = state.get_queue_mut();
@@ -143,7 +144,7 @@ impl NetBackend {
                     log::warn!("control queue: add_used({head}): {e}");
                 }
             }
-            if !vhost_daemon::ring::go_round_again(vring, mem, took, "control queue") {
+            if !kick.go_round_again(vring, mem, took, "control queue") {
                 break;
             }
         }

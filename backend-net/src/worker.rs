@@ -32,7 +32,7 @@ use crate::rx::{arm_for_more_buffers, deliver, Backlog, Delivery, Pending, RxFra
 use crate::stats::{Drop, QueueStats};
 use crate::switch::{Switch, Touched};
 use crate::tap::TapQueue;
-use vhost_daemon::ring::go_round_again;
+use vhost_daemon::ring::Kick;
 use vhost_daemon::uring::{Op, Ring, UringError};
 
 /// Most TAP operations (frames) in one io_uring batch, and the ring's submission entries.
@@ -198,12 +198,13 @@ impl Worker {
         let acked = self.port.acked();
         let limits = acked.tx_limits(self.port.mtu);
         let mut touched = Touched::new();
+        let mut kick = Kick::default();
         'kicked: loop {
             if let Err(e) = tx.disable_notification() {
                 log::warn!("transmit queue {}: {e}", self.q);
             }
             let mut popped = false;
-            loop {
+            while kick.step() {
                 let Some(chains) = pop_batch(tx, mem) else {
                     // VHOST_USER_GET_VRING_BASE stopped the ring; it waits for this call.
                     break 'kicked;
@@ -235,7 +236,7 @@ impl Worker {
                     }
                 }
             }
-            if !go_round_again(tx, mem, popped, "transmit queue") {
+            if !kick.go_round_again(tx, mem, popped, "transmit queue") {
                 break;
             }
         }
