@@ -75,6 +75,19 @@ impl XenstoreDaemon {
         self.dir.join("xs.sock")
     }
 
+    /// Runs the toolstack against this store: `pvctl --xenstore <dom0 socket> ARGS`.
+    ///
+    /// # Panics
+    /// When pvctl cannot be started.
+    pub fn pvctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(crate::bins::workspace_bin("pvctl", "pvctl"))
+            .arg("--xenstore")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .expect("start pvctl")
+    }
+
     /// The socket of guest `domid` (given to [`XenstoreDaemon::start`]).
     pub fn domain_socket(&self, domid: u32) -> PathBuf {
         self.dir.join(format!("dom{domid}.sock"))

@@ -2,7 +2,7 @@
 //! permissions it writes, its errors leaving nothing half-made, and a guest domain refused
 //! (EACCES) when it writes into its back end's directory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use pvio_tests::bins::workspace_bin;
@@ -17,27 +17,17 @@ const CREATE_G1: &str = "domain create --name g1 --mem 64 --guest /bin/true";
 struct Setup {
     dir: TempDir,
     store: XenstoreDaemon,
-    pvctl: PathBuf,
 }
 
 impl Setup {
     fn new(label: &str) -> Self {
         let dir = TempDir::new(label).unwrap();
         let store = XenstoreDaemon::start(dir.path(), &[1]);
-        Setup {
-            pvctl: workspace_bin("pvctl", "pvctl"),
-            dir,
-            store,
-        }
+        Setup { dir, store }
     }
 
     fn pvctl(&self, args: &[&str]) -> Output {
-        Command::new(&self.pvctl)
-            .arg("--xenstore")
-            .arg(self.store.socket())
-            .args(args)
-            .output()
-            .unwrap()
+        self.store.pvctl(args)
     }
 
     /// Runs pvctl, expects success, returns its standard output.

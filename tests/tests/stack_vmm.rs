@@ -118,12 +118,7 @@ impl Stack {
     }
 
     fn pvctl(&self, args: &[&str]) -> String {
-        let out = Command::new(workspace_bin("pvctl", "pvctl"))
-            .arg("--xenstore")
-            .arg(self.store.socket())
-            .args(args)
-            .output()
-            .unwrap();
+        let out = self.store.pvctl(args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             out.status.success(),

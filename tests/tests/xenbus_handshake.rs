@@ -8,7 +8,7 @@
 
 mod net_support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -99,7 +99,6 @@ struct Stack {
     store: XenstoreDaemon,
     launch: Launcher,
     manager: ManagerProcess,
-    pvctl: PathBuf,
 }
 
 impl Stack {
@@ -117,7 +116,6 @@ impl Stack {
         let log = dir.join("manager.log");
         let manager = ManagerProcess::start(&launch, &store, &dir.join("run"), &log);
         Stack {
-            pvctl: workspace_bin("pvctl", "pvctl"),
             dir,
             store,
             launch,
@@ -126,12 +124,7 @@ impl Stack {
     }
 
     fn pvctl(&self, args: &[&str]) -> String {
-        let out = Command::new(&self.pvctl)
-            .arg("--xenstore")
-            .arg(self.store.socket())
-            .args(args)
-            .output()
-            .unwrap();
+        let out = self.store.pvctl(args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             out.status.success(),
