@@ -33,12 +33,16 @@ packages=(
     ceph-common       # ceph, rbd, ceph-authtool, monmaptool
 )
 
-missing=()
-for p in "${packages[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-        missing+=("$p")
-    fi
-done
+# The packages above that are not installed, one per line.
+missing_packages() {
+    for p in "${packages[@]}"; do
+        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+            echo "$p"
+        fi
+    done
+}
+
+mapfile -t missing < <(missing_packages)
 if [ ${#missing[@]} -eq 0 ]; then
     echo "install-deps: all packages present"
     exit 0
@@ -52,7 +56,22 @@ if [ "$(id -u)" -ne 0 ]; then
     fi
     sudo=(sudo)
 fi
-echo "install-deps: installing ${missing[*]}"
+install() {
+    echo "install-deps: installing $*"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends "$@"
+}
 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
-"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
+install "${missing[@]}"
+# Installing can remove a listed package that was already present: a machine with qemu-utils
+# from bookworm-backports loses it when qemu-block-extra 7.2 comes in (they must be one QEMU
+# version). Install what is missing again, now from the same release as the rest.
+mapfile -t missing < <(missing_packages)
+if [ ${#missing[@]} -ne 0 ]; then
+    install "${missing[@]}"
+fi
+mapfile -t missing < <(missing_packages)
+if [ ${#missing[@]} -ne 0 ]; then
+    echo "install-deps: still missing after installing: ${missing[*]}" >&2
+    exit 1
+fi
