@@ -32,7 +32,7 @@ use crate::device::BlockDevice;
 use crate::driver::{IoVecs, Op, QueueDriver, QueueError, QueueIo};
 use crate::image::SECTOR_SIZE;
 use crate::inflight::QueueInflight;
-use crate::request::{self, GuestRange, Parsed, Rejected, Request, RequestError};
+use crate::request::{self, GuestRange, Parsed, Ranges, Rejected, Request, RequestError};
 use crate::status::Status;
 use vhost_daemon::memory::{GuestRam, GuestRamAtomic, GuestRamGuard, Vring};
 use vhost_daemon::ring::Kick;
@@ -53,7 +53,7 @@ struct InFlight {
     retries: u8,
     op: Op,
     /// Guest buffers the storage writes (a read's): marked in the dirty log at completion.
-    dirty: Vec<GuestRange>,
+    dirty: Ranges,
     /// Keeps the guest memory that `op` points into mapped.
     mem: GuestRamGuard,
 }
@@ -146,7 +146,7 @@ enum Start {
     Submit {
         op: Op,
         data_written: u32,
-        dirty: Vec<GuestRange>,
+        dirty: Ranges,
     },
 }
 
@@ -164,6 +164,9 @@ pub struct QueueWorker {
     /// Used entries were added since the last notification decision.
     used_added: bool,
     completions: Vec<Completion>,
+    /// iovec arrays of finished transfers, cleared, for the next ones: a request allocates
+    /// nothing once the queue has run at its depth.
+    spare_iovecs: Vec<IoVecs>,
     /// Inflight I/O tracking, when the front-end set up an inflight area.
     tracker: Option<QueueInflight>,
     /// The queue (re)started: bring the inflight area in line and resubmit before going on.
@@ -188,6 +191,7 @@ impl QueueWorker {
             io: device.disk().queue_io(entries)?,
             inflight: Slab::with_capacity(entries as usize),
             completions: Vec::with_capacity(2 * entries as usize),
+            spare_iovecs: Vec::with_capacity(entries as usize),
             device,
             mem,
             vring: None,
@@ -253,10 +257,7 @@ impl QueueWorker {
         let mut taken = 0;
         while kick.step() {
             // The vring lock must be released before `start` adds used entries.
-            let chain = vring
-                .get_mut()
-                .get_queue_mut()
-                .pop_descriptor_chain(&view);
+            let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(&view);
             let Some(chain) = chain else { break };
             if let Some(tracker) = &mut self.tracker {
                 tracker.fetched(chain.head_index());
@@ -411,7 +412,7 @@ impl QueueWorker {
     }
 
     /// Turns a request into a driver operation, or completes it at once.
-    fn plan(&self, request: Request, mem: &GuestRam) -> Start {
+    fn plan(&mut self, request: Request, mem: &GuestRam) -> Start {
         match request {
             Request::Read { sector, buffers } => self.plan_transfer(false, sector, buffers, mem),
             Request::Write { sector, buffers } => self.plan_transfer(true, sector, buffers, mem),
@@ -420,7 +421,7 @@ impl QueueWorker {
             Request::Flush => Start::Submit {
                 op: Op::Flush,
                 data_written: 0,
-                dirty: Vec::new(),
+                dirty: Ranges::new(),
             },
             Request::GetId { buffers } => match write_ranges(mem, &buffers, self.device.serial()) {
                 Some(written) => Start::Done(Status::Ok, written),
@@ -442,29 +443,34 @@ impl QueueWorker {
     }
 
     fn plan_transfer(
-        &self,
+        &mut self,
         write: bool,
         sector: u64,
-        buffers: Vec<GuestRange>,
+        buffers: Ranges,
         mem: &GuestRam,
     ) -> Start {
         let remaining = request::total(&buffers);
         if remaining == 0 {
             return Start::Done(Status::Ok, 0);
         }
-        let Some(iovecs) = host_iovecs(GuestView::new(mem), &buffers) else {
+        let mut iovecs = self.spare_iovecs.pop().unwrap_or(IoVecs(Vec::new()));
+        if host_iovecs(GuestView::new(mem), &buffers, &mut iovecs.0).is_none() {
+            self.recycle(iovecs);
             warn!(
                 "queue {}: guest buffers vanished from guest memory",
                 self.queue_index
             );
             return Start::Done(Status::IoErr, 0);
-        };
+        }
         // The parser checked sector + length against the capacity, so this cannot overflow.
         let offset = sector * SECTOR_SIZE;
         let fd = self.device.disk().file().map_or(-1, |image| {
             image.fd_for(
                 offset,
-                iovecs.iter().map(|v| (v.iov_base as u64, v.iov_len as u64)),
+                iovecs
+                    .0
+                    .iter()
+                    .map(|v| (v.iov_base as u64, v.iov_len as u64)),
             )
         });
         // A chain's total length fits in u32 (virtio-queue bounds it).
@@ -476,13 +482,13 @@ impl QueueWorker {
         let op = Op::Transfer {
             write,
             fd,
-            iovecs: IoVecs(iovecs),
+            iovecs,
             next: 0,
             offset,
             remaining,
         };
         // The storage writes a read's buffers, which the dirty log must learn at completion.
-        let dirty = if write { Vec::new() } else { buffers };
+        let dirty = if write { Ranges::new() } else { buffers };
         Start::Submit {
             op,
             data_written,
@@ -590,6 +596,15 @@ impl QueueWorker {
             0
         };
         self.complete(entry.head_index, entry.status, status, written, &entry.mem);
+        if let Op::Transfer { iovecs, .. } = entry.op {
+            self.recycle(iovecs);
+        }
+    }
+
+    /// Keeps the iovec array of a finished (or never started) transfer for the next one.
+    fn recycle(&mut self, mut iovecs: IoVecs) {
+        iovecs.0.clear();
+        self.spare_iovecs.push(iovecs);
     }
 
     /// Writes the status byte and adds the chain to the used ring with the bytes written to
@@ -706,14 +721,17 @@ fn plan_range(sector: u64, sectors: u32, op: impl FnOnce(u64, u64) -> Op) -> Sta
     Start::Submit {
         op,
         data_written: 0,
-        dirty: Vec::new(),
+        dirty: Ranges::new(),
     }
 }
 
-/// Host iovecs for guest `buffers`: one per guest memory region each buffer touches; `None`
-/// when a buffer is no longer in guest memory.
-fn host_iovecs(view: GuestView<'_>, buffers: &[GuestRange]) -> Option<Vec<libc::iovec>> {
-    let mut iovecs = Vec::with_capacity(buffers.len());
+/// Appends the host iovecs of guest `buffers` to `iovecs`: one per guest memory region each
+/// buffer touches; `None` when a buffer is no longer in guest memory.
+fn host_iovecs(
+    view: GuestView<'_>,
+    buffers: &[GuestRange],
+    iovecs: &mut Vec<libc::iovec>,
+) -> Option<()> {
     for b in buffers {
         for slice in view.slices(b.addr, b.len as usize) {
             let slice = slice.ok()?;
@@ -723,7 +741,7 @@ fn host_iovecs(view: GuestView<'_>, buffers: &[GuestRange]) -> Option<Vec<libc::
             });
         }
     }
-    Some(iovecs)
+    Some(())
 }
 
 /// Copies `data` into the front of `buffers` (as much as fits); returns the bytes written.
@@ -769,7 +787,7 @@ mod tests {
                 offset: 4096,
                 remaining,
             },
-            dirty: Vec::new(),
+            dirty: Ranges::new(),
             mem: vm_memory::GuestMemoryAtomic::new(ram).memory(),
         }
     }
