@@ -8,7 +8,8 @@
 //! device-readable byte stream followed by a device-writable one and split at byte offsets.
 //!
 //! Parsing only reads guest memory (the header and DISCARD/WRITE_ZEROES segments are copied out
-//! once) and does no I/O. Everything guest-controlled is checked: chain termination (a loop,
+//! once) and does no I/O, and allocates nothing for chains of up to [`INLINE_RANGES`] buffers.
+//! Everything guest-controlled is checked: chain termination (a loop,
 //! a `next` outside the table, a bad indirect table or an unreadable descriptor ends
 //! virtio-queue's iterator early, which shows as a last descriptor still flagged NEXT), chain
 //! length, that every buffer lies in guest memory, descriptor order and directions, sector
@@ -16,6 +17,7 @@
 
 use std::ops::Deref;
 
+use smallvec::SmallVec;
 use virtio_bindings::bindings::virtio_blk::{
     VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
@@ -49,6 +51,13 @@ pub struct Limits {
     pub max_buffers: usize,
 }
 
+/// Guest ranges a request keeps inline, without a heap allocation: a header, data and status
+/// split over a few descriptors (the common case) fit.
+pub const INLINE_RANGES: usize = 4;
+
+/// A request's guest ranges, in order.
+pub type Ranges = SmallVec<[GuestRange; INLINE_RANGES]>;
+
 /// A guest-physical byte range known to lie inside guest memory when parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestRange {
@@ -67,7 +76,7 @@ pub enum Request {
         /// First 512-byte sector.
         sector: u64,
         /// Destination buffers in order.
-        buffers: Vec<GuestRange>,
+        buffers: Ranges,
     },
     /// VIRTIO_BLK_T_OUT: write `buffers` (device-readable) at `sector..`; same checks as
     /// [`Request::Read`].
@@ -75,14 +84,14 @@ pub enum Request {
         /// First 512-byte sector.
         sector: u64,
         /// Source buffers in order.
-        buffers: Vec<GuestRange>,
+        buffers: Ranges,
     },
     /// VIRTIO_BLK_T_FLUSH: make completed writes durable.
     Flush,
     /// VIRTIO_BLK_T_GET_ID: copy up to 20 bytes of device ID into `buffers`.
     GetId {
         /// Destination buffers in order.
-        buffers: Vec<GuestRange>,
+        buffers: Ranges,
     },
     /// VIRTIO_BLK_T_DISCARD of one segment inside the capacity.
     Discard {
@@ -217,6 +226,10 @@ struct Desc {
     writable: bool,
 }
 
+/// A walked chain: a direct or indirect chain of a header, a data buffer and a status byte
+/// (plus the indirect head) fits inline.
+type Descs = SmallVec<[Desc; INLINE_RANGES]>;
+
 /// Parses `chain` against `limits`.
 ///
 /// # Errors
@@ -247,12 +260,12 @@ where
 }
 
 /// Walks the chain; fails when it is empty, longer than `max` or broken off.
-fn walk<M>(chain: DescriptorChain<M>, max: usize) -> Result<Vec<Desc>, RequestError>
+fn walk<M>(chain: DescriptorChain<M>, max: usize) -> Result<Descs, RequestError>
 where
     M: Deref,
     M::Target: GuestMemory,
 {
-    let mut descs = Vec::new();
+    let mut descs = Descs::new();
     let mut open = false;
     for d in chain {
         if descs.len() == max {
@@ -299,8 +312,8 @@ fn parse_body<M: GuestMemory + ?Sized>(
     descs: &[Desc],
     limits: &Limits,
 ) -> Result<Request, RequestError> {
-    let mut readable = Vec::new();
-    let mut writable = Vec::new();
+    let mut readable = Ranges::new();
+    let mut writable = Ranges::new();
     for (index, d) in descs.iter().enumerate() {
         if d.range.len == 0 {
             continue;
@@ -356,8 +369,8 @@ fn parse_body<M: GuestMemory + ?Sized>(
 /// The parts of a chain after the header, before the status byte.
 struct Body {
     sector: u64,
-    out_data: Vec<GuestRange>,
-    in_data: Vec<GuestRange>,
+    out_data: Ranges,
+    in_data: Ranges,
 }
 
 impl Body {
@@ -456,11 +469,7 @@ fn none_in(ranges: &[GuestRange], request: &'static str) -> Result<(), RequestEr
 }
 
 /// Checks an IN/OUT data list: buffer count, whole sectors, inside the capacity.
-fn transfer_buffers(
-    buffers: Vec<GuestRange>,
-    sector: u64,
-    limits: &Limits,
-) -> Result<Vec<GuestRange>, RequestError> {
+fn transfer_buffers(buffers: Ranges, sector: u64, limits: &Limits) -> Result<Ranges, RequestError> {
     if buffers.len() > limits.max_buffers {
         return Err(RequestError::TooManyBuffers(
             buffers.len(),
@@ -492,9 +501,9 @@ pub fn total(ranges: &[GuestRange]) -> u64 {
 }
 
 /// Splits `ranges` after `n` bytes (`n` at most the total) into the front and the rest.
-fn split_at(ranges: &[GuestRange], n: u64) -> (Vec<GuestRange>, Vec<GuestRange>) {
-    let mut front = Vec::new();
-    let mut back = Vec::new();
+fn split_at(ranges: &[GuestRange], n: u64) -> (Ranges, Ranges) {
+    let mut front = Ranges::new();
+    let mut back = Ranges::new();
     let mut left = n;
     for r in ranges {
         let len = u64::from(r.len);

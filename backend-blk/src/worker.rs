@@ -7,11 +7,15 @@
 //! Each in-flight request owns a load guard of the guest memory it points into, so a
 //! VHOST_USER_SET_MEM_TABLE or REM_MEM_REG cannot unmap it while the kernel may still touch it.
 //!
+//! Guest memory is reached through vhost-daemon's [`GuestView`] of the request's memory
+//! snapshot: one region lookup per access and no copy of the dirty bitmap, for virtio-queue's
+//! descriptor walk, the header, the iovecs, the status byte and the used ring alike.
+//!
 //! Dirty-page logging (live migration, vhost-user.rst "Migration"): guest memory carries
-//! vhost-daemon's [`DirtyBitmap`], so writes through vm-memory (status bytes, GET_ID
-//! data, used-ring entries) mark their pages in the front-end's log by themselves. The
-//! storage's writes for a read do not pass through vm-memory: a read keeps the bitmap slices of
-//! its buffers and marks them when it completes, before the chain is put in the used ring.
+//! vhost-daemon's `DirtyBitmap`, so writes through the view (status bytes, GET_ID data,
+//! used-ring entries) mark their pages in the front-end's log by themselves. The storage's
+//! writes for a read do not pass through it: a read keeps its guest buffers and marks them
+//! once when it completes, before the chain is put in the used ring.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
@@ -19,17 +23,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{info, log, trace, warn, Level};
-use vhost_daemon::memory::DirtyBitmap;
+use vhost_daemon::view::GuestView;
 use vhost_user_backend::VringT;
 use virtio_queue::{DescriptorChain, QueueT};
-use vm_memory::bitmap::Bitmap;
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
 
 use crate::device::BlockDevice;
 use crate::driver::{IoVecs, Op, QueueDriver, QueueError, QueueIo};
 use crate::image::SECTOR_SIZE;
 use crate::inflight::QueueInflight;
-use crate::request::{self, GuestRange, Parsed, Rejected, Request, RequestError};
+use crate::request::{self, GuestRange, Parsed, Ranges, Rejected, Request, RequestError};
 use crate::status::Status;
 use vhost_daemon::memory::{GuestRam, GuestRamAtomic, GuestRamGuard, Vring};
 use vhost_daemon::ring::Kick;
@@ -49,6 +52,8 @@ struct InFlight {
     data_written: u32,
     retries: u8,
     op: Op,
+    /// Guest buffers the storage writes (a read's): marked in the dirty log at completion.
+    dirty: Ranges,
     /// Keeps the guest memory that `op` points into mapped.
     mem: GuestRamGuard,
 }
@@ -137,8 +142,12 @@ fn consume(iovecs: &mut [libc::iovec], next: &mut usize, mut bytes: u64) {
 enum Start {
     /// Complete now with this status and this many bytes written to device-writable buffers.
     Done(Status, u32),
-    /// Submit this operation; on success the request wrote this many bytes.
-    Submit(Op, u32),
+    /// Submit this operation; on success the request wrote this many bytes into `dirty`.
+    Submit {
+        op: Op,
+        data_written: u32,
+        dirty: Ranges,
+    },
 }
 
 /// The state of one request queue, driven by its worker thread (and, to stop the queue, by the
@@ -155,6 +164,9 @@ pub struct QueueWorker {
     /// Used entries were added since the last notification decision.
     used_added: bool,
     completions: Vec<Completion>,
+    /// iovec arrays of finished transfers, cleared, for the next ones: a request allocates
+    /// nothing once the queue has run at its depth.
+    spare_iovecs: Vec<IoVecs>,
     /// Inflight I/O tracking, when the front-end set up an inflight area.
     tracker: Option<QueueInflight>,
     /// The queue (re)started: bring the inflight area in line and resubmit before going on.
@@ -179,6 +191,7 @@ impl QueueWorker {
             io: device.disk().queue_io(entries)?,
             inflight: Slab::with_capacity(entries as usize),
             completions: Vec::with_capacity(2 * entries as usize),
+            spare_iovecs: Vec::with_capacity(entries as usize),
             device,
             mem,
             vring: None,
@@ -240,18 +253,16 @@ impl QueueWorker {
     /// how many.
     fn take_available(&mut self, vring: &Vring, kick: &mut Kick) -> usize {
         let mem = self.mem.memory();
+        let view = GuestView::new(&mem);
         let mut taken = 0;
         while kick.step() {
             // The vring lock must be released before `start` adds used entries.
-            let chain = vring
-                .get_mut()
-                .get_queue_mut()
-                .pop_descriptor_chain(mem.clone());
+            let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(&view);
             let Some(chain) = chain else { break };
             if let Some(tracker) = &mut self.tracker {
                 tracker.fetched(chain.head_index());
             }
-            self.start(chain, mem.clone());
+            self.start(chain, &mem);
             taken += 1;
         }
         taken
@@ -327,9 +338,10 @@ impl QueueWorker {
                 recovery.resubmit
             );
         }
+        let view = GuestView::new(&mem);
         for head in recovery.resubmit {
-            let chain = DescriptorChain::new(mem.clone(), GuestAddress(desc_table), size, head);
-            self.start(chain, mem.clone());
+            let chain = DescriptorChain::new(&view, GuestAddress(desc_table), size, head);
+            self.start(chain, &mem);
         }
     }
 
@@ -351,24 +363,29 @@ impl QueueWorker {
         self.notify();
     }
 
-    /// Parses one chain and starts (or at once completes) its request.
-    fn start(&mut self, chain: DescriptorChain<GuestRamGuard>, mem: GuestRamGuard) {
+    /// Parses one chain (walked over `mem`) and starts (or at once completes) its request.
+    fn start(&mut self, chain: DescriptorChain<&GuestView<'_>>, mem: &GuestRamGuard) {
         let head = chain.head_index();
         let Parsed { request, status } = match request::parse(chain, &self.device.limits()) {
             Ok(parsed) => parsed,
-            Err(rejected) => return self.reject(head, rejected, &mem),
+            Err(rejected) => return self.reject(head, rejected, mem),
         };
         trace!("queue {}: chain {head}: {request:?}", self.queue_index);
-        match self.plan(request, &mem) {
-            Start::Done(result, written) => self.complete(head, status, result, written, &mem),
-            Start::Submit(op, data_written) => {
+        match self.plan(request, mem) {
+            Start::Done(result, written) => self.complete(head, status, result, written, mem),
+            Start::Submit {
+                op,
+                data_written,
+                dirty,
+            } => {
                 let key = self.inflight.insert(InFlight {
                     head_index: head,
                     status,
                     data_written,
                     retries: 0,
                     op,
-                    mem,
+                    dirty,
+                    mem: mem.clone(),
                 });
                 self.push(key);
             }
@@ -390,18 +407,22 @@ impl QueueWorker {
         let result = Status::from(&rejected.error);
         match rejected.status {
             Some(addr) => self.complete(head, addr, result, 0, mem),
-            None => self.add_used(head, 0),
+            None => self.add_used(head, 0, mem),
         }
     }
 
     /// Turns a request into a driver operation, or completes it at once.
-    fn plan(&self, request: Request, mem: &GuestRam) -> Start {
+    fn plan(&mut self, request: Request, mem: &GuestRam) -> Start {
         match request {
-            Request::Read { sector, buffers } => self.plan_transfer(false, sector, &buffers, mem),
-            Request::Write { sector, buffers } => self.plan_transfer(true, sector, &buffers, mem),
+            Request::Read { sector, buffers } => self.plan_transfer(false, sector, buffers, mem),
+            Request::Write { sector, buffers } => self.plan_transfer(true, sector, buffers, mem),
             // Without a flush capability writes are durable when they complete.
             Request::Flush if !self.device.capabilities().flush => Start::Done(Status::Ok, 0),
-            Request::Flush => Start::Submit(Op::Flush, 0),
+            Request::Flush => Start::Submit {
+                op: Op::Flush,
+                data_written: 0,
+                dirty: Ranges::new(),
+            },
             Request::GetId { buffers } => match write_ranges(mem, &buffers, self.device.serial()) {
                 Some(written) => Start::Done(Status::Ok, written),
                 None => Start::Done(Status::IoErr, 0),
@@ -422,29 +443,34 @@ impl QueueWorker {
     }
 
     fn plan_transfer(
-        &self,
+        &mut self,
         write: bool,
         sector: u64,
-        buffers: &[GuestRange],
+        buffers: Ranges,
         mem: &GuestRam,
     ) -> Start {
-        let remaining = request::total(buffers);
+        let remaining = request::total(&buffers);
         if remaining == 0 {
             return Start::Done(Status::Ok, 0);
         }
-        let Some(HostBuffers { iovecs, dirty }) = host_buffers(mem, buffers, !write) else {
+        let mut iovecs = self.spare_iovecs.pop().unwrap_or(IoVecs(Vec::new()));
+        if host_iovecs(GuestView::new(mem), &buffers, &mut iovecs.0).is_none() {
+            self.recycle(iovecs);
             warn!(
                 "queue {}: guest buffers vanished from guest memory",
                 self.queue_index
             );
             return Start::Done(Status::IoErr, 0);
-        };
+        }
         // The parser checked sector + length against the capacity, so this cannot overflow.
         let offset = sector * SECTOR_SIZE;
         let fd = self.device.disk().file().map_or(-1, |image| {
             image.fd_for(
                 offset,
-                iovecs.iter().map(|v| (v.iov_base as u64, v.iov_len as u64)),
+                iovecs
+                    .0
+                    .iter()
+                    .map(|v| (v.iov_base as u64, v.iov_len as u64)),
             )
         });
         // A chain's total length fits in u32 (virtio-queue bounds it).
@@ -456,13 +482,18 @@ impl QueueWorker {
         let op = Op::Transfer {
             write,
             fd,
-            iovecs: IoVecs(iovecs),
+            iovecs,
             next: 0,
             offset,
-            dirty,
             remaining,
         };
-        Start::Submit(op, data_written)
+        // The storage writes a read's buffers, which the dirty log must learn at completion.
+        let dirty = if write { Ranges::new() } else { buffers };
+        Start::Submit {
+            op,
+            data_written,
+            dirty,
+        }
     }
 
     /// Queues the operation of in-flight entry `key`; fails the request if that is impossible.
@@ -555,10 +586,9 @@ impl QueueWorker {
 
     fn finish(&mut self, entry: InFlight, status: Status) {
         // The storage may have written any part of a read's buffers, even one that failed.
-        if let Op::Transfer { dirty, .. } = &entry.op {
-            for (bitmap, len) in dirty {
-                bitmap.mark_dirty(0, *len);
-            }
+        let view = GuestView::new(&entry.mem);
+        for range in &entry.dirty {
+            view.mark_dirty(range.addr, range.len as usize);
         }
         let written = if status == Status::Ok {
             entry.data_written
@@ -566,6 +596,15 @@ impl QueueWorker {
             0
         };
         self.complete(entry.head_index, entry.status, status, written, &entry.mem);
+        if let Op::Transfer { iovecs, .. } = entry.op {
+            self.recycle(iovecs);
+        }
+    }
+
+    /// Keeps the iovec array of a finished (or never started) transfer for the next one.
+    fn recycle(&mut self, mut iovecs: IoVecs) {
+        iovecs.0.clear();
+        self.spare_iovecs.push(iovecs);
     }
 
     /// Writes the status byte and adds the chain to the used ring with the bytes written to
@@ -578,16 +617,17 @@ impl QueueWorker {
         written: u32,
         mem: &GuestRam,
     ) {
-        if let Err(e) = mem.write_obj(status.byte(), addr) {
+        if let Err(e) = GuestView::new(mem).write_obj(status.byte(), addr) {
             warn!(
                 "queue {}: cannot write the status byte at {:#x}: {e}",
                 self.queue_index, addr.0
             );
         }
-        self.add_used(head, written.saturating_add(1));
+        self.add_used(head, written.saturating_add(1), mem);
     }
 
-    fn add_used(&mut self, head: u16, len: u32) {
+    /// Puts chain `head` in the used ring (in guest memory `mem`) with `len` bytes written.
+    fn add_used(&mut self, head: u16, len: u32, mem: &GuestRam) {
         let Some(vring) = &self.vring else {
             warn!(
                 "queue {}: no vring to complete chain {head}",
@@ -598,11 +638,18 @@ impl QueueWorker {
         if let Some(tracker) = &self.tracker {
             tracker.before_used(head);
         }
-        match vring.add_used(head, len) {
-            Ok(()) => {
+        let added = {
+            let mut state = vring.get_mut();
+            let queue = state.get_queue_mut();
+            queue
+                .add_used(&GuestView::new(mem), head, len)
+                .map(|()| queue.next_used())
+        };
+        match added {
+            Ok(next_used) => {
                 self.used_added = true;
                 if let Some(tracker) = &self.tracker {
-                    tracker.after_used(head, vring.get_ref().get_queue().next_used());
+                    tracker.after_used(head, next_used);
                 }
             }
             Err(e) => warn!(
@@ -618,7 +665,12 @@ impl QueueWorker {
             return;
         }
         let Some(vring) = &self.vring else { return };
-        match vring.needs_notification() {
+        let mem = self.mem.memory();
+        let needed = vring
+            .get_mut()
+            .get_queue_mut()
+            .needs_notification(&GuestView::new(&mem));
+        match needed {
             Ok(true) => {
                 if let Err(e) = vring.signal_used_queue() {
                     warn!(
@@ -666,41 +718,30 @@ fn plan_range(sector: u64, sectors: u32, op: impl FnOnce(u64, u64) -> Op) -> Sta
     }
     // Checked against the capacity by the parser: no overflow.
     let op = op(sector * SECTOR_SIZE, u64::from(sectors) * SECTOR_SIZE);
-    Start::Submit(op, 0)
+    Start::Submit {
+        op,
+        data_written: 0,
+        dirty: Ranges::new(),
+    }
 }
 
-/// Guest buffers as the kernel and the dirty log see them.
-struct HostBuffers {
-    /// One iovec per guest memory region each buffer touches.
-    iovecs: Vec<libc::iovec>,
-    /// The dirty-log bitmap of each piece and its length (only when collected).
-    dirty: Vec<(DirtyBitmap, usize)>,
-}
-
-/// Host iovecs for guest `buffers`, with their dirty-log bitmaps when the device will write
-/// them (`device_writes`).
-fn host_buffers(
-    mem: &GuestRam,
+/// Appends the host iovecs of guest `buffers` to `iovecs`: one per guest memory region each
+/// buffer touches; `None` when a buffer is no longer in guest memory.
+fn host_iovecs(
+    view: GuestView<'_>,
     buffers: &[GuestRange],
-    device_writes: bool,
-) -> Option<HostBuffers> {
-    let mut out = HostBuffers {
-        iovecs: Vec::with_capacity(buffers.len()),
-        dirty: Vec::new(),
-    };
+    iovecs: &mut Vec<libc::iovec>,
+) -> Option<()> {
     for b in buffers {
-        for slice in GuestMemoryBackend::get_slices(mem, b.addr, b.len as usize) {
+        for slice in view.slices(b.addr, b.len as usize) {
             let slice = slice.ok()?;
-            out.iovecs.push(libc::iovec {
+            iovecs.push(libc::iovec {
                 iov_base: slice.ptr_guard_mut().as_ptr().cast(),
                 iov_len: slice.len(),
             });
-            if device_writes {
-                out.dirty.push((slice.bitmap().clone(), slice.len()));
-            }
         }
     }
-    Some(out)
+    Some(())
 }
 
 /// Copies `data` into the front of `buffers` (as much as fits); returns the bytes written.
@@ -711,7 +752,9 @@ fn write_ranges(mem: &GuestRam, buffers: &[GuestRange], data: &[u8]) -> Option<u
             break;
         }
         let n = (b.len as usize).min(data.len() - done);
-        mem.write_slice(&data[done..done + n], b.addr).ok()?;
+        GuestView::new(mem)
+            .write_slice(&data[done..done + n], b.addr)
+            .ok()?;
         done += n;
     }
     u32::try_from(done).ok()
@@ -742,9 +785,9 @@ mod tests {
                 iovecs: IoVecs(iovecs),
                 next: 0,
                 offset: 4096,
-                dirty: Vec::new(),
                 remaining,
             },
+            dirty: Ranges::new(),
             mem: vm_memory::GuestMemoryAtomic::new(ram).memory(),
         }
     }

@@ -49,9 +49,6 @@ pub enum Op {
         next: usize,
         /// Disk offset of `iovecs[next]`'s start.
         offset: u64,
-        /// For a read: the dirty-log bitmap of each guest buffer piece and its length in
-        /// bytes, marked by the worker on completion. Empty for a write. Not used by drivers.
-        dirty: Vec<(vhost_daemon::memory::DirtyBitmap, usize)>,
         /// Bytes still to transfer.
         remaining: u64,
     },

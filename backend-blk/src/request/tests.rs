@@ -1,6 +1,7 @@
 //! Parser tests: descriptor chains built with virtio-queue's driver-side mock.
 
 use proptest::prelude::*;
+use smallvec::smallvec;
 use virtio_bindings::bindings::virtio_blk::{
     VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
@@ -117,7 +118,7 @@ fn read() {
     let got = parse_linked(&m, &[r(HDR, 16), w(DATA, 4096), w(STATUS, 1)], &limits());
     let want = Request::Read {
         sector: 8,
-        buffers: vec![range(DATA, 4096)],
+        buffers: smallvec![range(DATA, 4096)],
     };
     assert_eq!(got, parsed(want, STATUS));
 }
@@ -134,7 +135,7 @@ fn write_with_several_buffers() {
     ];
     let want = Request::Write {
         sector: CAPACITY - 3,
-        buffers: vec![range(DATA, 512), range(DATA + 0x1000, 1024)],
+        buffers: smallvec![range(DATA, 512), range(DATA + 0x1000, 1024)],
     };
     assert_eq!(parse_linked(&m, &descs, &limits()), parsed(want, STATUS));
 }
@@ -149,7 +150,7 @@ fn flush_get_id_discard_write_zeroes() {
     header(&m, HDR, VIRTIO_BLK_T_GET_ID, 0);
     let got = parse_linked(&m, &[r(HDR, 16), w(DATA, 20), w(STATUS, 1)], &limits());
     let want = Request::GetId {
-        buffers: vec![range(DATA, 20)],
+        buffers: smallvec![range(DATA, 20)],
     };
     assert_eq!(got, parsed(want, STATUS));
 
@@ -181,7 +182,7 @@ fn any_layout_splits_at_byte_offsets() {
     let got = parse_linked(&m, &[r(DATA, 16 + 1024), w(STATUS, 1)], &limits());
     let want = Request::Write {
         sector: 4,
-        buffers: vec![range(DATA + 16, 1024)],
+        buffers: smallvec![range(DATA + 16, 1024)],
     };
     assert_eq!(got, parsed(want, STATUS));
 
@@ -190,7 +191,7 @@ fn any_layout_splits_at_byte_offsets() {
     let descs = [r(HDR, 10), r(HDR + 10, 6), w(DATA, 512 + 1)];
     let want = Request::Read {
         sector: 2,
-        buffers: vec![range(DATA, 512)],
+        buffers: smallvec![range(DATA, 512)],
     };
     assert_eq!(
         parse_linked(&m, &descs, &limits()),
@@ -211,7 +212,7 @@ fn zero_length_descriptors_are_ignored() {
     ];
     let want = Request::Read {
         sector: 0,
-        buffers: vec![range(DATA, 512)],
+        buffers: smallvec![range(DATA, 512)],
     };
     assert_eq!(parse_linked(&m, &descs, &limits()), parsed(want, STATUS));
 }
@@ -232,7 +233,7 @@ fn indirect_table() {
     let got = parse_raw(&m, &[raw(TABLE, 48, VRING_DESC_F_INDIRECT, 0)], &limits());
     let want = Request::Read {
         sector: 1,
-        buffers: vec![range(DATA, 512)],
+        buffers: smallvec![range(DATA, 512)],
     };
     assert_eq!(got, parsed(want, STATUS));
 }
