@@ -10,6 +10,7 @@
 //! table, the previous one, or its own copy) and arms the new regions with it.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use vhost_user_backend::bitmap::{
@@ -21,18 +22,35 @@ use vm_memory::{GuestAddressSpace, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::memory::{GuestRam, GuestRamAtomic, GuestRamGuard};
 
-/// The dirty bitmap of one guest memory region (or a slice of it): the library's
-/// [`BitmapMmapRegion`] plus the log it was armed with, shared by all slices of the region.
+/// The dirty bitmap of one guest memory region (or a slice of it, from `base` bytes into the
+/// region): the library's [`BitmapMmapRegion`] plus the log it was armed with, shared by all
+/// slices of the region through one `Arc`.
+///
+/// Until the log is armed, [`Bitmap::mark_dirty`] is one load of a flag that nothing writes:
+/// the library's bitmap takes a read lock (an atomic write on a line every queue thread
+/// shares) on every call, armed or not.
 #[derive(Clone, Debug, Default)]
 pub struct DirtyBitmap {
+    shared: Arc<Shared>,
+    base: usize,
+}
+
+/// What every slice of a region's [`DirtyBitmap`] shares.
+#[derive(Debug, Default)]
+struct Shared {
+    /// The library's bitmap of the whole region (offsets from the region's start).
     inner: BitmapMmapRegion,
-    log: Arc<RwLock<Option<Arc<MmapLogReg>>>>,
+    /// The log `inner` writes to, once armed.
+    log: RwLock<Option<Arc<MmapLogReg>>>,
+    /// `inner` has a log: set (Release) after it was installed.
+    armed: AtomicBool,
 }
 
 impl DirtyBitmap {
     /// The log this region's bitmap writes to, once armed.
     fn log(&self) -> Option<Arc<MmapLogReg>> {
-        self.log
+        self.shared
+            .log
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -41,17 +59,21 @@ impl DirtyBitmap {
 
 impl Bitmap for DirtyBitmap {
     fn mark_dirty(&self, offset: usize, len: usize) {
-        self.inner.mark_dirty(offset, len);
+        if self.shared.armed.load(Ordering::Acquire) {
+            self.shared
+                .inner
+                .mark_dirty(self.base.saturating_add(offset), len);
+        }
     }
 
     fn dirty_at(&self, offset: usize) -> bool {
-        self.inner.dirty_at(offset)
+        self.shared.inner.dirty_at(self.base.saturating_add(offset))
     }
 
     fn slice_at(&self, offset: usize) -> Self {
         DirtyBitmap {
-            inner: self.inner.slice_at(offset),
-            log: Arc::clone(&self.log),
+            shared: Arc::clone(&self.shared),
+            base: self.base.saturating_add(offset),
         }
     }
 }
@@ -88,8 +110,13 @@ impl BitmapReplace for DirtyBitmap {
     type InnerBitmap = ArmedBitmap;
 
     fn replace(&self, armed: ArmedBitmap) {
-        *self.log.write().unwrap_or_else(PoisonError::into_inner) = Some(armed.log);
-        self.inner.replace(armed.bitmap);
+        *self
+            .shared
+            .log
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(armed.log);
+        self.shared.inner.replace(armed.bitmap);
+        self.shared.armed.store(true, Ordering::Release);
     }
 }
 

@@ -12,7 +12,8 @@
 //! - [`relay`]: the early SET_VRING_ENABLE relay between a front-end and the request handler;
 //! - [`ring`]: helpers for the devices' virtqueue loops;
 //! - [`uring`]: the io_uring ring and its in-flight invariant;
-//! - [`memory`]: guest-memory types; [`dirty`]: the dirty-page log's bitmap; [`config`]: the
+//! - [`memory`]: guest-memory types; [`view`]: the data path's borrowed view of one memory
+//!   snapshot; [`dirty`]: the dirty-page log's bitmap; [`config`]: the
 //!   configuration-space window; [`capabilities`]: `--print-capabilities` (vhost-user.rst
 //!   "Back-end program conventions").
 
@@ -28,6 +29,7 @@ pub mod ring;
 pub mod signals;
 pub mod store;
 pub mod uring;
+pub mod view;
 
 /// A boxed error from a device hook, sent across threads.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
