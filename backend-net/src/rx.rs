@@ -65,19 +65,23 @@ pub enum Delivery {
     TooBig,
 }
 
-/// How `total` bytes spread over buffers of `capacities`, filling each in turn: the bytes
-/// written per buffer, or `None` when they do not fit.
-pub fn split_lengths(capacities: &[usize], total: usize) -> Option<Vec<u32>> {
+/// The bytes written into the next buffer, of `capacity` bytes, when `left` bytes remain to be
+/// written: buffers are filled in turn. Saturates at `u32::MAX` (a frame is far smaller).
+fn fill(capacity: usize, left: &mut usize) -> u32 {
+    let n = capacity.min(*left);
+    *left -= n;
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// How `total` bytes spread over buffers of `capacities` ([`fill`] in turn): the bytes written
+/// per buffer, or `None` when they do not fit.
+#[cfg(test)]
+fn split_lengths(capacities: &[usize], total: usize) -> Option<Vec<u32>> {
     let mut left = total;
-    let mut out = Vec::new();
-    for &cap in capacities {
-        if left == 0 {
-            break;
-        }
-        let n = cap.min(left);
-        out.push(u32::try_from(n).ok()?);
-        left -= n;
-    }
+    let out: Vec<u32> = capacities
+        .iter()
+        .map_while(|&cap| (left > 0).then(|| fill(cap, &mut left)))
+        .collect();
     (left == 0).then_some(out)
 }
 
@@ -142,9 +146,10 @@ pub fn deliver<'m>(
         Payload::Guest(mut src) => dst.copy_from_cursor(&mut src, len),
         Payload::Local(bytes) => dst.write(&bytes[..len.min(bytes.len())]),
     };
-    let capacities: Vec<usize> = heads.iter().map(|&(_, cap)| cap).collect();
-    let lengths = split_lengths(&capacities, needed).unwrap_or_default();
-    for (&(head, _), used) in heads.iter().zip(lengths) {
+    // Every head taken holds part of the frame: chains were taken until they held it all.
+    let mut left = needed;
+    for &(head, capacity) in &heads {
+        let used = fill(capacity, &mut left);
         if let Err(e) = queue.add_used(mem, head, used) {
             log::warn!("receive queue: add_used({head}) failed: {e}");
         }
