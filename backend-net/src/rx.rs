@@ -18,6 +18,7 @@ use crate::device::Acked;
 use crate::guest::{walk, Cursor, GuestRam, Slice};
 use crate::hdr::NetHdr;
 use crate::stats::{Drop, QueueStats};
+use vhost_daemon::view::GuestView;
 
 /// Where the frame's bytes come from.
 #[derive(Clone, Debug)]
@@ -98,6 +99,8 @@ pub fn deliver<'m>(
     stats: &QueueStats,
 ) -> Delivery {
     let RxFrame { hdr, payload, len } = frame.clone();
+    // Descriptors and used entries through the view: one region lookup, no bitmap clone.
+    let view = GuestView::new(mem);
     let base = arena.len();
     let hdr_len = acked.hdr_len();
     let needed = hdr_len + len;
@@ -109,7 +112,7 @@ pub fn deliver<'m>(
             arena.truncate(base);
             return Delivery::TooBig;
         }
-        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+        let Some(chain) = queue.pop_descriptor_chain(&view) else {
             let seen_avail = queue.next_avail();
             give_back(queue, heads.len());
             arena.truncate(base);
@@ -150,7 +153,7 @@ pub fn deliver<'m>(
     let mut left = needed;
     for &(head, capacity) in &heads {
         let used = fill(capacity, &mut left);
-        if let Err(e) = queue.add_used(mem, head, used) {
+        if let Err(e) = queue.add_used(&view, head, used) {
             log::warn!("receive queue: add_used({head}) failed: {e}");
         }
     }

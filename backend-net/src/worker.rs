@@ -35,6 +35,7 @@ use crate::switch::{Switch, Touched};
 use crate::tap::TapQueue;
 use vhost_daemon::ring::Kick;
 use vhost_daemon::uring::{Op, Ring, UringError};
+use vhost_daemon::view::GuestView;
 
 /// Most TAP operations (frames) in one io_uring batch, and the ring's submission entries.
 pub const BATCH: usize = 64;
@@ -247,13 +248,15 @@ impl Worker {
     ) -> Option<Round> {
         let acked = self.port.acked();
         let limits = acked.tx_limits(self.port.mtu);
+        // Descriptors and used entries through the view: one region lookup, no bitmap clone.
+        let view = GuestView::new(mem);
         let mut round = Round::default();
         loop {
             if !kick.step() {
                 round.spent = true;
                 return Some(round);
             }
-            let chains = pop_batch(tx, mem)?;
+            let chains = pop_batch(tx, &view)?;
             log::trace!("transmit queue {}: {} chains", self.q, chains.len());
             if chains.is_empty() {
                 return Some(round);
@@ -275,8 +278,9 @@ impl Worker {
             }
             self.transmit(&frames, &arena, acked, touched);
             let mut state = tx.get_mut();
+            let queue = state.get_queue_mut();
             for head in heads {
-                if let Err(e) = state.add_used(head, 0) {
+                if let Err(e) = queue.add_used(&view, head, 0) {
                     log::warn!("transmit queue {}: add_used({head}): {e}", self.q);
                 }
             }
@@ -401,15 +405,15 @@ impl Worker {
 /// stopped (then nothing is taken, and re-enabling notifications would report the chains left
 /// forever). An available index more than a queue size ahead gives no chains, as
 /// `pop_descriptor_chain` does.
-fn pop_batch<'m>(
+fn pop_batch<'v, 'm>(
     tx: &Vring,
-    mem: &'m GuestRam,
-) -> Option<Vec<virtio_queue::DescriptorChain<&'m GuestRam>>> {
+    view: &'v GuestView<'m>,
+) -> Option<Vec<virtio_queue::DescriptorChain<&'v GuestView<'m>>>> {
     let mut state = tx.get_mut();
     let queue = state.get_queue_mut();
     queue.ready().then(|| {
         queue
-            .iter(mem)
+            .iter(view)
             .map(|chains| chains.take(BATCH).collect())
             .unwrap_or_default()
     })

@@ -73,9 +73,9 @@ struct Args {
     /// options), e.g. `--ab-arg=--poll-us=0`.
     #[arg(long = "ab-arg", allow_hyphen_values = true)]
     ab_args: Vec<String>,
-    /// Another backend-net binary (e.g. an older build) as one more column.
-    #[arg(long)]
-    base_bin: Option<PathBuf>,
+    /// Another backend-net binary (e.g. an older build) as one more column (repeat for more).
+    #[arg(long = "base-bin")]
+    base_bins: Vec<PathBuf>,
     /// Scratch folder for sockets and logs.
     #[arg(long, default_value = "/tmp")]
     scratch: PathBuf,
@@ -678,7 +678,7 @@ fn systems(args: &Args, bin: &Path) -> Vec<System> {
             },
         });
     }
-    if let Some(base) = &args.base_bin {
+    for base in &args.base_bins {
         v.push(System {
             label: format!("backend-net {}", base.display()),
             backend: Backend::Pvio {
