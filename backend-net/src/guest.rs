@@ -10,8 +10,8 @@
 
 use std::ops::Range;
 
-use vhost_daemon::view::{GuestView, ViewSlice};
 pub use vhost_daemon::memory::{GuestRam, GuestRamAtomic, GuestRamGuard, Vring};
+use vhost_daemon::view::{GuestView, ViewSlice};
 use virtio_queue::DescriptorChain;
 use vm_memory::bitmap::Bitmap;
 use vm_memory::GuestAddress;
