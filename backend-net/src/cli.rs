@@ -29,6 +29,10 @@ pub const MIN_MTU: u16 = 68;
 pub const MAX_MTU: u16 = 16_000;
 /// Largest number of `--socket`s (switch ports).
 pub const MAX_PORTS: usize = crate::switch::MAX_PORTS;
+/// Default busy-poll window of the queue threads, µs (`--poll-us`).
+pub const DEFAULT_POLL_US: u32 = 0;
+/// Largest `--poll-us` (a queue thread never polls longer than 2 ms per event anyway).
+pub const MAX_POLL_US: u32 = 2000;
 /// Default base MAC address: locally administered, QEMU's 52:54:00 prefix, then "pv".
 pub const DEFAULT_MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x70, 0x76, 0x01]);
 
@@ -139,6 +143,13 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub rx_backlog: usize,
 
+    /// Busy-poll window in µs: after its last frame a queue thread keeps looking at its
+    /// transmit queue this long before it sleeps, so frames that come meanwhile need no kick
+    /// and no wake-up (0: sleep at once). Costs up to this much CPU time per idle period; the
+    /// net benchmark reports CPU µs per frame beside the rate (benches/README.md).
+    #[arg(long, value_name = "US", default_value_t = DEFAULT_POLL_US)]
+    pub poll_us: u32,
+
     /// Serve the counters as JSON to whoever connects to this unix socket.
     #[arg(long, value_name = "PATH")]
     pub stats_socket: Option<PathBuf>,
@@ -241,6 +252,8 @@ pub struct Config {
     pub queue_size: u16,
     /// Frames that may wait per receive queue.
     pub rx_backlog: usize,
+    /// Busy-poll window of the queue threads.
+    pub poll: Duration,
     /// Where to serve counters.
     pub stats_socket: Option<PathBuf>,
     /// Per port (as `sockets`), the only source addresses it may send from; empty: any.
@@ -285,6 +298,9 @@ pub enum ConfigError {
     /// The same socket in two `--switch-port`s.
     #[error("--switch-port {0} is given twice")]
     DuplicateSwitchPort(PathBuf),
+    /// `--poll-us` is above [`MAX_POLL_US`].
+    #[error("--poll-us {0} is out of range: give 0 to {MAX_POLL_US}")]
+    PollUs(u32),
     /// `--fd` is negative.
     #[error("--fd {0} is not a file descriptor number")]
     Fd(RawFd),
@@ -301,6 +317,7 @@ impl Cli {
             run_dir: self.run_dir.clone()?,
             queue_size: self.queue_size,
             rx_backlog: self.rx_backlog,
+            poll: Duration::from_micros(self.poll_us.min(MAX_POLL_US).into()),
         })
     }
 
@@ -326,6 +343,9 @@ impl Cli {
         }
         if self.rx_backlog == 0 {
             return Err(ConfigError::RxBacklog);
+        }
+        if self.poll_us > MAX_POLL_US {
+            return Err(ConfigError::PollUs(self.poll_us));
         }
         if self.fdb_max_per_port == 0 {
             return Err(ConfigError::FdbMaxPerPort);
@@ -380,6 +400,7 @@ impl Cli {
             mtu: self.mtu,
             queue_size: self.queue_size,
             rx_backlog: self.rx_backlog,
+            poll: Duration::from_micros(self.poll_us.into()),
             stats_socket: self.stats_socket,
         })
     }
@@ -425,6 +446,7 @@ mod tests {
                 mtu: 1500,
                 queue_size: 256,
                 rx_backlog: 256,
+                poll: Duration::from_micros(u64::from(DEFAULT_POLL_US)),
                 stats_socket: None,
                 pinned: vec![vec![]],
                 switch: SwitchConfig::default(),
@@ -570,6 +592,28 @@ mod tests {
         assert!(parse(&["--fd=-1", "--tap", "t"])
             .unwrap_err()
             .contains("--fd -1"));
+        let e = parse(&["--socket", "/s", "--tap", "t", "--poll-us", "2001"]).unwrap_err();
+        assert!(e.contains("--poll-us 2001"), "{e}");
+        assert!(parse(&["--socket", "/s", "--tap", "t", "--poll-us", "-1"]).is_err());
+    }
+
+    #[test]
+    fn busy_poll_window() {
+        let c = parse(&["--socket", "/s", "--tap", "t", "--poll-us", "0"]).unwrap();
+        assert_eq!(c.poll, Duration::ZERO);
+        let c = parse(&["--switch", "--socket", "/a", "--poll-us", "2000"]).unwrap();
+        assert_eq!(c.poll, Duration::from_millis(2));
+        let cli = Cli::try_parse_from([
+            "backend-net",
+            "--xenstore",
+            "/xs",
+            "--run-dir",
+            "/r",
+            "--poll-us",
+            "20",
+        ])
+        .unwrap();
+        assert_eq!(cli.store_config().unwrap().poll, Duration::from_micros(20));
     }
 
     #[test]

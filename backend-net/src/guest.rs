@@ -10,14 +10,15 @@
 
 use std::ops::Range;
 
-use vhost_daemon::memory::DirtyBitmap;
 pub use vhost_daemon::memory::{GuestRam, GuestRamAtomic, GuestRamGuard, Vring};
+use vhost_daemon::view::{GuestView, ViewSlice};
 use virtio_queue::DescriptorChain;
 use vm_memory::bitmap::Bitmap;
-use vm_memory::{GuestAddress, GuestMemoryBackend, VolatileSlice};
+use vm_memory::GuestAddress;
 
-/// A piece of guest memory mapped in this process.
-pub type Slice<'m> = VolatileSlice<'m, DirtyBitmap>;
+/// A piece of guest memory mapped in this process, from vhost-daemon's [`GuestView`]: its
+/// dirty-log bitmap borrows the region's (no reference count per slice).
+pub type Slice<'m> = ViewSlice<'m, 'm>;
 
 /// Marks the first `len` bytes of `slices` dirty in the front-end's log, for data the kernel
 /// wrote into them (a READV from the TAP), which vm-memory does not see.
@@ -120,7 +121,7 @@ fn map<'m>(
     arena: &mut Vec<Slice<'m>>,
 ) -> Result<(), ChainError> {
     let bad = ChainError::OutOfMemory { addr: addr.0, len };
-    for slice in GuestMemoryBackend::get_slices(mem, addr, len as usize) {
+    for slice in GuestView::new(mem).slices(addr, len as usize) {
         arena.push(slice.map_err(|_| bad)?);
     }
     Ok(())

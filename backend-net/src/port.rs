@@ -8,6 +8,7 @@
 //! ([`RxQueue::drain`]).
 
 use std::sync::{Mutex, MutexGuard, RwLock};
+use std::time::Duration;
 
 use vhost_user_backend::VringT;
 use vm_memory::GuestAddressSpace;
@@ -49,6 +50,8 @@ pub struct Port {
     /// Switch: the only source addresses this port may send from (`--switch-port
     /// SOCKET,mac=...`); empty: any address not pinned to another port.
     pub pinned: Vec<MacAddr>,
+    /// How long this port's queue threads busy-poll after their last work (`--poll-us`).
+    pub poll: Duration,
     rx: Vec<RxQueue>,
     state: RwLock<PortState>,
 }
@@ -63,6 +66,7 @@ impl Port {
             queue_pairs,
             stats: PortStats::new(queue_pairs),
             pinned: Vec::new(),
+            poll: Duration::ZERO,
             rx: (0..queue_pairs).map(|_| RxQueue::new(rx_backlog)).collect(),
             state: RwLock::new(PortState {
                 connected: false,
@@ -79,6 +83,11 @@ impl Port {
             pinned: macs,
             ..self
         }
+    }
+
+    /// This port's queue threads busy-polling for `poll` after their last work.
+    pub fn with_poll(self, poll: Duration) -> Port {
+        Port { poll, ..self }
     }
 
     /// Whether this port may send a frame with source address `src` (by its own pins; the
@@ -147,11 +156,11 @@ impl Port {
     /// among the pairs the driver uses whose receive queue is running, the `from_q`-th modulo
     /// their number (so one flow stays on one queue and in order).
     pub fn pick_rx_queue(&self, from_q: usize, active_pairs: u16) -> Option<(usize, &RxQueue)> {
-        let ready: Vec<usize> = (0..usize::from(active_pairs).min(self.rx.len()))
-            .filter(|&q| self.rx[q].is_ready())
-            .collect();
-        let q = *ready.get(from_q % ready.len().max(1))?;
-        Some((q, &self.rx[q]))
+        let usable = &self.rx[..usize::from(active_pairs).min(self.rx.len())];
+        let ready = || usable.iter().enumerate().filter(|(_, rxq)| rxq.is_ready());
+        let n = ready().count();
+        let (q, rxq) = ready().nth(from_q % n.max(1))?;
+        Some((q, rxq))
     }
 }
 

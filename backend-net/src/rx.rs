@@ -18,6 +18,7 @@ use crate::device::Acked;
 use crate::guest::{walk, Cursor, GuestRam, Slice};
 use crate::hdr::NetHdr;
 use crate::stats::{Drop, QueueStats};
+use vhost_daemon::view::GuestView;
 
 /// Where the frame's bytes come from.
 #[derive(Clone, Debug)]
@@ -65,19 +66,23 @@ pub enum Delivery {
     TooBig,
 }
 
-/// How `total` bytes spread over buffers of `capacities`, filling each in turn: the bytes
-/// written per buffer, or `None` when they do not fit.
-pub fn split_lengths(capacities: &[usize], total: usize) -> Option<Vec<u32>> {
+/// The bytes written into the next buffer, of `capacity` bytes, when `left` bytes remain to be
+/// written: buffers are filled in turn. Saturates at `u32::MAX` (a frame is far smaller).
+fn fill(capacity: usize, left: &mut usize) -> u32 {
+    let n = capacity.min(*left);
+    *left -= n;
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// How `total` bytes spread over buffers of `capacities` ([`fill`] in turn): the bytes written
+/// per buffer, or `None` when they do not fit.
+#[cfg(test)]
+fn split_lengths(capacities: &[usize], total: usize) -> Option<Vec<u32>> {
     let mut left = total;
-    let mut out = Vec::new();
-    for &cap in capacities {
-        if left == 0 {
-            break;
-        }
-        let n = cap.min(left);
-        out.push(u32::try_from(n).ok()?);
-        left -= n;
-    }
+    let out: Vec<u32> = capacities
+        .iter()
+        .map_while(|&cap| (left > 0).then(|| fill(cap, &mut left)))
+        .collect();
     (left == 0).then_some(out)
 }
 
@@ -94,6 +99,8 @@ pub fn deliver<'m>(
     stats: &QueueStats,
 ) -> Delivery {
     let RxFrame { hdr, payload, len } = frame.clone();
+    // Descriptors and used entries through the view: one region lookup, no bitmap clone.
+    let view = GuestView::new(mem);
     let base = arena.len();
     let hdr_len = acked.hdr_len();
     let needed = hdr_len + len;
@@ -105,7 +112,7 @@ pub fn deliver<'m>(
             arena.truncate(base);
             return Delivery::TooBig;
         }
-        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+        let Some(chain) = queue.pop_descriptor_chain(&view) else {
             let seen_avail = queue.next_avail();
             give_back(queue, heads.len());
             arena.truncate(base);
@@ -142,10 +149,11 @@ pub fn deliver<'m>(
         Payload::Guest(mut src) => dst.copy_from_cursor(&mut src, len),
         Payload::Local(bytes) => dst.write(&bytes[..len.min(bytes.len())]),
     };
-    let capacities: Vec<usize> = heads.iter().map(|&(_, cap)| cap).collect();
-    let lengths = split_lengths(&capacities, needed).unwrap_or_default();
-    for (&(head, _), used) in heads.iter().zip(lengths) {
-        if let Err(e) = queue.add_used(mem, head, used) {
+    // Every head taken holds part of the frame: chains were taken until they held it all.
+    let mut left = needed;
+    for &(head, capacity) in &heads {
+        let used = fill(capacity, &mut left);
+        if let Err(e) = queue.add_used(&view, head, used) {
             log::warn!("receive queue: add_used({head}) failed: {e}");
         }
     }

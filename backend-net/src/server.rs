@@ -78,6 +78,7 @@ impl NetDevice {
                 config.rx_backlog,
             )
             .with_pinned(config.pinned.get(i).cloned().unwrap_or_default())
+            .with_poll(config.poll)
         };
         let (ports, members, dataplane) = match &config.mode {
             Mode::Tap(name) => {

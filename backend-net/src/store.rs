@@ -36,6 +36,8 @@ pub struct StoreConfig {
     pub queue_size: u16,
     /// Frames that may wait per receive queue, for every NIC.
     pub rx_backlog: usize,
+    /// Busy-poll window of the queue threads, for every NIC.
+    pub poll: std::time::Duration,
 }
 
 /// Why one NIC cannot be served (its `error` node).
@@ -114,7 +116,11 @@ impl Nics {
         let (mtu, pairs, backlog) = (vif.mtu, vif.num_queue_pairs, self.config.rx_backlog);
         let member = self
             .switch(name)
-            .add_port(|id| Port::new(id, mac, mtu, pairs, backlog).with_pinned(vec![mac]))
+            .add_port(|id| {
+                Port::new(id, mac, mtu, pairs, backlog)
+                    .with_pinned(vec![mac])
+                    .with_poll(self.config.poll)
+            })
             .map_err(|source| NicError::Switch {
                 name: name.to_owned(),
                 source,
@@ -157,6 +163,7 @@ impl StoreDevice for Nics {
             mtu: vif.mtu,
             queue_size: self.config.queue_size,
             rx_backlog: self.config.rx_backlog,
+            poll: self.config.poll,
             stats_socket: None,
             pinned: vec![Vec::new()],
             switch: SwitchConfig::default(),

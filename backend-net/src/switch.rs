@@ -296,15 +296,18 @@ impl Switch {
         let Some(forward) = self.admit(&members, from, q, src, dst) else {
             return;
         };
-        let targets: Vec<&Arc<Port>> = match forward {
-            Forward::Port(p) => find(&members, p).map(|m| &m.port).into_iter().collect(),
-            Forward::Flood => members
+        // The owner of a known destination, or every other port for a flood (no allocation).
+        let owner = match forward {
+            Forward::Port(p) => find(&members, p).map(|m| &m.port),
+            Forward::Flood | Forward::Local => None,
+        };
+        let flood = forward == Forward::Flood;
+        let targets = owner.into_iter().chain(
+            members
                 .iter()
                 .map(|m| &m.port)
-                .filter(|p| p.id != from.id)
-                .collect(),
-            Forward::Local => Vec::new(),
-        };
+                .filter(|p| flood && p.id != from.id),
+        );
         let mut local: Option<Vec<u8>> = None;
         let mut delivered_anywhere = false;
         let mut offload_failed = false;

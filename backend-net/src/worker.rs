@@ -18,6 +18,7 @@
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use vhost_user_backend::VringT;
 use virtio_queue::{QueueOwnedT, QueueT};
@@ -34,9 +35,22 @@ use crate::switch::{Switch, Touched};
 use crate::tap::TapQueue;
 use vhost_daemon::ring::Kick;
 use vhost_daemon::uring::{Op, Ring, UringError};
+use vhost_daemon::view::GuestView;
 
 /// Most TAP operations (frames) in one io_uring batch, and the ring's submission entries.
 pub const BATCH: usize = 64;
+
+/// Longest a worker busy-polls for one event before it goes back to its event loop.
+const MAX_POLL_PER_EVENT: Duration = Duration::from_millis(2);
+
+/// What one [`Worker::take_all`] did.
+#[derive(Clone, Copy, Debug, Default)]
+struct Round {
+    /// Chains taken.
+    took: usize,
+    /// The kick's budget ran out (the rest is left for a fresh kick).
+    spent: bool,
+}
 
 /// Frames read into bounce buffers per batch (each buffer holds a largest frame).
 const BOUNCE_BATCH: usize = 16;
@@ -191,56 +205,123 @@ impl Worker {
         }
     }
 
-    /// The driver kicked the transmit queue.
+    /// The driver kicked the transmit queue: takes every chain, then busy-polls for the
+    /// port's poll window after the last one (notifications stay off meanwhile, so the driver
+    /// does not kick), then re-enables notifications and looks again until the queue is really
+    /// empty (with VIRTIO_RING_F_EVENT_IDX this also publishes avail_event).
     pub fn tx_kick(&mut self, tx: &Vring) {
         let guard = self.mem.memory();
         let mem: &GuestRam = &guard;
-        let acked = self.port.acked();
-        let limits = acked.tx_limits(self.port.mtu);
+        let started = Instant::now();
         let mut touched = Touched::new();
         let mut kick = Kick::default();
-        'kicked: loop {
+        loop {
             if let Err(e) = tx.disable_notification() {
                 log::warn!("transmit queue {}: {e}", self.q);
             }
-            let mut popped = false;
-            while kick.step() {
-                let Some(chains) = pop_batch(tx, mem) else {
-                    // VHOST_USER_GET_VRING_BASE stopped the ring; it waits for this call.
-                    break 'kicked;
-                };
-                log::trace!("transmit queue {}: {} chains", self.q, chains.len());
-                if chains.is_empty() {
-                    break;
-                }
-                popped = true;
-                let mut arena = Vec::with_capacity(chains.len() * 2);
-                let mut heads = Vec::with_capacity(chains.len());
-                let mut frames = Vec::with_capacity(chains.len());
-                for chain in chains {
-                    heads.push(chain.head_index());
-                    let mark = arena.len();
-                    match parse_tx(chain, mem, &mut arena, acked, &limits) {
-                        Ok(f) => frames.push(f),
-                        Err(why) => {
-                            arena.truncate(mark);
-                            self.stats().drop(why);
-                        }
-                    }
-                }
-                self.transmit(&frames, &arena, acked, &mut touched);
-                let mut state = tx.get_mut();
-                for head in heads {
-                    if let Err(e) = state.add_used(head, 0) {
-                        log::warn!("transmit queue {}: add_used({head}): {e}", self.q);
-                    }
-                }
+            let Some(round) = self.take_all(tx, mem, &mut kick, &mut touched) else {
+                // VHOST_USER_GET_VRING_BASE stopped the ring; it waits for this call.
+                break;
+            };
+            if !round.spent
+                && self
+                    .poll(tx, mem, started, &mut kick, &mut touched)
+                    .is_none()
+            {
+                break;
             }
-            if !kick.go_round_again(tx, mem, popped, "transmit queue") {
+            if !kick.go_round_again(tx, mem, round.took > 0, "transmit queue") {
                 break;
             }
         }
         notify(tx);
+    }
+
+    /// Takes and forwards batches of chains until the transmit queue is empty or `kick`'s
+    /// budget is spent; `None` once the ring was stopped.
+    fn take_all(
+        &mut self,
+        tx: &Vring,
+        mem: &GuestRam,
+        kick: &mut Kick,
+        touched: &mut Touched,
+    ) -> Option<Round> {
+        let acked = self.port.acked();
+        let limits = acked.tx_limits(self.port.mtu);
+        // Descriptors and used entries through the view: one region lookup, no bitmap clone.
+        let view = GuestView::new(mem);
+        let mut round = Round::default();
+        loop {
+            if !kick.step() {
+                round.spent = true;
+                return Some(round);
+            }
+            let chains = pop_batch(tx, &view)?;
+            log::trace!("transmit queue {}: {} chains", self.q, chains.len());
+            if chains.is_empty() {
+                return Some(round);
+            }
+            round.took += chains.len();
+            let mut arena = Vec::with_capacity(chains.len() * 2);
+            let mut heads = Vec::with_capacity(chains.len());
+            let mut frames = Vec::with_capacity(chains.len());
+            for chain in chains {
+                heads.push(chain.head_index());
+                let mark = arena.len();
+                match parse_tx(chain, mem, &mut arena, acked, &limits) {
+                    Ok(f) => frames.push(f),
+                    Err(why) => {
+                        arena.truncate(mark);
+                        self.stats().drop(why);
+                    }
+                }
+            }
+            self.transmit(&frames, &arena, acked, touched);
+            let mut state = tx.get_mut();
+            let queue = state.get_queue_mut();
+            for head in heads {
+                if let Err(e) = queue.add_used(&view, head, 0) {
+                    log::warn!("transmit queue {}: add_used({head}): {e}", self.q);
+                }
+            }
+        }
+    }
+
+    /// Busy-polls the transmit queue until nothing came for the port's poll window (or the
+    /// event that started at `started` has been served for [`MAX_POLL_PER_EVENT`], so the
+    /// control path, which waits for this worker, and the thread's other events get their
+    /// turn). An idle turn yields the CPU to other runnable threads (on a shared core, the
+    /// other queues' workers). Frames moved are signalled to the driver as they go. `None`
+    /// once the ring was stopped.
+    fn poll(
+        &mut self,
+        tx: &Vring,
+        mem: &GuestRam,
+        started: Instant,
+        kick: &mut Kick,
+        touched: &mut Touched,
+    ) -> Option<()> {
+        let window = self.port.poll;
+        if window.is_zero() {
+            return Some(());
+        }
+        let mut last_work = Instant::now();
+        loop {
+            let round = self.take_all(tx, mem, kick, touched)?;
+            let now = Instant::now();
+            if round.took > 0 {
+                last_work = now;
+                notify(tx);
+            } else if now.duration_since(last_work) >= window {
+                return Some(());
+            }
+            if round.spent || now.duration_since(started) >= MAX_POLL_PER_EVENT {
+                return Some(());
+            }
+            if round.took == 0 {
+                std::thread::yield_now();
+            }
+        }
     }
 
     fn transmit(
@@ -319,18 +400,22 @@ impl Worker {
     }
 }
 
-/// Takes up to [`BATCH`] chains from the transmit queue; `None` once the ring was stopped
-/// (then nothing is taken, and re-enabling notifications would report the chains left forever).
-fn pop_batch<'m>(
+/// Takes up to [`BATCH`] chains from the transmit queue, reading the driver's available index
+/// once (it shares a cache line with a driver that keeps writing it); `None` once the ring was
+/// stopped (then nothing is taken, and re-enabling notifications would report the chains left
+/// forever). An available index more than a queue size ahead gives no chains, as
+/// `pop_descriptor_chain` does.
+fn pop_batch<'v, 'm>(
     tx: &Vring,
-    mem: &'m GuestRam,
-) -> Option<Vec<virtio_queue::DescriptorChain<&'m GuestRam>>> {
+    view: &'v GuestView<'m>,
+) -> Option<Vec<virtio_queue::DescriptorChain<&'v GuestView<'m>>>> {
     let mut state = tx.get_mut();
     let queue = state.get_queue_mut();
     queue.ready().then(|| {
-        (0..BATCH)
-            .map_while(|_| queue.pop_descriptor_chain(mem))
-            .collect()
+        queue
+            .iter(view)
+            .map(|chains| chains.take(BATCH).collect())
+            .unwrap_or_default()
     })
 }
 

@@ -1,35 +1,47 @@
-//! `net`: backend-net's switch against DPDK's vhost PMD, frames per second and Gbit/s.
+//! `net`: backend-net's switch against DPDK's vhost PMD: frames per second, Gbit/s and the
+//! back-end's CPU time per frame.
 //!
-//! Traffic goes from a sender front-end on one socket to a sink front-end on the other, through
-//! either back-end:
-//! - **backend-net**: `backend-net --switch` with the two sockets as ports;
+//! Traffic goes between two vhost-user sockets, through either back-end:
+//! - **backend-net**: `backend-net --switch` with the two sockets as ports (more columns with
+//!   `--ab-arg` / `--base-bin`: the same back-end with other options or another build, in the
+//!   same run);
 //! - **testpmd-vhost**: `dpdk-testpmd` with two `net_vhost` ports forwarding to each other
 //!   (`--forward-mode=io`), the DPDK peer of the switch.
 //!
-//! Two load sources, each run against both back-ends:
-//! - pvio's mock front-ends (frontend-guest's virtio-net driver, one thread per queue pair on
-//!   each side): 64-byte and 1500-byte frames, and 64 KiB TCP segmentation offload frames, with
-//!   one and two queue pairs;
-//! - DPDK's `net_virtio_user` front-ends (testpmd txonly into one socket, rxonly on the other):
-//!   64-byte and 1500-byte frames.
+//! CPUs: the load runs on `--load-cpu` and the back-end on `--backend-cpu` (testpmd's
+//! forwarding lcore; backend-net's threads through `taskset`), so both back-ends get the same
+//! core and the load the other, as on a host that gives its switch one core.
 //!
-//! Rates are counted at the sink over the measuring window, after a warm-up. This machine has
-//! two cores: sender, back-end and sink share them, so absolute figures are far below what
-//! separate cores give; the ratios compare the back-ends under the same load. Not a test: it
-//! prints figures and fails only if something cannot run.
+//! Two load sources, each run against every back-end:
+//! - pvio's mock front-ends (frontend-guest's virtio-net driver; one sender and one sink thread
+//!   per queue pair, sender on one socket, sink on the other): 64-byte and 1500-byte frames and
+//!   64 KiB TCP segmentation offload frames, one and two queue pairs; counted at the sink;
+//! - DPDK's `net_virtio_user` front-ends in **one** testpmd (both ports, one forwarding lcore,
+//!   `--forward-mode=mac`, `start tx_first 32`): frames go round the loop port 0 → back-end →
+//!   port 1 → back-end → port 0 with each port's own address as source and the other's as
+//!   destination (so the switch forwards unicast); counted as both ports' received frames.
+//!   64-byte and 1500-byte frames, one and two queue pairs. A txonly and an rxonly testpmd plus
+//!   a busy-polling back-end are three busy pollers, which two cores cannot run (the rates
+//!   collapse), so this loop is the DPDK load that fits.
+//!
+//! CPU µs per frame: the back-end process's user + system time (all threads, `/proc/PID/stat`)
+//! over the window, divided by the frames counted. Rates are counted over the measuring
+//! window, after a warm-up of a quarter of it. Not a test: it prints figures and fails only if
+//! something cannot run.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use frontend_guest::bench::cpu::cpu_time;
 use frontend_guest::host::{NetDevice, NetOptions, NetQueuePair};
 use frontend_guest::net::{NetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4};
 
-/// backend-net vs DPDK testpmd's vhost PMD, frames/s and Gbit/s.
+/// backend-net vs DPDK testpmd's vhost PMD: Mpps, Gbit/s, CPU µs per frame.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
@@ -42,24 +54,57 @@ struct Args {
     /// Skip the DPDK runs (testpmd not installed).
     #[arg(long)]
     no_dpdk: bool,
+    /// Which load sources to run.
+    #[arg(long, value_enum, default_value_t = LoadChoice::Both)]
+    load: LoadChoice,
+    /// Queue pairs to measure (repeat; default 1 and 2).
+    #[arg(long = "pairs")]
+    pairs: Vec<u16>,
+    /// Traffic to measure: 64, 1500 (frame bytes) or tso (repeat; default all).
+    #[arg(long = "traffic")]
+    traffic: Vec<String>,
+    /// CPU of the load (mock front-end threads, the DPDK front-end's forwarding lcore).
+    #[arg(long, default_value_t = 0)]
+    load_cpu: usize,
+    /// CPU of the back-end (backend-net's threads, testpmd-vhost's forwarding lcore).
+    #[arg(long, default_value_t = 1)]
+    backend_cpu: usize,
+    /// An option for a second backend-net column in the same run (repeat for several
+    /// options), e.g. `--ab-arg=--poll-us=0`.
+    #[arg(long = "ab-arg", allow_hyphen_values = true)]
+    ab_args: Vec<String>,
+    /// Another backend-net binary (e.g. an older build) as one more column (repeat for more).
+    #[arg(long = "base-bin")]
+    base_bins: Vec<PathBuf>,
     /// Scratch folder for sockets and logs.
     #[arg(long, default_value = "/tmp")]
     scratch: PathBuf,
 }
 
-/// What a run measured at the sink.
-#[derive(Debug, Clone, Copy, Default)]
-struct Rate {
-    frames_per_s: f64,
-    bits_per_s: f64,
+/// The load sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LoadChoice {
+    Mock,
+    Dpdk,
+    Both,
 }
 
-impl Rate {
+/// What one run measured.
+#[derive(Debug, Clone, Copy, Default)]
+struct Measured {
+    frames_per_s: f64,
+    bits_per_s: f64,
+    /// Back-end CPU time per frame, µs.
+    cpu_us: f64,
+}
+
+impl Measured {
     fn show(self) -> String {
         format!(
-            "{:>8.3} Mpps {:>7.2} Gbit/s",
+            "{:>7.3} {:>6.2} {:>6.2}",
             self.frames_per_s / 1e6,
-            self.bits_per_s / 1e9
+            self.bits_per_s / 1e9,
+            self.cpu_us
         )
     }
 }
@@ -80,25 +125,58 @@ impl Traffic {
             Traffic::Tso => "64 KiB TSO".into(),
         }
     }
+
+    fn parse(s: &str) -> Result<Traffic, String> {
+        match s {
+            "tso" => Ok(Traffic::Tso),
+            n => n
+                .parse()
+                .map(Traffic::Frames)
+                .map_err(|_| format!("--traffic {n}: a frame size in bytes or tso")),
+        }
+    }
 }
 
-/// Which back-end serves the two sockets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A back-end under test.
+#[derive(Debug, Clone)]
 enum Backend {
-    Pvio,
+    /// backend-net: this binary with these extra options.
+    Pvio { bin: PathBuf, args: Vec<String> },
+    /// testpmd with two net_vhost ports in io forwarding.
     TestpmdVhost,
 }
 
-/// A child process killed on drop.
+/// A column of the report.
+#[derive(Debug, Clone)]
+struct System {
+    label: String,
+    backend: Backend,
+}
+
+/// Where the processes run.
+#[derive(Debug, Clone, Copy)]
+struct Cpus {
+    load: usize,
+    backend: usize,
+}
+
+/// A child process stopped (SIGINT, then killed) on drop.
 struct Process {
     child: Child,
     name: String,
 }
 
+impl Process {
+    fn pid(&self) -> i32 {
+        // Process ids fit i32 (pid_t).
+        self.child.id() as i32
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::unistd::Pid::from_raw(self.pid()),
             nix::sys::signal::Signal::SIGINT,
         );
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -149,19 +227,28 @@ fn wait_listening(path: &Path, what: &str) -> Fallible<()> {
     }
 }
 
+/// Runs the calling thread on `cpu` only.
+fn pin_thread(cpu: usize) -> Fallible<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    Ok(())
+}
+
 /// A unique testpmd --file-prefix.
 fn prefix(tag: &str) -> String {
     format!("pvio-bench-{tag}-{}", std::process::id())
 }
 
-fn testpmd(lcores: &str, tag: &str, vdevs: &[String], app: &[&str]) -> Command {
+/// testpmd on lcores `main` (the main lcore, mostly asleep) and `fwd` (the forwarding lcore).
+fn testpmd(main: usize, fwd: usize, tag: &str, vdevs: &[String], app: &[&str]) -> Command {
     let mut cmd = Command::new("stdbuf");
-    let main = lcores.split(',').next().unwrap_or("0").to_string();
+    let (main, lcores) = (main.to_string(), format!("{main},{fwd}"));
     cmd.args([
         "-oL",
         "dpdk-testpmd",
         "-l",
-        lcores,
+        &lcores,
         "--main-lcore",
         &main,
         "--no-pci",
@@ -184,26 +271,29 @@ fn testpmd(lcores: &str, tag: &str, vdevs: &[String], app: &[&str]) -> Command {
 
 /// Starts the back-end on sockets `a` and `b`.
 fn start_backend(
-    kind: Backend,
-    bin: &Path,
+    backend: &Backend,
     dir: &Path,
     a: &Path,
     b: &Path,
     pairs: u16,
+    cpus: Cpus,
 ) -> Fallible<Process> {
     let _ = std::fs::remove_file(a);
     let _ = std::fs::remove_file(b);
-    let p = match kind {
-        Backend::Pvio => {
-            let mut cmd = Command::new(bin);
+    let p = match backend {
+        Backend::Pvio { bin, args } => {
+            let mut cmd = Command::new("taskset");
             // The sink never sends, so its address is never learned and every frame floods:
             // no flood limit, as testpmd's io forwarding has none.
-            cmd.args(["--switch", "--num-queue-pairs", &pairs.to_string()])
+            cmd.args(["-c", &cpus.backend.to_string()])
+                .arg(bin)
+                .args(["--switch", "--num-queue-pairs", &pairs.to_string()])
                 .args(["--flood-rate", "0"])
                 .arg("--socket")
                 .arg(a)
                 .arg("--socket")
-                .arg(b);
+                .arg(b)
+                .args(args);
             cmd.env("RUST_LOG", "warn");
             spawn("backend-net", &mut cmd, &dir.join("backend-net.log"))?
         }
@@ -225,7 +315,7 @@ fn start_backend(
             ];
             spawn(
                 "testpmd-vhost",
-                &mut testpmd("0,1", "vhost", &vdevs, &app),
+                &mut testpmd(cpus.load, cpus.backend, "vhost", &vdevs, &app),
                 &dir.join("testpmd-vhost.log"),
             )?
         }
@@ -233,6 +323,27 @@ fn start_backend(
     wait_listening(a, &p.name)?;
     wait_listening(b, &p.name)?;
     Ok(p)
+}
+
+/// CPU time of the back-end over a window.
+struct CpuWindow {
+    pid: i32,
+    start: Duration,
+}
+
+impl CpuWindow {
+    fn start(pid: i32) -> Fallible<CpuWindow> {
+        Ok(CpuWindow {
+            pid,
+            start: cpu_time(Some(pid))?,
+        })
+    }
+
+    /// µs of CPU per frame since the start.
+    fn per_frame(&self, frames: f64) -> Fallible<f64> {
+        let used = cpu_time(Some(self.pid))?.saturating_sub(self.start);
+        Ok(used.as_secs_f64() * 1e6 / frames.max(1.0))
+    }
 }
 
 /// A 64 KiB TCP/IPv4 frame with a partial checksum and its TSO header.
@@ -259,14 +370,24 @@ fn tso_frame(dst: [u8; 6], src: [u8; 6]) -> (NetHdr, Vec<u8>) {
     (hdr, f)
 }
 
-/// Runs one point with pvio's mock front-ends: a sender on `a`, a sink on `b`.
+/// The sink's counters.
+#[derive(Default)]
+struct Counted {
+    frames: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// Runs one point with pvio's mock front-ends: a sender on `a`, a sink on `b`, their threads on
+/// `load_cpu`; `None` when the back-end does not offer TSO.
 fn mock_point(
     a: &Path,
     b: &Path,
     pairs: u16,
     traffic: Traffic,
     window: Duration,
-) -> Fallible<Option<Rate>> {
+    load_cpu: usize,
+    backend_pid: i32,
+) -> Fallible<Option<Measured>> {
     let opts = NetOptions {
         queue_pairs: pairs,
         queue_size: 256,
@@ -293,175 +414,231 @@ fn mock_point(
     }
     let stop = AtomicBool::new(false);
     let counting = AtomicBool::new(false);
-    let (frames, bytes) = (AtomicU64::new(0), AtomicU64::new(0));
-    let errors: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for p in sink.pairs_mut() {
-            s.spawn(|| {
-                if let Err(e) = sink_loop(p, &stop, &counting, &frames, &bytes) {
-                    errors
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(e.to_string());
-                }
-            });
-        }
-        for p in sender.pairs_mut() {
-            s.spawn(|| {
-                if let Err(e) = send_loop(p, &stop) {
-                    errors
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(e.to_string());
-                }
-            });
-        }
+    let counted = Counted::default();
+    let mut measured = Measured::default();
+    let mut cpu_error = None;
+    let load = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            pin_thread(load_cpu).map_err(|e| e.to_string())?;
+            load_loop(
+                sender.pairs_mut(),
+                sink.pairs_mut(),
+                &stop,
+                &counting,
+                &counted,
+            )
+        });
         std::thread::sleep(window / 4);
+        let cpu = CpuWindow::start(backend_pid);
         counting.store(true, Ordering::Release);
         let t0 = Instant::now();
         std::thread::sleep(window);
         counting.store(false, Ordering::Release);
         let elapsed = t0.elapsed().as_secs_f64();
+        let f = counted.frames.load(Ordering::Acquire) as f64;
+        let by = counted.bytes.load(Ordering::Acquire) as f64;
+        match cpu.and_then(|c| c.per_frame(f)) {
+            Ok(cpu_us) => measured.cpu_us = cpu_us,
+            Err(e) => cpu_error = Some(e.to_string()),
+        }
         stop.store(true, Ordering::Release);
-        let f = frames.load(Ordering::Acquire) as f64;
-        let by = bytes.load(Ordering::Acquire) as f64;
-        frames.store((f / elapsed) as u64, Ordering::Release);
-        bytes.store((by * 8.0 / elapsed) as u64, Ordering::Release);
+        measured.frames_per_s = f / elapsed;
+        measured.bits_per_s = by * 8.0 / elapsed;
+        load.join()
+            .unwrap_or_else(|_| Err("the load thread panicked".into()))
+            .map_err(|e| e.to_string())
     });
-    if let Some(e) = errors.into_inner().unwrap_or_default().into_iter().next() {
+    load?;
+    if let Some(e) = cpu_error {
         return Err(e.into());
     }
-    Ok(Some(Rate {
-        frames_per_s: frames.load(Ordering::Acquire) as f64,
-        bits_per_s: bytes.load(Ordering::Acquire) as f64,
-    }))
+    Ok(Some(measured))
 }
 
-fn send_loop(p: &mut NetQueuePair, stop: &AtomicBool) -> Fallible<()> {
-    while !stop.load(Ordering::Acquire) {
-        if p.send_primed(64)? == 0 {
-            std::thread::yield_now();
-        }
-    }
-    Ok(())
-}
-
-fn sink_loop(
-    p: &mut NetQueuePair,
+/// The load: one thread, pinned, that keeps every sender pair's transmit queue full and empties
+/// every sink pair's receive queue, polling both like a DPDK lcore (it never sleeps, so the
+/// back-ends' used-buffer notifications are not needed and the scheduler plays no part: a
+/// sleeping sink that shares a core with a spinning sender made the rates swing by 4x with
+/// when the scheduler let it run). Counts the sink's frames while `counting`.
+fn load_loop(
+    senders: &mut [NetQueuePair],
+    sinks: &mut [NetQueuePair],
     stop: &AtomicBool,
     counting: &AtomicBool,
-    frames: &AtomicU64,
-    bytes: &AtomicU64,
-) -> Fallible<()> {
+    counted: &Counted,
+) -> Result<(), String> {
+    let err = |e: frontend_guest::host::NetError| e.to_string();
     while !stop.load(Ordering::Acquire) {
-        let (f, b) = p.drain_rx()?;
-        if f == 0 {
-            p.wait_rx(Duration::from_millis(10))?;
-        } else if counting.load(Ordering::Acquire) {
-            frames.fetch_add(f, Ordering::Relaxed);
-            bytes.fetch_add(b, Ordering::Relaxed);
+        for p in senders.iter_mut() {
+            p.send_primed(64).map_err(err)?;
+        }
+        for p in sinks.iter_mut() {
+            let (f, b) = p.drain_rx().map_err(err)?;
+            if f > 0 && counting.load(Ordering::Relaxed) {
+                counted.frames.fetch_add(f, Ordering::Relaxed);
+                counted.bytes.fetch_add(b, Ordering::Relaxed);
+            }
         }
     }
     Ok(())
 }
 
-/// Runs one point with DPDK's virtio_user front-ends (txonly into `a`, rxonly on `b`); the
-/// rate is the receiver's median Rx-pps over the window.
+/// testpmd in interactive mode, its output collected by a reader thread.
+struct Interactive {
+    process: Process,
+    stdin: ChildStdin,
+    output: Arc<Mutex<String>>,
+}
+
+impl Interactive {
+    fn start(mut cmd: Command, name: &str) -> Fallible<Interactive> {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let output = Arc::new(Mutex::new(String::new()));
+        let collected = output.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                collected
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut t = Interactive {
+            process: Process {
+                child,
+                name: name.into(),
+            },
+            stdin,
+            output,
+        };
+        t.wait_for(0, "testpmd> ", 1, Duration::from_secs(120))?;
+        Ok(t)
+    }
+
+    fn len(&self) -> usize {
+        self.output.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Waits until the output after byte `from` holds `what` `count` times; returns that text.
+    fn wait_for(
+        &mut self,
+        from: usize,
+        what: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Fallible<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.output.lock().unwrap_or_else(|e| e.into_inner())[from..].to_string();
+            if text.matches(what).count() >= count {
+                return Ok(text);
+            }
+            if Instant::now() > deadline || matches!(self.process.child.try_wait(), Ok(Some(_))) {
+                return Err(format!("{} did not print {what:?}: {text}", self.process.name).into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn command(&mut self, line: &str) -> Fallible<()> {
+        writeln!(self.stdin, "{line}")?;
+        Ok(())
+    }
+
+    /// Frames and bytes received on all `ports` so far (`show port stats all`).
+    fn received(&mut self, ports: usize) -> Fallible<(u64, u64)> {
+        let from = self.len();
+        self.command("show port stats all")?;
+        let text = self.wait_for(from, "Tx-bps:", ports, Duration::from_secs(10))?;
+        Ok((
+            sum_field(&text, "RX-packets:"),
+            sum_field(&text, "RX-bytes:"),
+        ))
+    }
+}
+
+/// The sum of the numbers after every `name` in `text`.
+fn sum_field(text: &str, name: &str) -> u64 {
+    text.match_indices(name)
+        .filter_map(|(at, _)| {
+            text[at + name.len()..]
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// Runs one point with DPDK's virtio_user front-ends: one testpmd with a port on each socket,
+/// mac forwarding between them, its forwarding lcore on `cpus.load`.
 fn dpdk_point(
-    dir: &Path,
     a: &Path,
     b: &Path,
     pairs: u16,
     size: usize,
     window: Duration,
-) -> Fallible<Rate> {
-    let q = [format!("--rxq={pairs}"), format!("--txq={pairs}")];
-    let rx_vdev = [format!(
-        "net_virtio_user0,path={},queues={pairs}",
-        b.display()
-    )];
-    let tx_vdev = [format!(
-        "net_virtio_user0,path={},queues={pairs}",
-        a.display()
-    )];
-    let mut rx_cmd = testpmd(
-        "0,1",
-        "rx",
-        &rx_vdev,
-        &[
-            "--forward-mode=rxonly",
-            "--auto-start",
-            "--nb-cores=1",
-            "--total-num-mbufs=16384",
-            "--stats-period=1",
-            &q[0],
-            &q[1],
-        ],
-    );
-    rx_cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut rx_child = rx_cmd.spawn()?;
-    let lines = Arc::new(Mutex::new(Vec::<f64>::new()));
-    let stdout = rx_child.stdout.take().ok_or("no stdout")?;
-    let collected = lines.clone();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(v) = line
-                .trim()
-                .strip_prefix("Rx-pps:")
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-            {
-                collected.lock().unwrap_or_else(|e| e.into_inner()).push(v);
-            }
-        }
-    });
-    let rx = Process {
-        child: rx_child,
-        name: "testpmd rxonly".into(),
-    };
-    std::thread::sleep(Duration::from_secs(2));
-    let txpkts = format!("--txpkts={size}");
-    let tx = spawn(
-        "testpmd txonly",
-        &mut testpmd(
-            "1,0",
-            "tx",
-            &tx_vdev,
-            &[
-                "--forward-mode=txonly",
-                "--auto-start",
-                "--nb-cores=1",
-                "--total-num-mbufs=16384",
-                "--stats-period=1",
-                &txpkts,
-                &q[0],
-                &q[1],
-            ],
+    cpus: Cpus,
+    backend_pid: i32,
+) -> Fallible<Measured> {
+    let (mac0, mac1) = ("02:00:00:00:00:01", "02:00:00:00:00:02");
+    let vdevs = [
+        format!(
+            "net_virtio_user0,path={},queues={pairs},mac={mac0}",
+            a.display()
         ),
-        &dir.join("testpmd-tx.log"),
+        format!(
+            "net_virtio_user1,path={},queues={pairs},mac={mac1}",
+            b.display()
+        ),
+    ];
+    let app = [
+        "-i".to_string(),
+        "--forward-mode=mac".into(),
+        format!("--eth-peer=0,{mac1}"),
+        format!("--eth-peer=1,{mac0}"),
+        "--nb-cores=1".into(),
+        "--total-num-mbufs=32768".into(),
+        format!("--rxq={pairs}"),
+        format!("--txq={pairs}"),
+        format!("--txpkts={size}"),
+    ];
+    let app: Vec<&str> = app.iter().map(String::as_str).collect();
+    let mut pmd = Interactive::start(
+        testpmd(cpus.backend, cpus.load, "loop", &vdevs, &app),
+        "testpmd virtio_user",
     )?;
-    std::thread::sleep(window / 4 + Duration::from_secs(1));
-    let skip = lines.lock().unwrap_or_else(|e| e.into_inner()).len();
+    pmd.command("start tx_first 32")?;
+    std::thread::sleep(window / 4);
+    let (f0, b0) = pmd.received(2)?;
+    let cpu = CpuWindow::start(backend_pid)?;
+    let t0 = Instant::now();
     std::thread::sleep(window);
-    let mut samples: Vec<f64> = lines.lock().unwrap_or_else(|e| e.into_inner())[skip..].to_vec();
-    drop(tx);
-    drop(rx);
-    let _ = reader.join();
-    samples.sort_by(f64::total_cmp);
-    let pps = samples
-        .get(samples.len() / 2)
-        .copied()
-        .ok_or("testpmd printed no Rx-pps")?;
-    Ok(Rate {
-        frames_per_s: pps,
-        bits_per_s: pps * size as f64 * 8.0,
+    let (f1, b1) = pmd.received(2)?;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let frames = f1.saturating_sub(f0) as f64;
+    let cpu_us = cpu.per_frame(frames)?;
+    let _ = pmd.command("stop");
+    let _ = pmd.command("quit");
+    Ok(Measured {
+        frames_per_s: frames / elapsed,
+        bits_per_s: b1.saturating_sub(b0) as f64 * 8.0 / elapsed,
+        cpu_us,
     })
 }
 
-fn ratio(a: Option<Rate>, b: Option<Rate>) -> String {
+fn ratio(a: Option<Measured>, b: Option<Measured>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b.frames_per_s > 0.0 => {
             format!("{:.2}", a.frames_per_s / b.frames_per_s)
@@ -470,8 +647,8 @@ fn ratio(a: Option<Rate>, b: Option<Rate>) -> String {
     }
 }
 
-fn show(r: Option<Rate>) -> String {
-    r.map_or_else(|| format!("{:>27}", "n/a"), Rate::show)
+fn show(r: Option<Measured>) -> String {
+    r.map_or_else(|| format!("{:>21}", "n/a"), Measured::show)
 }
 
 fn main() {
@@ -481,6 +658,81 @@ fn main() {
         eprintln!("net bench: {e}");
         std::process::exit(1);
     }
+}
+
+/// The report's columns: backend-net, its variants, then testpmd-vhost.
+fn systems(args: &Args, bin: &Path) -> Vec<System> {
+    let mut v = vec![System {
+        label: "backend-net".into(),
+        backend: Backend::Pvio {
+            bin: bin.to_path_buf(),
+            args: Vec::new(),
+        },
+    }];
+    if !args.ab_args.is_empty() {
+        v.push(System {
+            label: format!("backend-net {}", args.ab_args.join(" ")),
+            backend: Backend::Pvio {
+                bin: bin.to_path_buf(),
+                args: args.ab_args.clone(),
+            },
+        });
+    }
+    for base in &args.base_bins {
+        v.push(System {
+            label: format!("backend-net {}", base.display()),
+            backend: Backend::Pvio {
+                bin: base.clone(),
+                args: Vec::new(),
+            },
+        });
+    }
+    if !args.no_dpdk {
+        v.push(System {
+            label: "testpmd-vhost".into(),
+            backend: Backend::TestpmdVhost,
+        });
+    }
+    v
+}
+
+fn header(systems: &[System]) {
+    for (i, s) in systems.iter().enumerate() {
+        println!("  [{i}] {}", s.label);
+    }
+    print!("{:<11} {:>5}", "traffic", "pairs");
+    for i in 0..systems.len() {
+        print!("  {:>21}", format!("[{i}] Mpps Gbit/s µs/f"));
+    }
+    println!("  {:>6}", "ratio");
+}
+
+/// One row: every system on one point (in rotating order, so no system always runs first),
+/// then backend-net's rate over the last system's.
+fn row(
+    systems: &[System],
+    name: &str,
+    pairs: u16,
+    mut measure: impl FnMut(&System) -> Fallible<Option<Measured>>,
+    turn: usize,
+) -> Fallible<()> {
+    let mut results = vec![None; systems.len()];
+    for k in 0..systems.len() {
+        let i = (k + turn) % systems.len();
+        results[i] =
+            measure(&systems[i]).map_err(|e| format!("{} {name}: {e}", systems[i].label))?;
+    }
+    print!("{name:<11} {pairs:>5}");
+    for r in &results {
+        print!("  {}", show(*r));
+    }
+    let peer = if systems.len() > 1 {
+        results.last().copied().flatten()
+    } else {
+        None
+    };
+    println!("  {:>6}", ratio(results[0], peer));
+    Ok(())
 }
 
 fn run(args: &Args) -> Fallible<()> {
@@ -503,58 +755,68 @@ fn run(args: &Args) -> Fallible<()> {
     std::fs::create_dir_all(&dir)?;
     let (a, b) = (dir.join("a.sock"), dir.join("b.sock"));
     let window = Duration::from_secs_f64(args.seconds.max(0.5));
-    let backends: Vec<Backend> = if args.no_dpdk {
-        vec![Backend::Pvio]
-    } else {
-        vec![Backend::Pvio, Backend::TestpmdVhost]
+    let cpus = Cpus {
+        load: args.load_cpu,
+        backend: args.backend_cpu,
     };
-    println!("Load from pvio's mock front-ends (sender → back-end → sink), rate at the sink");
-    println!(
-        "{:<12} {:>5}  {:>27}  {:>27}  {:>6}",
-        "traffic", "pairs", "backend-net", "testpmd-vhost", "ratio"
-    );
-    for pairs in [1u16, 2] {
-        for traffic in [Traffic::Frames(64), Traffic::Frames(1500), Traffic::Tso] {
-            let mut rates = Vec::new();
-            for &kind in &backends {
-                let _backend = start_backend(kind, &bin, &dir, &a, &b, pairs)?;
-                rates.push(
-                    mock_point(&a, &b, pairs, traffic, window)
-                        .map_err(|e| format!("{kind:?} {}: {e}", traffic.name()))?,
-                );
+    let systems = systems(args, &bin);
+    let pairs = if args.pairs.is_empty() {
+        vec![1, 2]
+    } else {
+        args.pairs.clone()
+    };
+    let traffic: Vec<Traffic> = if args.traffic.is_empty() {
+        vec![Traffic::Frames(64), Traffic::Frames(1500), Traffic::Tso]
+    } else {
+        args.traffic
+            .iter()
+            .map(|t| Traffic::parse(t))
+            .collect::<Result<_, _>>()?
+    };
+    let mut turn = 0;
+    if args.load != LoadChoice::Dpdk {
+        println!(
+            "Load from pvio's mock front-ends (sender → back-end → sink) on CPU {}, back-ends on CPU {}; rate at the sink",
+            cpus.load, cpus.backend
+        );
+        header(&systems);
+        for &p in &pairs {
+            for &t in &traffic {
+                row(
+                    &systems,
+                    &t.name(),
+                    p,
+                    |s| {
+                        let be = start_backend(&s.backend, &dir, &a, &b, p, cpus)?;
+                        mock_point(&a, &b, p, t, window, cpus.load, be.pid())
+                    },
+                    turn,
+                )?;
+                turn += 1;
             }
-            let peer = rates.get(1).copied().flatten();
-            println!(
-                "{:<12} {:>5}  {}  {}  {:>6}",
-                traffic.name(),
-                pairs,
-                show(rates[0]),
-                show(peer),
-                ratio(rates[0], peer)
-            );
         }
     }
-    if !args.no_dpdk {
-        println!("\nLoad from DPDK net_virtio_user (testpmd txonly → back-end → testpmd rxonly), receiver's Rx-pps");
+    if args.load != LoadChoice::Mock && !args.no_dpdk {
         println!(
-            "{:<12} {:>5}  {:>27}  {:>27}  {:>6}",
-            "traffic", "pairs", "backend-net", "testpmd-vhost", "ratio"
+            "\nLoad from DPDK net_virtio_user: one testpmd, both ports, mac forwarding in a loop \
+             (start tx_first 32) on CPU {}, back-ends on CPU {}; frames received by both ports",
+            cpus.load, cpus.backend
         );
-        for pairs in [1u16, 2] {
-            for size in [64usize, 1500] {
-                let mut rates = Vec::new();
-                for &kind in &backends {
-                    let _backend = start_backend(kind, &bin, &dir, &a, &b, pairs)?;
-                    rates.push(Some(dpdk_point(&dir, &a, &b, pairs, size, window)?));
-                }
-                println!(
-                    "{:<12} {:>5}  {}  {}  {:>6}",
-                    Traffic::Frames(size).name(),
-                    pairs,
-                    show(rates[0]),
-                    show(rates[1]),
-                    ratio(rates[0], rates[1])
-                );
+        header(&systems);
+        for &p in &pairs {
+            for &t in &traffic {
+                let Traffic::Frames(size) = t else { continue };
+                row(
+                    &systems,
+                    &t.name(),
+                    p,
+                    |s| {
+                        let be = start_backend(&s.backend, &dir, &a, &b, p, cpus)?;
+                        dpdk_point(&a, &b, p, size, window, cpus, be.pid()).map(Some)
+                    },
+                    turn,
+                )?;
+                turn += 1;
             }
         }
     }
