@@ -4,9 +4,9 @@
 //! Each queue has its own connection (opened when the front-end connects). Reads and writes
 //! go straight between guest memory and the socket: one `nbd_aio_pread`/`nbd_aio_pwrite` per
 //! iovec, completing the request when all its commands have completed. The worker's epoll
-//! watches the connection's socket; a readable socket runs `nbd_aio_notify_read`, and a
-//! request whose bytes do not fit the socket's send buffer waits (`nbd_poll`, up to
-//! [`SEND_TIMEOUT_MS`] per round) for the server to take them. Flush, trim and write zeroes
+//! watches the connection's socket; a readable socket runs `nbd_aio_notify_read` until every
+//! reply that has arrived is read, and a request whose bytes do not fit the socket's send
+//! buffer waits (`nbd_poll`, up to [`SEND_TIMEOUT_MS`] per round) for the server to take them. Flush, trim and write zeroes
 //! are offered when the export says it supports them (NBD_FLAG_SEND_FLUSH, _TRIM,
 //! _WRITE_ZEROES). A connection that breaks fails its requests with VIRTIO_BLK_S_IOERR; the
 //! daemon goes on and the next front-end connection connects again. The export size is read
@@ -41,6 +41,9 @@ mod sys {
 
 /// Longest wait for the server to take bytes of a request from a full socket, per round, ms.
 pub const SEND_TIMEOUT_MS: i32 = 30_000;
+
+/// Most replies read per socket wake-up before the worker gets back to its other events.
+pub const MAX_READS_PER_EVENT: usize = 256;
 
 /// No completion callback: completions are collected with `nbd_aio_peek_command_completed`.
 const NO_CALLBACK: sys::nbd_completion_callback = sys::nbd_completion_callback {
@@ -318,6 +321,14 @@ impl NbdQueue {
         }
     }
 
+    /// Whether the socket has bytes to read (FIONREAD).
+    fn bytes_waiting(&self) -> bool {
+        let mut bytes: libc::c_int = 0;
+        // SAFETY: FIONREAD on a socket writes one int through a valid pointer.
+        let ret = unsafe { libc::ioctl(self.fd, libc::FIONREAD, &mut bytes) };
+        ret == 0 && bytes > 0
+    }
+
     /// Direction libnbd waits for on the socket.
     fn direction(&self) -> u32 {
         // SAFETY: the handle is live.
@@ -336,10 +347,23 @@ impl QueueDriver for NbdQueue {
         Some(self.fd)
     }
 
+    /// Reads every reply that has arrived. libnbd reads one reply per `nbd_aio_notify_read`
+    /// on a plain socket (its state machine stops at READY after each), so this goes on while
+    /// the socket holds more bytes, at most [`MAX_READS_PER_EVENT`] times: the worker then
+    /// completes them all and notifies the front-end once, instead of one epoll round and
+    /// one notification per reply.
     fn on_event(&mut self) {
-        // SAFETY: the handle is live.
-        if unsafe { sys::nbd_aio_notify_read(self.handle.ptr()) } < 0 {
-            self.log_dead();
+        for _ in 0..MAX_READS_PER_EVENT {
+            // SAFETY: the handle is live.
+            if unsafe { sys::nbd_aio_notify_read(self.handle.ptr()) } < 0 {
+                self.log_dead();
+                return;
+            }
+            // Stop before a read that would find nothing: libnbd would then stay in its
+            // reply state and hold back commands issued until the next reply.
+            if !self.bytes_waiting() {
+                return;
+            }
         }
     }
 
