@@ -89,6 +89,13 @@ impl Handle {
         // SAFETY: nbd_create takes nothing and returns a new handle or NULL.
         let raw = unsafe { sys::nbd_create() };
         let handle = Handle(NonNull::new(raw).ok_or_else(last_error)?);
+        // Simple replies: a read's reply is a 16-byte header and the data (two `recv`s),
+        // where a structured reply adds a chunk header and an offset (four). Structured
+        // replies serve sparse reads and block status, which this driver does not use.
+        // SAFETY: the handle is live and not connected yet.
+        if unsafe { sys::nbd_set_request_structured_replies(handle.ptr(), false) } < 0 {
+            return Err(last_error());
+        }
         // SAFETY: the handle is live; the URI is a NUL-terminated string that outlives the call.
         if unsafe { sys::nbd_connect_uri(handle.0.as_ptr(), c_uri.as_ptr()) } < 0 {
             return Err(last_error());
