@@ -420,6 +420,20 @@ pub fn blkio_load(
     let (start, cpu0) = measuring.expect("measuring started");
     let secs = start.elapsed().as_secs_f64();
     let cpu = cpu_us(daemon.child.id())? - cpu0;
+    // Let the last `depth` requests complete before libblkio disconnects: qemu-storage-daemon
+    // 7.2 on RBD left with requests in flight did not exit on SIGTERM (killed after 60 s,
+    // then its watch held the image 30 s more).
+    let mut outstanding = depth;
+    while outstanding > 0 {
+        let mut timeout = Duration::from_secs(30);
+        let n = q
+            .do_io(&mut done, 1, Some(&mut timeout), None)
+            .map_err(blkio_err("do_io"))?;
+        if n == 0 {
+            return Err(load_err("no completion within 30 s".into()));
+        }
+        outstanding = outstanding.saturating_sub(n);
+    }
     Ok(summarize(&mut lat_us, secs, cpu))
 }
 
