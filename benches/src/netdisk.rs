@@ -52,6 +52,36 @@ impl Storage {
         }
     }
 
+    /// Waits until no client watches the RBD image (`rbd status`: a client that has not
+    /// closed it yet, or a killed one whose watch the cluster has not timed out), at most
+    /// [`RELEASE_TIMEOUT`]; returns how long it waited. NBD: nothing to wait for.
+    ///
+    /// # Errors
+    /// `rbd status` fails or prints something unexpected, or a client still watches the
+    /// image after [`RELEASE_TIMEOUT`].
+    pub fn wait_released(&self) -> Result<Duration> {
+        let Storage::Rbd { conf, pool, image } = self else {
+            return Ok(Duration::ZERO);
+        };
+        let started = Instant::now();
+        loop {
+            let watchers = rbd_watchers(conf, &format!("{pool}/{image}"))?;
+            if watchers == 0 {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > RELEASE_TIMEOUT {
+                return Err(BenchError::Output {
+                    program: "rbd status".into(),
+                    detail: format!(
+                        "{watchers} client(s) still watch {pool}/{image} after {} s",
+                        RELEASE_TIMEOUT.as_secs()
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     /// backend-blk's `--image`.
     fn backend_blk_url(&self) -> String {
         match self {
@@ -76,6 +106,39 @@ impl Storage {
             ),
         }
     }
+}
+
+/// Longest wait for the clients of an RBD image to go away between two systems (a killed
+/// client's watch lasts until the OSD's `osd_client_watch_timeout`, 30 s by default).
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The number of clients watching RBD image `spec` (`POOL/IMAGE`) of the cluster of `conf`.
+fn rbd_watchers(conf: &Path, spec: &str) -> Result<usize> {
+    let out = Command::new("rbd")
+        .arg("-c")
+        .arg(conf)
+        .args(["status", "--format", "json", spec])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(BenchError::io("running rbd status"))?;
+    if !out.status.success() {
+        return Err(BenchError::Program {
+            program: "rbd status".into(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| BenchError::Output {
+        program: "rbd status".into(),
+        detail: e.to_string(),
+    })?;
+    v["watchers"]
+        .as_array()
+        .map(Vec::len)
+        .ok_or_else(|| BenchError::Output {
+            program: "rbd status".into(),
+            detail: "no watchers list".into(),
+        })
 }
 
 /// One system of a row.
@@ -181,21 +244,42 @@ impl Daemon {
     }
 }
 
+/// Longest wait for a daemon to exit after SIGTERM before it is killed. qemu-storage-daemon
+/// 7.2 sometimes never exits (its main thread in `vhost_user_server_stop`'s `aio_poll`, its
+/// iothread waiting for the AioContext lock); a killed librbd client leaves its watch on the
+/// image until the cluster times it out (about 30 s), which [`Storage::wait_released`] waits
+/// out before the next system.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+
 impl Drop for Daemon {
-    /// SIGTERM, so that the daemon closes the image (an RBD client killed keeps the image's
-    /// exclusive lock until its watch times out, about 30 s, stalling the next system's
-    /// writes); SIGKILL if it is still there after 10 s.
+    /// SIGTERM, so that the daemon closes its storage, then waits for its exit; SIGKILL (said
+    /// on stderr) if it is still there after [`EXIT_TIMEOUT`].
     fn drop(&mut self) {
         if let Ok(pid) = i32::try_from(self.child.id()) {
             let pid = nix::unistd::Pid::from_raw(pid);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         }
-        let until = Instant::now() + Duration::from_secs(10);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < until {
+        let asked = Instant::now();
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if asked.elapsed() > EXIT_TIMEOUT {
+                eprintln!(
+                    "pid {} did not exit within {} s of SIGTERM: killed",
+                    self.child.id(),
+                    EXIT_TIMEOUT.as_secs()
+                );
+                let _ = self.child.kill();
+                break;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
         let _ = self.child.wait();
+        if asked.elapsed() > Duration::from_secs(2) {
+            eprintln!(
+                "pid {} took {:.1} s to exit after SIGTERM",
+                self.child.id(),
+                asked.elapsed().as_secs_f64()
+            );
+        }
         let _ = fs::remove_file(&self.socket);
     }
 }
@@ -338,6 +422,20 @@ pub fn blkio_load(
     let (start, cpu0) = measuring.expect("measuring started");
     let secs = start.elapsed().as_secs_f64();
     let cpu = cpu_us(daemon.child.id())? - cpu0;
+    // Let the last `depth` requests complete before libblkio disconnects: qemu-storage-daemon
+    // 7.2 on RBD left with requests in flight did not exit on SIGTERM (killed after 60 s,
+    // then its watch held the image 30 s more).
+    let mut outstanding = depth;
+    while outstanding > 0 {
+        let mut timeout = Duration::from_secs(30);
+        let n = q
+            .do_io(&mut done, 1, Some(&mut timeout), None)
+            .map_err(blkio_err("do_io"))?;
+        if n == 0 {
+            return Err(load_err("no completion within 30 s".into()));
+        }
+        outstanding = outstanding.saturating_sub(n);
+    }
     Ok(summarize(&mut lat_us, secs, cpu))
 }
 

@@ -113,8 +113,17 @@ fn rbd_storage(args: &Args, bytes: u64) -> Result<(Storage, Vec<Server>)> {
     let spec = format!("rbd/{image}");
     let rbd =
         |args: &[&str], what: &str| run(Command::new("rbd").arg("-c").arg(&conf).args(args), what);
+    // Without exclusive-lock (and so object-map and fast-diff): the systems take turns on the
+    // image, and one that left without releasing the lock would stall the next one's writes.
     rbd(
-        &["create", "--size", &format!("{bytes}B"), &spec],
+        &[
+            "create",
+            "--size",
+            &format!("{bytes}B"),
+            "--image-feature",
+            "layering",
+            &spec,
+        ],
         "rbd create",
     )?;
     let undo = vec![Server::Image(conf.clone(), spec.clone())];
@@ -184,6 +193,13 @@ fn measure(
     runtime: Duration,
 ) -> Result<Sample> {
     let (write, depth) = point;
+    let waited = storage.wait_released()?;
+    if waited > Duration::from_secs(1) {
+        eprintln!(
+            "waited {:.1} s for the last client to leave the image",
+            waited.as_secs_f64()
+        );
+    }
     match system {
         System::Fio => netdisk::fio(storage, write, depth, span, runtime),
         _ => {
@@ -217,7 +233,7 @@ fn rows(args: &Args, backend_blk: &Path, storage: &Storage, span: u64) -> Result
     let dir = args.out.join("netdisk");
     std::fs::create_dir_all(&dir).map_err(BenchError::io("output folder"))?;
     let mut table = format!(
-        "| {} 4 KiB | QD | backend-blk IOPS | qsd IOPS | fio IOPS | blk/qsd | blk/fio | mean µs blk / qsd / fio | p99 µs blk / qsd / fio | CPU µs/IO blk / qsd / fio |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| {} 4 KiB | QD | backend-blk IOPS (min–max) | qsd IOPS (min–max) | fio IOPS (min–max) | blk/qsd | blk/fio | mean µs blk / qsd / fio | p99 µs blk / qsd / fio | CPU µs/IO blk / qsd / fio |\n|---|---|---|---|---|---|---|---|---|---|\n",
         storage.name()
     );
     for write in [false, true] {
@@ -261,12 +277,20 @@ fn rows(args: &Args, backend_blk: &Path, storage: &Storage, span: u64) -> Result
             );
             let triple =
                 |v: [f64; 3], digits: usize| v.map(|x| format!("{x:.digits$}")).join(" / ");
+            let spread = |at: usize| {
+                let (lo, hi) = samples[at]
+                    .iter()
+                    .fold((f64::INFINITY, 0.0f64), |(lo, hi), s| {
+                        (lo.min(s.iops), hi.max(s.iops))
+                    });
+                format!("{:.0} ({lo:.0}–{hi:.0})", iops[at])
+            };
             table += &format!(
-                "| {} | {depth} | {:.0} | {:.0} | {:.0} | {:.2}× | {:.2}× | {} | {} | {} |\n",
+                "| {} | {depth} | {} | {} | {} | {:.2}× | {:.2}× | {} | {} | {} |\n",
                 if write { "randwrite" } else { "randread" },
-                iops[0],
-                iops[1],
-                iops[2],
+                spread(0),
+                spread(1),
+                spread(2),
                 iops[0] / iops[1],
                 iops[0] / iops[2],
                 triple(mean, 0),
