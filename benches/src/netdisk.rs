@@ -343,6 +343,22 @@ fn attach(socket: &Path) -> Result<Blkio> {
     }
 }
 
+/// Waits up to 30 s for at least one of `q`'s requests to complete and fills the first
+/// entries of `done` with the completions; returns how many.
+///
+/// # Errors
+/// libblkio fails, or nothing completes within 30 s.
+fn wait_completions(q: &mut blkio::Blkioq, done: &mut [MaybeUninit<Completion>]) -> Result<usize> {
+    let mut timeout = Duration::from_secs(30);
+    let n = q
+        .do_io(done, 1, Some(&mut timeout), None)
+        .map_err(blkio_err("do_io"))?;
+    if n == 0 {
+        return Err(load_err("no completion within 30 s".into()));
+    }
+    Ok(n)
+}
+
 /// Drives the back-end `daemon` with libblkio: `depth` 4 KiB random reads (or writes) over
 /// the first `span` bytes for `runtime`.
 ///
@@ -400,13 +416,7 @@ pub fn blkio_load(
                 break;
             }
         }
-        let mut timeout = Duration::from_secs(30);
-        let n = q
-            .do_io(&mut done, 1, Some(&mut timeout), None)
-            .map_err(blkio_err("do_io"))?;
-        if n == 0 {
-            return Err(load_err("no completion within 30 s".into()));
-        }
+        let n = wait_completions(&mut q, &mut done)?;
         let end = Instant::now();
         for c in &done[..n] {
             // SAFETY: do_io initialized the first `n` entries.
@@ -427,13 +437,7 @@ pub fn blkio_load(
     // then its watch held the image 30 s more).
     let mut outstanding = depth;
     while outstanding > 0 {
-        let mut timeout = Duration::from_secs(30);
-        let n = q
-            .do_io(&mut done, 1, Some(&mut timeout), None)
-            .map_err(blkio_err("do_io"))?;
-        if n == 0 {
-            return Err(load_err("no completion within 30 s".into()));
-        }
+        let n = wait_completions(&mut q, &mut done)?;
         outstanding = outstanding.saturating_sub(n);
     }
     Ok(summarize(&mut lat_us, secs, cpu))

@@ -275,8 +275,17 @@ fn rows(args: &Args, backend_blk: &Path, storage: &Storage, span: u64) -> Result
                 med(|s| s.p99_us),
                 med(|s| s.cpu_us_per_io),
             );
-            let triple =
-                |v: [f64; 3], digits: usize| v.map(|x| format!("{x:.digits$}")).join(" / ");
+            // A figure a system does not give (fio's CPU per I/O is NaN) prints as "–".
+            let triple = |v: [f64; 3], digits: usize| {
+                v.map(|x| {
+                    if x.is_nan() {
+                        "–".to_string()
+                    } else {
+                        format!("{x:.digits$}")
+                    }
+                })
+                .join(" / ")
+            };
             let spread = |at: usize| {
                 let (lo, hi) = samples[at]
                     .iter()
