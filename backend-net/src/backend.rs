@@ -155,7 +155,7 @@ impl NetBackend {
     /// no room for it).
     fn ctrl_chain(&self, chain: virtio_queue::DescriptorChain<&GuestRam>, mem: &GuestRam) -> u32 {
         let mut arena = Vec::new();
-        let c = match walk(chain, mem, &mut arena) {
+        let c = match walk(chain.head_index(), chain, mem, &mut arena) {
             Ok(c) if c.writable_len > 0 => c,
             Ok(_) | Err(_) => {
                 log::warn!("control chain without room for the ack, or broken");

@@ -12,7 +12,7 @@ use std::ops::Range;
 
 pub use vhost_daemon::memory::{GuestRam, GuestRamAtomic, GuestRamGuard, Vring};
 use vhost_daemon::view::{GuestView, ViewSlice};
-use virtio_queue::DescriptorChain;
+use virtio_queue::desc::split::Descriptor;
 use vm_memory::bitmap::Bitmap;
 use vm_memory::GuestAddress;
 
@@ -69,21 +69,20 @@ pub struct Chain {
     pub writable_len: usize,
 }
 
-/// Walks `chain`, appending its buffers' slices (mapped through `mem`) to `arena`.
+/// Walks the chain at `head` whose descriptors `chain` yields (virtio-queue's
+/// `DescriptorChain` or the fast path's [`crate::vq::Descs`], which end the same way at a bad
+/// link, a loop or a bad indirect table), appending its buffers' slices (mapped through `mem`)
+/// to `arena`.
 ///
 /// # Errors
 /// [`ChainError`]; `arena` may then hold slices of the partial walk, which the caller drops
 /// with `arena.truncate`.
-pub fn walk<'m, M>(
-    chain: DescriptorChain<M>,
+pub fn walk<'m>(
+    head: u16,
+    chain: impl IntoIterator<Item = Descriptor>,
     mem: &'m GuestRam,
     arena: &mut Vec<Slice<'m>>,
-) -> Result<Chain, ChainError>
-where
-    M: std::ops::Deref,
-    M::Target: vm_memory::GuestMemory,
-{
-    let head = chain.head_index();
+) -> Result<Chain, ChainError> {
     let start = arena.len();
     let mut first_writable = None;
     let (mut readable_len, mut writable_len) = (0usize, 0usize);
@@ -273,7 +272,7 @@ pub(crate) mod tests {
         let mut q: Queue = vq.create_queue().unwrap();
         let chain = q.iter(mem).unwrap().next().unwrap();
         let mut arena = Vec::new();
-        walk(chain, mem, &mut arena).map(|c| (c, arena.len()))
+        walk(chain.head_index(), chain, mem, &mut arena).map(|c| (c, arena.len()))
     }
 
     /// Maps `len` bytes at `addr` into `arena` (for tests of other modules).

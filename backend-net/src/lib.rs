@@ -17,6 +17,7 @@
 //! - [`rx`]: filling receive buffers (merged buffers) and the backlog of waiting frames.
 //! - [`stats`]: counters per port and queue pair.
 //! - [`tap`]: the TAP device (the io_uring that moves frames is vhost-daemon's).
+//! - [`vq`]: the split virtqueue's rings mapped once per batch (the data path's fast path).
 //! - [`port`], [`switch`], [`worker`]: per-port state, the switch, the queue-pair data path.
 //! - [`backend`], [`server`]: the per-connection back-end and the device as vhost-daemon
 //!   serves it (listener, signals, serve loop, early-enable relay live in `vhost-daemon`).
@@ -40,6 +41,7 @@ pub mod stats;
 pub mod store;
 pub mod switch;
 pub mod tap;
+pub mod vq;
 pub mod worker;
 
 pub use vhost_daemon::error_chain;

@@ -18,7 +18,7 @@ use crate::device::Acked;
 use crate::fdb::PortId;
 use crate::guest::{GuestRamAtomic, Vring};
 use crate::mac::MacAddr;
-use crate::rx::{arm_for_more_buffers, deliver, Backlog, Delivery, Payload, Pending, RxFrame};
+use crate::rx::{arm_for_more_buffers, deliver_one, Backlog, Delivery, Payload, Pending, RxFrame};
 use crate::stats::{Drop, PortStats, QueueStats};
 
 /// What the connected front-end negotiated and asked for.
@@ -346,7 +346,7 @@ fn deliver_now(
     let mut arena = Vec::new();
     loop {
         let mut state = vring.get_mut();
-        let d = deliver(
+        let d = deliver_one(
             state.get_queue_mut(),
             &guard,
             acked,

@@ -12,12 +12,13 @@
 
 use std::collections::VecDeque;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 
 use crate::device::Acked;
 use crate::guest::{walk, Cursor, GuestRam, Slice};
 use crate::hdr::NetHdr;
 use crate::stats::{Drop, QueueStats};
+use crate::vq::Batch;
 use vhost_daemon::view::GuestView;
 
 /// Where the frame's bytes come from.
@@ -87,11 +88,12 @@ fn split_lengths(capacities: &[usize], total: usize) -> Option<Vec<u32>> {
 }
 
 /// Writes `frame.hdr` (its first `acked.hdr_len()` bytes, `num_buffers` set) and the frame
-/// into the receive `queue`. Chains that cannot be used (outside guest memory,
-/// broken, device-readable parts, no writable space) are returned to the driver empty and
-/// counted as [`Drop::RxBadChain`] in `stats`. `arena` is scratch space, left as it was found.
+/// into the receive queue through `batch` (the used elements are published when the caller
+/// finishes the batch). Chains that cannot be used (outside guest memory, broken,
+/// device-readable parts, no writable space) are returned to the driver empty and counted as
+/// [`Drop::RxBadChain`] in `stats`. `arena` is scratch space, left as it was found.
 pub fn deliver<'m>(
-    queue: &mut Queue,
+    batch: &mut Batch<'m>,
     mem: &'m GuestRam,
     acked: Acked,
     frame: &RxFrame<'_, '_>,
@@ -99,8 +101,6 @@ pub fn deliver<'m>(
     stats: &QueueStats,
 ) -> Delivery {
     let RxFrame { hdr, payload, len } = frame.clone();
-    // Descriptors and used entries through the view: one region lookup, no bitmap clone.
-    let view = GuestView::new(mem);
     let base = arena.len();
     let hdr_len = acked.hdr_len();
     let needed = hdr_len + len;
@@ -108,19 +108,18 @@ pub fn deliver<'m>(
     let mut capacity = 0usize;
     while capacity < needed {
         if !acked.mrg_rxbuf() && !heads.is_empty() {
-            give_back(queue, heads.len());
+            give_back(batch, heads.len());
             arena.truncate(base);
             return Delivery::TooBig;
         }
-        let Some(chain) = queue.pop_descriptor_chain(&view) else {
-            let seen_avail = queue.next_avail();
-            give_back(queue, heads.len());
+        let Some(head) = batch.pop() else {
+            let seen_avail = batch.next_avail();
+            give_back(batch, heads.len());
             arena.truncate(base);
             return Delivery::NoBuffers { seen_avail };
         };
         let mark = arena.len();
-        let head = chain.head_index();
-        match walk(chain, mem, arena) {
+        match walk(head, batch.chain(head), mem, arena) {
             Ok(c) if c.readable_len == 0 && c.writable_len > 0 => {
                 capacity += c.writable_len;
                 heads.push((c.head, c.writable_len));
@@ -128,14 +127,14 @@ pub fn deliver<'m>(
             Ok(_) => {
                 arena.truncate(mark);
                 log::warn!("receive chain {head} has no writable space or readable parts");
-                stop_at_bad_chain(queue, mem, &mut heads, head, stats);
+                stop_at_bad_chain(batch, &mut heads, head, stats);
                 capacity = 0;
                 arena.truncate(base);
             }
             Err(e) => {
                 arena.truncate(mark);
                 log::warn!("receive chain {head}: {e}");
-                stop_at_bad_chain(queue, mem, &mut heads, head, stats);
+                stop_at_bad_chain(batch, &mut heads, head, stats);
                 capacity = 0;
                 arena.truncate(base);
             }
@@ -152,13 +151,25 @@ pub fn deliver<'m>(
     // Every head taken holds part of the frame: chains were taken until they held it all.
     let mut left = needed;
     for &(head, capacity) in &heads {
-        let used = fill(capacity, &mut left);
-        if let Err(e) = queue.add_used(&view, head, used) {
-            log::warn!("receive queue: add_used({head}) failed: {e}");
-        }
+        batch.add_used(head, fill(capacity, &mut left));
     }
     arena.truncate(base);
     Delivery::Delivered(num_buffers)
+}
+
+/// [`deliver`] of one frame into `queue`, its used elements published at once.
+pub fn deliver_one<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestRam,
+    acked: Acked,
+    frame: &RxFrame<'_, '_>,
+    arena: &mut Vec<Slice<'m>>,
+    stats: &QueueStats,
+) -> Delivery {
+    let mut batch = Batch::new(queue, GuestView::new(mem));
+    let d = deliver(&mut batch, mem, acked, frame, arena, stats);
+    batch.finish(queue);
+    d
 }
 
 /// Asks the driver to kick the queue when it makes buffers available beyond index
@@ -182,10 +193,9 @@ pub fn arm_for_more_buffers(queue: &mut Queue, mem: &GuestRam, seen_avail: u16) 
 }
 
 /// Moves the next available index back over `n` chains taken and not used.
-fn give_back(queue: &mut Queue, n: usize) {
-    for _ in 0..n {
-        queue.go_to_previous_position();
-    }
+fn give_back(batch: &mut Batch<'_>, n: usize) {
+    // At most a queue size (<= 1024) of chains is taken for one frame.
+    batch.give_back(u16::try_from(n).unwrap_or(u16::MAX));
 }
 
 /// Ends the chains taken so far at an unusable chain `bad`: it is completed as an error
@@ -195,17 +205,14 @@ fn give_back(queue: &mut Queue, n: usize) {
 /// head taken so far is in the used ring exactly once, and the frame goes on with the next
 /// chains.
 fn stop_at_bad_chain(
-    queue: &mut Queue,
-    mem: &GuestRam,
+    batch: &mut Batch<'_>,
     taken: &mut Vec<(u16, usize)>,
     bad: u16,
     stats: &QueueStats,
 ) {
     stats.drop(Drop::RxBadChain);
     for head in taken.drain(..).map(|(head, _)| head).chain([bad]) {
-        if let Err(e) = queue.add_used(mem, head, 0) {
-            log::warn!("receive queue: add_used({head}) failed: {e}");
-        }
+        batch.add_used(head, 0);
     }
 }
 
@@ -339,7 +346,7 @@ mod tests {
             flags: 2,
             ..Default::default()
         };
-        let d = deliver(
+        let d = deliver_one(
             &mut q,
             &mem,
             MRG,
@@ -384,7 +391,7 @@ mod tests {
         let (_vq, mut q) = queue_with(&mem, &[(0x10000, 100), (0x20000, 100)]);
         let stats = QueueStats::default();
         let mut arena = Vec::new();
-        let d = deliver(
+        let d = deliver_one(
             &mut q,
             &mem,
             MRG,
@@ -398,7 +405,7 @@ mod tests {
         );
         assert!(matches!(d, Delivery::NoBuffers { .. }));
         assert_eq!((q.next_avail(), q.next_used()), (0, 0));
-        let d = deliver(
+        let d = deliver_one(
             &mut q,
             &mem,
             PLAIN,
@@ -416,7 +423,7 @@ mod tests {
             "without MRG_RXBUF one chain must hold it"
         );
         assert_eq!(q.next_avail(), 0);
-        let d = deliver(
+        let d = deliver_one(
             &mut q,
             &mem,
             PLAIN,
@@ -439,7 +446,7 @@ mod tests {
         let stats = QueueStats::default();
         let mut arena = Vec::new();
         let frame = RxFrame::local(NetHdr::default(), &[0; 300]);
-        let d = deliver(&mut q, &mem, MRG, &frame, &mut arena, &stats);
+        let d = deliver_one(&mut q, &mem, MRG, &frame, &mut arena, &stats);
         assert_eq!(d, Delivery::NoBuffers { seen_avail: 2 });
         assert!(
             !arm_for_more_buffers(&mut q, &mem, 2),
@@ -458,7 +465,7 @@ mod tests {
             "a new buffer arrived"
         );
         assert_eq!(
-            deliver(&mut q, &mem, MRG, &frame, &mut arena, &stats),
+            deliver_one(&mut q, &mem, MRG, &frame, &mut arena, &stats),
             Delivery::Delivered(3)
         );
     }
@@ -476,7 +483,7 @@ mod tests {
         let mut q: Queue = vq.create_queue().unwrap();
         let stats = QueueStats::default();
         let mut arena = Vec::new();
-        let d = deliver(
+        let d = deliver_one(
             &mut q,
             &mem,
             MRG,
@@ -513,7 +520,7 @@ mod tests {
         let stats = QueueStats::default();
         let mut arena = Vec::new();
         let frame = RxFrame::local(NetHdr::default(), &[7; 300]);
-        let d = deliver(&mut q, &mem, MRG, &frame, &mut arena, &stats);
+        let d = deliver_one(&mut q, &mem, MRG, &frame, &mut arena, &stats);
         assert!(matches!(d, Delivery::NoBuffers { .. }), "{d:?}");
         assert_eq!(stats.drops(Drop::RxBadChain), 1);
         // Both heads are used once, none is offered again.
@@ -522,7 +529,7 @@ mod tests {
         // Buffers arrive: the frame goes into them, and no head appears twice.
         vq.add_desc_chains(&[writable(0x20000, 200), writable(0x30000, 200)], 2)
             .unwrap();
-        let d = deliver(&mut q, &mem, MRG, &frame, &mut arena, &stats);
+        let d = deliver_one(&mut q, &mem, MRG, &frame, &mut arena, &stats);
         assert_eq!(d, Delivery::Delivered(2));
         assert_eq!(used_heads(&mem, &vq, &q), vec![0, 1, 2, 3]);
         assert_eq!(used(&mem, &vq, 3), (3, 112));
@@ -550,7 +557,7 @@ mod tests {
         let stats = QueueStats::default();
         let mut arena = Vec::new();
         let src = Cursor::new(&src_arena);
-        let d = deliver(
+        let d = deliver_one(
             &mut q,
             &mem,
             PLAIN,
@@ -642,7 +649,7 @@ mod tests {
             let mut arena = Vec::new();
             for len in frames {
                 let frame = vec![0x5a; len];
-                deliver(&mut q, &mem, acked, &RxFrame::local(NetHdr::default(), &frame), &mut arena, &stats);
+                deliver_one(&mut q, &mem, acked, &RxFrame::local(NetHdr::default(), &frame), &mut arena, &stats);
                 prop_assert!(arena.is_empty());
                 let taken = usize::from(q.next_avail());
                 let mut heads = used_heads(&mem, &vq, &q);
@@ -684,7 +691,7 @@ mod tests {
             let frame: Vec<u8> = (0..len).map(|i| (i * 31) as u8).collect();
             let stats = QueueStats::default();
             let mut arena = Vec::new();
-            let d = deliver(&mut q, &mem, MRG, &RxFrame::local(NetHdr::default(), &frame), &mut arena, &stats);
+            let d = deliver_one(&mut q, &mem, MRG, &RxFrame::local(NetHdr::default(), &frame), &mut arena, &stats);
             let total: usize = sizes.iter().map(|&s| s as usize).sum();
             if total >= len + HDR_LEN {
                 let lens = split_lengths(&sizes.iter().map(|&s| s as usize).collect::<Vec<_>>(), len + HDR_LEN).unwrap();

@@ -29,10 +29,11 @@ use crate::guest::{mark_written, walk, Cursor, GuestRam, GuestRamAtomic, Slice, 
 use crate::hdr::{HdrError, NetHdr, TxLimits, HDR_LEN};
 use crate::mac::MacAddr;
 use crate::port::{notify, Port};
-use crate::rx::{arm_for_more_buffers, deliver, Backlog, Delivery, Pending, RxFrame};
+use crate::rx::{arm_for_more_buffers, deliver_one, Backlog, Delivery, Pending, RxFrame};
 use crate::stats::{Drop, QueueStats};
 use crate::switch::{Switch, Touched};
 use crate::tap::TapQueue;
+use crate::vq::Batch;
 use vhost_daemon::ring::Kick;
 use vhost_daemon::uring::{Op, Ring, UringError};
 use vhost_daemon::view::GuestView;
@@ -66,24 +67,21 @@ pub struct TxFrame {
     pub len: usize,
 }
 
-/// Checks one transmit chain: walked into `arena`, device-readable only, a header of
-/// `acked.hdr_len()` bytes that passes [`NetHdr::check_tx`] with `limits`.
+/// Checks the transmit chain at `head` whose descriptors `chain` yields: walked into
+/// `arena`, device-readable only, a header of `acked.hdr_len()` bytes that passes
+/// [`NetHdr::check_tx`] with `limits`.
 ///
 /// # Errors
 /// The drop reason to count.
-pub fn parse_tx<'m, M>(
-    chain: virtio_queue::DescriptorChain<M>,
+pub fn parse_tx<'m>(
+    head: u16,
+    chain: impl IntoIterator<Item = virtio_queue::desc::split::Descriptor>,
     mem: &'m GuestRam,
     arena: &mut Vec<Slice<'m>>,
     acked: Acked,
     limits: &TxLimits,
-) -> Result<TxFrame, Drop>
-where
-    M: std::ops::Deref,
-    M::Target: vm_memory::GuestMemory,
-{
-    let head = chain.head_index();
-    let c = walk(chain, mem, arena).map_err(|e| {
+) -> Result<TxFrame, Drop> {
+    let c = walk(head, chain, mem, arena).map_err(|e| {
         log::warn!("transmit chain {head}: {e}");
         Drop::TxBadChain
     })?;
@@ -258,19 +256,17 @@ impl Worker {
                 round.spent = true;
                 return Some(round);
             }
-            let chains = pop_batch(tx, &view)?;
-            log::trace!("transmit queue {}: {} chains", self.q, chains.len());
-            if chains.is_empty() {
+            let (batch, heads) = pop_batch(tx, view)?;
+            log::trace!("transmit queue {}: {} chains", self.q, heads.len());
+            if heads.is_empty() {
                 return Some(round);
             }
-            round.took += chains.len();
-            let mut arena = Vec::with_capacity(chains.len() * 2);
-            let mut heads = Vec::with_capacity(chains.len());
-            let mut frames = Vec::with_capacity(chains.len());
-            for chain in chains {
-                heads.push(chain.head_index());
+            round.took += heads.len();
+            let mut arena = Vec::with_capacity(heads.len() * 2);
+            let mut frames = Vec::with_capacity(heads.len());
+            for &head in &heads {
                 let mark = arena.len();
-                match parse_tx(chain, mem, &mut arena, acked, &limits) {
+                match parse_tx(head, batch.chain(head), mem, &mut arena, acked, &limits) {
                     Ok(f) => frames.push(f),
                     Err(why) => {
                         arena.truncate(mark);
@@ -281,11 +277,11 @@ impl Worker {
             self.transmit(&frames, &arena, acked, touched);
             let mut state = tx.get_mut();
             let queue = state.get_queue_mut();
+            let mut used = Batch::new(queue, view);
             for head in heads {
-                if let Err(e) = queue.add_used(&view, head, 0) {
-                    log::warn!("transmit queue {}: add_used({head}): {e}", self.q);
-                }
+                used.add_used(head, 0);
             }
+            used.finish(queue);
         }
     }
 
@@ -403,22 +399,21 @@ impl Worker {
 }
 
 /// Takes up to [`BATCH`] chains from the transmit queue, reading the driver's available index
-/// once (it shares a cache line with a driver that keeps writing it); `None` once the ring was
-/// stopped (then nothing is taken, and re-enabling notifications would report the chains left
-/// forever). An available index more than a queue size ahead gives no chains, as
-/// `pop_descriptor_chain` does.
-fn pop_batch<'v, 'm>(
-    tx: &Vring,
-    view: &'v GuestView<'m>,
-) -> Option<Vec<virtio_queue::DescriptorChain<&'v GuestView<'m>>>> {
+/// once (it shares a cache line with a driver that keeps writing it): the batch (its rings
+/// mapped, for walking the chains) and their heads. `None` once the ring was stopped (then
+/// nothing is taken, and re-enabling notifications would report the chains left forever). An
+/// available index more than a queue size ahead gives no chains, as virtio-queue's `iter` does.
+fn pop_batch<'m>(tx: &Vring, view: GuestView<'m>) -> Option<(Batch<'m>, Vec<u16>)> {
     let mut state = tx.get_mut();
     let queue = state.get_queue_mut();
-    queue.ready().then(|| {
-        queue
-            .iter(view)
-            .map(|chains| chains.take(BATCH).collect())
-            .unwrap_or_default()
-    })
+    if !queue.ready() {
+        return None;
+    }
+    let mut batch = Batch::new(queue, view);
+    let n = usize::from(batch.available()).min(BATCH);
+    let heads: Vec<u16> = std::iter::from_fn(|| batch.pop()).take(n).collect();
+    queue.set_next_avail(batch.next_avail());
+    Some((batch, heads))
 }
 
 /// Whether the ring runs: started and not stopped by VHOST_USER_GET_VRING_BASE.
@@ -469,7 +464,7 @@ fn drain_backlog(
     while let Some(p) = t.backlog.front() {
         let mut state = rx.get_mut();
         let len = p.frame.len();
-        match deliver(
+        match deliver_one(
             state.get_queue_mut(),
             mem,
             acked,
@@ -530,7 +525,7 @@ fn direct_read(t: &mut TapPath, cx: &RxContext<'_>, n: usize) -> Option<ReadOutc
         };
         let head = chain.head_index();
         let mark = arena.len();
-        let usable = match walk(chain, mem, &mut arena) {
+        let usable = match walk(head, chain, mem, &mut arena) {
             Ok(c) if c.readable_len == 0 && c.writable_len >= need => Some(c.writable),
             Ok(c) if c.readable_len == 0 && c.writable_len > 0 => None,
             Ok(_) | Err(_) => {
@@ -688,7 +683,7 @@ fn bounce_read(t: &mut TapPath, cx: &RxContext<'_>, n: usize) -> ReadOutcome {
             continue;
         }
         let mut state = rx.get_mut();
-        match deliver(
+        match deliver_one(
             state.get_queue_mut(),
             mem,
             acked,

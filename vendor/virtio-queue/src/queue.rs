@@ -112,6 +112,20 @@ pub struct Queue {
 }
 
 impl Queue {
+    /// Records `count` used elements that the device wrote itself at the used ring's positions
+    /// `next_used .. next_used + count` and published with the used index (stored with
+    /// `Release` ordering after the elements), as `count` calls of [`QueueT::add_used`] would:
+    /// `next_used` advances by `count`, and the next [`QueueT::needs_notification`] looks at
+    /// them all (VIRTIO_F_EVENT_IDX's `used_event` check spans every element added since the
+    /// previous check).
+    ///
+    /// pvio patch: a back-end that maps the rings once per batch writes the used elements and
+    /// the index with plain stores, but the count `needs_notification` relies on is private.
+    pub fn record_used(&mut self, count: u16) {
+        self.next_used += Wrapping(count);
+        self.num_added += Wrapping(count);
+    }
+
     /// Equivalent of [`QueueT::set_size`] returning an error in case of invalid size.
     ///
     /// This should not be directly used, as the preferred method is part of the [`QueueT`]
