@@ -18,8 +18,12 @@ use crate::device::Acked;
 use crate::fdb::PortId;
 use crate::guest::{GuestRamAtomic, Vring};
 use crate::mac::MacAddr;
-use crate::rx::{arm_for_more_buffers, deliver_one, Backlog, Delivery, Payload, Pending, RxFrame};
+use crate::rx::{
+    arm_for_more_buffers, deliver, Backlog, Delivery, Outgoing, Payload, Pending, RxFrame,
+};
 use crate::stats::{Drop, PortStats, QueueStats};
+use crate::vq::Batch;
+use vhost_daemon::view::GuestView;
 
 /// What the connected front-end negotiated and asked for.
 #[derive(Clone, Debug)]
@@ -199,17 +203,6 @@ struct RxInner {
     closed: bool,
 }
 
-/// What happened to an offered frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Offer {
-    /// In the driver's receive buffers.
-    Delivered,
-    /// Waiting in the backlog.
-    Queued,
-    /// Dropped and counted.
-    Dropped,
-}
-
 impl RxQueue {
     fn new(backlog: usize) -> RxQueue {
         RxQueue {
@@ -261,33 +254,36 @@ impl RxQueue {
         self.lock().backlog.len()
     }
 
-    /// Offers `frame` to a driver that acked `acked`: into its buffers if nothing waits before it and buffers are there, else into
-    /// the backlog, else dropped ([`Drop::RxNoBuffers`]); a frame that can never fit is
-    /// dropped as [`Drop::RxTooBig`]. Counted in `stats`. The caller notifies the driver
-    /// afterwards ([`RxQueue::notify`]), once per batch.
-    pub fn offer(&self, acked: Acked, frame: &RxFrame<'_, '_>, stats: &QueueStats) -> Offer {
+    /// Offers `frames`, in order, to a driver that acked `acked`, under one lock of the queue
+    /// and one [`Batch`] of its ring: into its buffers while nothing waits before them and
+    /// buffers are there, the rest into the backlog, beyond it dropped ([`Drop::RxNoBuffers`]);
+    /// a frame that can never fit is dropped as [`Drop::RxTooBig`]. Counted in `stats`. The
+    /// driver is notified once, if it wants to be (EVENT_IDX respected).
+    pub fn offer(&self, acked: Acked, frames: &[Outgoing<'_, '_>], stats: &QueueStats) {
         let mut inner = self.lock();
         let RxInner { ring, backlog, .. } = &mut *inner;
         let Some((vring, mem)) = ring.as_ref() else {
-            stats.drop(Drop::RxNoBuffers);
-            return Offer::Dropped;
+            frames.iter().for_each(|_| stats.drop(Drop::RxNoBuffers));
+            return;
         };
+        let mut rest = frames;
         if backlog.is_empty() {
-            match deliver_now(vring, mem, acked, frame, stats) {
-                Delivery::Delivered(_) => return Offer::Delivered,
-                Delivery::TooBig => return Offer::Dropped,
-                Delivery::NoBuffers { .. } => {}
+            let (consumed, moved) =
+                deliver_while_buffers(vring, mem, acked, frames.iter().map(Outgoing::frame), stats);
+            rest = &frames[consumed..];
+            if moved {
+                notify(vring);
             }
         }
-        let pending = Pending {
-            hdr: frame.hdr,
-            frame: payload_bytes(frame),
-        };
-        if backlog.push(pending) {
-            Offer::Queued
-        } else {
-            stats.drop(Drop::RxNoBuffers);
-            Offer::Dropped
+        for f in rest {
+            let frame = f.frame();
+            let pending = Pending {
+                hdr: frame.hdr,
+                frame: payload_bytes(&frame),
+            };
+            if !backlog.push(pending) {
+                stats.drop(Drop::RxNoBuffers);
+            }
         }
     }
 
@@ -299,13 +295,9 @@ impl RxQueue {
         let Some((vring, mem)) = ring.as_ref() else {
             return false;
         };
-        let mut moved = false;
-        while let Some(p) = backlog.front() {
-            match deliver_now(vring, mem, acked, &RxFrame::local(p.hdr, &p.frame), stats) {
-                Delivery::Delivered(_) => moved = true,
-                Delivery::TooBig => {}
-                Delivery::NoBuffers { .. } => break,
-            }
+        let frames = backlog.iter().map(|p| RxFrame::local(p.hdr, &p.frame));
+        let (consumed, moved) = deliver_while_buffers(vring, mem, acked, frames, stats);
+        for _ in 0..consumed {
             backlog.pop();
         }
         moved
@@ -333,38 +325,46 @@ pub fn notify(vring: &Vring) {
     }
 }
 
-/// One delivery attempt; when buffers are short, re-arms the driver's notifications and tries
-/// again if buffers arrived meanwhile (so a kick is never missed).
-fn deliver_now(
+/// Delivers `frames` in order into `vring` under one lock and one [`Batch`] (the used
+/// elements published once) until the driver's buffers run out; when they do, re-arms the
+/// driver's notifications and goes on if buffers arrived meanwhile (so a kick is never missed).
+/// Returns the frames consumed (delivered, or dropped as too big: counted) and whether any was
+/// delivered.
+fn deliver_while_buffers<'f, 'g: 'f>(
     vring: &Vring,
     mem: &GuestRamAtomic,
     acked: Acked,
-    frame: &RxFrame<'_, '_>,
+    frames: impl Iterator<Item = RxFrame<'f, 'g>>,
     stats: &QueueStats,
-) -> Delivery {
+) -> (usize, bool) {
     let guard = mem.memory();
+    let mut state = vring.get_mut();
+    let queue = state.get_queue_mut();
+    let mut batch = Batch::new(queue, GuestView::new(&guard));
     let mut arena = Vec::new();
-    loop {
-        let mut state = vring.get_mut();
-        let d = deliver_one(
-            state.get_queue_mut(),
-            &guard,
-            acked,
-            frame,
-            &mut arena,
-            stats,
-        );
-        match d {
-            Delivery::Delivered(_) => stats.rx(frame.len),
-            Delivery::TooBig => stats.drop(Drop::RxTooBig),
-            Delivery::NoBuffers { seen_avail } => {
-                if arm_for_more_buffers(state.get_queue_mut(), &guard, seen_avail) {
-                    continue;
+    let (mut consumed, mut moved) = (0, false);
+    'frames: for frame in frames {
+        loop {
+            match deliver(&mut batch, &guard, acked, &frame, &mut arena, stats) {
+                Delivery::Delivered(_) => {
+                    stats.rx(frame.len);
+                    moved = true;
+                }
+                Delivery::TooBig => stats.drop(Drop::RxTooBig),
+                Delivery::NoBuffers { seen_avail } => {
+                    batch.finish(queue);
+                    if arm_for_more_buffers(queue, &guard, seen_avail) {
+                        continue;
+                    }
+                    break 'frames;
                 }
             }
+            consumed += 1;
+            break;
         }
-        return d;
     }
+    batch.finish(queue);
+    (consumed, moved)
 }
 
 /// A copy of the frame's bytes.

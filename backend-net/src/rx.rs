@@ -52,6 +52,30 @@ impl<'a> RxFrame<'a, 'static> {
     }
 }
 
+/// A frame the switch collected for a receive queue during one transmit batch: borrowed from
+/// the sender's chain, or its own bytes (made by the software offloads).
+#[derive(Debug)]
+pub enum Outgoing<'a, 'm> {
+    /// A frame in guest memory.
+    Borrowed(RxFrame<'a, 'm>),
+    /// A frame of its own, with its header.
+    Owned(NetHdr, Vec<u8>),
+}
+
+impl<'m> Outgoing<'_, 'm> {
+    /// The frame to deliver.
+    pub fn frame(&self) -> RxFrame<'_, 'm> {
+        match self {
+            Outgoing::Borrowed(f) => f.clone(),
+            Outgoing::Owned(hdr, bytes) => RxFrame {
+                hdr: *hdr,
+                payload: Payload::Local(bytes),
+                len: bytes.len(),
+            },
+        }
+    }
+}
+
 /// What happened to a frame offered to a receive queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivery {
@@ -253,6 +277,11 @@ impl Backlog {
     /// The oldest frame.
     pub fn front(&self) -> Option<&Pending> {
         self.frames.front()
+    }
+
+    /// The frames, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Pending> {
+        self.frames.iter()
     }
 
     /// Removes the oldest frame.

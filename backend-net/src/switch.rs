@@ -33,8 +33,8 @@ use crate::guest::Cursor;
 use crate::hdr::{Gso, NetHdr};
 use crate::mac::{MacAddr, ETH_HLEN};
 use crate::offload::{complete_checksum, segment_tcp};
-use crate::port::Port;
-use crate::rx::{Payload, RxFrame};
+use crate::port::{Port, PortState};
+use crate::rx::{Outgoing, Payload, RxFrame};
 use crate::stats::Drop;
 
 /// How the switch protects its ports from each other.
@@ -97,9 +97,6 @@ pub struct Switch {
     /// Milliseconds since `start` when aged entries are next removed.
     next_expiry_ms: AtomicU64,
 }
-
-/// A receive queue that got frames in this batch: (port, queue pair).
-pub type Touched = Vec<(PortId, usize)>;
 
 /// Whether a driver that acked `acked` can take a frame with header `hdr` as it is.
 pub fn offloads_acked(hdr: &NetHdr, acked: Acked) -> bool {
@@ -217,8 +214,11 @@ impl Switch {
         }
     }
 
-    /// Checks and learns the source of a frame `from` sent on pair `q`, and decides where it
-    /// goes among `members`; `None` when it is dropped (counted).
+    /// Checks and learns the source of a frame `from` sent on pair `q` at `now`, and decides
+    /// where it goes among `members`; `None` when it is dropped (counted). `recent` holds the
+    /// batch's last learned source and looked-up destination, which the next frames with the
+    /// same addresses reuse (a batch is mostly one flow): one table lookup per batch and flow.
+    #[allow(clippy::too_many_arguments)]
     fn admit(
         &self,
         members: &Members,
@@ -226,9 +226,9 @@ impl Switch {
         q: usize,
         src: MacAddr,
         dst: MacAddr,
+        now: Instant,
+        recent: &mut Recent,
     ) -> Option<Forward> {
-        let now = Instant::now();
-        self.expire(now);
         let stats = from.stats.queue(q);
         let Some(sender) = find(members, from.id) else {
             // A worker of a port that was just removed.
@@ -239,7 +239,7 @@ impl Switch {
             stats.drop(Drop::TxSpoofed);
             return None;
         }
-        match self.fdb.learn(src, from.id, now) {
+        match recent.learn(&self.fdb, src, from.id, now) {
             Learn::Spoofed => {
                 stats.drop(Drop::TxSpoofed);
                 return None;
@@ -249,14 +249,14 @@ impl Switch {
             }
             Learn::Known | Learn::Learned => {}
         }
-        let forward = match self.fdb.forward(from.id, dst, now) {
+        let forward = recent.forward(dst, || match self.fdb.forward(from.id, dst, now) {
             Forward::Port(p) if find(members, p).is_none() => {
                 // Learned by a port being removed meanwhile: unknown now.
                 self.fdb.remove_port(p);
                 Forward::Flood
             }
             f => f,
-        };
+        });
         let limited = forward == Forward::Flood && !sender.flood.take(now);
         if limited {
             stats.drop(Drop::TxFloodLimited);
@@ -275,34 +275,62 @@ impl Switch {
         self.fdb.forget_port(port);
     }
 
-    /// Forwards one checked frame of `len` bytes (`frame` is at its first byte) that port
-    /// `from` transmitted on queue pair `q`. Receive queues that got frames are added to
-    /// `touched` for the caller to notify once per batch.
-    pub fn forward(
+    /// Forwards a batch of checked frames that port `from` transmitted on queue pair `q`: one
+    /// clock read, one look at the port table and at most one table lookup per flow for the
+    /// batch; the frames for each receive queue are delivered together at the end (one lock
+    /// of the queue, one batch of its ring, one notification).
+    pub fn forward<'a, 'm: 'a>(
         &self,
         from: &Port,
         q: usize,
-        hdr: &NetHdr,
-        frame: Cursor<'_, '_>,
-        len: usize,
-        touched: &mut Touched,
+        frames: impl IntoIterator<Item = TxRef<'a, 'm>>,
+    ) {
+        let now = Instant::now();
+        self.expire(now);
+        let members = self.members.load();
+        let mut targets: Vec<Target<'a, 'm>> = Vec::new();
+        let mut recent = Recent::default();
+        for f in frames {
+            self.route(&members, from, q, f, now, &mut recent, &mut targets);
+        }
+        for t in &targets {
+            if let Some((tq, rxq)) = t.queue.and_then(|tq| Some((tq, t.port.rx_queue(tq)?))) {
+                if !t.frames.is_empty() {
+                    rxq.offer(t.state.acked, &t.frames, t.port.stats.queue(tq));
+                }
+            }
+        }
+    }
+
+    /// Decides where one frame goes and adds it to its targets' frames (`targets`: the batch's
+    /// receive queues so far). Each frame is counted once on the sender: passed on, or why it
+    /// went nowhere.
+    #[allow(clippy::too_many_arguments)]
+    fn route<'a, 'm: 'a>(
+        &self,
+        members: &Members,
+        from: &Port,
+        q: usize,
+        f: TxRef<'a, 'm>,
+        now: Instant,
+        recent: &mut Recent,
+        targets: &mut Vec<Target<'a, 'm>>,
     ) {
         let mut eth = [0u8; ETH_HLEN];
-        frame.clone().read(&mut eth);
+        f.frame.clone().read(&mut eth);
         let (Some(dst), Some(src)) = (MacAddr::destination(&eth), MacAddr::source(&eth)) else {
             return;
         };
-        let members = self.members.load();
-        let Some(forward) = self.admit(&members, from, q, src, dst) else {
+        let Some(forward) = self.admit(members, from, q, src, dst, now, recent) else {
             return;
         };
         // The owner of a known destination, or every other port for a flood (no allocation).
         let owner = match forward {
-            Forward::Port(p) => find(&members, p).map(|m| &m.port),
+            Forward::Port(p) => find(members, p).map(|m| &m.port),
             Forward::Flood | Forward::Local => None,
         };
         let flood = forward == Forward::Flood;
-        let targets = owner.into_iter().chain(
+        let ports = owner.into_iter().chain(
             members
                 .iter()
                 .map(|m| &m.port)
@@ -311,44 +339,42 @@ impl Switch {
         let mut local: Option<Vec<u8>> = None;
         let mut delivered_anywhere = false;
         let mut offload_failed = false;
-        for target in targets {
-            let state = target.state();
-            if !state.connected {
+        for port in ports {
+            let t = Target::find_or_add(targets, port, q);
+            if !t.state.connected {
                 continue;
             }
-            let Some((tq, rxq)) = target.pick_rx_queue(q, state.active_pairs) else {
-                target.stats.queue(0).drop(Drop::RxNoBuffers);
+            let Some(tq) = t.queue else {
+                port.stats.queue(0).drop(Drop::RxNoBuffers);
                 continue;
             };
-            let stats = target.stats.queue(tq);
-            if !state.filter.accepts(dst) {
+            let stats = port.stats.queue(tq);
+            if !t.state.filter.accepts(dst) {
                 stats.drop(Drop::RxFiltered);
                 continue;
             }
-            if offloads_acked(hdr, state.acked) {
-                let rx_hdr = NetHdr {
-                    num_buffers: 0,
-                    ..*hdr
-                };
-                let f = RxFrame {
-                    hdr: rx_hdr,
-                    payload: Payload::Guest(frame.clone()),
-                    len,
-                };
-                rxq.offer(state.acked, &f, stats);
+            if offloads_acked(&f.hdr, t.state.acked) {
+                t.frames.push(Outgoing::Borrowed(RxFrame {
+                    hdr: NetHdr {
+                        num_buffers: 0,
+                        ..f.hdr
+                    },
+                    payload: Payload::Guest(f.frame.clone()),
+                    len: f.len,
+                }));
             } else {
                 let bytes = local.get_or_insert_with(|| {
-                    let mut v = vec![0u8; len];
-                    let n = frame.clone().read(&mut v);
+                    let mut v = vec![0u8; f.len];
+                    let n = f.frame.clone().read(&mut v);
                     v.truncate(n);
                     v
                 });
-                match software_offload(hdr, bytes) {
-                    Ok(frames) => {
-                        for f in &frames {
-                            rxq.offer(state.acked, &RxFrame::local(NetHdr::default(), f), stats);
-                        }
-                    }
+                match software_offload(&f.hdr, bytes) {
+                    Ok(frames) => t.frames.extend(
+                        frames
+                            .into_iter()
+                            .map(|b| Outgoing::Owned(NetHdr::default(), b)),
+                    ),
                     Err(e) => {
                         log::debug!("port {}: {e}", from.id);
                         offload_failed = true;
@@ -357,25 +383,98 @@ impl Switch {
                 }
             }
             delivered_anywhere = true;
-            if !touched.contains(&(target.id, tq)) {
-                touched.push((target.id, tq));
-            }
         }
-        // Each frame is counted once on the sender: passed on, or why it went nowhere.
         let stats = from.stats.queue(q);
         match (delivered_anywhere, offload_failed) {
-            (true, _) => stats.tx(len),
+            (true, _) => stats.tx(f.len),
             (false, true) => stats.drop(Drop::TxOffload),
             (false, false) => stats.drop(Drop::TxNoDestination),
         }
     }
+}
 
-    /// Notifies every receive queue in `touched` (once each) and empties it.
-    pub fn notify(&self, touched: &mut Touched) {
-        let members = self.members.load();
-        for (p, q) in touched.drain(..) {
-            if let Some(rxq) = find(&members, p).and_then(|m| m.port.rx_queue(q)) {
-                rxq.notify();
+/// A checked frame a port transmitted, for [`Switch::forward`].
+#[derive(Clone, Debug)]
+pub struct TxRef<'a, 'm: 'a> {
+    /// Its virtio-net header.
+    pub hdr: NetHdr,
+    /// Its bytes, from its first (after the header).
+    pub frame: Cursor<'a, 'm>,
+    /// Its length in bytes.
+    pub len: usize,
+}
+
+/// A port that frames of one batch go to: its state as the batch found it, the receive queue
+/// pair picked for the batch's sender queue, and the frames collected for it.
+struct Target<'a, 'm: 'a> {
+    port: Arc<Port>,
+    state: PortState,
+    /// `None`: no receive queue of the port is ready.
+    queue: Option<usize>,
+    frames: Vec<Outgoing<'a, 'm>>,
+}
+
+impl<'a, 'm: 'a> Target<'a, 'm> {
+    /// `port`'s entry in `targets`, added (its state read, its queue picked for frames from
+    /// the sender's pair `q`) on first use.
+    fn find_or_add<'t>(
+        targets: &'t mut Vec<Target<'a, 'm>>,
+        port: &Arc<Port>,
+        q: usize,
+    ) -> &'t mut Target<'a, 'm> {
+        let i = match targets.iter().position(|t| t.port.id == port.id) {
+            Some(i) => i,
+            None => {
+                let state = port.state();
+                let queue = port.pick_rx_queue(q, state.active_pairs).map(|(tq, _)| tq);
+                targets.push(Target {
+                    port: port.clone(),
+                    state,
+                    queue,
+                    frames: Vec::new(),
+                });
+                targets.len() - 1
+            }
+        };
+        &mut targets[i]
+    }
+}
+
+/// The last source learned and destination looked up in one batch.
+#[derive(Debug, Default)]
+struct Recent {
+    learned: Option<(MacAddr, Learn)>,
+    forward: Option<(MacAddr, Forward)>,
+}
+
+impl Recent {
+    /// Learns `src` for `port` unless the batch just did: a station learned (new or moved)
+    /// changes the table, so the cached destination is looked up again.
+    fn learn(&mut self, fdb: &Fdb, src: MacAddr, port: PortId, now: Instant) -> Learn {
+        if let Some((mac, learn)) = self.learned {
+            if mac == src {
+                return learn;
+            }
+        }
+        let learn = fdb.learn(src, port, now);
+        let again = if learn == Learn::Learned {
+            self.forward = None;
+            Learn::Known
+        } else {
+            learn
+        };
+        self.learned = Some((src, again));
+        learn
+    }
+
+    /// Where frames to `dst` go: as the batch last found, or `look_up`.
+    fn forward(&mut self, dst: MacAddr, look_up: impl FnOnce() -> Forward) -> Forward {
+        match self.forward {
+            Some((mac, f)) if mac == dst => f,
+            _ => {
+                let f = look_up();
+                self.forward = Some((dst, f));
+                f
             }
         }
     }
@@ -481,6 +580,34 @@ mod tests {
         assert_eq!(sw.fdb().pinned_to(mac(1)), Some(2));
         drop((b, c));
         assert!(sw.ports().is_empty() && sw.fdb().is_empty());
+    }
+
+    /// A batch reuses its last lookups, but a station it learns (new or moved) changes the
+    /// table, so the destination is looked up again: a frame to a station that just turned
+    /// out to live on the sender's own port is not flooded.
+    #[test]
+    fn a_batch_looks_up_again_after_learning() {
+        let fdb = Fdb::new(FdbConfig::default(), Instant::now());
+        let now = Instant::now();
+        let mut recent = Recent::default();
+        let mut lookups = 0;
+        let mut forward = |recent: &mut Recent| {
+            recent.forward(mac(2), || {
+                lookups += 1;
+                fdb.forward(0, mac(2), now)
+            })
+        };
+        assert_eq!(recent.learn(&fdb, mac(1), 0, now), Learn::Learned);
+        assert_eq!(forward(&mut recent), Forward::Flood);
+        assert_eq!(recent.learn(&fdb, mac(1), 0, now), Learn::Known);
+        assert_eq!(forward(&mut recent), Forward::Flood);
+        assert_eq!(recent.learn(&fdb, mac(2), 0, now), Learn::Learned);
+        assert_eq!(
+            forward(&mut recent),
+            Forward::Local,
+            "mac(2) is on port 0 now"
+        );
+        assert_eq!(lookups, 2, "one lookup per destination and table change");
     }
 
     #[test]

@@ -360,8 +360,9 @@ impl<'m> Batch<'m> {
     }
 
     /// Publishes the used elements written (one store of the used index, `Release`: after
-    /// them) and hands the indices back to `queue` (the one the batch was made from).
-    pub fn finish(self, queue: &mut Queue) {
+    /// them) and hands the indices back to `queue` (the one the batch was made from). The batch
+    /// may go on afterwards (it stays in step with the queue).
+    pub fn finish(&mut self, queue: &mut Queue) {
         queue.set_next_avail(self.next_avail.0);
         if self.added == 0 {
             return;
@@ -373,6 +374,7 @@ impl<'m> Batch<'m> {
             log::warn!("used ring index is outside guest memory");
         }
         queue.record_used(self.added);
+        self.added = 0;
     }
 }
 

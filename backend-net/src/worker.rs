@@ -31,7 +31,7 @@ use crate::mac::MacAddr;
 use crate::port::{notify, Port};
 use crate::rx::{arm_for_more_buffers, deliver_one, Backlog, Delivery, Pending, RxFrame};
 use crate::stats::{Drop, QueueStats};
-use crate::switch::{Switch, Touched};
+use crate::switch::{Switch, TxRef};
 use crate::tap::TapQueue;
 use crate::vq::Batch;
 use vhost_daemon::ring::Kick;
@@ -213,21 +213,16 @@ impl Worker {
         let guard = self.mem.memory();
         let mem: &GuestRam = &guard;
         let started = Instant::now();
-        let mut touched = Touched::new();
         let mut kick = Kick::default();
         loop {
             if let Err(e) = tx.disable_notification() {
                 log::warn!("transmit queue {}: {e}", self.q);
             }
-            let Some(round) = self.take_all(tx, mem, &mut kick, &mut touched) else {
+            let Some(round) = self.take_all(tx, mem, &mut kick) else {
                 // VHOST_USER_GET_VRING_BASE stopped the ring; it waits for this call.
                 break;
             };
-            if !round.spent
-                && self
-                    .poll(tx, mem, started, &mut kick, &mut touched)
-                    .is_none()
-            {
+            if !round.spent && self.poll(tx, mem, started, &mut kick).is_none() {
                 break;
             }
             if !kick.go_round_again(tx, mem, round.took > 0, "transmit queue") {
@@ -239,13 +234,7 @@ impl Worker {
 
     /// Takes and forwards batches of chains until the transmit queue is empty or `kick`'s
     /// budget is spent; `None` once the ring was stopped.
-    fn take_all(
-        &mut self,
-        tx: &Vring,
-        mem: &GuestRam,
-        kick: &mut Kick,
-        touched: &mut Touched,
-    ) -> Option<Round> {
+    fn take_all(&mut self, tx: &Vring, mem: &GuestRam, kick: &mut Kick) -> Option<Round> {
         let acked = self.port.acked();
         let limits = acked.tx_limits(self.port.mtu);
         // Descriptors and used entries through the view: one region lookup, no bitmap clone.
@@ -274,7 +263,7 @@ impl Worker {
                     }
                 }
             }
-            self.transmit(&frames, &arena, acked, touched);
+            self.transmit(&frames, &arena, acked);
             let mut state = tx.get_mut();
             let queue = state.get_queue_mut();
             let mut used = Batch::new(queue, view);
@@ -297,7 +286,6 @@ impl Worker {
         mem: &GuestRam,
         started: Instant,
         kick: &mut Kick,
-        touched: &mut Touched,
     ) -> Option<()> {
         let window = self.port.poll;
         if window.is_zero() {
@@ -305,7 +293,7 @@ impl Worker {
         }
         let mut last_work = Instant::now();
         loop {
-            let round = self.take_all(tx, mem, kick, touched)?;
+            let round = self.take_all(tx, mem, kick)?;
             let now = Instant::now();
             if round.took > 0 {
                 last_work = now;
@@ -322,23 +310,21 @@ impl Worker {
         }
     }
 
-    fn transmit(
-        &mut self,
-        frames: &[TxFrame],
-        arena: &[Slice<'_>],
-        acked: Acked,
-        touched: &mut Touched,
-    ) {
+    fn transmit(&mut self, frames: &[TxFrame], arena: &[Slice<'_>], acked: Acked) {
         let stats = self.port.stats.queue(self.q);
         match &mut self.path {
             Path::Switch(sw) => {
                 let hdr_len = acked.hdr_len();
-                for f in frames {
-                    let mut cur = Cursor::new(&arena[f.slices.clone()]);
-                    cur.skip(hdr_len);
-                    sw.forward(&self.port, self.q, &f.hdr, cur, f.len, touched);
-                }
-                sw.notify(touched);
+                let frames = frames.iter().map(|f| {
+                    let mut frame = Cursor::new(&arena[f.slices.clone()]);
+                    frame.skip(hdr_len);
+                    TxRef {
+                        hdr: f.hdr,
+                        frame,
+                        len: f.len,
+                    }
+                });
+                sw.forward(&self.port, self.q, frames);
             }
             Path::Tap(t) => tap_write(t, frames, arena, acked.hdr_len(), stats),
         }
