@@ -329,13 +329,13 @@ fn deliver_while_buffers<'f, 'g: 'f>(
     let queue = state.get_queue_mut();
     let mut batch = Batch::new(queue, GuestView::new(&guard));
     let mut arena = Vec::new();
-    let (mut consumed, mut moved) = (0, false);
+    let (mut consumed, mut delivered, mut bytes) = (0, 0u64, 0u64);
     'frames: for frame in frames {
         loop {
             match deliver(&mut batch, &guard, acked, &frame, &mut arena, stats) {
                 Delivery::Delivered(_) => {
-                    stats.rx(frame.len);
-                    moved = true;
+                    delivered += 1;
+                    bytes += frame.len as u64;
                 }
                 Delivery::TooBig => stats.drop(Drop::RxTooBig),
                 Delivery::NoBuffers { seen_avail } => {
@@ -351,7 +351,8 @@ fn deliver_while_buffers<'f, 'g: 'f>(
         }
     }
     batch.finish(queue);
-    (consumed, moved)
+    stats.rx_batch(delivered, bytes);
+    (consumed, delivered > 0)
 }
 
 /// A copy of the frame's bytes.
