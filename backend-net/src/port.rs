@@ -325,11 +325,17 @@ pub fn notify(vring: &Vring) {
     }
 }
 
+/// Bytes of frames after which a delivery batch publishes its used elements: large frames
+/// (64 KiB segmentation-offload frames take dozens of receive buffers each) reach the driver
+/// while the rest of the batch is copied, so it can hand buffers back for them instead of the
+/// rest going to the backlog (a copy each); small frames are published once per batch.
+const PUBLISH_BYTES: usize = 32 * 1024;
+
 /// Delivers `frames` in order into `vring` under one lock and one [`Batch`] (the used
-/// elements published once) until the driver's buffers run out; when they do, re-arms the
-/// driver's notifications and goes on if buffers arrived meanwhile (so a kick is never missed).
-/// Returns the frames consumed (delivered, or dropped as too big: counted) and whether any was
-/// delivered.
+/// elements published once, or every [`PUBLISH_BYTES`]) until the driver's buffers run out;
+/// when they do, re-arms the driver's notifications and goes on if buffers arrived meanwhile
+/// (so a kick is never missed). Returns the frames consumed (delivered, or dropped as too big:
+/// counted) and whether any was delivered.
 fn deliver_while_buffers<'f, 'g: 'f>(
     vring: &Vring,
     mem: &GuestRamAtomic,
@@ -342,13 +348,19 @@ fn deliver_while_buffers<'f, 'g: 'f>(
     let queue = state.get_queue_mut();
     let mut batch = Batch::new(queue, GuestView::new(&guard));
     let mut arena = Vec::new();
-    let (mut consumed, mut moved) = (0, false);
+    let (mut consumed, mut delivered, mut bytes) = (0, 0u64, 0u64);
+    let mut unpublished = 0usize;
     'frames: for frame in frames {
         loop {
             match deliver(&mut batch, &guard, acked, &frame, &mut arena, stats) {
                 Delivery::Delivered(_) => {
-                    stats.rx(frame.len);
-                    moved = true;
+                    delivered += 1;
+                    bytes += frame.len as u64;
+                    unpublished += frame.len;
+                    if unpublished >= PUBLISH_BYTES {
+                        batch.finish(queue);
+                        unpublished = 0;
+                    }
                 }
                 Delivery::TooBig => stats.drop(Drop::RxTooBig),
                 Delivery::NoBuffers { seen_avail } => {
@@ -364,7 +376,8 @@ fn deliver_while_buffers<'f, 'g: 'f>(
         }
     }
     batch.finish(queue);
-    (consumed, moved)
+    stats.rx_batch(delivered, bytes);
+    (consumed, delivered > 0)
 }
 
 /// A copy of the frame's bytes.

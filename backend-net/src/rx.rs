@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 
+use smallvec::SmallVec;
 use virtio_queue::{Queue, QueueT};
 
 use crate::device::Acked;
@@ -128,7 +129,8 @@ pub fn deliver<'m>(
     let base = arena.len();
     let hdr_len = acked.hdr_len();
     let needed = hdr_len + len;
-    let mut heads: Vec<(u16, usize)> = Vec::new();
+    // A frame rarely takes more than a few chains: no allocation per frame.
+    let mut heads: SmallVec<[(u16, usize); 4]> = SmallVec::new();
     let mut capacity = 0usize;
     while capacity < needed {
         if !acked.mrg_rxbuf() && !heads.is_empty() {
@@ -230,7 +232,7 @@ fn give_back(batch: &mut Batch<'_>, n: usize) {
 /// chains.
 fn stop_at_bad_chain(
     batch: &mut Batch<'_>,
-    taken: &mut Vec<(u16, usize)>,
+    taken: &mut SmallVec<[(u16, usize); 4]>,
     bad: u16,
     stats: &QueueStats,
 ) {

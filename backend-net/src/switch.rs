@@ -36,6 +36,7 @@ use crate::offload::{complete_checksum, segment_tcp};
 use crate::port::{Port, PortState};
 use crate::rx::{Outgoing, Payload, RxFrame};
 use crate::stats::Drop;
+use crate::worker::BATCH;
 
 /// How the switch protects its ports from each other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -290,9 +291,15 @@ impl Switch {
         let members = self.members.load();
         let mut targets: Vec<Target<'a, 'm>> = Vec::new();
         let mut recent = Recent::default();
+        let (mut sent, mut bytes) = (0u64, 0u64);
         for f in frames {
-            self.route(&members, from, q, f, now, &mut recent, &mut targets);
+            let len = f.len;
+            if self.route(&members, from, q, f, now, &mut recent, &mut targets) {
+                sent += 1;
+                bytes += len as u64;
+            }
         }
+        from.stats.queue(q).tx_batch(sent, bytes);
         for t in &targets {
             if let Some((tq, rxq)) = t.queue.and_then(|tq| Some((tq, t.port.rx_queue(tq)?))) {
                 if !t.frames.is_empty() {
@@ -303,8 +310,8 @@ impl Switch {
     }
 
     /// Decides where one frame goes and adds it to its targets' frames (`targets`: the batch's
-    /// receive queues so far). Each frame is counted once on the sender: passed on, or why it
-    /// went nowhere.
+    /// receive queues so far). Each frame is counted once on the sender: `true` when it was
+    /// passed on (the caller counts those for the batch), else why it went nowhere.
     #[allow(clippy::too_many_arguments)]
     fn route<'a, 'm: 'a>(
         &self,
@@ -315,14 +322,14 @@ impl Switch {
         now: Instant,
         recent: &mut Recent,
         targets: &mut Vec<Target<'a, 'm>>,
-    ) {
+    ) -> bool {
         let mut eth = [0u8; ETH_HLEN];
         f.frame.clone().read(&mut eth);
         let (Some(dst), Some(src)) = (MacAddr::destination(&eth), MacAddr::source(&eth)) else {
-            return;
+            return false;
         };
         let Some(forward) = self.admit(members, from, q, src, dst, now, recent) else {
-            return;
+            return false;
         };
         // The owner of a known destination, or every other port for a flood (no allocation).
         let owner = match forward {
@@ -386,10 +393,11 @@ impl Switch {
         }
         let stats = from.stats.queue(q);
         match (delivered_anywhere, offload_failed) {
-            (true, _) => stats.tx(f.len),
+            (true, _) => {}
             (false, true) => stats.drop(Drop::TxOffload),
             (false, false) => stats.drop(Drop::TxNoDestination),
         }
+        delivered_anywhere
     }
 }
 
@@ -431,7 +439,7 @@ impl<'a, 'm: 'a> Target<'a, 'm> {
                     port: port.clone(),
                     state,
                     queue,
-                    frames: Vec::new(),
+                    frames: Vec::with_capacity(BATCH),
                 });
                 targets.len() - 1
             }

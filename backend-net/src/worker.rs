@@ -240,19 +240,24 @@ impl Worker {
         // Descriptors and used entries through the view: one region lookup, no bitmap clone.
         let view = GuestView::new(mem);
         let mut round = Round::default();
+        // One allocation each per round, not per batch.
+        let mut heads = Vec::with_capacity(BATCH);
+        let mut arena = Vec::with_capacity(BATCH * 2);
+        let mut frames = Vec::with_capacity(BATCH);
         loop {
             if !kick.step() {
                 round.spent = true;
                 return Some(round);
             }
-            let (batch, heads) = pop_batch(tx, view)?;
+            heads.clear();
+            arena.clear();
+            frames.clear();
+            let batch = pop_batch(tx, view, &mut heads)?;
             log::trace!("transmit queue {}: {} chains", self.q, heads.len());
             if heads.is_empty() {
                 return Some(round);
             }
             round.took += heads.len();
-            let mut arena = Vec::with_capacity(heads.len() * 2);
-            let mut frames = Vec::with_capacity(heads.len());
             for &head in &heads {
                 let mark = arena.len();
                 match parse_tx(head, batch.chain(head), mem, &mut arena, acked, &limits) {
@@ -267,7 +272,7 @@ impl Worker {
             let mut state = tx.get_mut();
             let queue = state.get_queue_mut();
             let mut used = Batch::new(queue, view);
-            for head in heads {
+            for &head in &heads {
                 used.add_used(head, 0);
             }
             used.finish(queue);
@@ -384,12 +389,12 @@ impl Worker {
     }
 }
 
-/// Takes up to [`BATCH`] chains from the transmit queue, reading the driver's available index
-/// once (it shares a cache line with a driver that keeps writing it): the batch (its rings
-/// mapped, for walking the chains) and their heads. `None` once the ring was stopped (then
+/// Takes up to [`BATCH`] chains from the transmit queue into `heads`, reading the driver's
+/// available index once (it shares a cache line with a driver that keeps writing it); returns
+/// the batch (its rings mapped, for walking the chains). `None` once the ring was stopped (then
 /// nothing is taken, and re-enabling notifications would report the chains left forever). An
 /// available index more than a queue size ahead gives no chains, as virtio-queue's `iter` does.
-fn pop_batch<'m>(tx: &Vring, view: GuestView<'m>) -> Option<(Batch<'m>, Vec<u16>)> {
+fn pop_batch<'m>(tx: &Vring, view: GuestView<'m>, heads: &mut Vec<u16>) -> Option<Batch<'m>> {
     let mut state = tx.get_mut();
     let queue = state.get_queue_mut();
     if !queue.ready() {
@@ -397,9 +402,9 @@ fn pop_batch<'m>(tx: &Vring, view: GuestView<'m>) -> Option<(Batch<'m>, Vec<u16>
     }
     let mut batch = Batch::new(queue, view);
     let n = usize::from(batch.available()).min(BATCH);
-    let heads: Vec<u16> = std::iter::from_fn(|| batch.pop()).take(n).collect();
+    heads.extend(std::iter::from_fn(|| batch.pop()).take(n));
     queue.set_next_avail(batch.next_avail());
-    Some((batch, heads))
+    Some(batch)
 }
 
 /// Whether the ring runs: started and not stopped by VHOST_USER_GET_VRING_BASE.
