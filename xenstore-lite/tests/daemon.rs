@@ -27,8 +27,11 @@ fn oversized_payload_is_refused_and_the_daemon_goes_on() {
         tx_id: 0,
         len: 4097,
     };
-    c.send_raw(&h.encode()).unwrap();
-    c.send_raw(&vec![b'a'; 4097]).unwrap();
+    // Header and payload in one write: the daemon answers after the header and closes, so a
+    // second write could meet a closed socket (EPIPE) before the answer is read.
+    let mut request = h.encode().to_vec();
+    request.extend_from_slice(&[b'a'; 4097]);
+    c.send_raw(&request).unwrap();
     let (hdr, payload) = c.recv_raw().unwrap();
     assert_eq!(hdr.msg_type, MsgType::ERROR as u32);
     assert_eq!(hdr.req_id, 42);
