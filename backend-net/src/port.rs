@@ -151,6 +151,19 @@ impl Port {
         self.rx.iter().for_each(RxQueue::close);
     }
 
+    /// Receive queues frames can go to now: the front-end acked its features and, among the
+    /// pairs it uses, the queue's vring is attached (its first kick was served) and enabled.
+    /// A frame sent to the port before it has one is dropped (`rx_no_buffers`), as on a
+    /// link that is not up yet.
+    pub fn rx_queues_ready(&self) -> usize {
+        let state = self.state();
+        if !state.connected {
+            return 0;
+        }
+        let pairs = usize::from(state.active_pairs).min(self.rx.len());
+        self.rx[..pairs].iter().filter(|q| q.is_ready()).count()
+    }
+
     /// Receive queue of pair `q`.
     pub fn rx_queue(&self, q: usize) -> Option<&RxQueue> {
         self.rx.get(q)

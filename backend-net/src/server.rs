@@ -207,11 +207,13 @@ pub fn stats_json(ports: &[Arc<Port>], sockets: &[SocketSource]) -> String {
     serde_json::json!({ "ports": list }).to_string()
 }
 
-/// A port's counters with its id and MAC: `{"port": id, "mac": MAC, ...PortStats}`.
+/// A port's counters with its id, MAC and the receive queues frames can go to now
+/// ([`Port::rx_queues_ready`]): `{"port": id, "mac": MAC, "rx_queues_ready": n, ...PortStats}`.
 pub fn port_json(port: &Port) -> serde_json::Value {
     let mut v = port.stats.to_json();
     v["port"] = port.id.into();
     v["mac"] = port.mac.to_string().into();
+    v["rx_queues_ready"] = port.rx_queues_ready().into();
     v
 }
 

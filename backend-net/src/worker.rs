@@ -167,14 +167,16 @@ impl Worker {
         self.port.stats.queue(self.q)
     }
 
-    /// The driver kicked the receive queue (it added buffers), or the ring just started.
+    /// The driver kicked the receive queue (it added buffers), or the ring just started: the
+    /// port's receive queue is attached (the switch delivers into it; in TAP mode it only
+    /// records that the queue runs, [`Port::rx_queues_ready`]).
     pub fn rx_kick(&mut self, rx: &Vring) {
+        let Some(rxq) = self.port.rx_queue(self.q) else {
+            return;
+        };
+        rxq.attach(rx, &self.mem);
         match &mut self.path {
             Path::Switch(_) => {
-                let Some(rxq) = self.port.rx_queue(self.q) else {
-                    return;
-                };
-                rxq.attach(rx, &self.mem);
                 if rxq.drain(self.port.acked(), self.port.stats.queue(self.q)) {
                     rxq.notify();
                 }

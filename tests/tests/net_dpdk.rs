@@ -42,10 +42,12 @@ fn testpmd_two_queue_pairs_through_the_switch() {
 fn through_the_switch(pairs: u16) -> (serde_json::Value, serde_json::Value) {
     let dir = TempDir::new("net-dpdk").unwrap();
     // Every frame floods (unknown destination): no flood limit.
-    let daemon = NetDaemon::switch(
+    // Every vhost-user request in the log: a failure shows how far each testpmd got.
+    let daemon = NetDaemon::switch_logging(
         dir.path(),
         2,
         &["--num-queue-pairs", &pairs.to_string(), "--flood-rate", "0"],
+        "info,vhost_daemon::relay=trace",
     );
     // Receiver forwards on lcore 1, sender on lcore 0 (shared/REAL-CLIENTS.md: separate CPUs).
     let mut rx = TestPmd::start(&daemon.sockets()[1], "0,1", pairs, "rxonly", &[]);

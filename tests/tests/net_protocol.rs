@@ -32,11 +32,6 @@ use pvio_tests::tmp::TempDir;
 const WAIT: Duration = Duration::from_secs(10);
 const BROADCAST: [u8; 6] = [0xff; 6];
 
-fn connect(daemon: &NetDaemon, port: usize, opts: &NetOptions) -> NetDevice {
-    NetDevice::connect(&daemon.sockets()[port], opts)
-        .unwrap_or_else(|e| panic!("connect to port {port}: {e}\n{}", daemon.log()))
-}
-
 fn with_features(features: u64) -> NetOptions {
     NetOptions {
         features,
@@ -102,8 +97,8 @@ fn introduce(a: &mut NetDevice, b: &mut NetDevice) {
 fn switch_passes_frames_of_every_size_and_offloads_untouched() {
     let dir = TempDir::new("net-proto-sizes").unwrap();
     let daemon = NetDaemon::switch(dir.path(), 2, &[]);
-    let mut a = connect(&daemon, 0, &NetOptions::default());
-    let mut b = connect(&daemon, 1, &NetOptions::default());
+    let mut a = daemon.connect(0, &NetOptions::default());
+    let mut b = daemon.connect(1, &NetOptions::default());
     introduce(&mut a, &mut b);
     let (ma, mb) = (mac(&a), mac(&b));
     for len in [60usize, 1514, 1518] {
@@ -145,8 +140,8 @@ fn switch_passes_frames_of_every_size_and_offloads_untouched() {
 fn switch_segments_and_checksums_for_a_receiver_without_offloads() {
     let dir = TempDir::new("net-proto-gso").unwrap();
     let daemon = NetDaemon::switch(dir.path(), 2, &[]);
-    let mut a = connect(&daemon, 0, &NetOptions::default());
-    let mut b = connect(&daemon, 1, &without_receive_offloads());
+    let mut a = daemon.connect(0, &NetOptions::default());
+    let mut b = daemon.connect(1, &without_receive_offloads());
     introduce(&mut a, &mut b);
     let (ma, mb) = (mac(&a), mac(&b));
     let payload: Vec<u8> = (0..4000u32).map(|i| (i * 13) as u8).collect();
@@ -200,9 +195,9 @@ fn switch_segments_and_checksums_for_a_receiver_without_offloads() {
 fn switch_learns_floods_and_forgets() {
     let dir = TempDir::new("net-proto-learn").unwrap();
     let daemon = NetDaemon::switch(dir.path(), 3, &[]);
-    let mut a = connect(&daemon, 0, &NetOptions::default());
-    let mut b = connect(&daemon, 1, &NetOptions::default());
-    let mut c = connect(&daemon, 2, &NetOptions::default());
+    let mut a = daemon.connect(0, &NetOptions::default());
+    let mut b = daemon.connect(1, &NetOptions::default());
+    let mut c = daemon.connect(2, &NetOptions::default());
     let (ma, mb) = (mac(&a), mac(&b));
     // B has not sent anything: a frame to B floods, C sees it too.
     send(
@@ -237,7 +232,7 @@ fn switch_learns_floods_and_forgets() {
     // B goes away: the switch forgets it and floods again; a new B connects and gets them.
     drop(b);
     daemon.wait_port(1, "B's disconnect", |p| counter(p, "connections") == 1);
-    let mut b2 = connect(&daemon, 1, &NetOptions::default());
+    let mut b2 = daemon.connect(1, &NetOptions::default());
     send(
         &mut a,
         &NetHdr::default(),
@@ -253,8 +248,8 @@ fn switch_learns_floods_and_forgets() {
 fn control_queue_sets_the_receive_filter_and_refuses_the_rest() {
     let dir = TempDir::new("net-proto-ctrl").unwrap();
     let daemon = NetDaemon::switch(dir.path(), 2, &["--num-queue-pairs", "2"]);
-    let mut a = connect(&daemon, 0, &NetOptions::default());
-    let mut b = connect(&daemon, 1, &NetOptions::default());
+    let mut a = daemon.connect(0, &NetOptions::default());
+    let mut b = daemon.connect(1, &NetOptions::default());
     let (ma, mb) = (mac(&a), mac(&b));
     let other = [0x52, 0x54, 0, 0x99, 0, 1];
     let extra = [0x52, 0x54, 0, 0x99, 0, 2];
@@ -381,8 +376,8 @@ fn control_queue_sets_the_receive_filter_and_refuses_the_rest() {
 fn malformed_transmit_chains_are_dropped_and_counted() {
     let dir = TempDir::new("net-proto-bad-tx").unwrap();
     let daemon = NetDaemon::switch(dir.path(), 2, &[]);
-    let mut a = connect(&daemon, 0, &NetOptions::default());
-    let mut b = connect(&daemon, 1, &NetOptions::default());
+    let mut a = daemon.connect(0, &NetOptions::default());
+    let mut b = daemon.connect(1, &NetOptions::default());
     let (ma, mb) = (mac(&a), mac(&b));
     let ram = a.ram().clone();
     let buf = ram.alloc(8192, 64).unwrap();
@@ -473,12 +468,12 @@ fn malformed_transmit_chains_are_dropped_and_counted() {
 fn receive_backlog_holds_then_drops_and_delivers_in_order() {
     let dir = TempDir::new("net-proto-backlog").unwrap();
     let daemon = NetDaemon::switch(dir.path(), 2, &["--rx-backlog", "32"]);
-    let mut a = connect(&daemon, 0, &NetOptions::default());
+    let mut a = daemon.connect(0, &NetOptions::default());
     let small = NetOptions {
         queue_size: 64,
         ..NetOptions::default()
     };
-    let mut b = connect(&daemon, 1, &small);
+    let mut b = daemon.connect(1, &small);
     introduce(&mut a, &mut b);
     let (ma, mb) = (mac(&a), mac(&b));
     // B does not take frames: 64 fill its buffers, 32 wait, 20 are dropped.
@@ -516,13 +511,9 @@ fn control_queue_follows_the_negotiated_pairs() {
         queue_pairs: 2,
         ..NetOptions::default()
     };
-    let mut a = connect(&daemon, 0, &two);
+    let mut a = daemon.connect(0, &two);
     // B does not: one pair, and the control queue is vring 2 (virtio 1.2 §5.1.2).
-    let mut b = connect(
-        &daemon,
-        1,
-        &with_features(ALL_FEATURES & !(1 << VIRTIO_NET_F_MQ)),
-    );
+    let mut b = daemon.connect(1, &with_features(ALL_FEATURES & !(1 << VIRTIO_NET_F_MQ)));
     assert!(a.has_feature(VIRTIO_NET_F_MQ) && !b.has_feature(VIRTIO_NET_F_MQ));
     introduce(&mut a, &mut b);
     for dev in [&mut a, &mut b] {
@@ -570,8 +561,8 @@ fn stopping_a_transmit_queue_waits_for_the_chains_it_took() {
     let dir = TempDir::new("net-proto-stop").unwrap();
     // B never sends: A's frames flood to it, all of them.
     let daemon = NetDaemon::switch(dir.path(), 2, &["--flood-rate", "0"]);
-    let mut a = connect(&daemon, 0, &NetOptions::default());
-    let b = connect(&daemon, 1, &without_receive_offloads());
+    let mut a = daemon.connect(0, &NetOptions::default());
+    let b = daemon.connect(1, &without_receive_offloads());
     // 60 KB TCP segmentation offload frames, which the switch cuts into 42 segments each for
     // B: a batch of transmit chains takes the worker a while.
     let payload = vec![0x5a; 60_000];
@@ -625,7 +616,7 @@ fn tap_carries_frames_both_ways_in_a_namespace() {
     let ns = Netns::new();
     ns.add_tap("tap0", false, "10.79.0.1/24");
     let daemon = NetDaemon::tap(dir.path(), &ns, "tap0", &[]);
-    let mut dev = connect(&daemon, 0, &NetOptions::default());
+    let mut dev = daemon.connect(0, &NetOptions::default());
     let me = mac(&dev);
     let tap_mac = ns.mac("tap0");
     ns.add_neighbour("10.79.0.2", me, "tap0");
@@ -717,8 +708,7 @@ fn tap_with_two_queue_pairs_spreads_flows() {
     let ns = Netns::new();
     ns.add_tap("tap0", true, "10.79.1.1/24");
     let daemon = NetDaemon::tap(dir.path(), &ns, "tap0", &["--num-queue-pairs", "2"]);
-    let mut dev = connect(
-        &daemon,
+    let mut dev = daemon.connect(
         0,
         &NetOptions {
             queue_pairs: 2,
@@ -781,7 +771,7 @@ fn tap_survives_hostile_transmits() {
     let ns = Netns::new();
     ns.add_tap("tap0", false, "10.78.0.1/24");
     let daemon = NetDaemon::tap(dir.path(), &ns, "tap0", &[]);
-    let dev = connect(&daemon, 0, &NetOptions::default());
+    let dev = daemon.connect(0, &NetOptions::default());
     let me = mac(&dev);
     let tap_mac = ns.mac("tap0");
     ns.add_neighbour("10.78.0.2", me, "tap0");
@@ -852,7 +842,7 @@ fn tap_receive_is_logged_and_memory_slots_change_on_the_fly() {
         rx_buffer_bytes: 3000,
         ..NetOptions::default()
     };
-    let mut dev = connect(&daemon, 0, &opts);
+    let mut dev = daemon.connect(0, &opts);
     assert!(
         dev.connection().offered_features() & (1 << 26) != 0,
         "VHOST_F_LOG_ALL"

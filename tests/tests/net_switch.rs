@@ -40,8 +40,7 @@ fn pin(daemon_dir: &std::path::Path, port: usize, mac: [u8; 6]) -> String {
 }
 
 fn connect(daemon: &NetDaemon, port: usize) -> NetDevice {
-    NetDevice::connect(&daemon.sockets()[port], &NetOptions::default())
-        .unwrap_or_else(|e| panic!("connect to port {port}: {e}\n{}", daemon.log()))
+    daemon.connect(port, &NetOptions::default())
 }
 
 fn send(dev: &mut NetDevice, frame: &[u8]) {
@@ -273,7 +272,7 @@ fn hostile_frames_and_chains_leave_the_switch_consistent() {
     // software fallback.
     let a = connect(&daemon, 0);
     let b = connect(&daemon, 1);
-    let c = NetDevice::connect(&daemon.sockets()[2], &without_receive_offloads()).unwrap();
+    let c = daemon.connect(2, &without_receive_offloads());
     let buf = noise_buffer(&a);
     let ram_size = a.ram().size();
     let addresses = [port_mac(0), port_mac(1), port_mac(2), BROADCAST];

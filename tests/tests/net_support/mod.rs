@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use frontend_guest::host::net::ALL_FEATURES;
-use frontend_guest::host::NetOptions;
+use frontend_guest::host::{NetDevice, NetOptions};
 use frontend_guest::net::NetHdr;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -47,16 +47,21 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// Polls `f` until it returns `Some` or `deadline` passes; panics naming `what` then.
-pub fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, deadline: Duration, f: impl FnMut() -> Option<T>) -> T {
+    poll_until(deadline, f)
+        .unwrap_or_else(|| panic!("timed out after {deadline:?} waiting for {what}"))
+}
+
+/// Polls `f` until it returns `Some` (returned) or `deadline` passes (`None`).
+fn poll_until<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + deadline;
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
-        assert!(
-            Instant::now() < end,
-            "timed out after {deadline:?} waiting for {what}"
-        );
+        if Instant::now() >= end {
+            return None;
+        }
         std::thread::sleep(POLL);
     }
 }
@@ -197,6 +202,12 @@ impl NetDaemon {
     /// `backend-net --switch` with `ports` sockets `port<i>.sock` in `dir`, plus `extra`
     /// arguments.
     pub fn switch(dir: &Path, ports: usize, extra: &[&str]) -> NetDaemon {
+        Self::switch_logging(dir, ports, extra, "info")
+    }
+
+    /// As [`NetDaemon::switch`], logging with the `RUST_LOG` filter `log` (unless the test
+    /// runs with `RUST_LOG` set), e.g. every front-end request the relay passes on.
+    pub fn switch_logging(dir: &Path, ports: usize, extra: &[&str], log: &str) -> NetDaemon {
         let sockets: Vec<PathBuf> = (0..ports)
             .map(|i| dir.join(format!("port{i}.sock")))
             .collect();
@@ -205,7 +216,7 @@ impl NetDaemon {
             args.extend(["--socket".into(), s.display().to_string()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self::start(Command::new(backend_net()), dir, sockets, &args)
+        Self::start(Command::new(backend_net()), dir, sockets, &args, log)
     }
 
     /// `backend-net --tap TAP` run inside `netns`, socket `tap.sock` in `dir`, plus `extra`.
@@ -223,10 +234,24 @@ impl NetDaemon {
             socket.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self::start(netns.command(&backend_net()), dir, vec![socket], &args)
+        Self::start(
+            netns.command(&backend_net()),
+            dir,
+            vec![socket],
+            &args,
+            "info",
+        )
     }
 
-    fn start(mut cmd: Command, dir: &Path, sockets: Vec<PathBuf>, args: &[String]) -> NetDaemon {
+    /// Runs `cmd` with `args`, the stats socket and the log in `dir`, logging with the
+    /// `RUST_LOG` filter `log_filter` unless the test runs with `RUST_LOG` set.
+    fn start(
+        mut cmd: Command,
+        dir: &Path,
+        sockets: Vec<PathBuf>,
+        args: &[String],
+        log_filter: &str,
+    ) -> NetDaemon {
         let stats = dir.join(format!("stats-{}.sock", unique("")));
         let log = dir.join(format!("backend-net-{}.log", unique("")));
         let out = File::create(&log).expect("create the daemon log");
@@ -237,7 +262,7 @@ impl NetDaemon {
             .stdout(out.try_clone().expect("dup log"))
             .stderr(out);
         if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
+            cmd.env("RUST_LOG", log_filter);
         }
         let child = cmd.spawn().expect("start backend-net");
         let mut d = NetDaemon {
@@ -262,6 +287,19 @@ impl NetDaemon {
     /// The vhost-user sockets, by port.
     pub fn sockets(&self) -> &[PathBuf] {
         &self.sockets
+    }
+
+    /// Connects pvio's mock front-end to port `i` with `opts` and waits until the daemon
+    /// reports one of its receive queues ready (`rx_queues_ready`): the front-end's messages
+    /// are all answered when it returns, but the daemon attaches a receive queue on its worker
+    /// thread, and a frame sent to the port before then is dropped, as on a link not yet up.
+    pub fn connect(&self, i: usize, opts: &NetOptions) -> NetDevice {
+        let dev = NetDevice::connect(&self.sockets[i], opts)
+            .unwrap_or_else(|e| panic!("connect to port {i}: {e}\n{}", self.log()));
+        self.wait_port(i, "a receive queue of the port to be ready", |p| {
+            p["rx_queues_ready"].as_u64().unwrap_or(0) > 0
+        });
+        dev
     }
 
     /// Its standard error so far.
@@ -334,6 +372,9 @@ impl NetDaemon {
 
 impl Drop for NetDaemon {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("backend-net's log:\n{}", self.log());
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -386,7 +427,10 @@ pub fn drops(port: &Value, reason: &str) -> u64 {
 pub struct TestPmd {
     child: Child,
     stdin: ChildStdin,
-    output: Arc<Mutex<String>>,
+    /// What it printed on stdout: prompts, command echoes and answers. Kept apart from its
+    /// stderr (log lines from other threads), which could land in the middle of a prompt.
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
     prefix: String,
 }
 
@@ -444,29 +488,13 @@ impl TestPmd {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start dpdk-testpmd");
         let stdin = child.stdin.take().expect("piped");
-        let output = Arc::new(Mutex::new(String::new()));
-        for pipe in [
-            Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().expect("piped")),
-        ] {
-            let out = output.clone();
-            std::thread::spawn(move || {
-                let mut pipe = pipe;
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    out.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
+        let stdout = collect(child.stdout.take().expect("piped"));
+        let stderr = collect(child.stderr.take().expect("piped"));
         let mut t = TestPmd {
             child,
             stdin,
-            output,
+            stdout,
+            stderr,
             prefix,
         };
         t.wait_prompt(0, "");
@@ -474,11 +502,11 @@ impl TestPmd {
     }
 
     /// Waits for the prompt that follows `echo` (the command line as testpmd echoes it) after
-    /// byte `from` of the output, and returns what came between them.
+    /// byte `from` of its stdout, and returns what came between them.
     fn wait_prompt(&mut self, from: usize, echo: &str) -> String {
-        let output = self.output.clone();
+        let output = self.stdout.clone();
         let mut exited = None;
-        let text = wait_for("testpmd's prompt", TESTPMD_DEADLINE, || {
+        let text = poll_until(TESTPMD_DEADLINE, || {
             let text = output.lock().unwrap();
             let rest = &text[from.min(text.len())..];
             let after_echo = rest.find(echo).map(|e| e + echo.len())?;
@@ -491,17 +519,27 @@ impl TestPmd {
         if let Some(status) = exited {
             panic!("dpdk-testpmd exited with {status}:\n{}", self.output());
         }
-        text
+        text.unwrap_or_else(|| {
+            panic!(
+                "timed out after {TESTPMD_DEADLINE:?} waiting for testpmd's prompt after {echo:?}; \
+                 it printed:\n{}",
+                self.output()
+            )
+        })
     }
 
-    /// Everything testpmd printed so far.
+    /// Everything testpmd printed so far: stdout, then stderr.
     pub fn output(&self) -> String {
-        self.output.lock().unwrap().clone()
+        format!(
+            "{}\n--- stderr ---\n{}",
+            self.stdout.lock().unwrap(),
+            self.stderr.lock().unwrap()
+        )
     }
 
     /// Runs one interactive command and returns what it printed.
     pub fn command(&mut self, line: &str) -> String {
-        let from = self.output.lock().unwrap().len();
+        let from = self.stdout.lock().unwrap().len();
         writeln!(self.stdin, "{line}").expect("write to testpmd");
         self.wait_prompt(from, line)
     }
@@ -534,6 +572,24 @@ impl TestPmd {
             self.output()
         );
     }
+}
+
+/// Appends everything `pipe` gives to the returned text, on a thread of its own.
+fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let out = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
 }
 
 impl Drop for TestPmd {
