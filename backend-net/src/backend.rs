@@ -1,13 +1,14 @@
 //! The vhost-user side of one connection: the [`DeviceBackend`] that vhost-daemon's back-end
-//! wrapper forwards to (control path on the daemon thread, one worker thread per queue pair),
+//! wrapper forwards to (control path on the daemon thread, the queue pairs on worker threads),
 //! and the control queue.
 //!
 //! Queues: receiveq N is vring 2N, transmitq N is vring 2N+1, and the controlq follows the
 //! last pair the negotiated features allow (virtio 1.2 §5.1.2): vring 2P for P pairs with
-//! VIRTIO_NET_F_MQ, vring 2 without it. Worker thread N serves pair N; thread 0 also serves
-//! vring 2P. Within a thread the vrings are numbered 0 (receive), 1 (transmit), 2 (vring 2P);
-//! the TAP queue's readiness arrives as device event 2P+2 (an [`ExtraEvent`]). Without MQ,
-//! thread 1's receive vring (vring 2) is the controlq, which is then served there.
+//! VIRTIO_NET_F_MQ, vring 2 without it. [`Layout`] spreads the pairs over the port's worker
+//! threads (one per pair by default, `--worker-threads` fewer) and turns a thread's device
+//! event back into a vring or a TAP queue; vring 2P goes with thread 0. Without MQ, vring 2
+//! (pair 1's receive vring when more pairs are offered) is the controlq, served by whichever
+//! thread has it.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +28,7 @@ use crate::guest::{walk, Cursor, GuestRam, GuestRamAtomic, Vring};
 use crate::port::{notify, Port};
 use crate::switch::Switch;
 use crate::tap::TapQueue;
+use crate::threads::Layout;
 use crate::worker::{Path, TapPath, Worker};
 
 /// What the pairs of a connection are bridged to.
@@ -47,6 +49,7 @@ pub struct NetBackend {
     config: Vec<u8>,
     mem: GuestRamAtomic,
     workers: Vec<Mutex<Worker>>,
+    layout: Layout,
     /// Held while control chains are taken and answered (stop waits for it).
     ctrl_busy: Mutex<()>,
     event_idx: AtomicBool,
@@ -79,6 +82,7 @@ impl NetBackend {
             .collect::<Result<_, UringError>>()?;
         Ok(NetBackend {
             config: device::config_space(port.mac, port.queue_pairs, port.mtu),
+            layout: Layout::new(port.queue_pairs, port.worker_threads),
             port,
             dataplane,
             queue_size,
@@ -87,11 +91,6 @@ impl NetBackend {
             ctrl_busy: Mutex::new(()),
             event_idx: AtomicBool::new(false),
         })
-    }
-
-    /// The device event number of a TAP queue's readiness in its worker's epoll.
-    fn tap_event(&self) -> u16 {
-        2 * self.port.queue_pairs + 2
     }
 
     /// The front-end left: the port forgets it (filter, features, backlogs, learned stations),
@@ -107,7 +106,7 @@ impl NetBackend {
     }
 
     fn worker(&self, q: usize) -> MutexGuard<'_, Worker> {
-        self.workers[q].lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.workers[q])
     }
 
     /// The vring index of the control queue under the acked features.
@@ -256,17 +255,7 @@ impl DeviceBackend for NetBackend {
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        let pairs = usize::from(self.port.queue_pairs);
-        (0..pairs)
-            .map(|q| {
-                let pair = 0b11u64 << (2 * q);
-                if q == 0 {
-                    pair | 1 << (2 * pairs)
-                } else {
-                    pair
-                }
-            })
-            .collect()
+        self.layout.masks().to_vec()
     }
 
     /// VHOST_USER_GET_VRING_BASE: the daemon marked the ring not ready, so no chain is taken
@@ -283,7 +272,7 @@ impl DeviceBackend for NetBackend {
         let Some(worker) = self.workers.get(q) else {
             return Ok(());
         };
-        let mut worker = worker.lock().unwrap_or_else(|p| p.into_inner());
+        let mut worker = lock(worker);
         if queue_index % 2 == 0 {
             worker.detach_tap();
             if let Some(rxq) = self.port.rx_queue(q) {
@@ -293,18 +282,19 @@ impl DeviceBackend for NetBackend {
         Ok(())
     }
 
-    /// In TAP mode, pair `q`'s TAP queue joins worker thread `q` (edge-triggered).
+    /// In TAP mode, pair `q`'s TAP queue joins the epoll of the worker thread that serves pair
+    /// `q` (edge-triggered), as device event [`Layout::tap_event`].
     fn extra_events(&self) -> Vec<ExtraEvent> {
         let Dataplane::Tap(taps) = &self.dataplane else {
             return Vec::new();
         };
         taps.iter()
             .enumerate()
-            .map(|(thread, tap)| ExtraEvent {
-                thread,
+            .map(|(q, tap)| ExtraEvent {
+                thread: self.layout.thread_of(q),
                 fd: tap.fd(),
                 events: EventSet::IN | EventSet::EDGE_TRIGGERED,
-                device_event: self.tap_event(),
+                device_event: self.layout.tap_event(q),
             })
             .collect()
     }
@@ -320,37 +310,44 @@ impl DeviceBackend for NetBackend {
             "port {}: worker {thread_id} event {device_event}",
             self.port.id
         );
-        let (Some(worker), [rx, tx, ..]) = (self.workers.get(thread_id), vrings) else {
-            return;
-        };
-        let pairs = usize::from(self.port.queue_pairs);
-        let vring_index = match device_event {
-            0 | 1 => Some(2 * thread_id + usize::from(device_event)),
-            2 => Some(2 * pairs),
-            _ => None,
-        };
-        if vring_index == Some(self.ctrl_index()) {
-            if let Some(ctrl) = vrings.get(usize::from(device_event)) {
-                self.process_ctrl(ctrl);
+        if let Some(pair) = self.layout.tap_pair(device_event) {
+            let rx = self
+                .layout
+                .slot_of(thread_id, 2 * pair)
+                .and_then(|at| vrings.get(at));
+            if let (Some(worker), Some(rx)) = (self.workers.get(pair), rx) {
+                lock(worker).tap_readable(rx);
             }
             return;
         }
-        match device_event {
-            0 => worker.lock().unwrap_or_else(|p| p.into_inner()).rx_kick(rx),
-            1 => worker.lock().unwrap_or_else(|p| p.into_inner()).tx_kick(tx),
-            // Vring 2P while the control queue is vring 2 (no MQ): not a queue of the device.
-            2 => {}
-            e if e == self.tap_event() => {
-                worker
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .tap_readable(rx);
-            }
-            e => log::debug!("unexpected device event {e} on worker {thread_id}"),
+        let (Some(index), Some(vring)) = (
+            self.layout.vring_of(thread_id, device_event),
+            vrings.get(usize::from(device_event)),
+        ) else {
+            log::debug!("unexpected device event {device_event} on worker {thread_id}");
+            return;
+        };
+        if index == self.ctrl_index() {
+            self.process_ctrl(vring);
+            return;
+        }
+        // Vring 2P while the control queue is vring 2 (no MQ) is not a queue of the device.
+        let Some(worker) = self.workers.get(index / 2) else {
+            return;
+        };
+        if index % 2 == 0 {
+            lock(worker).rx_kick(vring);
+        } else {
+            lock(worker).tx_kick(vring);
         }
     }
 
     fn disconnected(&self) {
         self.disconnect();
     }
+}
+
+/// A pair's worker, also after a worker thread panicked while holding it.
+fn lock(worker: &Mutex<Worker>) -> MutexGuard<'_, Worker> {
+    worker.lock().unwrap_or_else(|p| p.into_inner())
 }

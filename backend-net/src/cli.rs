@@ -17,8 +17,8 @@ use crate::fdb::{FdbConfig, DEFAULT_MAX_PER_PORT};
 use crate::mac::MacAddr;
 use crate::switch::{SwitchConfig, DEFAULT_FLOOD_RATE};
 
-/// Largest `--num-queue-pairs`: one worker thread per pair, and vhost-user-backend describes a
-/// thread's queues with a 64-bit mask that must also hold the control queue.
+/// Largest `--num-queue-pairs`: by default one worker thread per pair, and vhost-user-backend
+/// describes a thread's queues with a 64-bit mask that must also hold the control queue.
 pub const MAX_QUEUE_PAIRS: u16 = 16;
 /// Largest `--queue-size`: QEMU's `VIRTQUEUE_MAX_SIZE`.
 pub const MAX_QUEUE_SIZE: u16 = 1024;
@@ -121,10 +121,17 @@ pub struct Cli {
     #[arg(long)]
     pub switch: bool,
 
-    /// Queue pairs (receiveq/transmitq) offered per front-end, each served by its own thread;
-    /// in TAP mode each pair gets its own TAP queue (the TAP needs multi_queue for N > 1).
+    /// Queue pairs (receiveq/transmitq) offered per front-end, each served by its own thread
+    /// unless --worker-threads says fewer; in TAP mode each pair gets its own TAP queue (the
+    /// TAP needs multi_queue for N > 1).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub num_queue_pairs: u16,
+
+    /// Worker threads per front-end, 1 to --num-queue-pairs (default: one per pair): pair i
+    /// is served by thread i mod N, so one thread can poll several pairs (for a back-end given
+    /// fewer cores than pairs).
+    #[arg(long, value_name = "N", conflicts_with = "xenstore")]
+    pub worker_threads: Option<u16>,
 
     /// MAC address offered in the configuration space; switch port i gets this plus i.
     #[arg(long, value_name = "MAC", default_value_t = DEFAULT_MAC)]
@@ -244,6 +251,8 @@ pub struct Config {
     pub sockets: Vec<SocketSource>,
     /// Queue pairs per front-end, 1 to [`MAX_QUEUE_PAIRS`].
     pub queue_pairs: u16,
+    /// Worker threads per front-end, 1 to `queue_pairs` (see [`crate::threads`]).
+    pub worker_threads: u16,
     /// MAC of port 0; port i has `mac.offset(i)`.
     pub mac: MacAddr,
     /// MTU in bytes, [`MIN_MTU`] to [`MAX_MTU`].
@@ -301,6 +310,12 @@ pub enum ConfigError {
     /// `--poll-us` is above [`MAX_POLL_US`].
     #[error("--poll-us {0} is out of range: give 0 to {MAX_POLL_US}")]
     PollUs(u32),
+    /// `--worker-threads` is 0 or above `--num-queue-pairs` (the second value).
+    #[error(
+        "--worker-threads {0} is out of range: give 1 to {1} (a thread serves one or more of \
+         the --num-queue-pairs {1})"
+    )]
+    WorkerThreads(u16, u16),
     /// `--fd` is negative.
     #[error("--fd {0} is not a file descriptor number")]
     Fd(RawFd),
@@ -331,6 +346,13 @@ impl Cli {
         }
         if self.num_queue_pairs == 0 || self.num_queue_pairs > MAX_QUEUE_PAIRS {
             return Err(ConfigError::QueuePairs(self.num_queue_pairs));
+        }
+        let worker_threads = self.worker_threads.unwrap_or(self.num_queue_pairs);
+        if worker_threads == 0 || worker_threads > self.num_queue_pairs {
+            return Err(ConfigError::WorkerThreads(
+                worker_threads,
+                self.num_queue_pairs,
+            ));
         }
         if !self.queue_size.is_power_of_two() || !(2..=MAX_QUEUE_SIZE).contains(&self.queue_size) {
             return Err(ConfigError::QueueSize(self.queue_size));
@@ -396,6 +418,7 @@ impl Cli {
             pinned,
             switch,
             queue_pairs: self.num_queue_pairs,
+            worker_threads,
             mac: self.mac,
             mtu: self.mtu,
             queue_size: self.queue_size,
@@ -442,6 +465,7 @@ mod tests {
                 mode: Mode::Tap("tap0".into()),
                 sockets: vec![SocketSource::Path("/s".into())],
                 queue_pairs: 1,
+                worker_threads: 1,
                 mac: DEFAULT_MAC,
                 mtu: 1500,
                 queue_size: 256,
@@ -595,6 +619,36 @@ mod tests {
         let e = parse(&["--socket", "/s", "--tap", "t", "--poll-us", "2001"]).unwrap_err();
         assert!(e.contains("--poll-us 2001"), "{e}");
         assert!(parse(&["--socket", "/s", "--tap", "t", "--poll-us", "-1"]).is_err());
+    }
+
+    #[test]
+    fn worker_threads_default_to_one_per_pair_and_stay_within_the_pairs() {
+        let pairs = ["--switch", "--socket", "/a", "--num-queue-pairs", "4"];
+        assert_eq!(parse(&pairs).unwrap().worker_threads, 4);
+        let c = parse(&[&pairs[..], &["--worker-threads", "1"]].concat()).unwrap();
+        assert_eq!((c.queue_pairs, c.worker_threads), (4, 1));
+        let c = parse(&["--socket", "/s", "--tap", "t", "--num-queue-pairs", "2"]).unwrap();
+        assert_eq!(c.worker_threads, 2);
+        let e = parse(&[&pairs[..], &["--worker-threads", "0"]].concat()).unwrap_err();
+        assert!(
+            e.contains("--worker-threads 0 is out of range: give 1 to 4"),
+            "{e}"
+        );
+        let e = parse(&["--switch", "--socket", "/a", "--worker-threads", "2"]).unwrap_err();
+        assert!(
+            e.contains("--worker-threads 2 is out of range: give 1 to 1"),
+            "{e}"
+        );
+        assert!(parse(&[&pairs[..], &["--worker-threads", "-1"]].concat()).is_err());
+        let store = [
+            "--xenstore",
+            "/xs",
+            "--run-dir",
+            "/r",
+            "--worker-threads",
+            "1",
+        ];
+        assert!(parse(&store).is_err());
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! - [`tap`]: the TAP device (the io_uring that moves frames is vhost-daemon's).
 //! - [`vq`]: the split virtqueue's rings mapped once per batch (the data path's fast path).
 //! - [`port`], [`switch`], [`worker`]: per-port state, the switch, the queue-pair data path.
+//! - [`threads`]: which worker thread serves which queue pairs (`--worker-threads`).
 //! - [`backend`], [`server`]: the per-connection back-end and the device as vhost-daemon
 //!   serves it (listener, signals, serve loop, early-enable relay live in `vhost-daemon`).
 //! - [`store`]: store mode (`--xenstore`): every TAP vif of the XenStore, XenBus handshake.
@@ -41,6 +42,7 @@ pub mod stats;
 pub mod store;
 pub mod switch;
 pub mod tap;
+pub mod threads;
 pub mod vq;
 pub mod worker;
 

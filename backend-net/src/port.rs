@@ -56,6 +56,9 @@ pub struct Port {
     pub pinned: Vec<MacAddr>,
     /// How long this port's queue threads busy-poll after their last work (`--poll-us`).
     pub poll: Duration,
+    /// Worker threads a connection's queue pairs are spread over (`--worker-threads`), 1 to
+    /// `queue_pairs`; see [`crate::threads`].
+    pub worker_threads: u16,
     rx: Vec<RxQueue>,
     state: RwLock<PortState>,
 }
@@ -71,6 +74,7 @@ impl Port {
             stats: PortStats::new(queue_pairs),
             pinned: Vec::new(),
             poll: Duration::ZERO,
+            worker_threads: queue_pairs,
             rx: (0..queue_pairs).map(|_| RxQueue::new(rx_backlog)).collect(),
             state: RwLock::new(PortState {
                 connected: false,
@@ -92,6 +96,15 @@ impl Port {
     /// This port's queue threads busy-polling for `poll` after their last work.
     pub fn with_poll(self, poll: Duration) -> Port {
         Port { poll, ..self }
+    }
+
+    /// This port's queue pairs served by `threads` worker threads (clamped to 1 to the
+    /// number of pairs).
+    pub fn with_worker_threads(self, threads: u16) -> Port {
+        Port {
+            worker_threads: threads.clamp(1, self.queue_pairs.max(1)),
+            ..self
+        }
     }
 
     /// Whether this port may send a frame with source address `src` (by its own pins; the

@@ -79,6 +79,7 @@ impl NetDevice {
             )
             .with_pinned(config.pinned.get(i).cloned().unwrap_or_default())
             .with_poll(config.poll)
+            .with_worker_threads(config.worker_threads)
         };
         let (ports, members, dataplane) = match &config.mode {
             Mode::Tap(name) => {

@@ -556,6 +556,65 @@ fn control_queue_follows_the_negotiated_pairs() {
     daemon.stop();
 }
 
+/// `--worker-threads 1`: one thread serves both pairs of each port (its epoll holds all five
+/// kick fds). Every queue must be served: both receive queues become ready (their first kick),
+/// each sender queue's frames arrive on the receiver's queue of the same index (the switch
+/// keeps a flow on `from_q` modulo the ready queues, so a pair whose kicks were never served
+/// would show as a missing frame or a frame on the wrong queue), the control queue (vring 4)
+/// answers, and the per-queue counters add up.
+#[test]
+fn one_worker_thread_serves_both_queue_pairs() {
+    const FRAMES: u64 = 16;
+    let dir = TempDir::new("net-proto-one-thread").unwrap();
+    let daemon = NetDaemon::switch(
+        dir.path(),
+        2,
+        &["--num-queue-pairs", "2", "--worker-threads", "1"],
+    );
+    let two = NetOptions {
+        queue_pairs: 2,
+        ..NetOptions::default()
+    };
+    let mut devs = [daemon.connect(0, &two), daemon.connect(1, &two)];
+    for i in 0..2 {
+        daemon.wait_port(i, "both receive queues ready", |p| {
+            counter(p, "rx_queues_ready") == 2
+        });
+    }
+    let [a, b] = &mut devs;
+    introduce(a, b);
+    for (from, to) in [(0, 1), (1, 0)] {
+        let (src, dst) = (mac(&devs[from]), mac(&devs[to]));
+        for q in 0..2usize {
+            for n in 0..FRAMES {
+                let tag = format!("from {from} on pair {q}, frame {n}");
+                let frame = frames::ethernet(dst, src, 0x88b5, tag.as_bytes());
+                let pair = devs[from].pair(q).unwrap();
+                pair.send(&NetHdr::default(), &frame).unwrap();
+                pair.wait_tx_done().unwrap();
+                let got = recv_where(&mut devs[to], q, |_| true);
+                assert_eq!(got.frame[14..], *tag.as_bytes(), "{}", daemon.log());
+            }
+        }
+    }
+    // introduce() sent one frame each way on pair 0.
+    for i in 0..2 {
+        let p = daemon.port(i);
+        for (q, extra) in [(0, 1), (1, 0)] {
+            let queue = &p["queues"][q];
+            for key in ["tx_frames", "rx_frames"] {
+                assert_eq!(counter(queue, key), FRAMES + extra, "{key} {q}: {p}");
+            }
+        }
+        assert_eq!(counter(&p, "tx_frames"), 2 * FRAMES + 1, "{p}");
+        assert_eq!(counter(&p, "rx_frames"), 2 * FRAMES + 1, "{p}");
+        // VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET at connect, on vring 4 of the same thread.
+        assert_eq!(counter(&p, "ctrl_ok"), 1, "{p}");
+    }
+    drop(devs);
+    daemon.stop();
+}
+
 #[test]
 fn stopping_a_transmit_queue_waits_for_the_chains_it_took() {
     let dir = TempDir::new("net-proto-stop").unwrap();
@@ -704,10 +763,24 @@ fn in_netns_spawn(
 
 #[test]
 fn tap_with_two_queue_pairs_spreads_flows() {
-    let dir = TempDir::new("net-proto-tap-mq").unwrap();
+    tap_with_two_queue_pairs("net-proto-tap-mq", &[]);
+}
+
+/// The same with both pairs and both TAP queues on one worker thread (each TAP queue's
+/// readiness is its own event in that thread's epoll).
+#[test]
+fn tap_with_two_queue_pairs_on_one_worker_thread() {
+    tap_with_two_queue_pairs("net-proto-tap-mq-1t", &["--worker-threads", "1"]);
+}
+
+/// A two-pair TAP port (daemon options `extra`): flows from the namespace arrive on both
+/// receive queues, and both transmit queues reach the TAP.
+fn tap_with_two_queue_pairs(name: &str, extra: &[&str]) {
+    let dir = TempDir::new(name).unwrap();
     let ns = Netns::new();
     ns.add_tap("tap0", true, "10.79.1.1/24");
-    let daemon = NetDaemon::tap(dir.path(), &ns, "tap0", &["--num-queue-pairs", "2"]);
+    let args = [&["--num-queue-pairs", "2"], extra].concat();
+    let daemon = NetDaemon::tap(dir.path(), &ns, "tap0", &args);
     let mut dev = daemon.connect(
         0,
         &NetOptions {
