@@ -144,22 +144,18 @@ pub fn deliver<'m>(
             arena.truncate(base);
             return Delivery::NoBuffers { seen_avail };
         };
-        let mark = arena.len();
         match walk(head, batch.chain(head), mem, arena) {
             Ok(c) if c.readable_len == 0 && c.writable_len > 0 => {
                 capacity += c.writable_len;
                 heads.push((c.head, c.writable_len));
             }
-            Ok(_) => {
-                arena.truncate(mark);
-                log::warn!("receive chain {head} has no writable space or readable parts");
-                stop_at_bad_chain(batch, &mut heads, head, stats);
-                capacity = 0;
-                arena.truncate(base);
-            }
-            Err(e) => {
-                arena.truncate(mark);
-                log::warn!("receive chain {head}: {e}");
+            bad => {
+                match bad {
+                    Ok(_) => {
+                        log::warn!("receive chain {head} has no writable space or readable parts")
+                    }
+                    Err(e) => log::warn!("receive chain {head}: {e}"),
+                }
                 stop_at_bad_chain(batch, &mut heads, head, stats);
                 capacity = 0;
                 arena.truncate(base);

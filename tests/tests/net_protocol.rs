@@ -24,7 +24,10 @@ use frontend_guest::virtq::{RawDescriptor, RawNext, VIRTQ_DESC_F_NEXT, VIRTQ_DES
 use frontend_guest::GuestRam;
 use net_support::frames::{self, tcp4, udp4};
 use net_support::hostile::{hostile, noise_buffer, runner, transmit, tx_accounted};
-use net_support::{counter, drops, tso4_hdr, wait_for, without_receive_offloads, NetDaemon, Netns};
+use net_support::{
+    assert_frames_logged, counter, drops, set_dirty_log, tso4_hdr, wait_for,
+    without_receive_offloads, NetDaemon, Netns,
+};
 use proptest::prop_assert_eq;
 use proptest::test_runner::TestCaseError;
 use pvio_tests::tmp::TempDir;
@@ -921,18 +924,9 @@ fn tap_receive_is_logged_and_memory_slots_change_on_the_fly() {
         "VHOST_F_LOG_ALL"
     );
     ns.add_neighbour("10.81.0.2", mac(&dev), "tap0");
-    let ram_size = dev.ram().size();
     // The log covers guest memory up to the end of the region added below.
     let (extra_gpa, extra_bytes) = (1u64 << 30, 1u64 << 20);
-    let log_bytes = (extra_gpa + extra_bytes) / 4096 / 8;
-    let log = frontend_guest::host::HostRam::new(log_bytes).unwrap();
-    dev.connection_mut()
-        .set_log_base(vhost::VhostUserDirtyLogRegion {
-            mmap_size: log_bytes,
-            mmap_offset: 0,
-            mmap_handle: log.region_info().unwrap().mmap_handle,
-        })
-        .expect("VHOST_USER_SET_LOG_BASE");
+    let log = set_dirty_log(&mut dev, extra_gpa + extra_bytes);
 
     let payload = |i: u8| -> Vec<u8> { (0..1000u32).map(|j| (j as u8) ^ i ^ 0xa5).collect() };
     let exchange = |dev: &mut NetDevice, port: u16| {
@@ -950,24 +944,8 @@ fn tap_receive_is_logged_and_memory_slots_change_on_the_fly() {
         }
     };
     exchange(&mut dev, 7101);
-    // Find the frames in guest RAM (buffers are reused, so at least the last ones are there);
-    // every page holding one must be in the log.
-    let mem = dev.ram().read_vec(0, ram_size as usize).unwrap();
-    let mut found = 0;
-    for i in 0..8u8 {
-        let p = payload(i);
-        if let Some(at) = mem.windows(p.len()).position(|w| w == p) {
-            found += 1;
-            for page in (at as u64 / 4096)..=((at + p.len() - 1) as u64 / 4096) {
-                let byte = log.read_vec(page / 8, 1).unwrap()[0];
-                assert!(
-                    byte & (1 << (page % 8)) != 0,
-                    "frame {i} at {at:#x}: page {page} written by the TAP read is not logged"
-                );
-            }
-        }
-    }
-    assert!(found > 0, "no received frame found in guest RAM");
+    let payloads: Vec<Vec<u8>> = (0..8u8).map(payload).collect();
+    assert_frames_logged(&dev, &log, &payloads, "the TAP read");
 
     let extra = frontend_guest::host::HostRam::new(extra_bytes).unwrap();
     let mut region = extra.region_info().unwrap();

@@ -15,7 +15,9 @@ use frontend_guest::host::{NetDevice, NetOptions, Received};
 use frontend_guest::net::NetHdr;
 use net_support::frames;
 use net_support::hostile::{hostile, noise_buffer, runner, transmit, tx_accounted};
-use net_support::{counter, drops, without_receive_offloads, NetDaemon};
+use net_support::{
+    assert_frames_logged, counter, drops, set_dirty_log, without_receive_offloads, NetDaemon,
+};
 use proptest::prop_assert_eq;
 use proptest::test_runner::TestCaseError;
 use pvio_tests::tmp::TempDir;
@@ -329,38 +331,16 @@ fn frames_the_switch_delivers_are_in_the_receivers_dirty_log() {
     let mut tx = connect(&daemon, 0);
     let mut rx = connect(&daemon, 1);
     let ram_size = rx.ram().size();
-    let log_bytes = ram_size.div_ceil(4096 * 8);
-    let log = frontend_guest::host::HostRam::new(log_bytes).unwrap();
-    rx.connection_mut()
-        .set_log_base(vhost::VhostUserDirtyLogRegion {
-            mmap_size: log_bytes,
-            mmap_offset: 0,
-            mmap_handle: log.region_info().unwrap().mmap_handle,
-        })
-        .expect("VHOST_USER_SET_LOG_BASE");
+    let log = set_dirty_log(&mut rx, ram_size);
     // Frames that straddle pages, each with its own bytes.
-    let payload = |i: u8| -> Vec<u8> { (0..1400u32).map(|j| (j as u8) ^ i ^ 0x3c).collect() };
-    for i in 0..8u8 {
-        let frame = frames::ethernet(port_mac(1), port_mac(0), ETHERTYPE, &payload(i));
+    let payloads: Vec<Vec<u8>> = (0..8u8)
+        .map(|i| (0..1400u32).map(|j| (j as u8) ^ i ^ 0x3c).collect())
+        .collect();
+    for p in &payloads {
+        let frame = frames::ethernet(port_mac(1), port_mac(0), ETHERTYPE, p);
         send(&mut tx, &frame);
-        recv_payload(&mut rx, &payload(i));
+        recv_payload(&mut rx, p);
     }
-    let mem = rx.ram().read_vec(0, ram_size as usize).unwrap();
-    let mut found = 0;
-    for i in 0..8u8 {
-        let p = payload(i);
-        let Some(at) = mem.windows(p.len()).position(|w| w == p) else {
-            continue;
-        };
-        found += 1;
-        for page in (at as u64 / 4096)..=((at + p.len() - 1) as u64 / 4096) {
-            let byte = log.read_vec(page / 8, 1).unwrap()[0];
-            assert!(
-                byte & (1 << (page % 8)) != 0,
-                "frame {i} at {at:#x}: page {page} the switch wrote is not logged"
-            );
-        }
-    }
-    assert!(found > 0, "no received frame found in guest RAM");
+    assert_frames_logged(&rx, &log, &payloads, "the switch");
     daemon.stop();
 }

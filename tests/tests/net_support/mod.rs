@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use frontend_guest::host::net::ALL_FEATURES;
-use frontend_guest::host::{NetDevice, NetOptions};
+use frontend_guest::host::{HostRam, NetDevice, NetOptions};
 use frontend_guest::net::NetHdr;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -380,6 +380,43 @@ impl Drop for NetDaemon {
             let _ = c.wait();
         }
     }
+}
+
+/// A dirty log (VHOST_USER_SET_LOG_BASE, one bit per 4 KiB page) for guest addresses below
+/// `covers` bytes, set on `dev`'s connection; keep it for [`assert_frames_logged`].
+pub fn set_dirty_log(dev: &mut NetDevice, covers: u64) -> HostRam {
+    let log_bytes = covers.div_ceil(4096 * 8);
+    let log = HostRam::new(log_bytes).unwrap();
+    dev.connection_mut()
+        .set_log_base(vhost::VhostUserDirtyLogRegion {
+            mmap_size: log_bytes,
+            mmap_offset: 0,
+            mmap_handle: log.region_info().unwrap().mmap_handle,
+        })
+        .expect("VHOST_USER_SET_LOG_BASE");
+    log
+}
+
+/// Finds `payloads` in `dev`'s guest RAM (receive buffers are reused, so at least the last
+/// ones are there) and asserts that every page holding one is in `log`; `writer` names what
+/// wrote them in a failure. Panics when none is found.
+pub fn assert_frames_logged(dev: &NetDevice, log: &HostRam, payloads: &[Vec<u8>], writer: &str) {
+    let mem = dev.ram().read_vec(0, dev.ram().size() as usize).unwrap();
+    let mut found = 0;
+    for (i, p) in payloads.iter().enumerate() {
+        let Some(at) = mem.windows(p.len()).position(|w| w == p) else {
+            continue;
+        };
+        found += 1;
+        for page in (at as u64 / 4096)..=((at + p.len() - 1) as u64 / 4096) {
+            let byte = log.read_vec(page / 8, 1).unwrap()[0];
+            assert!(
+                byte & (1 << (page % 8)) != 0,
+                "frame {i} at {at:#x}: page {page} written by {writer} is not logged"
+            );
+        }
+    }
+    assert!(found > 0, "no received frame found in guest RAM");
 }
 
 /// Mock front-end options acking every feature but the receive offloads (GUEST_CSUM,
