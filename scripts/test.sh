@@ -40,6 +40,8 @@ ceph_dir=$PWD/target/ceph-test-cluster
 trap 'scripts/ceph-test-cluster.sh stop "$ceph_dir"' EXIT
 step ceph-cluster scripts/ceph-test-cluster.sh start "$ceph_dir"
 export PVIO_CEPH_CONF=$ceph_dir/ceph.conf
-step tests cargo nextest run --workspace --no-fail-fast --features "$(features pvio-tests)"
+# No backtraces: a failing test's own last lines (its panic message) end the log
+# (.config/nextest.toml prints failures again at the end); the panic names its file and line.
+RUST_BACKTRACE=0 step tests cargo nextest run --workspace --no-fail-fast --features "$(features pvio-tests)"
 # Short coverage-guided fuzz runs: every target for a fixed 20 s (fuzz/README.md, "CI").
 step fuzz scripts/fuzz.sh 20

@@ -322,10 +322,13 @@ impl NetDaemon {
 
     /// The counters of port `i` (see backend-net's stats module).
     pub fn port(&self, i: usize) -> Value {
-        let all = self
-            .try_stats()
-            .unwrap_or_else(|| panic!("stats socket does not answer; log:\n{}", self.log()));
-        all["ports"][i].clone()
+        self.try_port(i)
+            .unwrap_or_else(|| panic!("stats socket does not answer; log:\n{}", self.log()))
+    }
+
+    /// The counters of port `i`, or `None` when the stats socket does not answer.
+    pub fn try_port(&self, i: usize) -> Option<Value> {
+        self.try_stats().map(|all| all["ports"][i].clone())
     }
 
     /// Polls port `i`'s counters until `pred` holds.
