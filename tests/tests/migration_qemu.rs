@@ -240,12 +240,12 @@ fn retry_on_crash(attempt: impl Fn() -> Result<(), String>) {
         match attempt() {
             Ok(()) => return,
             Err(console) if n < CRASH_ATTEMPTS => eprintln!(
-                "the guest's kernel crashed around the move (QEMU TCG), attempt {n}; trying again. \
-                 console:\n{console}"
+                "the guest's kernel crashed or hung around the move (QEMU TCG), attempt {n}; \
+                 trying again. console:\n{console}"
             ),
             Err(console) => panic!(
-                "the guest's kernel crashed around the move in all {CRASH_ATTEMPTS} attempts; \
-                 console:\n{console}"
+                "the guest's kernel crashed or hung around the move in all {CRASH_ATTEMPTS} \
+                 attempts; console:\n{console}"
             ),
         }
     }
@@ -467,7 +467,8 @@ fn wait_pongs(
 }
 
 /// One try of [`net_guest_keeps_pinging_across_migration_backend_net`]: `Err` with the console
-/// if a guest kernel crashed, a panic on any other failure.
+/// if a guest kernel crashed, or the destination hung ([`wait_pongs`]), a panic on any other
+/// failure.
 fn try_migrate_net() -> Result<(), String> {
     let kit = GuestKit::new("mig-net", &net_modules()).or_panic("preparing the guest");
     let dir = kit.dir();
