@@ -338,7 +338,12 @@ impl DeviceBackend for NetBackend {
         if index % 2 == 0 {
             lock(worker).rx_kick(vring);
         } else {
-            lock(worker).tx_kick(vring);
+            let mut worker = lock(worker);
+            worker.tx_kick(vring);
+            let rx = self.layout.slot_of(thread_id, index - 1);
+            if let Some(rx) = rx.and_then(|at| vrings.get(at)) {
+                worker.tx_kicked_rx(rx);
+            }
         }
     }
 

@@ -75,7 +75,8 @@ pub struct TapQueue {
     multi_queue: bool,
 }
 
-/// Opens `queues` queues of the existing TAP `name`.
+/// Opens `queues` queues of the existing TAP `name`, detached on a multi-queue TAP (see
+/// [`TapQueue::set_attached`]): the kernel steers no frame to a queue until it is attached.
 ///
 /// # Errors
 /// [`TapError`]: the device is missing, the name is too long, or the open / attach failed.
@@ -124,11 +125,17 @@ impl TapQueue {
                 source: io::Error::last_os_error(),
             });
         }
-        Ok(TapQueue {
+        let queue = TapQueue {
             file,
             name: name.to_string(),
             multi_queue,
-        })
+        };
+        // TUNSETIFF leaves the queue attached: the kernel would steer frames to it before any
+        // driver runs a receive queue behind it (a daemon waiting for its front-end, a live
+        // migration's destination sharing the TAP with the source). It is attached when a
+        // receive queue runs.
+        queue.set_attached(false)?;
+        Ok(queue)
     }
 
     /// The file descriptor (non-blocking) for reads, writes and polling.

@@ -134,10 +134,15 @@ pub struct TapPath {
 
 impl TapPath {
     /// Serves `tap` with a fresh io_uring; up to `backlog` frames wait for receive buffers.
+    /// The TAP queue is detached (as [`crate::tap::open`] leaves it, and as a front-end that
+    /// left should have left it) until the pair's receive queue runs.
     ///
     /// # Errors
     /// [`UringError`] when the ring cannot be created.
     pub fn new(tap: Arc<TapQueue>, backlog: usize) -> Result<TapPath, UringError> {
+        if let Err(e) = tap.set_attached(false) {
+            log::warn!("{e}");
+        }
         Ok(TapPath {
             tap,
             ring: Ring::new(BATCH as u32)?,
@@ -188,6 +193,17 @@ impl Worker {
     /// The TAP queue became readable.
     pub fn tap_readable(&mut self, rx: &Vring) {
         self.tap_rx(rx);
+    }
+
+    /// The driver kicked the transmit queue of the pair whose receive queue is `rx`: in TAP
+    /// mode, a TAP queue not attached yet is attached (and read) if `rx` runs. A front-end
+    /// whose kick eventfds start at zero (QEMU's start at one, which is a receive kick at ring
+    /// start) may never kick a receive queue whose buffers it posted before the ring started,
+    /// as after a live migration; its first transmission then attaches the TAP queue.
+    pub fn tx_kicked_rx(&mut self, rx: &Vring) {
+        if matches!(&self.path, Path::Tap(t) if !t.attached) {
+            self.tap_rx(rx);
+        }
     }
 
     /// Attaches or detaches the TAP queue (the driver changed the number of pairs it uses).
@@ -426,7 +442,14 @@ fn set_attached(t: &mut TapPath, attached: bool) {
         return;
     }
     match t.tap.set_attached(attached) {
-        Ok(()) => t.attached = attached,
+        Ok(()) => {
+            log::debug!(
+                "TAP {} queue {}",
+                t.tap.name(),
+                if attached { "attached" } else { "detached" }
+            );
+            t.attached = attached;
+        }
         Err(e) => log::warn!("{e}"),
     }
 }

@@ -794,32 +794,13 @@ fn tap_with_two_queue_pairs(name: &str, extra: &[&str]) {
     let me = mac(&dev);
     ns.add_neighbour("10.79.1.2", me, "tap0");
     // 64 flows (source ports) from the namespace: the TAP hashes them over its two queues.
-    in_netns(&ns, || {
-        for port in 0..64u16 {
-            let s = UdpSocket::bind(("10.79.1.1", 20000 + port)).unwrap();
-            s.send_to(&port.to_be_bytes(), "10.79.1.2:7001").unwrap();
-        }
-    });
-    let mut per_pair = [0usize; 2];
-    let end = Instant::now() + WAIT;
-    while per_pair.iter().sum::<usize>() < 64 {
-        assert!(
-            Instant::now() < end,
-            "only {per_pair:?} of 64 datagrams arrived"
-        );
-        for (q, count) in per_pair.iter_mut().enumerate() {
-            let pair = dev.pair(q).unwrap();
-            while let Some(r) = pair.try_recv().unwrap() {
-                if frames::udp4_payload(&r.frame).is_some_and(|(p, _)| p == 7001) {
-                    *count += 1;
-                }
-            }
-        }
-        dev.pair(0)
-            .unwrap()
-            .wait_rx(Duration::from_millis(20))
-            .unwrap();
-    }
+    send_flows(&ns, "10.79.1.1", "10.79.1.2:7001");
+    let per_pair = receive_flows(&mut dev, 2, WAIT);
+    assert_eq!(
+        per_pair.iter().sum::<usize>(),
+        FLOWS,
+        "datagrams per pair: {per_pair:?}"
+    );
     assert!(
         per_pair[0] > 0 && per_pair[1] > 0,
         "both receive queues used: {per_pair:?}"
@@ -839,6 +820,85 @@ fn tap_with_two_queue_pairs(name: &str, extra: &[&str]) {
     assert_eq!(drops(&p, "tx_tap_error"), 0, "{p}");
     drop(dev);
     daemon.stop();
+}
+
+/// Flows [`send_flows`] sends: one datagram from each of as many source ports.
+const FLOWS: usize = 64;
+
+/// Sends [`FLOWS`] UDP datagrams from `src_ip` in `ns` to `dst`, each from its own source port
+/// (so the TAP hashes them over its attached queues).
+fn send_flows(ns: &Netns, src_ip: &'static str, dst: &'static str) {
+    in_netns(ns, move || {
+        for port in 0..FLOWS as u16 {
+            let s = UdpSocket::bind((src_ip, 20000 + port)).unwrap();
+            s.send_to(&port.to_be_bytes(), dst).unwrap();
+        }
+    });
+}
+
+/// Counts the datagrams to port 7001 that reach each of `dev`'s first `pairs` receive queues
+/// until [`FLOWS`] arrived or `wait` passed.
+fn receive_flows(dev: &mut NetDevice, pairs: usize, wait: Duration) -> Vec<usize> {
+    let mut per_pair = vec![0usize; pairs];
+    let end = Instant::now() + wait;
+    while per_pair.iter().sum::<usize>() < FLOWS && Instant::now() < end {
+        for (q, count) in per_pair.iter_mut().enumerate() {
+            let pair = dev.pair(q).unwrap();
+            while let Some(r) = pair.try_recv().unwrap() {
+                if frames::udp4_payload(&r.frame).is_some_and(|(p, _)| p == 7001) {
+                    *count += 1;
+                }
+            }
+        }
+        dev.pair(0)
+            .unwrap()
+            .wait_rx(Duration::from_millis(20))
+            .unwrap();
+    }
+    per_pair
+}
+
+/// Two daemons on one multi-queue TAP, as the two ends of a live migration: a daemon without a
+/// front-end, or whose front-end left, holds no attached TAP queue, so the kernel steers every
+/// flow to the daemon whose receive queue runs; a daemon whose front-end starts its rings gets
+/// its share of the flows again.
+#[test]
+fn shared_tap_steers_frames_only_to_running_receive_queues() {
+    let dir = TempDir::new("net-proto-tap-shared").unwrap();
+    let ns = Netns::new();
+    ns.add_tap("tap0", true, "10.79.2.1/24");
+    let a = NetDaemon::tap_on(dir.path(), "a.sock", &ns, "tap0", &[]);
+    let b = NetDaemon::tap_on(dir.path(), "b.sock", &ns, "tap0", &[]);
+    let mut dev = a.connect(0, &NetOptions::default());
+    ns.add_neighbour("10.79.2.2", mac(&dev), "tap0");
+    send_flows(&ns, "10.79.2.1", "10.79.2.2:7001");
+    let got = receive_flows(&mut dev, 1, WAIT);
+    assert_eq!(
+        got[0], FLOWS,
+        "flows lost to the daemon without a front-end"
+    );
+    // A front-end runs b's rings, then leaves.
+    let mut other = b.connect(0, &NetOptions::default());
+    send_flows(&ns, "10.79.2.1", "10.79.2.2:7001");
+    let (got_a, got_b) = (
+        receive_flows(&mut dev, 1, Duration::from_secs(2))[0],
+        receive_flows(&mut other, 1, Duration::from_secs(2))[0],
+    );
+    assert_eq!(got_a + got_b, FLOWS, "a {got_a}, b {got_b}");
+    assert!(got_b > 0, "b's running receive queue got no flow");
+    drop(other);
+    b.wait_port(0, "the front-end gone", |p| {
+        counter(p, "rx_queues_ready") == 0
+    });
+    send_flows(&ns, "10.79.2.1", "10.79.2.2:7001");
+    let got = receive_flows(&mut dev, 1, WAIT);
+    assert_eq!(
+        got[0], FLOWS,
+        "flows lost to the daemon whose front-end left"
+    );
+    drop(dev);
+    a.stop();
+    b.stop();
 }
 
 #[test]
