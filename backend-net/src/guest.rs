@@ -8,6 +8,7 @@
 //! Slices live in one per-batch arena (`Vec<VolatileSlice>`) and chains refer to ranges of it,
 //! so a batch allocates once.
 
+use std::mem::size_of;
 use std::ops::Range;
 
 pub use vhost_daemon::memory::{GuestRam, GuestRamAtomic, GuestRamGuard, Vring};
@@ -120,7 +121,16 @@ fn map<'m>(
     arena: &mut Vec<Slice<'m>>,
 ) -> Result<(), ChainError> {
     let bad = ChainError::OutOfMemory { addr: addr.0, len };
-    for slice in GuestView::new(mem).slices(addr, len as usize) {
+    let view = GuestView::new(mem);
+    // Nearly every buffer lies in one region: one lookup, no iteration.
+    if let Some(slice) = view
+        .slice_at(addr, len as usize)
+        .filter(|s| len > 0 && s.len() == len as usize)
+    {
+        arena.push(slice);
+        return Ok(());
+    }
+    for slice in view.slices(addr, len as usize) {
         arena.push(slice.map_err(|_| bad)?);
     }
     Ok(())
@@ -161,8 +171,32 @@ impl<'a, 'm> Cursor<'a, 'm> {
         None
     }
 
+    /// The current slice and the offset in it when its next `n` bytes are contiguous there and
+    /// `n` is more than a word: the fast path of the copies below (one copy, one dirty mark,
+    /// no sub-slices). Shorter or split copies go piece by piece through vm-memory, which
+    /// copies up to a word with volatile accesses; longer ones it copies as this does.
+    fn contiguous(&self, n: usize) -> Option<(&'a Slice<'m>, usize)> {
+        let s = self.slices.get(self.index)?;
+        (n > size_of::<usize>() && s.len() - self.offset >= n).then_some((s, self.offset))
+    }
+
+    /// The next `n` bytes as one slice, when they are contiguous in the current slice (and
+    /// more than a word, as [`Cursor::contiguous`]); the cursor does not move.
+    pub fn contiguous_slice(&self, n: usize) -> Option<Slice<'m>> {
+        let (s, at) = self.contiguous(n)?;
+        s.subslice(at, n).ok()
+    }
+
     /// Skips `n` bytes; returns how many were skipped (fewer at the end).
     pub fn skip(&mut self, n: usize) -> usize {
+        if self
+            .slices
+            .get(self.index)
+            .is_some_and(|s| s.len() - self.offset >= n)
+        {
+            self.offset += n;
+            return n;
+        }
         let mut done = 0;
         while done < n {
             match self.next_piece(n - done) {
@@ -175,6 +209,17 @@ impl<'a, 'm> Cursor<'a, 'm> {
 
     /// Copies up to `out.len()` bytes out; returns how many.
     pub fn read(&mut self, out: &mut [u8]) -> usize {
+        if let Some((s, at)) = self.contiguous(out.len()) {
+            // SAFETY: `at + out.len() <= s.len()` (`contiguous`), so the source lies in the
+            // slice's mapping, which the memory snapshot keeps for 'm; `out` is our own
+            // memory, not guest memory, so they do not overlap.
+            unsafe {
+                let src = s.ptr_guard().as_ptr().add(at);
+                std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len());
+            }
+            self.offset += out.len();
+            return out.len();
+        }
         let mut done = 0;
         while done < out.len() {
             match self.next_piece(out.len() - done) {
@@ -187,6 +232,16 @@ impl<'a, 'm> Cursor<'a, 'm> {
 
     /// Copies up to `data.len()` bytes in; returns how many.
     pub fn write(&mut self, data: &[u8]) -> usize {
+        if let Some((s, at)) = self.contiguous(data.len()) {
+            // SAFETY: as in `read`, with guest memory as the destination.
+            unsafe {
+                let dst = s.ptr_guard_mut().as_ptr().add(at);
+                std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len());
+            }
+            s.bitmap().mark_dirty(at, data.len());
+            self.offset += data.len();
+            return data.len();
+        }
         let mut done = 0;
         while done < data.len() {
             match self.next_piece(data.len() - done) {
@@ -202,6 +257,20 @@ impl<'a, 'm> Cursor<'a, 'm> {
 
     /// Copies up to `len` bytes from `src` into this cursor's slices; returns how many.
     pub fn copy_from_cursor(&mut self, src: &mut Cursor<'_, '_>, len: usize) -> usize {
+        if let (Some((d, d_at)), Some((s, s_at))) = (self.contiguous(len), src.contiguous(len)) {
+            // SAFETY: both ranges lie in their slices' mappings (`contiguous`), kept mapped by
+            // the memory snapshots the slices borrow. A guest may make two of its buffers
+            // overlap, so this copies as memmove does.
+            unsafe {
+                let from = s.ptr_guard().as_ptr().add(s_at);
+                let to = d.ptr_guard_mut().as_ptr().add(d_at);
+                std::ptr::copy(from, to, len);
+            }
+            d.bitmap().mark_dirty(d_at, len);
+            self.offset += len;
+            src.offset += len;
+            return len;
+        }
         let mut done = 0;
         while done < len {
             let Some(from) = src.next_piece(len - done) else {

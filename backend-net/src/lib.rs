@@ -28,6 +28,7 @@
 pub mod backend;
 pub mod cli;
 pub mod ctrl;
+pub mod deferred;
 pub mod device;
 pub mod fdb;
 pub mod flood;

@@ -11,9 +11,11 @@ use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use vhost_user_backend::VringT;
+use virtio_queue::Queue;
 use vm_memory::GuestAddressSpace;
 
 use crate::ctrl::RxFilter;
+use crate::deferred::Copies;
 use crate::device::Acked;
 use crate::fdb::PortId;
 use crate::guest::{GuestRamAtomic, Vring};
@@ -361,23 +363,32 @@ fn deliver_while_buffers<'f, 'g: 'f>(
     let queue = state.get_queue_mut();
     let mut batch = Batch::new(queue, GuestView::new(&guard));
     let mut arena = Vec::new();
+    let mut copies = Copies::default();
     let (mut consumed, mut delivered, mut bytes) = (0, 0u64, 0u64);
     let mut unpublished = 0usize;
     'frames: for frame in frames {
         loop {
-            match deliver(&mut batch, &guard, acked, &frame, &mut arena, stats) {
+            match deliver(
+                &mut batch,
+                &guard,
+                acked,
+                &frame,
+                &mut arena,
+                Some(&mut copies),
+                stats,
+            ) {
                 Delivery::Delivered(_) => {
                     delivered += 1;
                     bytes += frame.len as u64;
                     unpublished += frame.len;
                     if unpublished >= PUBLISH_BYTES {
-                        batch.finish(queue);
+                        publish(&mut batch, queue, &mut copies);
                         unpublished = 0;
                     }
                 }
                 Delivery::TooBig => stats.drop(Drop::RxTooBig),
                 Delivery::NoBuffers { seen_avail } => {
-                    batch.finish(queue);
+                    publish(&mut batch, queue, &mut copies);
                     if arm_for_more_buffers(queue, &guard, seen_avail) {
                         continue;
                     }
@@ -388,9 +399,16 @@ fn deliver_while_buffers<'f, 'g: 'f>(
             break;
         }
     }
-    batch.finish(queue);
+    publish(&mut batch, queue, &mut copies);
     stats.rx_batch(delivered, bytes);
     (consumed, delivered > 0)
+}
+
+/// Publishes a delivery batch: the frames' bytes go in before the used elements that hand
+/// their buffers over.
+fn publish(batch: &mut Batch<'_>, queue: &mut Queue, copies: &mut Copies<'_, '_>) {
+    copies.run();
+    batch.finish(queue);
 }
 
 /// A copy of the frame's bytes.

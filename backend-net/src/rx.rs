@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use smallvec::SmallVec;
 use virtio_queue::{Queue, QueueT};
 
+use crate::deferred::{Copies, Source};
 use crate::device::Acked;
 use crate::guest::{walk, Cursor, GuestRam, Slice};
 use crate::hdr::NetHdr;
@@ -114,18 +115,22 @@ fn split_lengths(capacities: &[usize], total: usize) -> Option<Vec<u32>> {
 
 /// Writes `frame.hdr` (its first `acked.hdr_len()` bytes, `num_buffers` set) and the frame
 /// into the receive queue through `batch` (the used elements are published when the caller
-/// finishes the batch). Chains that cannot be used (outside guest memory, broken,
-/// device-readable parts, no writable space) are returned to the driver empty and counted as
-/// [`Drop::RxBadChain`] in `stats`. `arena` is scratch space, left as it was found.
-pub fn deliver<'m>(
+/// finishes the batch). With `copies`, a frame that fits the first buffer of its chain is only
+/// recorded there, and the caller runs the copies before it finishes the batch. Chains that
+/// cannot be used (outside guest memory, broken, device-readable parts, no writable space) are
+/// returned to the driver empty and counted as [`Drop::RxBadChain`] in `stats`. `arena` is
+/// scratch space, left as it was found.
+pub fn deliver<'m, 'f, 'g: 'f>(
     batch: &mut Batch<'m>,
     mem: &'m GuestRam,
     acked: Acked,
-    frame: &RxFrame<'_, '_>,
+    frame: &RxFrame<'f, 'g>,
     arena: &mut Vec<Slice<'m>>,
+    copies: Option<&mut Copies<'m, 'f>>,
     stats: &QueueStats,
 ) -> Delivery {
-    let RxFrame { hdr, payload, len } = frame.clone();
+    let RxFrame { hdr, payload, len } = frame;
+    let (hdr, len) = (*hdr, *len);
     let base = arena.len();
     let hdr_len = acked.hdr_len();
     let needed = hdr_len + len;
@@ -163,13 +168,22 @@ pub fn deliver<'m>(
         }
     }
     let num_buffers = u16::try_from(heads.len()).unwrap_or(u16::MAX);
-    let mut dst = Cursor::new(&arena[base..]);
     let h = NetHdr { num_buffers, ..hdr }.to_bytes();
-    dst.write(&h[..hdr_len]);
-    match payload {
-        Payload::Guest(mut src) => dst.copy_from_cursor(&mut src, len),
-        Payload::Local(bytes) => dst.write(&bytes[..len.min(bytes.len())]),
-    };
+    let deferred = copies.is_some_and(|c| {
+        let source = match payload {
+            Payload::Guest(src) => src.contiguous_slice(len).map(Source::Guest),
+            Payload::Local(bytes) => (*bytes).get(..len).map(Source::Local),
+        };
+        source.is_some_and(|from| c.push(arena[base], h, hdr_len, from))
+    });
+    if !deferred {
+        let mut dst = Cursor::new(&arena[base..]);
+        dst.write(&h[..hdr_len]);
+        match payload {
+            Payload::Guest(src) => dst.copy_from_cursor(&mut src.clone(), len),
+            Payload::Local(bytes) => dst.write(&bytes[..len.min(bytes.len())]),
+        };
+    }
     // Every head taken holds part of the frame: chains were taken until they held it all.
     let mut left = needed;
     for &(head, capacity) in &heads {
@@ -189,7 +203,7 @@ pub fn deliver_one<'m>(
     stats: &QueueStats,
 ) -> Delivery {
     let mut batch = Batch::new(queue, GuestView::new(mem));
-    let d = deliver(&mut batch, mem, acked, frame, arena, stats);
+    let d = deliver(&mut batch, mem, acked, frame, arena, None, stats);
     batch.finish(queue);
     d
 }

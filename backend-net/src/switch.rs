@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use smallvec::SmallVec;
 use std::time::{Duration, Instant};
 
 use crate::device::Acked;
@@ -35,7 +36,7 @@ use crate::mac::{MacAddr, ETH_HLEN};
 use crate::offload::{complete_checksum, segment_tcp};
 use crate::port::{Port, PortState};
 use crate::rx::{Outgoing, Payload, RxFrame};
-use crate::stats::Drop;
+use crate::stats::{Drop, QueueStats};
 use crate::worker::BATCH;
 
 /// How the switch protects its ports from each other.
@@ -229,9 +230,9 @@ impl Switch {
         dst: MacAddr,
         now: Instant,
         recent: &mut Recent,
-    ) -> Option<Forward> {
+    ) -> Option<(Forward, usize)> {
         let stats = from.stats.queue(q);
-        let Some(sender) = find(members, from.id) else {
+        let Some(sender_at) = find_index(members, from.id) else {
             // A worker of a port that was just removed.
             stats.drop(Drop::TxNoDestination);
             return None;
@@ -258,12 +259,10 @@ impl Switch {
             }
             f => f,
         });
-        let limited = forward == Forward::Flood && !sender.flood.take(now);
-        if limited {
-            stats.drop(Drop::TxFloodLimited);
+        if forward == Forward::Flood && !take_flood(&members[sender_at], stats, now) {
             return None;
         }
-        Some(forward)
+        Some((forward, sender_at))
     }
 
     /// The learning table.
@@ -328,7 +327,21 @@ impl Switch {
         let (Some(dst), Some(src)) = (MacAddr::destination(&eth), MacAddr::source(&eth)) else {
             return false;
         };
-        let Some(forward) = self.admit(members, from, q, src, dst, now, recent) else {
+        let plain = f.hdr.gso() == Gso::None && !f.hdr.needs_csum();
+        if let Some(r) = recent
+            .route
+            .as_ref()
+            .filter(|r| plain && r.src == src && r.dst == dst)
+        {
+            if r.flood && !take_flood(&members[r.sender_at], from.stats.queue(q), now) {
+                return false;
+            }
+            for &i in &r.to {
+                targets[i].frames.push(borrowed(&f));
+            }
+            return true;
+        }
+        let Some((forward, sender_at)) = self.admit(members, from, q, src, dst, now, recent) else {
             return false;
         };
         // The owner of a known destination, or every other port for a flood (no allocation).
@@ -346,29 +359,29 @@ impl Switch {
         let mut local: Option<Vec<u8>> = None;
         let mut delivered_anywhere = false;
         let mut offload_failed = false;
+        // Where the frame went, for the next frames of the flow, while every port took it.
+        let mut to: Option<SmallVec<[usize; 4]>> = Some(SmallVec::new());
         for port in ports {
-            let t = Target::find_or_add(targets, port, q);
+            let (i, t) = Target::find_or_add(targets, port, q);
             if !t.state.connected {
                 continue;
             }
             let Some(tq) = t.queue else {
                 port.stats.queue(0).drop(Drop::RxNoBuffers);
+                to = None;
                 continue;
             };
             let stats = port.stats.queue(tq);
             if !t.state.filter.accepts(dst) {
                 stats.drop(Drop::RxFiltered);
+                to = None;
                 continue;
             }
             if offloads_acked(&f.hdr, t.state.acked) {
-                t.frames.push(Outgoing::Borrowed(RxFrame {
-                    hdr: NetHdr {
-                        num_buffers: 0,
-                        ..f.hdr
-                    },
-                    payload: Payload::Guest(f.frame.clone()),
-                    len: f.len,
-                }));
+                t.frames.push(borrowed(&f));
+                if let Some(to) = &mut to {
+                    to.push(i);
+                }
             } else {
                 let bytes = local.get_or_insert_with(|| {
                     let mut v = vec![0u8; f.len];
@@ -397,8 +410,39 @@ impl Switch {
             (false, true) => stats.drop(Drop::TxOffload),
             (false, false) => stats.drop(Drop::TxNoDestination),
         }
+        recent.route = to
+            .filter(|to| plain && !to.is_empty() && recent.knows(src))
+            .map(|to| Route {
+                src,
+                dst,
+                flood,
+                sender_at,
+                to,
+            });
         delivered_anywhere
     }
+}
+
+/// Takes one frame from `sender`'s flood budget at `now`; false (counted in `stats` as
+/// [`Drop::TxFloodLimited`]) when it is spent.
+fn take_flood(sender: &Member, stats: &QueueStats, now: Instant) -> bool {
+    let ok = sender.flood.take(now);
+    if !ok {
+        stats.drop(Drop::TxFloodLimited);
+    }
+    ok
+}
+
+/// `f` as a frame for a receive queue, borrowed from the sender's chain.
+fn borrowed<'a, 'm>(f: &TxRef<'a, 'm>) -> Outgoing<'a, 'm> {
+    Outgoing::Borrowed(RxFrame {
+        hdr: NetHdr {
+            num_buffers: 0,
+            ..f.hdr
+        },
+        payload: Payload::Guest(f.frame.clone()),
+        len: f.len,
+    })
 }
 
 /// A checked frame a port transmitted, for [`Switch::forward`].
@@ -429,7 +473,7 @@ impl<'a, 'm: 'a> Target<'a, 'm> {
         targets: &'t mut Vec<Target<'a, 'm>>,
         port: &Arc<Port>,
         q: usize,
-    ) -> &'t mut Target<'a, 'm> {
+    ) -> (usize, &'t mut Target<'a, 'm>) {
         let i = match targets.iter().position(|t| t.port.id == port.id) {
             Some(i) => i,
             None => {
@@ -444,15 +488,31 @@ impl<'a, 'm: 'a> Target<'a, 'm> {
                 targets.len() - 1
             }
         };
-        &mut targets[i]
+        (i, &mut targets[i])
     }
 }
 
-/// The last source learned and destination looked up in one batch.
+/// The last source learned, destination looked up and frame routed in one batch.
 #[derive(Debug, Default)]
 struct Recent {
     learned: Option<(MacAddr, Learn)>,
     forward: Option<(MacAddr, Forward)>,
+    route: Option<Route>,
+}
+
+/// Where the batch's last frame without offloads went, when every port it was meant for took
+/// it and its source was known: the next frames with the same addresses and no offloads go the
+/// same way without deciding again (the batch's port states and table answers are the same for
+/// them; a flood still takes from the flood budget per frame).
+#[derive(Debug)]
+struct Route {
+    src: MacAddr,
+    dst: MacAddr,
+    flood: bool,
+    /// The sender among the batch's members.
+    sender_at: usize,
+    /// The batch's targets it was added to.
+    to: SmallVec<[usize; 4]>,
 }
 
 impl Recent {
@@ -467,12 +527,18 @@ impl Recent {
         let learn = fdb.learn(src, port, now);
         let again = if learn == Learn::Learned {
             self.forward = None;
+            self.route = None;
             Learn::Known
         } else {
             learn
         };
         self.learned = Some((src, again));
         learn
+    }
+
+    /// Whether `src` is the batch's last source and is in the table (no refusal to count).
+    fn knows(&self, src: MacAddr) -> bool {
+        self.learned == Some((src, Learn::Known))
     }
 
     /// Where frames to `dst` go: as the batch last found, or `look_up`.
@@ -490,10 +556,12 @@ impl Recent {
 
 /// Port `id` among `members` (sorted by id).
 fn find(members: &Members, id: PortId) -> Option<&Arc<Member>> {
-    members
-        .binary_search_by_key(&id, |m| m.port.id)
-        .ok()
-        .map(|i| &members[i])
+    find_index(members, id).map(|i| &members[i])
+}
+
+/// Where port `id` is among `members` (sorted by id).
+fn find_index(members: &Members, id: PortId) -> Option<usize> {
+    members.binary_search_by_key(&id, |m| m.port.id).ok()
 }
 
 /// A port's place on the switch: the port forwards while this lives; dropping it removes the

@@ -185,6 +185,7 @@ impl Descs<'_, '_> {
 impl Iterator for Descs<'_, '_> {
     type Item = Descriptor;
 
+    #[inline]
     fn next(&mut self) -> Option<Descriptor> {
         loop {
             if self.ttl == 0 || self.next >= self.table_len {
@@ -256,8 +257,10 @@ impl<'m> Batch<'m> {
         Batch {
             view,
             size,
-            // virtio-queue's `iter` refuses the same queues (a reset without set-up).
-            ready: queue.ready() && size > 0 && queue.avail_ring() != 0,
+            // virtio-queue's `iter` refuses the same queues (a reset without set-up). Its
+            // `set_size` accepts powers of two only (virtio 1.2 §2.7), so ring slots are the
+            // index's low bits (no division per entry).
+            ready: queue.ready() && size.is_power_of_two() && queue.avail_ring() != 0,
             desc,
             avail,
             used,
@@ -301,7 +304,7 @@ impl<'m> Batch<'m> {
         if ahead == 0 || ahead > self.size {
             return None;
         }
-        let slot = usize::from(self.next_avail.0 % self.size);
+        let slot = usize::from(self.next_avail.0 & self.size.wrapping_sub(1));
         let head = self
             .avail
             .read::<u16>(&self.view, RING_HEADER + slot * size_of::<u16>())
@@ -345,7 +348,7 @@ impl<'m> Batch<'m> {
             );
             return;
         }
-        let slot = usize::from(self.next_used.0 % self.size);
+        let slot = usize::from(self.next_used.0 & self.size.wrapping_sub(1));
         // struct virtq_used_elem: le32 id, le32 len.
         let elem = [u32::from(head).to_le(), len.to_le()];
         if !self

@@ -48,6 +48,7 @@ impl<'a> GuestView<'a> {
 
     /// The longest part of `addr..addr + len` that lies in one region, from `addr`: `None` when
     /// `addr` is in no region.
+    #[inline]
     pub fn slice_at(&self, addr: GuestAddress, len: usize) -> Option<ViewSlice<'a, 'a>> {
         let region = self.ram.find_region(addr)?;
         // find_region returned a region with start <= addr <= last.

@@ -1,0 +1,124 @@
+//! Frame copies into receive buffers, held back until the delivery batch publishes its used
+//! elements (as DPDK's vhost library batches small copies).
+//!
+//! Receive buffers sit in cache lines the driver's core owns, so each store into one waits for
+//! the line to come over; made one frame at a time, between the batch's bookkeeping, every
+//! such store held up the local stores behind it (the profile's stalls on stack stores in
+//! `rx::deliver` and `RxQueue::offer`). Recorded during the batch and made back to back at its
+//! end, the stores to the driver's lines go out together. Only the common case is deferred:
+//! header and frame into the first buffer of a chain, the frame contiguous at its source; other
+//! frames are written at once, through cursors.
+
+use vm_memory::bitmap::Bitmap;
+
+use crate::guest::Slice;
+use crate::hdr::HDR_LEN;
+
+/// Where a deferred frame's bytes come from.
+#[derive(Clone, Copy, Debug)]
+pub enum Source<'s> {
+    /// Another guest's transmit buffer (in its memory, kept mapped by the sender's batch).
+    Guest(Slice<'s>),
+    /// Bytes of our own (a backlogged or segmented frame).
+    Local(&'s [u8]),
+}
+
+/// One frame to write: its header (the first `hdr_len` bytes of `hdr`), then the frame.
+#[derive(Debug)]
+struct Copy<'d, 's> {
+    /// The receive buffer, holding at least `hdr_len` + the frame's bytes.
+    to: Slice<'d>,
+    hdr: [u8; HDR_LEN],
+    hdr_len: usize,
+    from: Source<'s>,
+}
+
+/// The copies of one delivery batch into receive buffers of guest memory `'d`, from sources
+/// that live for `'s`.
+#[derive(Debug, Default)]
+pub struct Copies<'d, 's> {
+    list: Vec<Copy<'d, 's>>,
+}
+
+impl<'d, 's> Copies<'d, 's> {
+    /// Records the header `hdr[..hdr_len]` and the frame `from` for `to`; false (nothing
+    /// recorded, the caller writes it itself) when `to` cannot hold both.
+    pub fn push(
+        &mut self,
+        to: Slice<'d>,
+        hdr: [u8; HDR_LEN],
+        hdr_len: usize,
+        from: Source<'s>,
+    ) -> bool {
+        let len = match from {
+            Source::Guest(s) => s.len(),
+            Source::Local(b) => b.len(),
+        };
+        let fits = hdr_len <= HDR_LEN && hdr_len.checked_add(len).is_some_and(|n| n <= to.len());
+        if fits {
+            self.list.push(Copy {
+                to,
+                hdr,
+                hdr_len,
+                from,
+            });
+        }
+        fits
+    }
+
+    /// Makes the recorded copies (each buffer marked dirty in the front-end's log while it is
+    /// armed), before the batch publishes the used elements that hand the buffers over.
+    pub fn run(&mut self) {
+        for c in self.list.drain(..) {
+            let (from, len) = match c.from {
+                Source::Guest(s) => (s.ptr_guard().as_ptr(), s.len()),
+                Source::Local(b) => (b.as_ptr(), b.len()),
+            };
+            let to = c.to.ptr_guard_mut().as_ptr();
+            // SAFETY: `push` checked that `to` holds `hdr_len + len` bytes; `to` and a guest
+            // source are slices of mappings their memory snapshots keep for 'd and 's (the
+            // batch that recorded them runs this before it ends), a local source is borrowed
+            // for 's. The header is ours. A guest may make buffers overlap, so the frame is
+            // copied as memmove does.
+            unsafe {
+                std::ptr::copy_nonoverlapping(c.hdr.as_ptr(), to, c.hdr_len);
+                std::ptr::copy(from, to.add(c.hdr_len), len);
+            }
+            c.to.bitmap().mark_dirty(0, c.hdr_len + len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest::tests::{map_for_test, two_region_ram};
+    use vm_memory::{Bytes, GuestAddress};
+
+    #[test]
+    fn copies_wait_for_run_and_refuse_what_does_not_fit() {
+        let mem = two_region_ram();
+        let mut arena = Vec::new();
+        map_for_test(&mem, 0x1000, 100, &mut arena);
+        map_for_test(&mem, 0x2000, 20, &mut arena);
+        map_for_test(&mem, 0x3000, 8, &mut arena);
+        mem.write_slice(&[7u8; 8], GuestAddress(0x3000)).unwrap();
+        let hdr = [1u8; HDR_LEN];
+        let frame = [9u8; 50];
+        let mut copies = Copies::default();
+        assert!(copies.push(arena[0], hdr, HDR_LEN, Source::Local(&frame)));
+        assert!(!copies.push(arena[1], hdr, HDR_LEN, Source::Local(&frame)));
+        assert!(copies.push(arena[1], hdr, 10, Source::Guest(arena[2])));
+        let mut got = [0u8; 62];
+        mem.read_slice(&mut got, GuestAddress(0x1000)).unwrap();
+        assert_eq!(got, [0u8; 62], "nothing written before run");
+        copies.run();
+        mem.read_slice(&mut got, GuestAddress(0x1000)).unwrap();
+        assert_eq!(&got[..HDR_LEN], &hdr);
+        assert_eq!(&got[HDR_LEN..], &frame);
+        let mut small = [0u8; 18];
+        mem.read_slice(&mut small, GuestAddress(0x2000)).unwrap();
+        assert_eq!(&small[..10], &[1u8; 10]);
+        assert_eq!(&small[10..], &[7u8; 8]);
+    }
+}
