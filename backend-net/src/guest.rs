@@ -180,8 +180,8 @@ impl<'a, 'm> Cursor<'a, 'm> {
         (n > size_of::<usize>() && s.len() - self.offset >= n).then_some((s, self.offset))
     }
 
-    /// The next `n` bytes as one slice, when they are contiguous in the current slice (and
-    /// more than a word, as [`Cursor::contiguous`]); the cursor does not move.
+    /// The next `n` bytes as one slice, when they are contiguous in the current slice and `n`
+    /// is more than a word (the cursor's fast-path condition); the cursor does not move.
     pub fn contiguous_slice(&self, n: usize) -> Option<Slice<'m>> {
         let (s, at) = self.contiguous(n)?;
         s.subslice(at, n).ok()

@@ -15,6 +15,7 @@
 //! - [`offload`]: software checksum and TCP segmentation for receivers without the offload.
 //! - [`guest`]: descriptor chains walked into guest memory slices.
 //! - [`rx`]: filling receive buffers (merged buffers) and the backlog of waiting frames.
+//! - [`deferred`]: frame copies into receive buffers made together at the end of a batch.
 //! - [`stats`]: counters per port and queue pair.
 //! - [`tap`]: the TAP device (the io_uring that moves frames is vhost-daemon's).
 //! - [`vq`]: the split virtqueue's rings mapped once per batch (the data path's fast path).
