@@ -79,6 +79,11 @@ struct Args {
     /// Scratch folder for sockets and logs.
     #[arg(long, default_value = "/tmp")]
     scratch: PathBuf,
+    /// Rounds per point: every system measured once per round, in an order that rotates from
+    /// round to round; the report shows each figure's median over the rounds and the median
+    /// (lowest–highest) of the per-round ratio (single runs here move by up to 1.8×).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+    rounds: u16,
 }
 
 /// The load sources.
@@ -99,6 +104,21 @@ struct Measured {
 }
 
 impl Measured {
+    /// Each figure's median over `runs` (the upper middle one for an even count); `None` for
+    /// no runs.
+    fn median(runs: &[Measured]) -> Option<Measured> {
+        let mid = |field: fn(&Measured) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(field).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied()
+        };
+        Some(Measured {
+            frames_per_s: mid(|m| m.frames_per_s)?,
+            bits_per_s: mid(|m| m.bits_per_s)?,
+            cpu_us: mid(|m| m.cpu_us)?,
+        })
+    }
+
     fn show(self) -> String {
         format!(
             "{:>7.3} {:>6.2} {:>6.2}",
@@ -638,12 +658,23 @@ fn dpdk_point(
     })
 }
 
-fn ratio(a: Option<Measured>, b: Option<Measured>) -> String {
+/// backend-net's frames per second over the peer's, when both measured.
+fn ratio(a: Option<Measured>, b: Option<Measured>) -> Option<f64> {
     match (a, b) {
-        (Some(a), Some(b)) if b.frames_per_s > 0.0 => {
-            format!("{:.2}", a.frames_per_s / b.frames_per_s)
-        }
-        _ => "n/a".into(),
+        (Some(a), Some(b)) if b.frames_per_s > 0.0 => Some(a.frames_per_s / b.frames_per_s),
+        _ => None,
+    }
+}
+
+/// The per-round ratios as the report shows them: one figure, or the median (upper middle for
+/// an even count) and the range for several; "n/a" for none.
+fn show_ratios(ratios: &[f64]) -> String {
+    let mut v = ratios.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.as_slice() {
+        [] => "n/a".into(),
+        [one] => format!("{one:.2}"),
+        [first, .., last] => format!("{:.2} ({first:.2}–{last:.2})", v[v.len() / 2]),
     }
 }
 
@@ -707,31 +738,38 @@ fn header(systems: &[System]) {
     println!("  {:>6}", "ratio");
 }
 
-/// One row: every system on one point (in rotating order, so no system always runs first),
-/// then backend-net's rate over the last system's.
+/// One row: every system on one point, `rounds` times (in rotating order, so no system
+/// always runs first), then each figure's median and backend-net's rate over the last
+/// system's (per round; the median and range of several).
 fn row(
     systems: &[System],
     name: &str,
     pairs: u16,
     mut measure: impl FnMut(&System) -> Fallible<Option<Measured>>,
     turn: usize,
+    rounds: u16,
 ) -> Fallible<()> {
-    let mut results = vec![None; systems.len()];
-    for k in 0..systems.len() {
-        let i = (k + turn) % systems.len();
-        results[i] =
-            measure(&systems[i]).map_err(|e| format!("{} {name}: {e}", systems[i].label))?;
+    let n = systems.len();
+    let mut runs: Vec<Vec<Measured>> = vec![Vec::new(); n];
+    let mut ratios = Vec::new();
+    for round in 0..usize::from(rounds) {
+        let mut results = vec![None; n];
+        for k in 0..n {
+            let i = (k + turn + round) % n;
+            results[i] =
+                measure(&systems[i]).map_err(|e| format!("{} {name}: {e}", systems[i].label))?;
+        }
+        let peer = if n > 1 { results[n - 1] } else { None };
+        ratios.extend(ratio(results[0], peer));
+        for (r, v) in results.into_iter().zip(&mut runs) {
+            v.extend(r);
+        }
     }
     print!("{name:<11} {pairs:>5}");
-    for r in &results {
-        print!("  {}", show(*r));
+    for v in &runs {
+        print!("  {}", show(Measured::median(v)));
     }
-    let peer = if systems.len() > 1 {
-        results.last().copied().flatten()
-    } else {
-        None
-    };
-    println!("  {:>6}", ratio(results[0], peer));
+    println!("  {:>6}", show_ratios(&ratios));
     Ok(())
 }
 
@@ -791,6 +829,7 @@ fn run(args: &Args) -> Fallible<()> {
                         mock_point(&a, &b, p, t, window, cpus.load, be.pid())
                     },
                     turn,
+                    args.rounds,
                 )?;
                 turn += 1;
             }
@@ -815,6 +854,7 @@ fn run(args: &Args) -> Fallible<()> {
                         dpdk_point(&a, &b, p, size, window, cpus, be.pid()).map(Some)
                     },
                     turn,
+                    args.rounds,
                 )?;
                 turn += 1;
             }
@@ -822,4 +862,36 @@ fn run(args: &Args) -> Fallible<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(frames: f64, cpu: f64) -> Measured {
+        Measured {
+            frames_per_s: frames,
+            bits_per_s: frames * 512.0,
+            cpu_us: cpu,
+        }
+    }
+
+    #[test]
+    fn medians_are_taken_figure_by_figure() {
+        assert!(Measured::median(&[]).is_none());
+        let med = Measured::median(&[m(3.0, 0.1), m(1.0, 0.3), m(2.0, 0.2)]).unwrap();
+        assert_eq!((med.frames_per_s, med.cpu_us), (2.0, 0.2));
+        let med = Measured::median(&[m(1.0, 0.4), m(5.0, 0.1)]).unwrap();
+        assert_eq!((med.frames_per_s, med.cpu_us), (5.0, 0.4));
+    }
+
+    #[test]
+    fn ratios_show_one_figure_or_median_and_range() {
+        assert_eq!(show_ratios(&[]), "n/a");
+        assert_eq!(show_ratios(&[0.5]), "0.50");
+        assert_eq!(show_ratios(&[1.2, 0.4, 0.9]), "0.90 (0.40–1.20)");
+        assert_eq!(ratio(Some(m(2.0, 0.0)), Some(m(4.0, 0.0))), Some(0.5));
+        assert_eq!(ratio(Some(m(2.0, 0.0)), Some(m(0.0, 0.0))), None);
+        assert_eq!(ratio(None, Some(m(4.0, 0.0))), None);
+    }
 }
