@@ -119,12 +119,15 @@ impl SharedDisk {
     }
 }
 
-/// The guest's loop: write, read back, report, stop when told.
+/// The guest's loop: write, read back, report, stop when told. Beside it a heartbeat prints
+/// `tick` every second without touching the disk, so a guest that stops printing rounds but
+/// keeps ticking waits for its disk, and one that stops ticking too is hung ([`wait_rounds`]).
 fn blk_guest_script() -> String {
     let blocks = ROUND_BYTES / (64 << 10);
     let stop_sector = STOP_OFFSET / 512;
     format!(
-        "i=0\n\
+        "(while :; do echo \"@@pvio tick\"; sleep 1; done) &\n\
+         i=0\n\
          while [ $i -lt {MAX_ROUNDS} ]; do\n\
            i=$((i+1))\n\
            dd if=/dev/urandom of=/tmp/p bs=64k count={blocks} 2>/dev/null\n\
@@ -218,15 +221,35 @@ fn wait_markers(guest: &mut RunningGuest, key: &str, count: usize) -> Waited {
 }
 
 /// Waits until `guest` printed `count` rounds. Returns the console if its kernel crashed
-/// instead; panics on any other failure.
-fn wait_rounds(guest: &mut RunningGuest, count: usize, side: &str) -> Result<(), String> {
+/// instead, or if, after the move (`moved`), it printed nothing at all, not even the heartbeat
+/// ([`blk_guest_script`]): a hung guest, which a back-end that stops serving the disk does not
+/// cause (the heartbeat goes on). Panics on any other failure (with `backend_log`).
+fn wait_rounds(
+    guest: &mut RunningGuest,
+    count: usize,
+    side: &str,
+    moved: bool,
+    backend_log: impl FnOnce() -> String,
+) -> Result<(), String> {
     match wait_markers(guest, "round", count) {
         Waited::Reached => Ok(()),
         Waited::Crashed(console) => Err(console),
-        Waited::Missing => panic!(
-            "the {side} guest did not reach {count} rounds; console:\n{}",
-            guest.console().text()
-        ),
+        Waited::Missing => {
+            let console = guest.console();
+            if moved && console.markers("tick").is_empty() && !guest.has_exited() {
+                return Err(format!(
+                    "(hung: no output within {ROUND_TIMEOUT:?} after the move)\n{}",
+                    console.text()
+                ));
+            }
+            panic!(
+                "the {side} guest did not reach {count} rounds ({} heartbeats); console:\n{}\n\
+                 {side} back-end log:\n{}",
+                console.markers("tick").len(),
+                console.text(),
+                backend_log()
+            )
+        }
     }
 }
 
@@ -258,8 +281,8 @@ fn migrate_blk(label: &str, kind: &BlkBackendKind, storage: Storage) {
     retry_on_crash(|| try_migrate_blk(label, kind, storage));
 }
 
-/// One try of [`migrate_blk`]: `Err` with the console if a guest kernel crashed, a panic on
-/// any other failure.
+/// One try of [`migrate_blk`]: `Err` with the console if a guest kernel crashed or the
+/// destination hung ([`wait_rounds`]), a panic on any other failure.
 fn try_migrate_blk(label: &str, kind: &BlkBackendKind, storage: Storage) -> Result<(), String> {
     let kit = GuestKit::new(label, BLK_MODULES).or_panic("preparing the guest");
     let dir = kit.dir();
@@ -292,7 +315,9 @@ fn try_migrate_blk(label: &str, kind: &BlkBackendKind, storage: Storage) -> Resu
 
     let mut src = spawn(&source, &src_backend);
     let mut dst = spawn(&destination, &dst_backend);
-    wait_rounds(&mut src, ROUNDS_PER_SIDE, "source")?;
+    wait_rounds(&mut src, ROUNDS_PER_SIDE, "source", false, || {
+        src_backend.log()
+    })?;
     let mut qmp = Qmp::connect(&src_qmp, ROUND_TIMEOUT).or_panic("the source's QMP monitor");
     let stats = migration::migrate(&mut qmp, &mig, MIGRATION_TIMEOUT).unwrap_or_else(|e| {
         panic!(
@@ -308,7 +333,9 @@ fn try_migrate_blk(label: &str, kind: &BlkBackendKind, storage: Storage) -> Resu
         stats.downtime_ms
     );
     let src_run = src.finish().or_panic("the source QEMU after migration");
-    wait_rounds(&mut dst, ROUNDS_PER_SIDE, "destination")?;
+    wait_rounds(&mut dst, ROUNDS_PER_SIDE, "destination", true, || {
+        dst_backend.log()
+    })?;
     disk.write_at(STOP_OFFSET, b"stop");
     let dst_run = match dst.finish() {
         Ok(run) => run,
