@@ -9,9 +9,7 @@
 //! header and frame into the first buffer of a chain, the frame contiguous at its source; other
 //! frames are written at once, through cursors.
 
-use vm_memory::bitmap::Bitmap;
-
-use crate::guest::Slice;
+use crate::guest::{copy_into, Slice};
 use crate::hdr::HDR_LEN;
 
 /// Where a deferred frame's bytes come from.
@@ -66,25 +64,21 @@ impl<'d, 's> Copies<'d, 's> {
         fits
     }
 
-    /// Makes the recorded copies (each buffer marked dirty in the front-end's log while it is
-    /// armed), before the batch publishes the used elements that hand the buffers over.
+    /// Makes the recorded copies ([`copy_into`]: marked dirty in the front-end's log while it
+    /// is armed), before the batch publishes the used elements that hand the buffers over.
     pub fn run(&mut self) {
         for c in self.list.drain(..) {
             let (from, len) = match c.from {
                 Source::Guest(s) => (s.ptr_guard().as_ptr(), s.len()),
                 Source::Local(b) => (b.as_ptr(), b.len()),
             };
-            let to = c.to.ptr_guard_mut().as_ptr();
-            // SAFETY: `push` checked that `to` holds `hdr_len + len` bytes; `to` and a guest
-            // source are slices of mappings their memory snapshots keep for 'd and 's (the
-            // batch that recorded them runs this before it ends), a local source is borrowed
-            // for 's. The header is ours. A guest may make buffers overlap, so the frame is
-            // copied as memmove does.
+            // SAFETY: `push` checked that `to` holds `hdr_len + len` bytes; a guest source is a
+            // slice of a mapping its memory snapshot keeps for 's (the batch that recorded it
+            // runs this before it ends), a local one is borrowed for 's; the header is ours.
             unsafe {
-                std::ptr::copy_nonoverlapping(c.hdr.as_ptr(), to, c.hdr_len);
-                std::ptr::copy(from, to.add(c.hdr_len), len);
+                copy_into(&c.to, 0, c.hdr.as_ptr(), c.hdr_len);
+                copy_into(&c.to, c.hdr_len, from, len);
             }
-            c.to.bitmap().mark_dirty(0, c.hdr_len + len);
         }
     }
 }

@@ -35,6 +35,19 @@ pub fn mark_written(slices: &[Slice<'_>], len: usize) {
     }
 }
 
+/// Copies `len` bytes at `from` into `to` from its byte `at` on, as memmove does (a guest may
+/// make its buffers overlap), and marks them dirty in the front-end's log while it is armed:
+/// the one raw store path of the data path's copies into guest memory.
+///
+/// # Safety
+/// `at + len <= to.len()`, and `from` is valid for reads of `len` bytes during the call.
+pub unsafe fn copy_into(to: &Slice<'_>, at: usize, from: *const u8, len: usize) {
+    // SAFETY: by the caller's contract the destination range lies in `to`, a slice of a
+    // mapping its memory snapshot keeps, and the source is readable; `copy` allows overlap.
+    unsafe { std::ptr::copy(from, to.ptr_guard_mut().as_ptr().add(at), len) };
+    to.bitmap().mark_dirty(at, len);
+}
+
 /// A descriptor chain the device cannot use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
@@ -233,12 +246,8 @@ impl<'a, 'm> Cursor<'a, 'm> {
     /// Copies up to `data.len()` bytes in; returns how many.
     pub fn write(&mut self, data: &[u8]) -> usize {
         if let Some((s, at)) = self.contiguous(data.len()) {
-            // SAFETY: as in `read`, with guest memory as the destination.
-            unsafe {
-                let dst = s.ptr_guard_mut().as_ptr().add(at);
-                std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len());
-            }
-            s.bitmap().mark_dirty(at, data.len());
+            // SAFETY: `at + data.len() <= s.len()` (`contiguous`); `data` is readable.
+            unsafe { copy_into(s, at, data.as_ptr(), data.len()) };
             self.offset += data.len();
             return data.len();
         }
@@ -258,15 +267,9 @@ impl<'a, 'm> Cursor<'a, 'm> {
     /// Copies up to `len` bytes from `src` into this cursor's slices; returns how many.
     pub fn copy_from_cursor(&mut self, src: &mut Cursor<'_, '_>, len: usize) -> usize {
         if let (Some((d, d_at)), Some((s, s_at))) = (self.contiguous(len), src.contiguous(len)) {
-            // SAFETY: both ranges lie in their slices' mappings (`contiguous`), kept mapped by
-            // the memory snapshots the slices borrow. A guest may make two of its buffers
-            // overlap, so this copies as memmove does.
-            unsafe {
-                let from = s.ptr_guard().as_ptr().add(s_at);
-                let to = d.ptr_guard_mut().as_ptr().add(d_at);
-                std::ptr::copy(from, to, len);
-            }
-            d.bitmap().mark_dirty(d_at, len);
+            // SAFETY: both ranges lie in their slices (`contiguous`), whose mappings the memory
+            // snapshots they borrow keep.
+            unsafe { copy_into(d, d_at, s.ptr_guard().as_ptr().add(s_at), len) };
             self.offset += len;
             src.offset += len;
             return len;
