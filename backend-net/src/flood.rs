@@ -33,10 +33,13 @@ impl FloodLimit {
     }
 
     /// Whether one more frame may flood at `now` (and takes its token if so).
+    #[inline]
     pub fn take(&self, now: Instant) -> bool {
-        if self.rate == 0 {
-            return true;
-        }
+        self.rate == 0 || self.take_token(now)
+    }
+
+    /// [`FloodLimit::take`] from a limited bucket.
+    fn take_token(&self, now: Instant) -> bool {
         let mut b = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
         b.last = b.last.max(now);

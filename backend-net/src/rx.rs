@@ -17,7 +17,7 @@ use virtio_queue::{Queue, QueueT};
 
 use crate::deferred::{Copies, Source};
 use crate::device::Acked;
-use crate::guest::{walk, Cursor, GuestRam, Slice};
+use crate::guest::{one_buffer, walk_head, Cursor, GuestRam, Slice};
 use crate::hdr::NetHdr;
 use crate::stats::{Drop, QueueStats};
 use crate::vq::Batch;
@@ -119,7 +119,8 @@ fn split_lengths(capacities: &[usize], total: usize) -> Option<Vec<u32>> {
 /// recorded there, and the caller runs the copies before it finishes the batch. Chains that
 /// cannot be used (outside guest memory, broken, device-readable parts, no writable space) are
 /// returned to the driver empty and counted as [`Drop::RxBadChain`] in `stats`. `arena` is
-/// scratch space, left as it was found.
+/// scratch space, left as it was found. A next chain that is one writable buffer holding the
+/// whole frame is taken without the general walk.
 pub fn deliver<'m, 'f, 'g: 'f>(
     batch: &mut Batch<'m>,
     mem: &'m GuestRam,
@@ -129,11 +130,51 @@ pub fn deliver<'m, 'f, 'g: 'f>(
     copies: Option<&mut Copies<'m, 'f>>,
     stats: &QueueStats,
 ) -> Delivery {
-    let RxFrame { hdr, payload, len } = frame;
-    let (hdr, len) = (*hdr, *len);
+    let needed = acked.hdr_len() + frame.len;
+    let Some(head) = batch.pop() else {
+        return Delivery::NoBuffers {
+            seen_avail: batch.next_avail(),
+        };
+    };
+    if let Some(to) = single_buffer(batch, mem, head, needed) {
+        write_frame(&[to], acked, frame, 1, copies);
+        batch.add_used(head, u32::try_from(needed).unwrap_or(u32::MAX));
+        return Delivery::Delivered(1);
+    }
+    batch.give_back(1);
+    deliver_general(batch, mem, acked, frame, arena, copies, stats)
+}
+
+/// The chain at `head` when it is one device-writable buffer, in one memory region, that
+/// holds `needed` bytes (the receive buffers Linux and DPDK drivers post): the fast path of
+/// [`deliver`], without the general walk. `None` leaves the chain to the general path.
+fn single_buffer<'m>(
+    batch: &Batch<'m>,
+    mem: &'m GuestRam,
+    head: u16,
+    needed: usize,
+) -> Option<Slice<'m>> {
+    let desc = batch.head_descriptor(head)?;
+    let fits = usize::try_from(desc.len()).is_ok_and(|len| len >= needed);
+    if !desc.is_write_only() || !fits {
+        return None;
+    }
+    one_buffer(&desc, mem)
+}
+
+/// [`deliver`] over any chains: walked, several of them with VIRTIO_NET_F_MRG_RXBUF, bad ones
+/// returned empty.
+fn deliver_general<'m, 'f, 'g: 'f>(
+    batch: &mut Batch<'m>,
+    mem: &'m GuestRam,
+    acked: Acked,
+    frame: &RxFrame<'f, 'g>,
+    arena: &mut Vec<Slice<'m>>,
+    copies: Option<&mut Copies<'m, 'f>>,
+    stats: &QueueStats,
+) -> Delivery {
     let base = arena.len();
-    let hdr_len = acked.hdr_len();
-    let needed = hdr_len + len;
+    let needed = acked.hdr_len() + frame.len;
     // A frame rarely takes more than a few chains: no allocation per frame.
     let mut heads: SmallVec<[(u16, usize); 4]> = SmallVec::new();
     let mut capacity = 0usize;
@@ -149,7 +190,7 @@ pub fn deliver<'m, 'f, 'g: 'f>(
             arena.truncate(base);
             return Delivery::NoBuffers { seen_avail };
         };
-        match walk(head, batch.chain(head), mem, arena) {
+        match walk_head(batch, head, mem, arena) {
             Ok(c) if c.readable_len == 0 && c.writable_len > 0 => {
                 capacity += c.writable_len;
                 heads.push((c.head, c.writable_len));
@@ -168,22 +209,7 @@ pub fn deliver<'m, 'f, 'g: 'f>(
         }
     }
     let num_buffers = u16::try_from(heads.len()).unwrap_or(u16::MAX);
-    let h = NetHdr { num_buffers, ..hdr }.to_bytes();
-    let deferred = copies.is_some_and(|c| {
-        let source = match payload {
-            Payload::Guest(src) => src.contiguous_slice(len).map(Source::Guest),
-            Payload::Local(bytes) => (*bytes).get(..len).map(Source::Local),
-        };
-        source.is_some_and(|from| c.push(arena[base], h, hdr_len, from))
-    });
-    if !deferred {
-        let mut dst = Cursor::new(&arena[base..]);
-        dst.write(&h[..hdr_len]);
-        match payload {
-            Payload::Guest(src) => dst.copy_from_cursor(&mut src.clone(), len),
-            Payload::Local(bytes) => dst.write(&bytes[..len.min(bytes.len())]),
-        };
-    }
+    write_frame(&arena[base..], acked, frame, num_buffers, copies);
     // Every head taken holds part of the frame: chains were taken until they held it all.
     let mut left = needed;
     for &(head, capacity) in &heads {
@@ -191,6 +217,44 @@ pub fn deliver<'m, 'f, 'g: 'f>(
     }
     arena.truncate(base);
     Delivery::Delivered(num_buffers)
+}
+
+/// Writes the header (its first `acked.hdr_len()` bytes, `num_buffers` set) and the frame
+/// into `to`, the writable buffers of the chains taken (together at least that long): recorded
+/// in `copies` when the frame fits the first buffer and its source is contiguous, else at once.
+fn write_frame<'m, 'f, 'g: 'f>(
+    to: &[Slice<'m>],
+    acked: Acked,
+    frame: &RxFrame<'f, 'g>,
+    num_buffers: u16,
+    copies: Option<&mut Copies<'m, 'f>>,
+) {
+    let RxFrame { hdr, payload, len } = frame;
+    let len = *len;
+    let hdr_len = acked.hdr_len();
+    let h = NetHdr {
+        num_buffers,
+        ..*hdr
+    }
+    .to_bytes();
+    let deferred = copies.is_some_and(|c| {
+        let source = match payload {
+            Payload::Guest(src) => src.contiguous_slice(len).map(Source::Guest),
+            Payload::Local(bytes) => (*bytes).get(..len).map(Source::Local),
+        };
+        source.is_some_and(|from| {
+            to.first()
+                .is_some_and(|&first| c.push(first, h, hdr_len, from))
+        })
+    });
+    if !deferred {
+        let mut dst = Cursor::new(to);
+        dst.write(&h[..hdr_len]);
+        match payload {
+            Payload::Guest(src) => dst.copy_from_cursor(&mut src.clone(), len),
+            Payload::Local(bytes) => dst.write(&bytes[..len.min(bytes.len())]),
+        };
+    }
 }
 
 /// [`deliver`] of one frame into `queue`, its used elements published at once.

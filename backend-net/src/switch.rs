@@ -293,7 +293,7 @@ impl Switch {
         let (mut sent, mut bytes) = (0u64, 0u64);
         for f in frames {
             let len = f.len;
-            if self.route(&members, from, q, f, now, &mut recent, &mut targets) {
+            if self.route(&members, from, q, &f, now, &mut recent, &mut targets) {
                 sent += 1;
                 bytes += len as u64;
             }
@@ -310,14 +310,17 @@ impl Switch {
 
     /// Decides where one frame goes and adds it to its targets' frames (`targets`: the batch's
     /// receive queues so far). Each frame is counted once on the sender: `true` when it was
-    /// passed on (the caller counts those for the batch), else why it went nowhere.
+    /// passed on (the caller counts those for the batch), else why it went nowhere. A frame of
+    /// the flow the batch last routed ([`Recent`]'s route) goes the same way; others are
+    /// decided by [`Switch::decide`].
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     fn route<'a, 'm: 'a>(
         &self,
         members: &Members,
         from: &Port,
         q: usize,
-        f: TxRef<'a, 'm>,
+        f: &TxRef<'a, 'm>,
         now: Instant,
         recent: &mut Recent,
         targets: &mut Vec<Target<'a, 'm>>,
@@ -328,19 +331,40 @@ impl Switch {
             return false;
         };
         let plain = f.hdr.gso() == Gso::None && !f.hdr.needs_csum();
-        if let Some(r) = recent
+        let Some(r) = recent
             .route
             .as_ref()
             .filter(|r| plain && r.src == src && r.dst == dst)
-        {
-            if r.flood && !take_flood(&members[r.sender_at], from.stats.queue(q), now) {
-                return false;
-            }
-            for &i in &r.to {
-                targets[i].frames.push(borrowed(&f));
-            }
-            return true;
+        else {
+            return self.decide(members, from, q, f, (src, dst), now, recent, targets);
+        };
+        if r.flood && !take_flood(&members[r.sender_at], from.stats.queue(q), now) {
+            return false;
         }
+        for &i in &r.to {
+            targets[i].frames.push(borrowed(f));
+        }
+        true
+    }
+
+    /// [`Switch::route`] of a frame from `src` to `dst` (`addresses`) that the batch's last
+    /// route does not cover: admitted ([`Switch::admit`]), passed to its destination port or
+    /// flooded (converted in software for a port that did not ack its offloads), and kept as
+    /// the batch's route when every port took it.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn decide<'a, 'm: 'a>(
+        &self,
+        members: &Members,
+        from: &Port,
+        q: usize,
+        f: &TxRef<'a, 'm>,
+        (src, dst): (MacAddr, MacAddr),
+        now: Instant,
+        recent: &mut Recent,
+        targets: &mut Vec<Target<'a, 'm>>,
+    ) -> bool {
+        let plain = f.hdr.gso() == Gso::None && !f.hdr.needs_csum();
         let Some((forward, sender_at)) = self.admit(members, from, q, src, dst, now, recent) else {
             return false;
         };
@@ -378,7 +402,7 @@ impl Switch {
                 continue;
             }
             if offloads_acked(&f.hdr, t.state.acked) {
-                t.frames.push(borrowed(&f));
+                t.frames.push(borrowed(f));
                 if let Some(to) = &mut to {
                     to.push(i);
                 }

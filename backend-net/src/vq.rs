@@ -296,6 +296,7 @@ impl<'m> Batch<'m> {
 
     /// Takes the next available chain's head, reading the available index again only when the
     /// chains seen so far are taken; `None` when there is none (or its entry is unreadable).
+    #[inline]
     pub fn pop(&mut self) -> Option<u16> {
         if self.next_avail == self.avail_idx && self.available() == 0 {
             return None;
@@ -337,9 +338,20 @@ impl<'m> Batch<'m> {
         }
     }
 
+    /// The descriptor at `head` in the descriptor table, as is (not followed into an indirect
+    /// table); `None` for a head outside the queue or an unreadable table.
+    #[inline]
+    pub fn head_descriptor(&self, head: u16) -> Option<Descriptor> {
+        if head >= self.size {
+            return None;
+        }
+        self.desc.read(&self.view, usize::from(head) * DESC_SIZE)
+    }
+
     /// Writes the used element (`head`, `len` bytes written into the chain) at the next used
     /// position; it is published at [`Batch::finish`]. A head outside the queue is refused and
     /// logged, as virtio-queue's `add_used` does.
+    #[inline]
     pub fn add_used(&mut self, head: u16, len: u32) {
         if head >= self.size {
             log::warn!(

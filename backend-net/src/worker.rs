@@ -25,7 +25,7 @@ use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::GuestAddressSpace;
 
 use crate::device::Acked;
-use crate::guest::{mark_written, walk, Cursor, GuestRam, GuestRamAtomic, Slice, Vring};
+use crate::guest::{mark_written, walk, walk_head, Cursor, GuestRam, GuestRamAtomic, Slice, Vring};
 use crate::hdr::{HdrError, NetHdr, TxLimits, HDR_LEN};
 use crate::mac::MacAddr;
 use crate::port::{notify, Port};
@@ -67,21 +67,21 @@ pub struct TxFrame {
     pub len: usize,
 }
 
-/// Checks the transmit chain at `head` whose descriptors `chain` yields: walked into
-/// `arena`, device-readable only, a header of `acked.hdr_len()` bytes that passes
-/// [`NetHdr::check_tx`] with `limits`.
+/// Checks the transmit chain at `head` in `batch`: walked into `arena` ([`walk_head`]),
+/// device-readable only, a header of `acked.hdr_len()` bytes that passes [`NetHdr::check_tx`]
+/// with `limits`.
 ///
 /// # Errors
 /// The drop reason to count.
 pub fn parse_tx<'m>(
+    batch: &Batch<'m>,
     head: u16,
-    chain: impl IntoIterator<Item = virtio_queue::desc::split::Descriptor>,
     mem: &'m GuestRam,
     arena: &mut Vec<Slice<'m>>,
     acked: Acked,
     limits: &TxLimits,
 ) -> Result<TxFrame, Drop> {
-    let c = walk(head, chain, mem, arena).map_err(|e| {
+    let c = walk_head(batch, head, mem, arena).map_err(|e| {
         log::warn!("transmit chain {head}: {e}");
         Drop::TxBadChain
     })?;
@@ -276,7 +276,7 @@ impl Worker {
             round.took += heads.len();
             for &head in &heads {
                 let mark = arena.len();
-                match parse_tx(head, batch.chain(head), mem, &mut arena, acked, &limits) {
+                match parse_tx(&batch, head, mem, &mut arena, acked, &limits) {
                     Ok(f) => frames.push(f),
                     Err(why) => {
                         arena.truncate(mark);

@@ -81,7 +81,8 @@ struct Args {
     scratch: PathBuf,
     /// Rounds per point: every system measured once per round, in an order that rotates from
     /// round to round; the report shows each figure's median over the rounds and the median
-    /// (lowest–highest) of the per-round ratio (single runs here move by up to 1.8×).
+    /// (lowest–highest) of the per-round ratio (single runs here move by up to 1.8×); each
+    /// round's figures also go to stderr.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
     rounds: u16,
 }
@@ -761,6 +762,11 @@ fn row(
         }
         let peer = if n > 1 { results[n - 1] } else { None };
         ratios.extend(ratio(results[0], peer));
+        if rounds > 1 {
+            // Each round on stderr: the report's medians hide which rounds went together.
+            let figures: Vec<String> = results.iter().map(|r| show(*r)).collect();
+            eprintln!("{name} {pairs} pair(s), round {}: {}", round + 1, figures.join("  "));
+        }
         for (r, v) in results.into_iter().zip(&mut runs) {
             v.extend(r);
         }
