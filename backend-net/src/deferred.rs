@@ -39,6 +39,13 @@ pub struct Copies<'d, 's> {
 }
 
 impl<'d, 's> Copies<'d, 's> {
+    /// Room for `n` copies (a batch's frames), so recording them does not grow the list.
+    pub fn with_capacity(n: usize) -> Self {
+        Copies {
+            list: Vec::with_capacity(n),
+        }
+    }
+
     /// Records the header `hdr[..hdr_len]` and the frame `from` for `to`; false (nothing
     /// recorded, the caller writes it itself) when `to` cannot hold both.
     pub fn push(

@@ -363,7 +363,7 @@ fn deliver_while_buffers<'f, 'g: 'f>(
     let queue = state.get_queue_mut();
     let mut batch = Batch::new(queue, GuestView::new(&guard));
     let mut arena = Vec::new();
-    let mut copies = Copies::default();
+    let mut copies = Copies::with_capacity(frames.size_hint().0);
     let (mut consumed, mut delivered, mut bytes) = (0, 0u64, 0u64);
     let mut unpublished = 0usize;
     'frames: for frame in frames {
