@@ -765,7 +765,11 @@ fn row(
         if rounds > 1 {
             // Each round on stderr: the report's medians hide which rounds went together.
             let figures: Vec<String> = results.iter().map(|r| show(*r)).collect();
-            eprintln!("{name} {pairs} pair(s), round {}: {}", round + 1, figures.join("  "));
+            eprintln!(
+                "{name} {pairs} pair(s), round {}: {}",
+                round + 1,
+                figures.join("  ")
+            );
         }
         for (r, v) in results.into_iter().zip(&mut runs) {
             v.extend(r);
