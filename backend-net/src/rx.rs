@@ -141,40 +141,10 @@ pub fn deliver<'m, 'f, 'g: 'f>(
         batch.add_used(head, u32::try_from(needed).unwrap_or(u32::MAX));
         return Delivery::Delivered(1);
     }
+    // Any other chain: walked, several of them with VIRTIO_NET_F_MRG_RXBUF, bad ones
+    // returned empty.
     batch.give_back(1);
-    deliver_general(batch, mem, acked, frame, arena, copies, stats)
-}
-
-/// The chain at `head` when it is one device-writable buffer, in one memory region, that
-/// holds `needed` bytes (the receive buffers Linux and DPDK drivers post): the fast path of
-/// [`deliver`], without the general walk. `None` leaves the chain to the general path.
-fn single_buffer<'m>(
-    batch: &Batch<'m>,
-    mem: &'m GuestRam,
-    head: u16,
-    needed: usize,
-) -> Option<Slice<'m>> {
-    let desc = batch.head_descriptor(head)?;
-    let fits = usize::try_from(desc.len()).is_ok_and(|len| len >= needed);
-    if !desc.is_write_only() || !fits {
-        return None;
-    }
-    one_buffer(&desc, mem)
-}
-
-/// [`deliver`] over any chains: walked, several of them with VIRTIO_NET_F_MRG_RXBUF, bad ones
-/// returned empty.
-fn deliver_general<'m, 'f, 'g: 'f>(
-    batch: &mut Batch<'m>,
-    mem: &'m GuestRam,
-    acked: Acked,
-    frame: &RxFrame<'f, 'g>,
-    arena: &mut Vec<Slice<'m>>,
-    copies: Option<&mut Copies<'m, 'f>>,
-    stats: &QueueStats,
-) -> Delivery {
     let base = arena.len();
-    let needed = acked.hdr_len() + frame.len;
     // A frame rarely takes more than a few chains: no allocation per frame.
     let mut heads: SmallVec<[(u16, usize); 4]> = SmallVec::new();
     let mut capacity = 0usize;
@@ -217,6 +187,23 @@ fn deliver_general<'m, 'f, 'g: 'f>(
     }
     arena.truncate(base);
     Delivery::Delivered(num_buffers)
+}
+
+/// The chain at `head` when it is one device-writable buffer, in one memory region, that
+/// holds `needed` bytes (the receive buffers Linux and DPDK drivers post): the fast path of
+/// [`deliver`], without the general walk. `None` leaves the chain to the general path.
+fn single_buffer<'m>(
+    batch: &Batch<'m>,
+    mem: &'m GuestRam,
+    head: u16,
+    needed: usize,
+) -> Option<Slice<'m>> {
+    let desc = batch.head_descriptor(head)?;
+    let fits = usize::try_from(desc.len()).is_ok_and(|len| len >= needed);
+    if !desc.is_write_only() || !fits {
+        return None;
+    }
+    one_buffer(&desc, mem)
 }
 
 /// Writes the header (its first `acked.hdr_len()` bytes, `num_buffers` set) and the frame

@@ -216,21 +216,22 @@ impl Switch {
         }
     }
 
-    /// Checks and learns the source of a frame `from` sent on pair `q` at `now`, and decides
-    /// where it goes among `members`; `None` when it is dropped (counted). `recent` holds the
+    /// Checks and learns the source of a frame `batch`'s sender sent, and decides where it goes
+    /// among the batch's members; `None` when it is dropped (counted). `recent` holds the
     /// batch's last learned source and looked-up destination, which the next frames with the
     /// same addresses reuse (a batch is mostly one flow): one table lookup per batch and flow.
-    #[allow(clippy::too_many_arguments)]
     fn admit(
         &self,
-        members: &Members,
-        from: &Port,
-        q: usize,
-        src: MacAddr,
-        dst: MacAddr,
-        now: Instant,
+        batch: &Sender<'_>,
+        (src, dst): (MacAddr, MacAddr),
         recent: &mut Recent,
     ) -> Option<(Forward, usize)> {
+        let Sender {
+            members,
+            from,
+            q,
+            now,
+        } = *batch;
         let stats = from.stats.queue(q);
         let Some(sender_at) = find_index(members, from.id) else {
             // A worker of a port that was just removed.
@@ -288,12 +289,18 @@ impl Switch {
         let now = Instant::now();
         self.expire(now);
         let members = self.members.load();
+        let batch = Sender {
+            members: &members,
+            from,
+            q,
+            now,
+        };
         let mut targets: Vec<Target<'a, 'm>> = Vec::new();
         let mut recent = Recent::default();
         let (mut sent, mut bytes) = (0u64, 0u64);
         for f in frames {
             let len = f.len;
-            if self.route(&members, from, q, &f, now, &mut recent, &mut targets) {
+            if self.route(&batch, &f, &mut recent, &mut targets) {
                 sent += 1;
                 bytes += len as u64;
             }
@@ -313,15 +320,11 @@ impl Switch {
     /// passed on (the caller counts those for the batch), else why it went nowhere. A frame of
     /// the flow the batch last routed ([`Recent`]'s route) goes the same way; others are
     /// decided by [`Switch::decide`].
-    #[allow(clippy::too_many_arguments)]
     #[inline]
     fn route<'a, 'm: 'a>(
         &self,
-        members: &Members,
-        from: &Port,
-        q: usize,
+        batch: &Sender<'_>,
         f: &TxRef<'a, 'm>,
-        now: Instant,
         recent: &mut Recent,
         targets: &mut Vec<Target<'a, 'm>>,
     ) -> bool {
@@ -336,8 +339,14 @@ impl Switch {
             .as_ref()
             .filter(|r| plain && r.src == src && r.dst == dst)
         else {
-            return self.decide(members, from, q, f, (src, dst), now, recent, targets);
+            return self.decide(batch, f, (src, dst), plain, recent, targets);
         };
+        let Sender {
+            members,
+            from,
+            q,
+            now,
+        } = *batch;
         if r.flood && !take_flood(&members[r.sender_at], from.stats.queue(q), now) {
             return false;
         }
@@ -347,27 +356,26 @@ impl Switch {
         true
     }
 
-    /// [`Switch::route`] of a frame from `src` to `dst` (`addresses`) that the batch's last
-    /// route does not cover: admitted ([`Switch::admit`]), passed to its destination port or
-    /// flooded (converted in software for a port that did not ack its offloads), and kept as
-    /// the batch's route when every port took it.
-    #[allow(clippy::too_many_arguments)]
+    /// [`Switch::route`] of a frame from `src` to `dst` (`addresses`; `plain`: without
+    /// offloads) that the batch's last route does not cover: admitted ([`Switch::admit`]),
+    /// passed to its destination port or flooded (converted in software for a port that did not
+    /// ack its offloads), and kept as the batch's route when every port took it.
     #[inline(never)]
     fn decide<'a, 'm: 'a>(
         &self,
-        members: &Members,
-        from: &Port,
-        q: usize,
+        batch: &Sender<'_>,
         f: &TxRef<'a, 'm>,
         (src, dst): (MacAddr, MacAddr),
-        now: Instant,
+        plain: bool,
         recent: &mut Recent,
         targets: &mut Vec<Target<'a, 'm>>,
     ) -> bool {
-        let plain = f.hdr.gso() == Gso::None && !f.hdr.needs_csum();
-        let Some((forward, sender_at)) = self.admit(members, from, q, src, dst, now, recent) else {
+        let Some((forward, sender_at)) = self.admit(batch, (src, dst), recent) else {
             return false;
         };
+        let Sender {
+            members, from, q, ..
+        } = *batch;
         // The owner of a known destination, or every other port for a flood (no allocation).
         let owner = match forward {
             Forward::Port(p) => find(members, p).map(|m| &m.port),
@@ -514,6 +522,16 @@ impl<'a, 'm: 'a> Target<'a, 'm> {
         };
         (i, &mut targets[i])
     }
+}
+
+/// Who sends one batch and when: the sending port `from`, its queue pair `q`, the port table
+/// `members` as the batch found it and the batch's clock reading `now`.
+#[derive(Clone, Copy)]
+struct Sender<'b> {
+    members: &'b Members,
+    from: &'b Port,
+    q: usize,
+    now: Instant,
 }
 
 /// The last source learned, destination looked up and frame routed in one batch.
