@@ -397,7 +397,7 @@ impl<'m> Batch<'m> {
 mod tests {
     use proptest::prelude::*;
     use virtio_bindings::virtio_ring::{
-        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+        VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
     };
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
@@ -509,6 +509,29 @@ mod tests {
         assert_eq!(elems, [(0, 10), (1, 20), (2, 30)], "head 16 was refused");
         assert!(q.needs_notification(&mem).unwrap());
         assert!(!q.needs_notification(&mem).unwrap(), "nothing new since");
+    }
+
+    /// Without VIRTIO_F_EVENT_IDX, a driver that set VRING_AVAIL_F_NO_INTERRUPT (a polling
+    /// driver, like DPDK's virtio PMD) gets no used buffer notification, and one that clears it
+    /// gets one again (virtio 1.2 §2.7.7.2; the vendored virtio-queue's patch).
+    #[test]
+    fn no_interrupt_flag_suppresses_notifications() {
+        let mem = ram();
+        let (vq, mut q) = queue(&mem, &[0, 1]);
+        mem.write_obj(
+            u16::to_le(VRING_AVAIL_F_NO_INTERRUPT as u16),
+            vq.avail_addr(),
+        )
+        .unwrap();
+        let mut b = Batch::new(&q, GuestView::new(&mem));
+        b.add_used(0, 10);
+        b.finish(&mut q);
+        assert!(!q.needs_notification(&mem).unwrap(), "the driver polls");
+        mem.write_obj(0u16, vq.avail_addr()).unwrap();
+        let mut b = Batch::new(&q, GuestView::new(&mem));
+        b.add_used(1, 10);
+        b.finish(&mut q);
+        assert!(q.needs_notification(&mem).unwrap(), "the driver waits");
     }
 
     /// A ring that straddles two memory regions is reached through the generic accessors, with

@@ -21,7 +21,7 @@ use crate::defs::{
 };
 use crate::desc::{split::VirtqUsedElem, RawDescriptor};
 use crate::{error, DescriptorChain, Error, QueueGuard, QueueOwnedT, QueueState, QueueT};
-use virtio_bindings::bindings::virtio_ring::VRING_USED_F_NO_NOTIFY;
+use virtio_bindings::bindings::virtio_ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY};
 
 #[cfg(kani)]
 mod verification;
@@ -515,8 +515,6 @@ impl QueueT for Queue {
         // Complete all the writes in add_used() before reading the event.
         fence(Ordering::SeqCst);
 
-        // The VRING_AVAIL_F_NO_INTERRUPT flag isn't supported yet.
-
         // When the `EVENT_IDX` feature is negotiated, the driver writes into `used_event`
         // a value that's used by the device to determine whether a notification must
         // be submitted after adding a descriptor chain to the used ring. According to the
@@ -540,7 +538,16 @@ impl QueueT for Queue {
             return Ok(used_idx - used_event - Wrapping(1) < used_idx - old);
         }
 
-        Ok(true)
+        // pvio patch: without `EVENT_IDX` the driver's VRING_AVAIL_F_NO_INTERRUPT flag (read
+        // after the fence above, which orders it after the used index) asks the device not to
+        // notify (virtio 1.2 §2.7.7.2: the device SHOULD NOT send a notification while it is
+        // set). Polling drivers (DPDK's virtio PMD) keep it set, so every notification was an
+        // eventfd write nobody reads.
+        let flags: u16 = mem
+            .load(self.avail_ring, Ordering::Relaxed)
+            .map(u16::from_le)
+            .map_err(Error::GuestMemory)?;
+        Ok(flags & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0)
     }
 
     fn next_avail(&self) -> u16 {
