@@ -13,10 +13,13 @@
 //! - [`runner`]: the whole run.
 //! - [`netdisk`]: `netdisk-compare`'s RBD and NBD rows (libblkio load, qemu-storage-daemon's
 //!   rbd/nbd drivers, fio's rbd/nbd engines).
+//! - [`placement`]: a cache line's round trip between two CPUs (the `net` bench tells by it
+//!   under which placement of the virtual CPUs each figure was taken).
 
 pub mod libblkio;
 pub mod matrix;
 pub mod netdisk;
+pub mod placement;
 pub mod plot;
 pub mod report;
 pub mod runner;

@@ -24,6 +24,15 @@
 //!   a busy-polling back-end are three busy pollers, which two cores cannot run (the rates
 //!   collapse), so this loop is the DPDK load that fits.
 //!
+//! DPDK's memory is 4 KiB pages (`--no-huge`) unless `--hugepages` (2 MiB pages, as
+//! vhost-user deployments back guest memory).
+//!
+//! Placement: on a virtual machine the host moves the virtual CPUs, and a cache line's round
+//! trip between the load's and the back-end's CPU changes several-fold from second to second
+//! (see [`pvio_benches::placement`]). Each window samples it; after the tables, the ratios are
+//! shown again over the rounds in which both systems ran with the CPUs near each other, and
+//! over those in which both ran with them apart.
+//!
 //! CPU µs per frame: the back-end process's user + system time (all threads, `/proc/PID/stat`)
 //! over the window, divided by the frames counted. Rates are counted over the measuring
 //! window, after a warm-up of a quarter of it. Not a test: it prints figures and fails only if
@@ -40,6 +49,7 @@ use clap::Parser;
 use frontend_guest::bench::cpu::cpu_time;
 use frontend_guest::host::{NetDevice, NetOptions, NetQueuePair};
 use frontend_guest::net::{NetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4};
+use pvio_benches::placement::{pin_thread, Watch};
 
 /// backend-net vs DPDK testpmd's vhost PMD: Mpps, Gbit/s, CPU µs per frame.
 #[derive(Debug, Parser)]
@@ -69,6 +79,12 @@ struct Args {
     /// CPU of the back-end (backend-net's threads, testpmd-vhost's forwarding lcore).
     #[arg(long, default_value_t = 1)]
     backend_cpu: usize,
+    /// Run testpmd on 2 MiB hugepages (a mounted hugetlbfs with 1 GiB free per testpmd), the
+    /// DPDK front-end's memory thus being the guest memory the back-ends map, as with QEMU's
+    /// hugetlbfs memory backends in vhost-user deployments; default `--no-huge` (4 KiB pages,
+    /// which place the rings and buffers differently in the caches from run to run).
+    #[arg(long)]
+    hugepages: bool,
     /// An option for a second backend-net column in the same run (repeat for several
     /// options), e.g. `--ab-arg=--poll-us=0`.
     #[arg(long = "ab-arg", allow_hyphen_values = true)]
@@ -102,6 +118,9 @@ struct Measured {
     bits_per_s: f64,
     /// Back-end CPU time per frame, µs.
     cpu_us: f64,
+    /// Median cache line round trip between the load's and the back-end's CPU over the
+    /// window, ns ([`Watch`]; `None` when no sample met).
+    trip_ns: Option<f64>,
 }
 
 impl Measured {
@@ -117,6 +136,7 @@ impl Measured {
             frames_per_s: mid(|m| m.frames_per_s)?,
             bits_per_s: mid(|m| m.bits_per_s)?,
             cpu_us: mid(|m| m.cpu_us)?,
+            trip_ns: None,
         })
     }
 
@@ -174,11 +194,13 @@ struct System {
     backend: Backend,
 }
 
-/// Where the processes run.
+/// Where the processes run, and what memory DPDK uses.
 #[derive(Debug, Clone, Copy)]
 struct Cpus {
     load: usize,
     backend: usize,
+    /// testpmd on 2 MiB hugepages (`--hugepages`) instead of `--no-huge`.
+    hugepages: bool,
 }
 
 /// A child process stopped (SIGINT, then killed) on drop.
@@ -248,21 +270,22 @@ fn wait_listening(path: &Path, what: &str) -> Fallible<()> {
     }
 }
 
-/// Runs the calling thread on `cpu` only.
-fn pin_thread(cpu: usize) -> Fallible<()> {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu)?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
-    Ok(())
-}
-
 /// A unique testpmd --file-prefix.
 fn prefix(tag: &str) -> String {
     format!("pvio-bench-{tag}-{}", std::process::id())
 }
 
 /// testpmd on lcores `main` (the main lcore, mostly asleep) and `fwd` (the forwarding lcore).
-fn testpmd(main: usize, fwd: usize, tag: &str, vdevs: &[String], app: &[&str]) -> Command {
+/// With `huge`, its memory is 2 MiB hugepages in one file per memory segment list (so that
+/// a virtio_user port shares it in a few vhost-user memory regions).
+fn testpmd(
+    main: usize,
+    fwd: usize,
+    huge: bool,
+    tag: &str,
+    vdevs: &[String],
+    app: &[&str],
+) -> Command {
     let mut cmd = Command::new("stdbuf");
     let (main, lcores) = (main.to_string(), format!("{main},{fwd}"));
     cmd.args([
@@ -273,10 +296,12 @@ fn testpmd(main: usize, fwd: usize, tag: &str, vdevs: &[String], app: &[&str]) -
         "--main-lcore",
         &main,
         "--no-pci",
-        "--no-huge",
-        "-m",
-        "1024",
     ]);
+    cmd.args(if huge {
+        ["--single-file-segments", "-m", "1024"].as_slice()
+    } else {
+        ["--no-huge", "-m", "1024"].as_slice()
+    });
     cmd.args([
         "--file-prefix",
         &prefix(tag),
@@ -336,7 +361,14 @@ fn start_backend(
             ];
             spawn(
                 "testpmd-vhost",
-                &mut testpmd(cpus.load, cpus.backend, "vhost", &vdevs, &app),
+                &mut testpmd(
+                    cpus.load,
+                    cpus.backend,
+                    cpus.hugepages,
+                    "vhost",
+                    &vdevs,
+                    &app,
+                ),
                 &dir.join("testpmd-vhost.log"),
             )?
         }
@@ -346,24 +378,29 @@ fn start_backend(
     Ok(p)
 }
 
-/// CPU time of the back-end over a window.
-struct CpuWindow {
+/// The measuring window: the back-end's CPU time over it, and where the host placed the
+/// load's and the back-end's CPUs meanwhile ([`Watch`]).
+struct Window {
     pid: i32,
     start: Duration,
+    watch: Watch,
 }
 
-impl CpuWindow {
-    fn start(pid: i32) -> Fallible<CpuWindow> {
-        Ok(CpuWindow {
+impl Window {
+    fn start(pid: i32, cpus: Cpus) -> Fallible<Window> {
+        Ok(Window {
             pid,
             start: cpu_time(Some(pid))?,
+            watch: Watch::start(cpus.load, cpus.backend),
         })
     }
 
-    /// µs of CPU per frame since the start.
-    fn per_frame(&self, frames: f64) -> Fallible<f64> {
+    /// `frames` were counted since the start: µs of CPU per frame and the median cache line
+    /// round trip between the two CPUs in ns (`None` if no sample met).
+    fn finish(self, frames: f64) -> Fallible<(f64, Option<f64>)> {
         let used = cpu_time(Some(self.pid))?.saturating_sub(self.start);
-        Ok(used.as_secs_f64() * 1e6 / frames.max(1.0))
+        let trip = self.watch.stop()?;
+        Ok((used.as_secs_f64() * 1e6 / frames.max(1.0), trip))
     }
 }
 
@@ -399,14 +436,14 @@ struct Counted {
 }
 
 /// Runs one point with pvio's mock front-ends: a sender on `a`, a sink on `b`, their threads on
-/// `load_cpu`; `None` when the back-end does not offer TSO.
+/// `cpus.load`; `None` when the back-end does not offer TSO.
 fn mock_point(
     a: &Path,
     b: &Path,
     pairs: u16,
     traffic: Traffic,
     window: Duration,
-    load_cpu: usize,
+    cpus: Cpus,
     backend_pid: i32,
 ) -> Fallible<Option<Measured>> {
     let opts = NetOptions {
@@ -440,7 +477,7 @@ fn mock_point(
     let mut cpu_error = None;
     let load = std::thread::scope(|s| {
         let load = s.spawn(|| {
-            pin_thread(load_cpu).map_err(|e| e.to_string())?;
+            pin_thread(cpus.load).map_err(|e| e.to_string())?;
             load_loop(
                 sender.pairs_mut(),
                 sink.pairs_mut(),
@@ -450,7 +487,7 @@ fn mock_point(
             )
         });
         std::thread::sleep(window / 4);
-        let cpu = CpuWindow::start(backend_pid);
+        let cpu = Window::start(backend_pid, cpus);
         counting.store(true, Ordering::Release);
         let t0 = Instant::now();
         std::thread::sleep(window);
@@ -458,8 +495,8 @@ fn mock_point(
         let elapsed = t0.elapsed().as_secs_f64();
         let f = counted.frames.load(Ordering::Acquire) as f64;
         let by = counted.bytes.load(Ordering::Acquire) as f64;
-        match cpu.and_then(|c| c.per_frame(f)) {
-            Ok(cpu_us) => measured.cpu_us = cpu_us,
+        match cpu.and_then(|c| c.finish(f)) {
+            Ok((cpu_us, trip)) => (measured.cpu_us, measured.trip_ns) = (cpu_us, trip),
             Err(e) => cpu_error = Some(e.to_string()),
         }
         stop.store(true, Ordering::Release);
@@ -637,25 +674,33 @@ fn dpdk_point(
     ];
     let app: Vec<&str> = app.iter().map(String::as_str).collect();
     let mut pmd = Interactive::start(
-        testpmd(cpus.backend, cpus.load, "loop", &vdevs, &app),
+        testpmd(
+            cpus.backend,
+            cpus.load,
+            cpus.hugepages,
+            "loop",
+            &vdevs,
+            &app,
+        ),
         "testpmd virtio_user",
     )?;
     pmd.command("start tx_first 32")?;
     std::thread::sleep(window / 4);
     let (f0, b0) = pmd.received(2)?;
-    let cpu = CpuWindow::start(backend_pid)?;
+    let cpu = Window::start(backend_pid, cpus)?;
     let t0 = Instant::now();
     std::thread::sleep(window);
     let (f1, b1) = pmd.received(2)?;
     let elapsed = t0.elapsed().as_secs_f64();
     let frames = f1.saturating_sub(f0) as f64;
-    let cpu_us = cpu.per_frame(frames)?;
+    let (cpu_us, trip_ns) = cpu.finish(frames)?;
     let _ = pmd.command("stop");
     let _ = pmd.command("quit");
     Ok(Measured {
         frames_per_s: frames / elapsed,
         bits_per_s: b1.saturating_sub(b0) as f64 * 8.0 / elapsed,
         cpu_us,
+        trip_ns,
     })
 }
 
@@ -677,6 +722,33 @@ fn show_ratios(ratios: &[f64]) -> String {
         [one] => format!("{one:.2}"),
         [first, .., last] => format!("{:.2} ({first:.2}–{last:.2})", v[v.len() / 2]),
     }
+}
+
+/// The rounds' ratios ([`round_ratio`]) where both systems ran with the CPUs near each other
+/// (median round trip below [`NEAR`] times `fastest`), and where both ran with them apart.
+fn ratios_by_placement(taken: &[Vec<Option<Measured>>], fastest: f64) -> (Vec<f64>, Vec<f64>) {
+    let near = |r: Option<Measured>| trip(r).map(|t| t < NEAR * fastest);
+    let (mut near_both, mut apart_both) = (Vec::new(), Vec::new());
+    for results in taken {
+        let (Some(r), [first, .., peer]) = (round_ratio(results), results.as_slice()) else {
+            continue;
+        };
+        match (near(*first), near(*peer)) {
+            (Some(true), Some(true)) => near_both.push(r),
+            (Some(false), Some(false)) => apart_both.push(r),
+            _ => {}
+        }
+    }
+    (near_both, apart_both)
+}
+
+/// A run's median round trip between the CPUs.
+fn trip(r: Option<Measured>) -> Option<f64> {
+    r.and_then(|m| m.trip_ns)
+}
+
+fn show_trip(t: Option<f64>) -> String {
+    t.map_or_else(|| "?".into(), |t| format!("{t:.0}"))
 }
 
 fn show(r: Option<Measured>) -> String {
@@ -739,20 +811,26 @@ fn header(systems: &[System]) {
     println!("  {:>6}", "ratio");
 }
 
+/// A run counts as taken with the CPUs near each other when the median cache line round trip
+/// over its window stayed below this many times the fastest of the whole benchmark.
+const NEAR: f64 = 2.0;
+
+/// Per round, each system's result.
+type Rounds = Vec<Vec<Option<Measured>>>;
+
 /// One row: every system on one point, `rounds` times (in rotating order, so no system
 /// always runs first), then each figure's median and backend-net's rate over the last
-/// system's (per round; the median and range of several).
+/// system's (per round; the median and range of several). Returns the rounds, for
+/// [`by_placement`].
 fn row(
     systems: &[System],
-    name: &str,
-    pairs: u16,
+    (name, pairs): (&str, u16),
     mut measure: impl FnMut(&System) -> Fallible<Option<Measured>>,
-    turn: usize,
-    rounds: u16,
-) -> Fallible<()> {
+    (turn, rounds): (usize, u16),
+) -> Fallible<Rounds> {
     let n = systems.len();
     let mut runs: Vec<Vec<Measured>> = vec![Vec::new(); n];
-    let mut ratios = Vec::new();
+    let mut taken = Rounds::new();
     for round in 0..usize::from(rounds) {
         let mut results = vec![None; n];
         for k in 0..n {
@@ -760,27 +838,58 @@ fn row(
             results[i] =
                 measure(&systems[i]).map_err(|e| format!("{} {name}: {e}", systems[i].label))?;
         }
-        let peer = if n > 1 { results[n - 1] } else { None };
-        ratios.extend(ratio(results[0], peer));
         if rounds > 1 {
             // Each round on stderr: the report's medians hide which rounds went together.
             let figures: Vec<String> = results.iter().map(|r| show(*r)).collect();
+            let trips: Vec<String> = results.iter().map(|r| show_trip(trip(*r))).collect();
             eprintln!(
-                "{name} {pairs} pair(s), round {}: {}",
+                "{name} {pairs} pair(s), round {}: {}  [round trip ns: {}]",
                 round + 1,
-                figures.join("  ")
+                figures.join("  "),
+                trips.join(" ")
             );
         }
-        for (r, v) in results.into_iter().zip(&mut runs) {
-            v.extend(r);
+        for (r, v) in results.iter().zip(&mut runs) {
+            v.extend(*r);
         }
+        taken.push(results);
     }
+    let all: Vec<f64> = taken.iter().filter_map(|r| round_ratio(r)).collect();
     print!("{name:<11} {pairs:>5}");
     for v in &runs {
         print!("  {}", show(Measured::median(v)));
     }
-    println!("  {:>6}", show_ratios(&ratios));
-    Ok(())
+    println!("  {:>6}", show_ratios(&all));
+    Ok(taken)
+}
+
+/// The ratio column again, over the rounds in which both backend-net and the peer ran with
+/// the CPUs near each other, and over those in which both ran with them apart (see
+/// [`pvio_benches::placement`]); `rows` are each row's name and rounds.
+fn by_placement(rows: &[(String, Rounds)]) {
+    let fastest = rows
+        .iter()
+        .flat_map(|(_, r)| r.iter().flatten())
+        .filter_map(|&r| trip(r))
+        .fold(f64::INFINITY, f64::min);
+    println!(
+        "\nBy where the host placed the two CPUs (median cache line round trip over each window; \
+         near: below {NEAR} x the fastest, {fastest:.0} ns), rounds in which both ran alike:"
+    );
+    println!("{:<19}  {:>26}  {:>26}", "", "ratio, near", "ratio, apart");
+    for (name, rounds) in rows {
+        let (near, apart) = ratios_by_placement(rounds, fastest);
+        let cell = |v: &[f64]| format!("{} in {}/{}", show_ratios(v), v.len(), rounds.len());
+        println!("{name:<19}  {:>26}  {:>26}", cell(&near), cell(&apart));
+    }
+}
+
+/// A round's rate of the first system over the last one's.
+fn round_ratio(results: &[Option<Measured>]) -> Option<f64> {
+    match results {
+        [first, .., peer] => ratio(*first, *peer),
+        _ => None,
+    }
 }
 
 fn run(args: &Args) -> Fallible<()> {
@@ -806,6 +915,7 @@ fn run(args: &Args) -> Fallible<()> {
     let cpus = Cpus {
         load: args.load_cpu,
         backend: args.backend_cpu,
+        hugepages: args.hugepages,
     };
     let systems = systems(args, &bin);
     let pairs = if args.pairs.is_empty() {
@@ -822,6 +932,7 @@ fn run(args: &Args) -> Fallible<()> {
             .collect::<Result<_, _>>()?
     };
     let mut turn = 0;
+    let mut rows = Vec::new();
     if args.load != LoadChoice::Dpdk {
         println!(
             "Load from pvio's mock front-ends (sender → back-end → sink) on CPU {}, back-ends on CPU {}; rate at the sink",
@@ -830,17 +941,16 @@ fn run(args: &Args) -> Fallible<()> {
         header(&systems);
         for &p in &pairs {
             for &t in &traffic {
-                row(
+                let rounds = row(
                     &systems,
-                    &t.name(),
-                    p,
+                    (&t.name(), p),
                     |s| {
                         let be = start_backend(&s.backend, &dir, &a, &b, p, cpus)?;
-                        mock_point(&a, &b, p, t, window, cpus.load, be.pid())
+                        mock_point(&a, &b, p, t, window, cpus, be.pid())
                     },
-                    turn,
-                    args.rounds,
+                    (turn, args.rounds),
                 )?;
+                rows.push((format!("mock {} {p}", t.name()), rounds));
                 turn += 1;
             }
         }
@@ -848,28 +958,35 @@ fn run(args: &Args) -> Fallible<()> {
     if args.load != LoadChoice::Mock && !args.no_dpdk {
         println!(
             "\nLoad from DPDK net_virtio_user: one testpmd, both ports, mac forwarding in a loop \
-             (start tx_first 32) on CPU {}, back-ends on CPU {}; frames received by both ports",
-            cpus.load, cpus.backend
+             (start tx_first 32) on CPU {}, back-ends on CPU {}; frames received by both ports; \
+             DPDK memory: {}",
+            cpus.load,
+            cpus.backend,
+            if cpus.hugepages {
+                "2 MiB hugepages"
+            } else {
+                "4 KiB pages (--no-huge)"
+            }
         );
         header(&systems);
         for &p in &pairs {
             for &t in &traffic {
                 let Traffic::Frames(size) = t else { continue };
-                row(
+                let rounds = row(
                     &systems,
-                    &t.name(),
-                    p,
+                    (&t.name(), p),
                     |s| {
                         let be = start_backend(&s.backend, &dir, &a, &b, p, cpus)?;
                         dpdk_point(&a, &b, p, size, window, cpus, be.pid()).map(Some)
                     },
-                    turn,
-                    args.rounds,
+                    (turn, args.rounds),
                 )?;
+                rows.push((format!("dpdk {} {p}", t.name()), rounds));
                 turn += 1;
             }
         }
     }
+    by_placement(&rows);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
@@ -883,7 +1000,33 @@ mod tests {
             frames_per_s: frames,
             bits_per_s: frames * 512.0,
             cpu_us: cpu,
+            trip_ns: None,
         }
+    }
+
+    fn at(frames: f64, trip: f64) -> Option<Measured> {
+        Some(Measured {
+            trip_ns: Some(trip),
+            ..m(frames, 0.1)
+        })
+    }
+
+    #[test]
+    fn rounds_are_told_apart_by_placement() {
+        let taken = vec![
+            vec![at(4.0, 50.0), None, at(4.0, 60.0)],
+            vec![at(2.0, 400.0), at(1.0, 50.0), at(4.0, 50.0)],
+            vec![at(3.0, 90.0), at(1.0, 50.0), at(2.0, 99.0)],
+            vec![None, at(1.0, 50.0), at(2.0, 50.0)],
+            vec![at(3.0, 50.0), at(1.0, 50.0), Some(m(2.0, 0.1))],
+            vec![at(1.0, 300.0), at(1.0, 50.0), at(4.0, 400.0)],
+        ];
+        let ratios: Vec<f64> = taken.iter().filter_map(|r| round_ratio(r)).collect();
+        assert_eq!(ratios, [1.0, 0.5, 1.5, 1.5, 0.25]);
+        let (near, apart) = ratios_by_placement(&taken, 50.0);
+        assert_eq!(near, [1.0, 1.5], "round 2 mixed, round 5's peer unknown");
+        assert_eq!(apart, [0.25]);
+        assert_eq!(round_ratio(&[at(1.0, 1.0)]), None, "no peer");
     }
 
     #[test]
