@@ -133,6 +133,7 @@ pub fn walk<'m>(
 ///
 /// # Errors
 /// As [`walk`].
+#[inline]
 pub fn walk_head<'m>(
     batch: &Batch<'m>,
     head: u16,

@@ -121,6 +121,7 @@ fn split_lengths(capacities: &[usize], total: usize) -> Option<Vec<u32>> {
 /// returned to the driver empty and counted as [`Drop::RxBadChain`] in `stats`. `arena` is
 /// scratch space, left as it was found. A next chain that is one writable buffer holding the
 /// whole frame is taken without the general walk.
+#[inline]
 pub fn deliver<'m, 'f, 'g: 'f>(
     batch: &mut Batch<'m>,
     mem: &'m GuestRam,
@@ -209,6 +210,7 @@ fn single_buffer<'m>(
 /// Writes the header (its first `acked.hdr_len()` bytes, `num_buffers` set) and the frame
 /// into `to`, the writable buffers of the chains taken (together at least that long): recorded
 /// in `copies` when the frame fits the first buffer and its source is contiguous, else at once.
+#[inline(always)]
 fn write_frame<'m, 'f, 'g: 'f>(
     to: &[Slice<'m>],
     acked: Acked,

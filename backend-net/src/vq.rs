@@ -351,14 +351,10 @@ impl<'m> Batch<'m> {
     /// Writes the used element (`head`, `len` bytes written into the chain) at the next used
     /// position; it is published at [`Batch::finish`]. A head outside the queue is refused and
     /// logged, as virtio-queue's `add_used` does.
-    #[inline]
+    #[inline(always)]
     pub fn add_used(&mut self, head: u16, len: u32) {
         if head >= self.size {
-            log::warn!(
-                "used element for head {head} outside a queue of {}",
-                self.size
-            );
-            return;
+            return refused_head(head, self.size);
         }
         let slot = usize::from(self.next_used.0 & self.size.wrapping_sub(1));
         // struct virtq_used_elem: le32 id, le32 len.
@@ -367,8 +363,7 @@ impl<'m> Batch<'m> {
             .used
             .write(&self.view, RING_HEADER + slot * USED_ELEM_SIZE, elem)
         {
-            log::warn!("used ring entry {slot} is outside guest memory");
-            return;
+            return used_entry_outside(slot);
         }
         self.next_used += Wrapping(1);
         self.added = self.added.wrapping_add(1);
@@ -391,6 +386,21 @@ impl<'m> Batch<'m> {
         queue.record_used(self.added);
         self.added = 0;
     }
+}
+
+/// [`Batch::add_used`] of a head outside the queue: logged, nothing written (out of line, so
+/// the data path's copy of `add_used` stays small).
+#[cold]
+#[inline(never)]
+fn refused_head(head: u16, size: u16) {
+    log::warn!("used element for head {head} outside a queue of {size}");
+}
+
+/// [`Batch::add_used`] whose used ring entry `slot` is not in guest memory: logged.
+#[cold]
+#[inline(never)]
+fn used_entry_outside(slot: usize) {
+    log::warn!("used ring entry {slot} is outside guest memory");
 }
 
 #[cfg(test)]

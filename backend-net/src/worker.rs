@@ -73,6 +73,7 @@ pub struct TxFrame {
 ///
 /// # Errors
 /// The drop reason to count.
+#[inline]
 pub fn parse_tx<'m>(
     batch: &Batch<'m>,
     head: u16,
