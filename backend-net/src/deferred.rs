@@ -83,7 +83,12 @@ impl<'d, 's> Copies<'d, 's> {
             // slice of a mapping its memory snapshot keeps for 's (the batch that recorded it
             // runs this before it ends), a local one is borrowed for 's; the header is ours.
             unsafe {
-                copy_into(&c.to, 0, c.hdr.as_ptr(), c.hdr_len);
+                // The usual header length as a constant: a few moves instead of a `memmove`.
+                if c.hdr_len == HDR_LEN {
+                    copy_into(&c.to, 0, c.hdr.as_ptr(), HDR_LEN);
+                } else {
+                    copy_into(&c.to, 0, c.hdr.as_ptr(), c.hdr_len);
+                }
                 copy_into(&c.to, c.hdr_len, from, len);
             }
         }

@@ -43,6 +43,7 @@ pub fn mark_written(slices: &[Slice<'_>], len: usize) {
 ///
 /// # Safety
 /// `at + len <= to.len()`, and `from` is valid for reads of `len` bytes during the call.
+#[inline]
 pub unsafe fn copy_into(to: &Slice<'_>, at: usize, from: *const u8, len: usize) {
     // SAFETY: by the caller's contract the destination range lies in `to`, a slice of a
     // mapping its memory snapshot keeps, and the source is readable; `copy` allows overlap.
