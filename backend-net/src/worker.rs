@@ -2,8 +2,9 @@
 //! from the driver), the receive queue (frames to the driver), and in TAP mode the TAP queue of
 //! the pair.
 //!
-//! Transmit: take up to [`BATCH`] chains, check each ([`parse_tx`]: chain in guest memory,
-//! device-readable only, header and size valid; bad ones are dropped and counted), pass the
+//! Transmit: take up to [`BATCH`] chains, check each ([`walk_tx`]: chain in guest memory,
+//! device-readable only; [`check_tx`]: header and size valid; bad ones are dropped and
+//! counted; the batch's descriptors and headers are prefetched together), pass the
 //! good ones on (one WRITEV each, the whole batch in one `io_uring_enter`, or through the
 //! switch), return all chains to the used ring and notify the driver once. With EVENT_IDX the
 //! queue is re-checked after re-enabling notifications, until really empty.
@@ -25,9 +26,11 @@ use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::GuestAddressSpace;
 
 use crate::device::Acked;
-use crate::guest::{mark_written, walk, walk_head, Cursor, GuestRam, GuestRamAtomic, Slice, Vring};
+use crate::guest::{
+    mark_written, prefetch, walk, walk_head, Chain, Cursor, GuestRam, GuestRamAtomic, Slice, Vring,
+};
 use crate::hdr::{HdrError, NetHdr, TxLimits, HDR_LEN};
-use crate::mac::MacAddr;
+use crate::mac::{MacAddr, ETH_HLEN};
 use crate::port::{notify, Port};
 use crate::rx::{arm_for_more_buffers, deliver_one, Backlog, Delivery, Pending, RxFrame};
 use crate::stats::{Drop, QueueStats};
@@ -67,21 +70,19 @@ pub struct TxFrame {
     pub len: usize,
 }
 
-/// Checks the transmit chain at `head` in `batch`: walked into `arena` ([`walk_head`]),
-/// device-readable only, a header of `acked.hdr_len()` bytes that passes [`NetHdr::check_tx`]
-/// with `limits`.
+/// Walks the transmit chain at `head` in `batch` into `arena` ([`walk_head`]) and checks that
+/// it lies in guest memory and is device-readable only; its header is checked apart
+/// ([`check_tx`]), so a batch's walks can prefetch every header before the first is read.
 ///
 /// # Errors
-/// The drop reason to count.
+/// The drop reason to count ([`Drop::TxBadChain`]).
 #[inline]
-pub fn parse_tx<'m>(
+pub fn walk_tx<'m>(
     batch: &Batch<'m>,
     head: u16,
     mem: &'m GuestRam,
     arena: &mut Vec<Slice<'m>>,
-    acked: Acked,
-    limits: &TxLimits,
-) -> Result<TxFrame, Drop> {
+) -> Result<Chain, Drop> {
     let c = walk_head(batch, head, mem, arena).map_err(|e| {
         log::warn!("transmit chain {head}: {e}");
         Drop::TxBadChain
@@ -90,6 +91,21 @@ pub fn parse_tx<'m>(
         log::warn!("transmit chain {head} has device-writable buffers");
         return Err(Drop::TxBadChain);
     }
+    Ok(c)
+}
+
+/// Checks the header of the transmit chain `c` ([`walk_tx`], its slices in `arena`): a header
+/// of `acked.hdr_len()` bytes that passes [`NetHdr::check_tx`] with `limits`.
+///
+/// # Errors
+/// The drop reason to count.
+#[inline]
+pub fn check_tx(
+    c: &Chain,
+    arena: &[Slice<'_>],
+    acked: Acked,
+    limits: &TxLimits,
+) -> Result<TxFrame, Drop> {
     let hdr_len = acked.hdr_len();
     let mut bytes = [0u8; HDR_LEN];
     let got = Cursor::new(&arena[c.readable.clone()]).read(&mut bytes[..hdr_len]);
@@ -106,12 +122,25 @@ pub fn parse_tx<'m>(
         })
     };
     checked.map_err(|e| {
-        log::warn!("transmit chain {head}: {e}");
+        log::warn!("transmit chain {}: {e}", c.head);
         match e {
             HdrError::FrameTooLarge { .. } => Drop::TxTooBig,
             _ => Drop::TxBadHeader,
         }
     })
+}
+
+/// Prefetches the lines of a transmit chain's first buffer (`slices[0]`) that hold its
+/// virtio-net header (`hdr_len` bytes) and the Ethernet header after it, which the checks and
+/// the switch read first (a driver that pushes the header in front of the frame often has the
+/// two in different lines).
+#[inline]
+fn prefetch_headers(slices: &[Slice<'_>], hdr_len: usize) {
+    let Some(first) = slices.first() else { return };
+    let start = first.ptr_guard().as_ptr();
+    prefetch(start);
+    let last = (hdr_len + ETH_HLEN).min(first.len()).saturating_sub(1);
+    prefetch(start.wrapping_add(last));
 }
 
 /// Where a pair's frames go.
@@ -260,6 +289,7 @@ impl Worker {
         // One allocation each per round, not per batch.
         let mut heads = Vec::with_capacity(BATCH);
         let mut arena = Vec::with_capacity(BATCH * 2);
+        let mut walked = Vec::with_capacity(BATCH);
         let mut frames = Vec::with_capacity(BATCH);
         loop {
             if !kick.step() {
@@ -275,14 +305,29 @@ impl Worker {
                 return Some(round);
             }
             round.took += heads.len();
+            // Descriptors, then headers, each requested for the whole batch before the first
+            // is read.
+            for &head in &heads {
+                batch.prefetch_descriptor(head);
+            }
+            batch.prefetch_used(heads.len());
             for &head in &heads {
                 let mark = arena.len();
-                match parse_tx(&batch, head, mem, &mut arena, acked, &limits) {
-                    Ok(f) => frames.push(f),
+                match walk_tx(&batch, head, mem, &mut arena) {
+                    Ok(c) => {
+                        prefetch_headers(&arena[c.readable.clone()], acked.hdr_len());
+                        walked.push(c);
+                    }
                     Err(why) => {
                         arena.truncate(mark);
                         self.stats().drop(why);
                     }
+                }
+            }
+            for c in walked.drain(..) {
+                match check_tx(&c, &arena, acked, &limits) {
+                    Ok(f) => frames.push(f),
+                    Err(why) => self.stats().drop(why),
                 }
             }
             self.transmit(&frames, &arena, acked);
