@@ -285,6 +285,26 @@ impl<'a, 'm> Cursor<'a, 'm> {
         s.subslice(at, n).ok()
     }
 
+    /// The next `N` bytes when they lie in the current slice, loaded as one value (a constant
+    /// length: a few moves, no `memcpy` call); the cursor does not move. `None` otherwise:
+    /// read them with [`Cursor::read`].
+    #[inline]
+    pub fn peek<const N: usize>(&self) -> Option<[u8; N]> {
+        let s = self.slices.get(self.index)?;
+        if s.len() - self.offset < N {
+            return None;
+        }
+        // SAFETY: `offset + N <= s.len()`, so the bytes lie in the slice's mapping, which the
+        // memory snapshot keeps for 'm; a byte array needs no alignment.
+        Some(unsafe {
+            s.ptr_guard()
+                .as_ptr()
+                .add(self.offset)
+                .cast::<[u8; N]>()
+                .read_unaligned()
+        })
+    }
+
     /// Skips `n` bytes; returns how many were skipped (fewer at the end).
     pub fn skip(&mut self, n: usize) -> usize {
         if self

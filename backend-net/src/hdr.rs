@@ -70,6 +70,13 @@ pub struct TxLimits {
     pub max_frame: usize,
 }
 
+impl TxLimits {
+    /// Whether the driver may ask for any transmit offload (checksum or segmentation).
+    pub fn any_offload(&self) -> bool {
+        self.csum || self.tso4 || self.tso6
+    }
+}
+
 /// A transmitted header or frame that breaks the rules: the frame is dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HdrError {

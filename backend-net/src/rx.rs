@@ -121,7 +121,7 @@ fn split_lengths(capacities: &[usize], total: usize) -> Option<Vec<u32>> {
 /// returned to the driver empty and counted as [`Drop::RxBadChain`] in `stats`. `arena` is
 /// scratch space, left as it was found. A next chain that is one writable buffer holding the
 /// whole frame is taken without the general walk.
-#[inline]
+#[inline(always)]
 pub fn deliver<'m, 'f, 'g: 'f>(
     batch: &mut Batch<'m>,
     mem: &'m GuestRam,
@@ -193,6 +193,7 @@ pub fn deliver<'m, 'f, 'g: 'f>(
 /// The chain at `head` when it is one device-writable buffer, in one memory region, that
 /// holds `needed` bytes (the receive buffers Linux and DPDK drivers post): the fast path of
 /// [`deliver`], without the general walk. `None` leaves the chain to the general path.
+#[inline(always)]
 fn single_buffer<'m>(
     batch: &Batch<'m>,
     mem: &'m GuestRam,

@@ -309,13 +309,53 @@ impl<'m> Batch<'m> {
         if ahead == 0 || ahead > self.size {
             return None;
         }
-        let slot = usize::from(self.next_avail.0 & self.size.wrapping_sub(1));
-        let head = self
-            .avail
-            .read::<u16>(&self.view, RING_HEADER + slot * size_of::<u16>())
-            .map(u16::from_le)?;
+        let head = self.avail_entry(self.next_avail)?;
         self.next_avail += Wrapping(1);
         Some(head)
+    }
+
+    /// The available ring's entry for index `at` (its slot: the index's low bits); `None` when
+    /// it is not in guest memory. Only for a ready queue (its size a power of two).
+    #[inline(always)]
+    fn avail_entry(&self, at: Wrapping<u16>) -> Option<u16> {
+        let slot = usize::from(at.0 & self.size.wrapping_sub(1));
+        let Area::Mapped(s) = &self.avail else {
+            return self
+                .avail
+                .read::<u16>(&self.view, RING_HEADER + slot * size_of::<u16>())
+                .map(u16::from_le);
+        };
+        let entries = s
+            .ptr_guard()
+            .as_ptr()
+            .wrapping_add(RING_HEADER)
+            .cast::<u16>();
+        // SAFETY: `slot < size` (a ready queue's size is a power of two), and the mapped ring
+        // holds its header and `size` entries (`Area::new` checked the length) aligned for u16
+        // (its start is, and the header is 4 bytes); the snapshot borrowed for 'm keeps it
+        // mapped. The driver writes the ring concurrently, hence the volatile read, as in
+        // `Area::read`.
+        Some(u16::from_le(unsafe { entries.add(slot).read_volatile() }))
+    }
+
+    /// Takes up to `n` available chains' heads into `heads`, as [`Batch::pop`] one by one
+    /// would (the available index read once).
+    pub fn pop_many(&mut self, n: usize, heads: &mut Vec<u16>) {
+        if self.next_avail == self.avail_idx {
+            self.available();
+        }
+        let ahead = (self.avail_idx - self.next_avail).0;
+        if ahead > self.size {
+            return;
+        }
+        let take = usize::from(ahead).min(n);
+        for _ in 0..take {
+            let Some(head) = self.avail_entry(self.next_avail) else {
+                return;
+            };
+            heads.push(head);
+            self.next_avail += Wrapping(1);
+        }
     }
 
     /// Gives the last `n` chains taken back (they are taken again next).
@@ -349,7 +389,15 @@ impl<'m> Batch<'m> {
         if head >= self.size {
             return None;
         }
-        self.desc.read(&self.view, usize::from(head) * DESC_SIZE)
+        let Area::Mapped(s) = &self.desc else {
+            return self.desc.read(&self.view, usize::from(head) * DESC_SIZE);
+        };
+        let table = s.ptr_guard().as_ptr().cast::<Descriptor>();
+        // SAFETY: `head < size`, and the mapped table holds `size` descriptors (`Area::new`
+        // checked the length) aligned for them; the snapshot borrowed for 'm keeps it mapped.
+        // Any bit pattern is a descriptor; the driver may write the table concurrently, hence
+        // the volatile read, as in `Area::read`.
+        Some(unsafe { table.add(usize::from(head)).read_volatile() })
     }
 
     /// Prefetches ([`prefetch`]) the descriptor at `head` (a head outside the queue or a table
