@@ -68,22 +68,33 @@ pub fn prefetch(ptr: *const u8) {
     let _ = ptr;
 }
 
-/// [`prefetch`] of a line the data path is about to write (x86-64 PREFETCHW): the line comes
-/// for ownership, so the store after it does not wait for the driver's core to give it up a
-/// second time. Processors without PREFETCHW execute it as a NOP.
+/// [`prefetch`] of a line the data path is about to write (x86-64 PREFETCHW where the
+/// processor has it, else PREFETCHT0): the line comes for ownership, so the store after it
+/// does not wait for the driver's core to give it up a second time.
 #[inline(always)]
 pub fn prefetch_write(ptr: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: as `prefetch`: no architectural memory access, no fault, whatever the address.
-    unsafe {
-        std::arch::asm!(
-            "prefetchw byte ptr [{0}]",
-            in(reg) ptr,
-            options(nostack, preserves_flags, readonly)
-        );
+    if has_prefetchw() {
+        // SAFETY: as `prefetch`: no architectural memory access, no fault, whatever the
+        // address; the processor has the instruction (`has_prefetchw`).
+        unsafe {
+            std::arch::asm!(
+                "prefetchw byte ptr [{0}]",
+                in(reg) ptr,
+                options(nostack, preserves_flags, readonly)
+            );
+        }
+        return;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = ptr;
+    prefetch(ptr);
+}
+
+/// Whether the processor has PREFETCHW (CPUID 8000_0001h, ECX bit 8: PRFCHW, which Rust's
+/// feature detection does not name), asked once.
+#[cfg(target_arch = "x86_64")]
+fn has_prefetchw() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| std::arch::x86_64::__cpuid(0x8000_0001).ecx & (1 << 8) != 0)
 }
 
 /// A descriptor chain the device cannot use.
