@@ -296,21 +296,25 @@ impl<'a, 'm> Cursor<'a, 'm> {
         s.subslice(at, n).ok()
     }
 
-    /// The next `N` bytes when they lie in the current slice, loaded as one value (a constant
-    /// length: a few moves, no `memcpy` call); the cursor does not move. `None` otherwise:
-    /// read them with [`Cursor::read`].
+    /// The next `N` bytes when they lie in one slice, loaded as one value (a constant length:
+    /// a few moves, no `memcpy` call); the cursor does not move. `None` otherwise: read them
+    /// with [`Cursor::read`].
     #[inline]
     pub fn peek<const N: usize>(&self) -> Option<[u8; N]> {
-        let s = self.slices.get(self.index)?;
-        if s.len() - self.offset < N {
+        // At the end of a slice the next bytes are at the start of the next one.
+        let (s, at) = match self.slices.get(self.index)? {
+            s if s.len() > self.offset => (s, self.offset),
+            _ => (self.slices.get(self.index + 1)?, 0),
+        };
+        if s.len() - at < N {
             return None;
         }
-        // SAFETY: `offset + N <= s.len()`, so the bytes lie in the slice's mapping, which the
+        // SAFETY: `at + N <= s.len()`, so the bytes lie in the slice's mapping, which the
         // memory snapshot keeps for 'm; a byte array needs no alignment.
         Some(unsafe {
             s.ptr_guard()
                 .as_ptr()
-                .add(self.offset)
+                .add(at)
                 .cast::<[u8; N]>()
                 .read_unaligned()
         })
@@ -516,6 +520,26 @@ pub(crate) mod tests {
         assert_eq!(bad_link, Err(ChainError::Broken));
         let bad_indirect = walk_descs(&mem, &[desc(0x1000, 17, VRING_DESC_F_INDIRECT, 0)]);
         assert_eq!(bad_indirect, Err(ChainError::Broken));
+    }
+
+    /// `peek` gives the bytes at the cursor only when one slice holds them all (at a slice's
+    /// end, the next one), and does not move it.
+    #[test]
+    fn peek_reads_within_the_current_slice_only() {
+        let mem = two_region_ram();
+        mem.write_slice(b"hello world", GuestAddress(0x100))
+            .unwrap();
+        let mut arena = Vec::new();
+        map(&mem, GuestAddress(0x100), 5, &mut arena).unwrap();
+        map(&mem, GuestAddress(0x105), 6, &mut arena).unwrap();
+        let mut c = Cursor::new(&arena);
+        assert_eq!(c.peek::<5>(), Some(*b"hello"));
+        assert_eq!(c.peek::<6>(), None, "crosses into the next slice");
+        c.skip(5);
+        assert_eq!(c.peek::<6>(), Some(*b" world"));
+        assert_eq!(c.peek::<7>(), None, "past the end");
+        let mut rest = [0u8; 6];
+        assert_eq!(c.read(&mut rest), 6);
     }
 
     #[test]

@@ -424,12 +424,8 @@ impl<'m> Batch<'m> {
         };
         let mut at = self.next_avail;
         for _ in 0..usize::from(ahead).min(n) {
-            let slot = usize::from(at.0 & self.size.wrapping_sub(1));
-            if let Some(head) = self
-                .avail
-                .read::<u16>(&self.view, RING_HEADER + slot * size_of::<u16>())
-            {
-                self.prefetch_descriptor(u16::from_le(head));
+            if let Some(head) = self.avail_entry(at) {
+                self.prefetch_descriptor(head);
             }
             at += Wrapping(1);
         }
