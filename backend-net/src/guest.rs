@@ -522,16 +522,22 @@ pub(crate) mod tests {
         assert_eq!(bad_indirect, Err(ChainError::Broken));
     }
 
+    /// "hello world" at 0x100 in `mem`, mapped as two slices: "hello" and " world".
+    fn hello_world(mem: &GuestRam) -> Vec<Slice<'_>> {
+        mem.write_slice(b"hello world", GuestAddress(0x100))
+            .unwrap();
+        let mut arena = Vec::new();
+        map(mem, GuestAddress(0x100), 5, &mut arena).unwrap();
+        map(mem, GuestAddress(0x105), 6, &mut arena).unwrap();
+        arena
+    }
+
     /// `peek` gives the bytes at the cursor only when one slice holds them all (at a slice's
     /// end, the next one), and does not move it.
     #[test]
     fn peek_reads_within_the_current_slice_only() {
         let mem = two_region_ram();
-        mem.write_slice(b"hello world", GuestAddress(0x100))
-            .unwrap();
-        let mut arena = Vec::new();
-        map(&mem, GuestAddress(0x100), 5, &mut arena).unwrap();
-        map(&mem, GuestAddress(0x105), 6, &mut arena).unwrap();
+        let arena = hello_world(&mem);
         let mut c = Cursor::new(&arena);
         assert_eq!(c.peek::<5>(), Some(*b"hello"));
         assert_eq!(c.peek::<6>(), None, "crosses into the next slice");
@@ -545,11 +551,7 @@ pub(crate) mod tests {
     #[test]
     fn cursor_copies_across_slices() {
         let mem = two_region_ram();
-        mem.write_slice(b"hello world", GuestAddress(0x100))
-            .unwrap();
-        let mut arena = Vec::new();
-        map(&mem, GuestAddress(0x100), 5, &mut arena).unwrap();
-        map(&mem, GuestAddress(0x105), 6, &mut arena).unwrap();
+        let arena = hello_world(&mem);
         let mut out = [0u8; 11];
         assert_eq!(Cursor::new(&arena).read(&mut out), 11);
         assert_eq!(&out, b"hello world");
