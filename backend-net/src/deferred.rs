@@ -15,17 +15,8 @@ use crate::hdr::HDR_LEN;
 /// Where a deferred frame's bytes come from.
 #[derive(Clone, Copy, Debug)]
 pub enum Source<'s> {
-    /// `len` bytes at offset `at` of another guest's transmit buffer `slice` (in its memory,
-    /// kept mapped by the sender's batch). Two words and a length instead of a sub-slice: the
-    /// hot path passes them in registers.
-    Guest {
-        /// The buffer.
-        slice: &'s Slice<'s>,
-        /// Where the bytes start in it.
-        at: usize,
-        /// How many.
-        len: usize,
-    },
+    /// Another guest's transmit buffer (in its memory, kept mapped by the sender's batch).
+    Guest(Slice<'s>),
     /// Bytes of our own (a backlogged or segmented frame).
     Local(&'s [u8]),
 }
@@ -58,7 +49,6 @@ impl<'d, 's> Copies<'d, 's> {
     /// Records the header `hdr[..hdr_len]` and the frame `from` for `to` (and prefetches the
     /// start of `to`); false (nothing recorded, the caller writes it itself) when `to` cannot
     /// hold both.
-    #[inline(always)]
     pub fn push(
         &mut self,
         to: Slice<'d>,
@@ -66,16 +56,11 @@ impl<'d, 's> Copies<'d, 's> {
         hdr_len: usize,
         from: Source<'s>,
     ) -> bool {
-        let (len, in_source) = match from {
-            Source::Guest { slice, at, len } => (
-                len,
-                at.checked_add(len).is_some_and(|end| end <= slice.len()),
-            ),
-            Source::Local(b) => (b.len(), true),
+        let len = match from {
+            Source::Guest(s) => s.len(),
+            Source::Local(b) => b.len(),
         };
-        let fits = in_source
-            && hdr_len <= HDR_LEN
-            && hdr_len.checked_add(len).is_some_and(|n| n <= to.len());
+        let fits = hdr_len <= HDR_LEN && hdr_len.checked_add(len).is_some_and(|n| n <= to.len());
         if fits {
             // Requested now, the buffer's line is there when `run` writes it.
             prefetch_write(to.ptr_guard().as_ptr());
@@ -94,15 +79,12 @@ impl<'d, 's> Copies<'d, 's> {
     pub fn run(&mut self) {
         for c in self.list.drain(..) {
             let (from, len) = match c.from {
-                Source::Guest { slice, at, len } => {
-                    (slice.ptr_guard().as_ptr().wrapping_add(at), len)
-                }
+                Source::Guest(s) => (s.ptr_guard().as_ptr(), s.len()),
                 Source::Local(b) => (b.as_ptr(), b.len()),
             };
-            // SAFETY: `push` checked that `to` holds `hdr_len + len` bytes and that a guest
-            // source's bytes `at..at + len` lie in its slice, of a mapping its memory snapshot
-            // keeps for 's (the batch that recorded it runs this before it ends); a local one is
-            // borrowed for 's; the header is ours.
+            // SAFETY: `push` checked that `to` holds `hdr_len + len` bytes; a guest source is a
+            // slice of a mapping its memory snapshot keeps for 's (the batch that recorded it
+            // runs this before it ends), a local one is borrowed for 's; the header is ours.
             unsafe {
                 // The usual header length as a constant: a few moves instead of a `memmove`.
                 if c.hdr_len == HDR_LEN {
@@ -135,18 +117,7 @@ mod tests {
         let mut copies = Copies::default();
         assert!(copies.push(arena[0], hdr, HDR_LEN, Source::Local(&frame)));
         assert!(!copies.push(arena[1], hdr, HDR_LEN, Source::Local(&frame)));
-        let past_its_slice = Source::Guest {
-            slice: &arena[2],
-            at: 1,
-            len: 8,
-        };
-        assert!(!copies.push(arena[1], hdr, 10, past_its_slice));
-        let guest = Source::Guest {
-            slice: &arena[2],
-            at: 0,
-            len: 8,
-        };
-        assert!(copies.push(arena[1], hdr, 10, guest));
+        assert!(copies.push(arena[1], hdr, 10, Source::Guest(arena[2])));
         let mut got = [0u8; 62];
         mem.read_slice(&mut got, GuestAddress(0x1000)).unwrap();
         assert_eq!(got, [0u8; 62], "nothing written before run");

@@ -289,12 +289,11 @@ impl<'a, 'm> Cursor<'a, 'm> {
         (n > size_of::<usize>() && s.len() - self.offset >= n).then_some((s, self.offset))
     }
 
-    /// Where the next `n` bytes are, when they are contiguous in the current slice and `n` is
-    /// more than a word (the cursor's fast-path condition): the slice and the offset in it; the
-    /// cursor does not move.
-    #[inline]
-    pub fn contiguous_at(&self, n: usize) -> Option<(&'a Slice<'m>, usize)> {
-        self.contiguous(n)
+    /// The next `n` bytes as one slice, when they are contiguous in the current slice and `n`
+    /// is more than a word (the cursor's fast-path condition); the cursor does not move.
+    pub fn contiguous_slice(&self, n: usize) -> Option<Slice<'m>> {
+        let (s, at) = self.contiguous(n)?;
+        s.subslice(at, n).ok()
     }
 
     /// The next `N` bytes when they lie in one slice, loaded as one value (a constant length:

@@ -229,10 +229,7 @@ fn write_frame<'m, 'f, 'g: 'f>(
     .to_bytes();
     let deferred = copies.is_some_and(|c| {
         let source = match payload {
-            Payload::Guest(src) => {
-                src.contiguous_at(len)
-                    .map(|(slice, at)| Source::Guest { slice, at, len })
-            }
+            Payload::Guest(src) => src.contiguous_slice(len).map(Source::Guest),
             Payload::Local(bytes) => (*bytes).get(..len).map(Source::Local),
         };
         source.is_some_and(|from| {
