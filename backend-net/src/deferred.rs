@@ -9,7 +9,7 @@
 //! header and frame into the first buffer of a chain, the frame contiguous at its source; other
 //! frames are written at once, through cursors.
 
-use crate::guest::{copy_into, prefetch_write, Slice};
+use crate::guest::{copy_into, Slice};
 use crate::hdr::HDR_LEN;
 
 /// Where a deferred frame's bytes come from.
@@ -46,9 +46,10 @@ impl<'d, 's> Copies<'d, 's> {
         }
     }
 
-    /// Records the header `hdr[..hdr_len]` and the frame `from` for `to` (and prefetches the
-    /// start of `to`); false (nothing recorded, the caller writes it itself) when `to` cannot
-    /// hold both.
+    /// Records the header `hdr[..hdr_len]` and the frame `from` for `to`; false (nothing
+    /// recorded, the caller writes it itself) when `to` cannot hold both. The receive buffer is
+    /// not prefetched for writing: on a shared core that request competes with the transmit
+    /// headers' prefetches for the line fill buffers and costs more than it saves.
     pub fn push(
         &mut self,
         to: Slice<'d>,
@@ -62,8 +63,6 @@ impl<'d, 's> Copies<'d, 's> {
         };
         let fits = hdr_len <= HDR_LEN && hdr_len.checked_add(len).is_some_and(|n| n <= to.len());
         if fits {
-            // Requested now, the buffer's line is there when `run` writes it.
-            prefetch_write(to.ptr_guard().as_ptr());
             self.list.push(Copy {
                 to,
                 hdr,
