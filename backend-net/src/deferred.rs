@@ -9,8 +9,14 @@
 //! header and frame into the first buffer of a chain, the frame contiguous at its source; other
 //! frames are written at once, through cursors.
 
-use crate::guest::{copy_into, Slice};
+use crate::guest::{copy_into, prefetch_write, Slice};
 use crate::hdr::HDR_LEN;
+
+/// Frames longer than this (bytes) have their receive buffer's first line prefetched for writing
+/// when their copy is recorded: the copy's many stores then find the line owned. Shorter frames
+/// do not: their copy is a few stores, and the request takes a line fill buffer the transmit
+/// headers' prefetches wait for (measured in ../benches/README.md).
+const PREFETCH_ABOVE: usize = 128;
 
 /// Where a deferred frame's bytes come from.
 #[derive(Clone, Copy, Debug)]
@@ -46,10 +52,9 @@ impl<'d, 's> Copies<'d, 's> {
         }
     }
 
-    /// Records the header `hdr[..hdr_len]` and the frame `from` for `to`; false (nothing
-    /// recorded, the caller writes it itself) when `to` cannot hold both. The receive buffer is
-    /// not prefetched for writing: on a shared core that request competes with the transmit
-    /// headers' prefetches for the line fill buffers and costs more than it saves.
+    /// Records the header `hdr[..hdr_len]` and the frame `from` for `to` (and prefetches the
+    /// start of `to` for a frame above [`PREFETCH_ABOVE`] bytes); false (nothing recorded, the
+    /// caller writes it itself) when `to` cannot hold both.
     pub fn push(
         &mut self,
         to: Slice<'d>,
@@ -63,6 +68,9 @@ impl<'d, 's> Copies<'d, 's> {
         };
         let fits = hdr_len <= HDR_LEN && hdr_len.checked_add(len).is_some_and(|n| n <= to.len());
         if fits {
+            if len > PREFETCH_ABOVE {
+                prefetch_write(to.ptr_guard().as_ptr());
+            }
             self.list.push(Copy {
                 to,
                 hdr,
