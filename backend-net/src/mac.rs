@@ -7,6 +7,9 @@ use std::str::FromStr;
 /// Bytes of an Ethernet header: destination, source, EtherType.
 pub const ETH_HLEN: usize = 14;
 
+/// Bytes of an Ethernet header's two addresses (destination, then source).
+pub const ETH_ADDRS_LEN: usize = 12;
+
 /// A 48-bit Ethernet MAC address in transmission order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MacAddr(pub [u8; 6]);
@@ -31,6 +34,16 @@ impl MacAddr {
             .get(6..12)
             .and_then(|b| b.try_into().ok())
             .map(MacAddr)
+    }
+
+    /// The destination and source addresses of an Ethernet header's first [`ETH_ADDRS_LEN`] bytes.
+    #[inline]
+    pub fn pair(addrs: [u8; ETH_ADDRS_LEN]) -> (MacAddr, MacAddr) {
+        let mut dst = [0u8; 6];
+        let mut src = [0u8; 6];
+        dst.copy_from_slice(&addrs[..6]);
+        src.copy_from_slice(&addrs[6..]);
+        (MacAddr(dst), MacAddr(src))
     }
 
     /// Group address (I/G bit set): multicast or broadcast.
@@ -125,6 +138,11 @@ mod tests {
             Some(MacAddr([7, 8, 9, 10, 11, 12]))
         );
         assert_eq!(MacAddr::source(&frame[..11]), None);
+        let addrs: [u8; ETH_ADDRS_LEN] = frame[..ETH_ADDRS_LEN].try_into().unwrap();
+        assert_eq!(
+            MacAddr::pair(addrs),
+            (MacAddr([1, 2, 3, 4, 5, 6]), MacAddr([7, 8, 9, 10, 11, 12]))
+        );
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::fdb::{Fdb, FdbConfig, Forward, Learn, PortId};
 use crate::flood::FloodLimit;
 use crate::guest::Cursor;
 use crate::hdr::{Gso, NetHdr};
-use crate::mac::{MacAddr, ETH_HLEN};
+use crate::mac::{MacAddr, ETH_ADDRS_LEN};
 use crate::offload::{complete_checksum, segment_tcp};
 use crate::port::{Port, PortState};
 use crate::rx::{Outgoing, Payload, RxFrame};
@@ -328,11 +328,14 @@ impl Switch {
         recent: &mut Recent,
         targets: &mut Vec<Target<'a, 'm>>,
     ) -> bool {
-        let mut eth = [0u8; ETH_HLEN];
-        f.frame.clone().read(&mut eth);
-        let (Some(dst), Some(src)) = (MacAddr::destination(&eth), MacAddr::source(&eth)) else {
-            return false;
-        };
+        // One 12-byte load where the addresses lie in one slice (as a value: no stack copy the
+        // comparisons would read back in another width).
+        let addrs = f.frame.peek::<ETH_ADDRS_LEN>().unwrap_or_else(|| {
+            let mut a = [0u8; ETH_ADDRS_LEN];
+            f.frame.clone().read(&mut a);
+            a
+        });
+        let (dst, src) = MacAddr::pair(addrs);
         let plain = f.hdr.gso() == Gso::None && !f.hdr.needs_csum();
         let Some(r) = recent
             .route
