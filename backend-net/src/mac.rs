@@ -28,14 +28,6 @@ impl MacAddr {
         frame.get(0..6).and_then(|b| b.try_into().ok()).map(MacAddr)
     }
 
-    /// The source address of an Ethernet frame (bytes 6..12), if it has them.
-    pub fn source(frame: &[u8]) -> Option<MacAddr> {
-        frame
-            .get(6..12)
-            .and_then(|b| b.try_into().ok())
-            .map(MacAddr)
-    }
-
     /// The destination and source addresses of an Ethernet header's first [`ETH_ADDRS_LEN`] bytes.
     #[inline]
     pub fn pair(addrs: [u8; ETH_ADDRS_LEN]) -> (MacAddr, MacAddr) {
@@ -133,11 +125,7 @@ mod tests {
             MacAddr::destination(&frame),
             Some(MacAddr([1, 2, 3, 4, 5, 6]))
         );
-        assert_eq!(
-            MacAddr::source(&frame),
-            Some(MacAddr([7, 8, 9, 10, 11, 12]))
-        );
-        assert_eq!(MacAddr::source(&frame[..11]), None);
+        assert_eq!(MacAddr::destination(&frame[..5]), None);
         let addrs: [u8; ETH_ADDRS_LEN] = frame[..ETH_ADDRS_LEN].try_into().unwrap();
         assert_eq!(
             MacAddr::pair(addrs),
