@@ -9,6 +9,9 @@
 //! header and frame into the first buffer of a chain, the frame contiguous at its source; other
 //! frames are written at once, through cursors.
 
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
 use crate::guest::{copy_into, prefetch_write, Slice};
 use crate::hdr::HDR_LEN;
 
@@ -18,13 +21,51 @@ use crate::hdr::HDR_LEN;
 /// headers' prefetches wait for (measured in ../benches/README.md).
 const PREFETCH_ABOVE: usize = 128;
 
-/// Where a deferred frame's bytes come from.
+/// Where a deferred frame's bytes come from: `len` bytes at `ptr`, readable for `'s`. Another
+/// guest's transmit buffer (in its memory, kept mapped by the sender's batch;
+/// [`crate::guest::Cursor::contiguous_source`]) or bytes of our own (a backlogged or segmented
+/// frame; [`Source::local`]). Two words, so it travels in registers: a [`Slice`] is five and
+/// goes through the stack, where the loads of its fields waited on the stores that had just
+/// put it there (measured in ../benches/README.md). Guest bytes may change under us, so a
+/// source is only ever copied from, never read as a Rust slice.
 #[derive(Clone, Copy, Debug)]
-pub enum Source<'s> {
-    /// Another guest's transmit buffer (in its memory, kept mapped by the sender's batch).
-    Guest(Slice<'s>),
-    /// Bytes of our own (a backlogged or segmented frame).
-    Local(&'s [u8]),
+pub struct Source<'s> {
+    ptr: NonNull<u8>,
+    len: usize,
+    _borrow: PhantomData<&'s [u8]>,
+}
+
+impl<'s> Source<'s> {
+    /// Bytes of our own.
+    pub fn local(bytes: &'s [u8]) -> Source<'s> {
+        Source {
+            ptr: NonNull::from(bytes).cast(),
+            len: bytes.len(),
+            _borrow: PhantomData,
+        }
+    }
+
+    /// The `len` bytes at `ptr`.
+    ///
+    /// # Safety
+    /// They are readable (guest memory included: the guest may write them) for `'s`.
+    pub unsafe fn from_raw(ptr: NonNull<u8>, len: usize) -> Source<'s> {
+        Source {
+            ptr,
+            len,
+            _borrow: PhantomData,
+        }
+    }
+
+    /// Their length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// One frame to write: its header (the first `hdr_len` bytes of `hdr`), then the frame.
@@ -57,22 +98,19 @@ impl<'d, 's> Copies<'d, 's> {
     /// caller writes it itself) when `to` cannot hold both.
     pub fn push(
         &mut self,
-        to: Slice<'d>,
+        to: &Slice<'d>,
         hdr: [u8; HDR_LEN],
         hdr_len: usize,
         from: Source<'s>,
     ) -> bool {
-        let len = match from {
-            Source::Guest(s) => s.len(),
-            Source::Local(b) => b.len(),
-        };
+        let len = from.len;
         let fits = hdr_len <= HDR_LEN && hdr_len.checked_add(len).is_some_and(|n| n <= to.len());
         if fits {
             if len > PREFETCH_ABOVE {
                 prefetch_write(to.ptr_guard().as_ptr());
             }
             self.list.push(Copy {
-                to,
+                to: *to,
                 hdr,
                 hdr_len,
                 from,
@@ -85,13 +123,10 @@ impl<'d, 's> Copies<'d, 's> {
     /// is armed), before the batch publishes the used elements that hand the buffers over.
     pub fn run(&mut self) {
         for c in self.list.drain(..) {
-            let (from, len) = match c.from {
-                Source::Guest(s) => (s.ptr_guard().as_ptr(), s.len()),
-                Source::Local(b) => (b.as_ptr(), b.len()),
-            };
-            // SAFETY: `push` checked that `to` holds `hdr_len + len` bytes; a guest source is a
-            // slice of a mapping its memory snapshot keeps for 's (the batch that recorded it
-            // runs this before it ends), a local one is borrowed for 's; the header is ours.
+            let (from, len) = (c.from.ptr.as_ptr().cast_const(), c.from.len);
+            // SAFETY: `push` checked that `to` holds `hdr_len + len` bytes; the source is
+            // readable for 's (`Source`: a guest one lies in a mapping its memory snapshot keeps,
+            // and the batch that recorded it runs this before it ends); the header is ours.
             unsafe {
                 // The usual header length as a constant: a few moves instead of a `memmove`.
                 if c.hdr_len == HDR_LEN {
@@ -109,6 +144,7 @@ impl<'d, 's> Copies<'d, 's> {
 mod tests {
     use super::*;
     use crate::guest::tests::{map_for_test, two_region_ram};
+    use crate::guest::Cursor;
     use vm_memory::{Bytes, GuestAddress};
 
     #[test]
@@ -117,14 +153,15 @@ mod tests {
         let mut arena = Vec::new();
         map_for_test(&mem, 0x1000, 100, &mut arena);
         map_for_test(&mem, 0x2000, 20, &mut arena);
-        map_for_test(&mem, 0x3000, 8, &mut arena);
-        mem.write_slice(&[7u8; 8], GuestAddress(0x3000)).unwrap();
+        map_for_test(&mem, 0x3000, 9, &mut arena);
+        mem.write_slice(&[7u8; 9], GuestAddress(0x3000)).unwrap();
         let hdr = [1u8; HDR_LEN];
         let frame = [9u8; 50];
         let mut copies = Copies::default();
-        assert!(copies.push(arena[0], hdr, HDR_LEN, Source::Local(&frame)));
-        assert!(!copies.push(arena[1], hdr, HDR_LEN, Source::Local(&frame)));
-        assert!(copies.push(arena[1], hdr, 10, Source::Guest(arena[2])));
+        assert!(copies.push(&arena[0], hdr, HDR_LEN, Source::local(&frame)));
+        assert!(!copies.push(&arena[1], hdr, HDR_LEN, Source::local(&frame)));
+        let guest = Cursor::new(&arena[2..]).contiguous_source(9).unwrap();
+        assert!(copies.push(&arena[1], hdr, 10, guest));
         let mut got = [0u8; 62];
         mem.read_slice(&mut got, GuestAddress(0x1000)).unwrap();
         assert_eq!(got, [0u8; 62], "nothing written before run");
@@ -132,9 +169,9 @@ mod tests {
         mem.read_slice(&mut got, GuestAddress(0x1000)).unwrap();
         assert_eq!(&got[..HDR_LEN], &hdr);
         assert_eq!(&got[HDR_LEN..], &frame);
-        let mut small = [0u8; 18];
+        let mut small = [0u8; 19];
         mem.read_slice(&mut small, GuestAddress(0x2000)).unwrap();
         assert_eq!(&small[..10], &[1u8; 10]);
-        assert_eq!(&small[10..], &[7u8; 8]);
+        assert_eq!(&small[10..], &[7u8; 9]);
     }
 }

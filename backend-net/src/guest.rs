@@ -10,6 +10,7 @@
 
 use std::mem::size_of;
 use std::ops::Range;
+use std::ptr::NonNull;
 
 pub use vhost_daemon::memory::{GuestRam, GuestRamAtomic, GuestRamGuard, Vring};
 use vhost_daemon::view::{GuestView, ViewSlice};
@@ -17,6 +18,7 @@ use virtio_queue::desc::split::Descriptor;
 use vm_memory::bitmap::Bitmap;
 use vm_memory::GuestAddress;
 
+use crate::deferred::Source;
 use crate::vq::Batch;
 
 /// A piece of guest memory mapped in this process, from vhost-daemon's [`GuestView`]: its
@@ -289,11 +291,17 @@ impl<'a, 'm> Cursor<'a, 'm> {
         (n > size_of::<usize>() && s.len() - self.offset >= n).then_some((s, self.offset))
     }
 
-    /// The next `n` bytes as one slice, when they are contiguous in the current slice and `n`
-    /// is more than a word (the cursor's fast-path condition); the cursor does not move.
-    pub fn contiguous_slice(&self, n: usize) -> Option<Slice<'m>> {
+    /// The next `n` bytes as a copy [`Source`], when they are contiguous in the current slice
+    /// and `n` is more than a word (the cursor's fast-path condition); the cursor does not move.
+    #[inline]
+    pub fn contiguous_source(&self, n: usize) -> Option<Source<'m>> {
         let (s, at) = self.contiguous(n)?;
-        s.subslice(at, n).ok()
+        // SAFETY: `at + n <= s.len()` (`contiguous`), so the `n` bytes lie in the slice's
+        // mapping, which the memory snapshot keeps for 'm; a mapping's address is not null.
+        unsafe {
+            let ptr = NonNull::new(s.ptr_guard().as_ptr().add(at).cast_mut())?;
+            Some(Source::from_raw(ptr, n))
+        }
     }
 
     /// The next `N` bytes when they lie in one slice, loaded as one value (a constant length:

@@ -229,12 +229,12 @@ fn write_frame<'m, 'f, 'g: 'f>(
     .to_bytes();
     let deferred = copies.is_some_and(|c| {
         let source = match payload {
-            Payload::Guest(src) => src.contiguous_slice(len).map(Source::Guest),
-            Payload::Local(bytes) => (*bytes).get(..len).map(Source::Local),
+            Payload::Guest(src) => src.contiguous_source(len),
+            Payload::Local(bytes) => (*bytes).get(..len).map(Source::local),
         };
         source.is_some_and(|from| {
             to.first()
-                .is_some_and(|&first| c.push(first, h, hdr_len, from))
+                .is_some_and(|first| c.push(first, h, hdr_len, from))
         })
     });
     if !deferred {
