@@ -303,7 +303,11 @@ impl RxQueue {
     }
 
     /// Moves backlogged frames into the driver's buffers while there are some; true if any
-    /// moved (the caller then notifies).
+    /// moved (the caller then notifies). With the backlog empty the driver's available buffer
+    /// notifications are suppressed (virtio 1.2 §2.7.10, as Linux's vhost-net does for its
+    /// receive queues): a kick on every refill would only wake this port's worker for nothing.
+    /// A delivery that finds no buffers turns them back on ([`arm_for_more_buffers`]), under
+    /// the same lock, so a kick is never missed while frames wait.
     pub fn drain(&self, acked: Acked, stats: &QueueStats) -> bool {
         let mut inner = self.lock();
         let RxInner { ring, backlog, .. } = &mut *inner;
@@ -314,6 +318,11 @@ impl RxQueue {
         let (consumed, moved) = deliver_while_buffers(vring, mem, acked, frames, stats);
         for _ in 0..consumed {
             backlog.pop();
+        }
+        if backlog.is_empty() {
+            if let Err(e) = vring.disable_notification() {
+                log::warn!("receive queue: {e}");
+            }
         }
         moved
     }

@@ -20,7 +20,9 @@ use frontend_guest::net::{
     VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MQ,
     VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_OK,
 };
-use frontend_guest::virtq::{RawDescriptor, RawNext, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
+use frontend_guest::virtq::{
+    RawDescriptor, RawNext, VIRTIO_RING_F_EVENT_IDX, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+};
 use frontend_guest::GuestRam;
 use net_support::frames::{self, tcp4, udp4};
 use net_support::hostile::{hostile, noise_buffer, runner, transmit, tx_accounted};
@@ -557,6 +559,47 @@ fn receive_backlog_holds_then_drops_and_delivers_in_order() {
         (96 + 1, 20),
         "{p1}"
     );
+    daemon.stop();
+}
+
+#[test]
+fn receive_kicks_are_asked_for_only_while_frames_wait_for_buffers() {
+    let dir = TempDir::new("net-proto-rx-kicks").unwrap();
+    let daemon = NetDaemon::switch(dir.path(), 2, &["--rx-backlog", "32"]);
+    let mut a = daemon.connect(0, &NetOptions::default());
+    // Without VIRTIO_RING_F_EVENT_IDX (as DPDK's virtio-user drives it) the used ring's flags
+    // say whether to kick.
+    let small = NetOptions {
+        queue_size: 64,
+        ..with_features(ALL_FEATURES & !(1 << VIRTIO_RING_F_EVENT_IDX))
+    };
+    let mut b = daemon.connect(1, &small);
+    assert!(!b.has_feature(VIRTIO_RING_F_EVENT_IDX));
+    introduce(&mut a, &mut b);
+    let (ma, mb) = (mac(&a), mac(&b));
+    let frame = |seq: u32| frames::ethernet(mb, ma, 0x88b5, &seq.to_be_bytes());
+    // B's buffers never ran out: refilling them after each frame does not kick (the device
+    // keeps VIRTQ_USED_F_NO_NOTIFY set, virtio 1.2 §2.7.10).
+    let kicks = b.pair(0).unwrap().rx_kicks();
+    for seq in 0..100u32 {
+        send(&mut a, &NetHdr::default(), &frame(seq));
+        assert_eq!(recv_frame(&mut b).frame[14..18], seq.to_be_bytes());
+    }
+    assert_eq!(b.pair(0).unwrap().rx_kicks(), kicks, "refills kicked");
+    // 64 frames fill B's buffers and 8 wait: now a refill kicks, and the 8 follow in order.
+    for seq in 0..72u32 {
+        send(&mut a, &NetHdr::default(), &frame(seq));
+    }
+    for seq in 0..72u32 {
+        assert_eq!(recv_frame(&mut b).frame[14..18], seq.to_be_bytes());
+    }
+    assert!(
+        b.pair(0).unwrap().rx_kicks() > kicks,
+        "no kick for waiting frames"
+    );
+    assert_nothing(&mut b).unwrap();
+    let p1 = daemon.port(1);
+    assert_eq!(drops(&p1, "rx_no_buffers"), 0, "{p1}");
     daemon.stop();
 }
 

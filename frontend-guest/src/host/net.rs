@@ -386,6 +386,8 @@ pub struct NetQueuePair {
     rx_posted: Vec<Option<u64>>,
     /// Receive buffers not posted.
     rx_free: Vec<u64>,
+    /// Receive queue kicks sent (available buffer notifications the device asked for).
+    rx_kicks: u64,
     tx: SplitQueue<MAX_QUEUE_SIZE>,
     tx_fds: VringFds,
     max_frame_bytes: u32,
@@ -424,6 +426,7 @@ impl NetQueuePair {
             rx_buffer_bytes: opts.rx_buffer_bytes,
             rx_posted: vec![None; usize::from(size)],
             rx_free: free_slots(rx_base, rx_stride, size),
+            rx_kicks: 0,
             tx,
             tx_fds: VringFds::new()?,
             max_frame_bytes: opts.max_frame_bytes,
@@ -453,6 +456,12 @@ impl NetQueuePair {
         usize::from(self.rx.chains_in_flight())
     }
 
+    /// Receive queue kicks sent so far: refills after which the device asked to be notified
+    /// (virtio 1.2 §2.7.10).
+    pub fn rx_kicks(&self) -> u64 {
+        self.rx_kicks
+    }
+
     /// Posts every free receive buffer and kicks the device if it wants it.
     ///
     /// # Errors
@@ -464,6 +473,7 @@ impl NetQueuePair {
         }
         if self.rx.publish(&*self.ram)? {
             self.rx_fds.kick().map_err(NetError::from)?;
+            self.rx_kicks += 1;
         }
         Ok(())
     }
