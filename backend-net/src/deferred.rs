@@ -56,16 +56,6 @@ impl<'s> Source<'s> {
             _borrow: PhantomData,
         }
     }
-
-    /// Their length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }
 
 /// One frame to write: its header (the first `hdr_len` bytes of `hdr`), then the frame.
