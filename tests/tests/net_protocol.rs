@@ -524,17 +524,24 @@ fn malformed_transmit_chains_are_dropped_and_counted() {
     daemon.stop();
 }
 
+/// A on port 0 with default options, B on port 1 with `b_opts` and a 64-entry receive queue,
+/// each having heard from the other.
+fn sender_and_small_receiver(daemon: &NetDaemon, b_opts: NetOptions) -> (NetDevice, NetDevice) {
+    let mut a = daemon.connect(0, &NetOptions::default());
+    let small = NetOptions {
+        queue_size: 64,
+        ..b_opts
+    };
+    let mut b = daemon.connect(1, &small);
+    introduce(&mut a, &mut b);
+    (a, b)
+}
+
 #[test]
 fn receive_backlog_holds_then_drops_and_delivers_in_order() {
     let dir = TempDir::new("net-proto-backlog").unwrap();
     let daemon = NetDaemon::switch(dir.path(), 2, &["--rx-backlog", "32"]);
-    let mut a = daemon.connect(0, &NetOptions::default());
-    let small = NetOptions {
-        queue_size: 64,
-        ..NetOptions::default()
-    };
-    let mut b = daemon.connect(1, &small);
-    introduce(&mut a, &mut b);
+    let (mut a, mut b) = sender_and_small_receiver(&daemon, NetOptions::default());
     let (ma, mb) = (mac(&a), mac(&b));
     // B does not take frames: 64 fill its buffers, 32 wait, 20 are dropped.
     for seq in 0..116u32 {
@@ -566,16 +573,11 @@ fn receive_backlog_holds_then_drops_and_delivers_in_order() {
 fn receive_kicks_are_asked_for_only_while_frames_wait_for_buffers() {
     let dir = TempDir::new("net-proto-rx-kicks").unwrap();
     let daemon = NetDaemon::switch(dir.path(), 2, &["--rx-backlog", "32"]);
-    let mut a = daemon.connect(0, &NetOptions::default());
     // Without VIRTIO_RING_F_EVENT_IDX (as DPDK's virtio-user drives it) the used ring's flags
     // say whether to kick.
-    let small = NetOptions {
-        queue_size: 64,
-        ..with_features(ALL_FEATURES & !(1 << VIRTIO_RING_F_EVENT_IDX))
-    };
-    let mut b = daemon.connect(1, &small);
+    let no_event_idx = with_features(ALL_FEATURES & !(1 << VIRTIO_RING_F_EVENT_IDX));
+    let (mut a, mut b) = sender_and_small_receiver(&daemon, no_event_idx);
     assert!(!b.has_feature(VIRTIO_RING_F_EVENT_IDX));
-    introduce(&mut a, &mut b);
     let (ma, mb) = (mac(&a), mac(&b));
     let frame = |seq: u32| frames::ethernet(mb, ma, 0x88b5, &seq.to_be_bytes());
     // B's buffers never ran out: refilling them after each frame does not kick (the device
