@@ -12,7 +12,7 @@
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 
-use crate::guest::{copy_into, prefetch_write, Slice};
+use crate::guest::{copy_into, prefetch_write, store_unless_equal, Slice};
 use crate::hdr::HDR_LEN;
 
 /// Frames longer than this (bytes) have their receive buffer's first line prefetched for writing
@@ -118,9 +118,10 @@ impl<'d, 's> Copies<'d, 's> {
             // readable for 's (`Source`: a guest one lies in a mapping its memory snapshot keeps,
             // and the batch that recorded it runs this before it ends); the header is ours.
             unsafe {
-                // The usual header length as a constant: a few moves instead of a `memmove`.
+                // The usual header length as a constant: a compare and a few moves instead of a
+                // `memmove`.
                 if c.hdr_len == HDR_LEN {
-                    copy_into(&c.to, 0, c.hdr.as_ptr(), HDR_LEN);
+                    store_unless_equal(&c.to, 0, &c.hdr);
                 } else {
                     copy_into(&c.to, 0, c.hdr.as_ptr(), c.hdr_len);
                 }

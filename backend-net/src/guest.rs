@@ -53,6 +53,33 @@ pub unsafe fn copy_into(to: &Slice<'_>, at: usize, from: *const u8, len: usize) 
     to.bitmap().mark_dirty(at, len);
 }
 
+/// Writes `val` into `to` from its byte `at` on unless those bytes already hold it (then nothing
+/// is written or marked dirty: the guest's copy is what the log has, or will have, sent). A
+/// read leaves the driver's cache line shared, where a store would take it from the driver's
+/// core and make it fetch the line back; a receive buffer's header area nearly always holds
+/// the header already, the one its last frame brought (DPDK's vhost library writes its headers
+/// the same way, `ASSIGN_UNLESS_EQUAL`).
+///
+/// # Safety
+/// `at + N <= to.len()`.
+#[inline]
+pub unsafe fn store_unless_equal<const N: usize>(to: &Slice<'_>, at: usize, val: &[u8; N]) {
+    // SAFETY: by the caller's contract the N bytes lie in `to`, a slice of a mapping its memory
+    // snapshot keeps; every value is valid. Read as one unaligned copy (a few wide loads), as
+    // `copy_into` copies guest bytes: a volatile byte array would be N single-byte loads.
+    let now = unsafe {
+        to.ptr_guard()
+            .as_ptr()
+            .add(at)
+            .cast::<[u8; N]>()
+            .read_unaligned()
+    };
+    if now != *val {
+        // SAFETY: the same N bytes, and `val` is readable.
+        unsafe { copy_into(to, at, val.as_ptr(), N) };
+    }
+}
+
 /// Asks the CPU to bring the cache line at `ptr` into its caches ahead of an access
 /// (x86-64 PREFETCHT0; nothing elsewhere). The rings and buffers the data path touches were
 /// last written by the driver's core, so each first access waits for a line to come over;
@@ -484,6 +511,26 @@ pub(crate) mod tests {
         arena: &mut Vec<Slice<'m>>,
     ) {
         map(mem, GuestAddress(addr), len, arena).unwrap();
+    }
+
+    #[test]
+    fn stores_only_bytes_that_differ() {
+        let mem = two_region_ram();
+        let mut arena = Vec::new();
+        map_for_test(&mem, 0x1000, 16, &mut arena);
+        mem.write_slice(&[5u8; 16], GuestAddress(0x1000)).unwrap();
+        let mut got = [0u8; 16];
+        // SAFETY: 2 + 12 <= 16 bytes of the slice.
+        unsafe { store_unless_equal(&arena[0], 2, &[5u8; 12]) };
+        mem.read_slice(&mut got, GuestAddress(0x1000)).unwrap();
+        assert_eq!(got, [5u8; 16]);
+        let new = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+        // SAFETY: as above.
+        unsafe { store_unless_equal(&arena[0], 2, &new) };
+        mem.read_slice(&mut got, GuestAddress(0x1000)).unwrap();
+        assert_eq!(&got[..2], &[5, 5]);
+        assert_eq!(&got[2..14], &new);
+        assert_eq!(&got[14..], &[5, 5]);
     }
 
     #[test]
