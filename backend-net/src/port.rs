@@ -371,7 +371,6 @@ fn deliver_while_buffers<'f, 'g: 'f>(
     let mut state = vring.get_mut();
     let queue = state.get_queue_mut();
     let mut batch = Batch::new(queue, GuestView::new(&guard));
-    batch.prefetch_next(frames.size_hint().0);
     batch.prefetch_used(frames.size_hint().0);
     let mut arena = Vec::new();
     let mut copies = Copies::with_capacity(frames.size_hint().0);

@@ -414,23 +414,6 @@ impl<'m> Batch<'m> {
         }
     }
 
-    /// Prefetches the descriptors of the next `n` available chains (at most as many as the
-    /// driver made available), ahead of taking them one by one: their misses overlap.
-    pub fn prefetch_next(&mut self, n: usize) {
-        let ahead = if self.next_avail == self.avail_idx {
-            self.available()
-        } else {
-            (self.avail_idx - self.next_avail).0
-        };
-        let mut at = self.next_avail;
-        for _ in 0..usize::from(ahead).min(n) {
-            if let Some(head) = self.avail_entry(at) {
-                self.prefetch_descriptor(head);
-            }
-            at += Wrapping(1);
-        }
-    }
-
     /// Prefetches for writing ([`prefetch_write`]) the used ring entries the next `n` used
     /// elements go to (a ring not mapped: nothing): the driver's core reads them, so each line
     /// has to come back before the batch can write it.
@@ -562,14 +545,13 @@ mod tests {
         assert_eq!((q.next_avail(), q.next_used()), (3, 0));
     }
 
-    /// Prefetching reads ahead without taking anything: the same chains come out after it,
-    /// heads outside the queue and counts past the ring are ignored.
+    /// Prefetching takes nothing: the same chains come out after it, heads outside the queue
+    /// and counts past the ring are ignored.
     #[test]
     fn prefetching_takes_nothing() {
         let mem = ram();
         let (_vq, mut q) = queue(&mem, &[3, 99, 1]);
         let mut b = Batch::new(&q, GuestView::new(&mem));
-        b.prefetch_next(64);
         b.prefetch_used(64);
         b.prefetch_descriptor(99);
         assert_eq!(
