@@ -6,8 +6,8 @@
 //! such store held up the local stores behind it (the profile's stalls on stack stores in
 //! `rx::deliver` and `RxQueue::offer`). Recorded during the batch and made back to back at its
 //! end, the stores to the driver's lines go out together. Only the common case is deferred:
-//! header and frame into the first buffer of a chain, the frame contiguous at its source; other
-//! frames are written at once, through cursors.
+//! header and frame into a chain of one buffer that holds both, the frame contiguous at its
+//! source; other frames are written at once, through cursors.
 
 use std::marker::PhantomData;
 use std::ptr::NonNull;
@@ -86,9 +86,10 @@ impl<'d, 's> Copies<'d, 's> {
     /// Records the header `hdr[..hdr_len]` and the frame `from` for `to` (and prefetches the
     /// start of `to` for a frame above [`PREFETCH_ABOVE`] bytes); false (nothing recorded, the
     /// caller writes it itself) when `to` cannot hold both.
+    #[inline(always)]
     pub fn push(
         &mut self,
-        to: &Slice<'d>,
+        to: Slice<'d>,
         hdr: [u8; HDR_LEN],
         hdr_len: usize,
         from: Source<'s>,
@@ -100,7 +101,7 @@ impl<'d, 's> Copies<'d, 's> {
                 prefetch_write(to.ptr_guard().as_ptr());
             }
             self.list.push(Copy {
-                to: *to,
+                to,
                 hdr,
                 hdr_len,
                 from,
@@ -149,10 +150,10 @@ mod tests {
         let hdr = [1u8; HDR_LEN];
         let frame = [9u8; 50];
         let mut copies = Copies::default();
-        assert!(copies.push(&arena[0], hdr, HDR_LEN, Source::local(&frame)));
-        assert!(!copies.push(&arena[1], hdr, HDR_LEN, Source::local(&frame)));
+        assert!(copies.push(arena[0], hdr, HDR_LEN, Source::local(&frame)));
+        assert!(!copies.push(arena[1], hdr, HDR_LEN, Source::local(&frame)));
         let guest = Cursor::new(&arena[2..]).contiguous_source(9).unwrap();
-        assert!(copies.push(&arena[1], hdr, 10, guest));
+        assert!(copies.push(arena[1], hdr, 10, guest));
         let mut got = [0u8; 62];
         mem.read_slice(&mut got, GuestAddress(0x1000)).unwrap();
         assert_eq!(got, [0u8; 62], "nothing written before run");

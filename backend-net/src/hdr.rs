@@ -154,15 +154,22 @@ impl NetHdr {
     }
 
     /// The 12-byte wire form; the legacy form is its first 10 bytes.
+    ///
+    /// Assembled as two little-endian integers (bytes 0..8 and 8..12) and stored as such: a
+    /// caller that copies the result as an 8-byte and a 4-byte load then reads what two stores
+    /// wrote. Stored field by field, each of those loads spanned several narrower stores, which
+    /// the store buffer cannot forward (the load waits until they reach the cache).
+    #[inline]
     pub fn to_bytes(&self) -> [u8; HDR_LEN] {
+        let low = u64::from(self.flags)
+            | u64::from(self.gso_type) << 8
+            | u64::from(self.hdr_len) << 16
+            | u64::from(self.gso_size) << 32
+            | u64::from(self.csum_start) << 48;
+        let high = u32::from(self.csum_offset) | u32::from(self.num_buffers) << 16;
         let mut b = [0u8; HDR_LEN];
-        b[0] = self.flags;
-        b[1] = self.gso_type;
-        b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
-        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
-        b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
-        b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
-        b[10..12].copy_from_slice(&self.num_buffers.to_le_bytes());
+        b[..8].copy_from_slice(&low.to_le_bytes());
+        b[8..].copy_from_slice(&high.to_le_bytes());
         b
     }
 

@@ -115,8 +115,8 @@ fn split_lengths(capacities: &[usize], total: usize) -> Option<Vec<u32>> {
 
 /// Writes `frame.hdr` (its first `acked.hdr_len()` bytes, `num_buffers` set) and the frame
 /// into the receive queue through `batch` (the used elements are published when the caller
-/// finishes the batch). With `copies`, a frame that fits the first buffer of its chain is only
-/// recorded there, and the caller runs the copies before it finishes the batch. Chains that
+/// finishes the batch). With `copies`, a frame for a chain of one buffer (the fast path below)
+/// is only recorded there, and the caller runs the copies before it finishes the batch. Chains that
 /// cannot be used (outside guest memory, broken, device-readable parts, no writable space) are
 /// returned to the driver empty and counted as [`Drop::RxBadChain`] in `stats`. `arena` is
 /// scratch space, left as it was found. A next chain that is one writable buffer holding the
@@ -138,7 +138,7 @@ pub fn deliver<'m, 'f, 'g: 'f>(
         };
     };
     if let Some(to) = single_buffer(batch, mem, head, needed) {
-        write_frame(&[to], acked, frame, 1, copies);
+        write_one(to, acked, frame, copies);
         batch.add_used(head, u32::try_from(needed).unwrap_or(u32::MAX));
         return Delivery::Delivered(1);
     }
@@ -180,7 +180,7 @@ pub fn deliver<'m, 'f, 'g: 'f>(
         }
     }
     let num_buffers = u16::try_from(heads.len()).unwrap_or(u16::MAX);
-    write_frame(&arena[base..], acked, frame, num_buffers, copies);
+    write_now(&arena[base..], acked, frame, num_buffers);
     // Every head taken holds part of the frame: chains were taken until they held it all.
     let mut left = needed;
     for &(head, capacity) in &heads {
@@ -208,43 +208,53 @@ fn single_buffer<'m>(
     one_buffer(&desc, mem)
 }
 
-/// Writes the header (its first `acked.hdr_len()` bytes, `num_buffers` set) and the frame
-/// into `to`, the writable buffers of the chains taken (together at least that long): recorded
-/// in `copies` when the frame fits the first buffer and its source is contiguous, else at once.
+/// Writes the header (its first `acked.hdr_len()` bytes, `num_buffers` 1) and the frame into
+/// `to`, one buffer that holds both: recorded in `copies` when the frame's source is
+/// contiguous, else written at once. `to` comes by value, so an inlined [`Copies::push`] stores
+/// it into its record from registers: put on the stack first, it was stored in 8-byte parts and
+/// loaded back in 16-byte ones, which the store buffer cannot forward.
 #[inline(always)]
-fn write_frame<'m, 'f, 'g: 'f>(
-    to: &[Slice<'m>],
+fn write_one<'m, 'f, 'g: 'f>(
+    to: Slice<'m>,
     acked: Acked,
     frame: &RxFrame<'f, 'g>,
-    num_buffers: u16,
     copies: Option<&mut Copies<'m, 'f>>,
 ) {
     let RxFrame { hdr, payload, len } = frame;
     let len = *len;
-    let hdr_len = acked.hdr_len();
+    let h = NetHdr {
+        num_buffers: 1,
+        ..*hdr
+    }
+    .to_bytes();
+    let source = match payload {
+        Payload::Guest(src) => src.contiguous_source(len),
+        Payload::Local(bytes) => (*bytes).get(..len).map(Source::local),
+    };
+    if let (Some(c), Some(from)) = (copies, source) {
+        if c.push(to, h, acked.hdr_len(), from) {
+            return;
+        }
+    }
+    write_now(&[to], acked, frame, 1);
+}
+
+/// Writes the header (its first `acked.hdr_len()` bytes, `num_buffers` set) and the frame
+/// into `to`, the writable buffers of the chains taken (together at least that long), at once.
+fn write_now(to: &[Slice<'_>], acked: Acked, frame: &RxFrame<'_, '_>, num_buffers: u16) {
+    let RxFrame { hdr, payload, len } = frame;
+    let len = *len;
     let h = NetHdr {
         num_buffers,
         ..*hdr
     }
     .to_bytes();
-    let deferred = copies.is_some_and(|c| {
-        let source = match payload {
-            Payload::Guest(src) => src.contiguous_source(len),
-            Payload::Local(bytes) => (*bytes).get(..len).map(Source::local),
-        };
-        source.is_some_and(|from| {
-            to.first()
-                .is_some_and(|first| c.push(first, h, hdr_len, from))
-        })
-    });
-    if !deferred {
-        let mut dst = Cursor::new(to);
-        dst.write(&h[..hdr_len]);
-        match payload {
-            Payload::Guest(src) => dst.copy_from_cursor(&mut src.clone(), len),
-            Payload::Local(bytes) => dst.write(&bytes[..len.min(bytes.len())]),
-        };
-    }
+    let mut dst = Cursor::new(to);
+    dst.write(&h[..acked.hdr_len()]);
+    match payload {
+        Payload::Guest(src) => dst.copy_from_cursor(&mut src.clone(), len),
+        Payload::Local(bytes) => dst.write(&bytes[..len.min(bytes.len())]),
+    };
 }
 
 /// [`deliver`] of one frame into `queue`, its used elements published at once.
