@@ -13,7 +13,7 @@ use std::ops::Range;
 use std::ptr::NonNull;
 
 pub use vhost_daemon::memory::{GuestRam, GuestRamAtomic, GuestRamGuard, Vring};
-use vhost_daemon::view::{GuestView, ViewSlice};
+use vhost_daemon::view::{GuestView, RegionMemo, ViewSlice};
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::bitmap::Bitmap;
 use vm_memory::GuestAddress;
@@ -218,7 +218,7 @@ pub fn walk_head<'m>(
 ) -> Result<Chain, ChainError> {
     let Some((desc, slice)) = batch
         .head_descriptor(head)
-        .and_then(|d| Some((d, one_buffer(&d, mem)?)))
+        .and_then(|d| Some((d, one_buffer(&d, batch.buffers())?)))
     else {
         return walk(head, batch.chain(head), mem, arena);
     };
@@ -239,14 +239,15 @@ pub fn walk_head<'m>(
 }
 
 /// The buffer of a chain that is just `desc` (no next descriptor, no indirect table, not empty)
-/// when it lies in one memory region, mapped; `None` otherwise (the chain then takes [`walk`]).
+/// when it lies in one memory region, mapped (looked up through `buffers`, a batch's
+/// [`Batch::buffers`]); `None` otherwise (the chain then takes [`walk`]).
 #[inline]
-pub fn one_buffer<'m>(desc: &Descriptor, mem: &'m GuestRam) -> Option<Slice<'m>> {
+pub fn one_buffer<'m>(desc: &Descriptor, buffers: &RegionMemo<'m>) -> Option<Slice<'m>> {
     let len = usize::try_from(desc.len()).ok()?;
     if desc.has_next() || desc.refers_to_indirect_table() || len == 0 {
         return None;
     }
-    GuestView::new(mem)
+    buffers
         .slice_at(desc.addr(), len)
         .filter(|s| s.len() == len)
 }

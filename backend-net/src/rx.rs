@@ -137,7 +137,7 @@ pub fn deliver<'m, 'f, 'g: 'f>(
             seen_avail: batch.next_avail(),
         };
     };
-    if let Some(to) = single_buffer(batch, mem, head, needed) {
+    if let Some(to) = single_buffer(batch, head, needed) {
         write_one(to, acked, frame, copies);
         batch.add_used(head, u32::try_from(needed).unwrap_or(u32::MAX));
         return Delivery::Delivered(1);
@@ -194,18 +194,13 @@ pub fn deliver<'m, 'f, 'g: 'f>(
 /// holds `needed` bytes (the receive buffers Linux and DPDK drivers post): the fast path of
 /// [`deliver`], without the general walk. `None` leaves the chain to the general path.
 #[inline(always)]
-fn single_buffer<'m>(
-    batch: &Batch<'m>,
-    mem: &'m GuestRam,
-    head: u16,
-    needed: usize,
-) -> Option<Slice<'m>> {
+fn single_buffer<'m>(batch: &Batch<'m>, head: u16, needed: usize) -> Option<Slice<'m>> {
     let desc = batch.head_descriptor(head)?;
     let fits = usize::try_from(desc.len()).is_ok_and(|len| len >= needed);
     if !desc.is_write_only() || !fits {
         return None;
     }
-    one_buffer(&desc, mem)
+    one_buffer(&desc, batch.buffers())
 }
 
 /// Writes the header (its first `acked.hdr_len()` bytes, `num_buffers` 1) and the frame into

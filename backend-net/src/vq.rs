@@ -29,7 +29,7 @@ use std::mem::{align_of, size_of};
 use std::num::Wrapping;
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use vhost_daemon::view::{GuestView, ViewSlice};
+use vhost_daemon::view::{GuestView, RegionMemo, ViewSlice};
 use virtio_queue::desc::split::{Descriptor, VirtqUsedElem};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::bitmap::Bitmap;
@@ -112,10 +112,21 @@ impl<'m> Area<'m> {
                 s.bitmap().mark_dirty(offset, size_of::<T>());
                 true
             }
-            Area::Guest(addr) => {
-                Self::at(*addr, offset).is_some_and(|a| view.write_obj(val, a).is_ok())
-            }
+            Area::Guest(addr) => Self::write_unmapped(view, *addr, offset, val),
         }
+    }
+
+    /// [`Area::write`] into an area that is not mapped in one piece, through the view's
+    /// generic accessor: out of line, so the mapped case stays small enough to inline.
+    #[cold]
+    #[inline(never)]
+    fn write_unmapped<T: ByteValued>(
+        view: &GuestView<'m>,
+        addr: GuestAddress,
+        offset: usize,
+        val: T,
+    ) -> bool {
+        Self::at(addr, offset).is_some_and(|a| view.write_obj(val, a).is_ok())
     }
 
     /// Loads the little-endian `u16` at `offset` atomically with `order`.
@@ -220,6 +231,8 @@ impl Iterator for Descs<'_, '_> {
 #[derive(Debug)]
 pub struct Batch<'m> {
     view: GuestView<'m>,
+    /// Where the chains' buffers are looked up ([`Batch::buffers`]).
+    buffers: RegionMemo<'m>,
     size: u16,
     /// Chains may be taken (the queue is ready and has an available ring).
     ready: bool,
@@ -260,6 +273,7 @@ impl<'m> Batch<'m> {
         let next_avail = Wrapping(queue.next_avail());
         Batch {
             view,
+            buffers: RegionMemo::new(view),
             size,
             // virtio-queue's `iter` refuses the same queues (a reset without set-up). Its
             // `set_size` accepts powers of two only (virtio 1.2 §2.7), so ring slots are the
@@ -367,6 +381,12 @@ impl<'m> Batch<'m> {
     /// index the batch saw.
     pub fn next_avail(&self) -> u16 {
         self.next_avail.0
+    }
+
+    /// The lookup for the buffers of the batch's chains: it remembers the last region found,
+    /// which the next buffer is nearly always in.
+    pub fn buffers(&self) -> &RegionMemo<'m> {
+        &self.buffers
     }
 
     /// The descriptors of the chain at `head`.

@@ -102,7 +102,7 @@ pub fn walk_tx<'m>(
 ///
 /// # Errors
 /// The drop reason to count.
-#[inline]
+#[inline(always)]
 pub fn check_tx(
     c: &Chain,
     arena: &[Slice<'_>],
@@ -340,16 +340,19 @@ impl Worker {
                 batch.prefetch_descriptor(head);
             }
             batch.prefetch_used(heads.len());
+            // A header that is read is checked after the batch's walks (its line prefetched
+            // meanwhile); a header that is not read is checked at once.
+            let header = limits.any_offload();
             for &head in &heads {
                 let mark = arena.len();
                 match walk_tx(&batch, head, mem, &mut arena) {
                     Ok(c) => {
-                        prefetch_headers(
-                            &arena[c.readable.clone()],
-                            acked.hdr_len(),
-                            limits.any_offload(),
-                        );
-                        walked.push(c);
+                        prefetch_headers(&arena[c.readable.clone()], acked.hdr_len(), header);
+                        if header {
+                            walked.push(c);
+                        } else {
+                            self.keep(check_tx(&c, &arena, acked, &limits), &mut frames);
+                        }
                     }
                     Err(why) => {
                         arena.truncate(mark);
@@ -358,10 +361,7 @@ impl Worker {
                 }
             }
             for c in walked.drain(..) {
-                match check_tx(&c, &arena, acked, &limits) {
-                    Ok(f) => frames.push(f),
-                    Err(why) => self.stats().drop(why),
-                }
+                self.keep(check_tx(&c, &arena, acked, &limits), &mut frames);
             }
             self.transmit(&frames, &arena, acked);
             let mut state = tx.get_mut();
@@ -371,6 +371,15 @@ impl Worker {
                 used.add_used(head, 0);
             }
             used.finish(queue);
+        }
+    }
+
+    /// Adds a frame that passed [`check_tx`] to `frames`; one that did not is counted.
+    #[inline(always)]
+    fn keep(&self, checked: Result<TxFrame, Drop>, frames: &mut Vec<TxFrame>) {
+        match checked {
+            Ok(f) => frames.push(f),
+            Err(why) => self.stats().drop(why),
         }
     }
 

@@ -15,6 +15,7 @@
 //! the last region it touches, yields an error item and ends the iteration, as vm-memory's
 //! `GuestMemoryBackendSliceIterator` does.
 
+use std::cell::Cell;
 use std::iter::FusedIterator;
 use std::marker::PhantomData;
 
@@ -22,7 +23,7 @@ use vm_memory::bitmap::{Bitmap, RefSlice, WithBitmapSlice};
 use vm_memory::guest_memory::GuestMemorySliceIterator;
 use vm_memory::{
     Address, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError, GuestMemoryRegion,
-    MemoryRegionAddress, MmapRegion, Permissions, VolatileSlice,
+    GuestRegionMmap, MemoryRegionAddress, MmapRegion, Permissions, VolatileSlice,
 };
 
 use crate::memory::{DirtyBitmap, GuestRam};
@@ -50,19 +51,7 @@ impl<'a> GuestView<'a> {
     /// `addr` is in no region.
     #[inline]
     pub fn slice_at(&self, addr: GuestAddress, len: usize) -> Option<ViewSlice<'a, 'a>> {
-        let region = self.ram.find_region(addr)?;
-        // find_region returned a region with start <= addr <= last.
-        let offset = addr.raw_value() - region.start_addr().raw_value();
-        let room = region.len() - offset;
-        let count = usize::try_from(room).map_or(len, |room| room.min(len));
-        let host = region.get_host_address(MemoryRegionAddress(offset)).ok()?;
-        let mapping: &'a MmapRegion<DirtyBitmap> = region;
-        // `offset < region.len()`, the size of a mapping in this address space.
-        let bitmap = RefSlice::new(mapping.bitmap(), offset as usize);
-        // SAFETY: `host..host + count` lies inside the region's mapping (offset + count <=
-        // region length), which the snapshot borrowed for 'a keeps mapped; guest memory is
-        // shared with the guest and accessed through volatile slices only, as vm-memory's own.
-        Some(unsafe { VolatileSlice::with_bitmap(host, count, bitmap, None) })
+        slice_in(self.ram.find_region(addr)?, addr, len)
     }
 
     /// Marks `addr..addr + len` dirty in the front-end's log (while it is armed), for bytes a
@@ -82,6 +71,63 @@ impl<'a> GuestView<'a> {
             count,
             _slices: PhantomData,
         }
+    }
+}
+
+/// A region of guest memory, as [`GuestRam`] holds it.
+type Region = GuestRegionMmap<DirtyBitmap>;
+
+/// The longest part of `addr..addr + len` that lies in `region`, from `addr`; `region` holds
+/// `addr` (as `find_region` answers). `None` when the region has no host address for it.
+#[inline]
+fn slice_in(region: &Region, addr: GuestAddress, len: usize) -> Option<ViewSlice<'_, '_>> {
+    let offset = addr
+        .raw_value()
+        .checked_sub(region.start_addr().raw_value())?;
+    let room = region.len().checked_sub(offset)?;
+    let count = usize::try_from(room).map_or(len, |room| room.min(len));
+    let host = region.get_host_address(MemoryRegionAddress(offset)).ok()?;
+    let mapping: &MmapRegion<DirtyBitmap> = region;
+    // `offset < region.len()` (get_host_address checked it), the size of a mapping in this
+    // address space.
+    let bitmap = RefSlice::new(mapping.bitmap(), offset as usize);
+    // SAFETY: `host..host + count` lies inside the region's mapping (offset + count <= region
+    // length), which the snapshot the region is borrowed from keeps mapped; guest memory is
+    // shared with the guest and accessed through volatile slices only, as vm-memory's own.
+    Some(unsafe { VolatileSlice::with_bitmap(host, count, bitmap, None) })
+}
+
+/// A [`GuestView`] for one batch of buffers that remembers the region its last lookup found
+/// and tries it first: a driver's buffers nearly always lie in one region (a guest's RAM, a
+/// DPDK hugepage file), so a batch looks a region up once instead of searching the region
+/// list per buffer. Answers as [`GuestView::slice_at`].
+#[derive(Debug)]
+pub struct RegionMemo<'a> {
+    view: GuestView<'a>,
+    last: Cell<Option<&'a Region>>,
+}
+
+impl<'a> RegionMemo<'a> {
+    /// A memo over `view` that remembers nothing yet.
+    pub fn new(view: GuestView<'a>) -> RegionMemo<'a> {
+        RegionMemo {
+            view,
+            last: Cell::new(None),
+        }
+    }
+
+    /// As [`GuestView::slice_at`]; the region found is remembered for the next lookup.
+    #[inline]
+    pub fn slice_at(&self, addr: GuestAddress, len: usize) -> Option<ViewSlice<'a, 'a>> {
+        let region = match self.last.get() {
+            Some(r) if r.start_addr() <= addr && addr <= r.last_addr() => r,
+            _ => {
+                let r = self.view.ram.find_region(addr)?;
+                self.last.set(Some(r));
+                r
+            }
+        };
+        slice_in(region, addr, len)
     }
 }
 
@@ -185,6 +231,34 @@ mod tests {
         let mut buf = [0u8; 16];
         view.read_slice(&mut buf, GuestAddress(0x4100)).unwrap();
         assert_eq!(buf, [7; 16]);
+    }
+
+    #[test]
+    fn the_region_memo_answers_as_the_view_does() {
+        let ram = ram();
+        let view = GuestView::new(&ram);
+        let memo = RegionMemo::new(view);
+        // Into the first region, then the second, back, into the hole, past the end, and
+        // ranges that run out of their region: each answer as the view's own.
+        for (addr, len) in [
+            (0x1000, 0x10),
+            (0x2ff0, 0x40),
+            (0x4800, 0x10),
+            (0x4ff0, 0x40),
+            (0x1800, 8),
+            (0x3000, 1),
+            (0x4800, 8),
+            (0x5000, 1),
+            (0x0fff, 1),
+        ] {
+            let ours = memo.slice_at(GuestAddress(addr), len);
+            let theirs = view.slice_at(GuestAddress(addr), len);
+            assert_eq!(
+                ours.map(|s| (s.ptr_guard().as_ptr(), s.len())),
+                theirs.map(|s| (s.ptr_guard().as_ptr(), s.len())),
+                "{addr:#x}+{len:#x}"
+            );
+        }
     }
 
     #[test]
