@@ -5,10 +5,10 @@
 //! Queues: receiveq N is vring 2N, transmitq N is vring 2N+1, and the controlq follows the
 //! last pair the negotiated features allow (virtio 1.2 §5.1.2): vring 2P for P pairs with
 //! VIRTIO_NET_F_MQ, vring 2 without it. [`Layout`] spreads the pairs over the port's worker
-//! threads (one per pair by default, `--worker-threads` fewer) and turns a thread's device
-//! event back into a vring or a TAP queue; vring 2P goes with thread 0. Without MQ, vring 2
-//! (pair 1's receive vring when more pairs are offered) is the controlq, served by whichever
-//! thread has it.
+//! threads (one per pair up to the CPUs by default, `--worker-threads` fewer) and turns a
+//! thread's device event back into a vring or a TAP queue; vring 2P goes with thread 0. Without
+//! MQ, vring 2 (pair 1's receive vring when more pairs are offered) is the controlq, served by
+//! whichever thread has it.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};

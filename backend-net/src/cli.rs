@@ -16,9 +16,11 @@ use vhost_daemon::listener::SocketSource;
 use crate::fdb::{FdbConfig, DEFAULT_MAX_PER_PORT};
 use crate::mac::MacAddr;
 use crate::switch::{SwitchConfig, DEFAULT_FLOOD_RATE};
+use crate::threads;
 
-/// Largest `--num-queue-pairs`: by default one worker thread per pair, and vhost-user-backend
-/// describes a thread's queues with a 64-bit mask that must also hold the control queue.
+/// Largest `--num-queue-pairs`: by default up to one worker thread per pair, and
+/// vhost-user-backend describes a thread's queues with a 64-bit mask that must also hold the
+/// control queue.
 pub const MAX_QUEUE_PAIRS: u16 = 16;
 /// Largest `--queue-size`: QEMU's `VIRTQUEUE_MAX_SIZE`.
 pub const MAX_QUEUE_SIZE: u16 = 1024;
@@ -125,14 +127,15 @@ pub struct Cli {
     pub switch: bool,
 
     /// Queue pairs (receiveq/transmitq) offered per front-end, each served by its own thread
-    /// unless --worker-threads says fewer; in TAP mode each pair gets its own TAP queue (the
-    /// TAP needs multi_queue for N > 1).
+    /// while there are CPUs for them (see --worker-threads); in TAP mode each pair gets its own
+    /// TAP queue (the TAP needs multi_queue for N > 1).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub num_queue_pairs: u16,
 
-    /// Worker threads per front-end, 1 to --num-queue-pairs (default: one per pair): pair i
-    /// is served by thread i mod N, so one thread can poll several pairs (for a back-end given
-    /// fewer cores than pairs).
+    /// Worker threads per front-end, 1 to --num-queue-pairs (default: one per pair, at most
+    /// the CPUs the daemon may run on, e.g. 1 under `taskset -c 1`): pair i is served by
+    /// thread i mod N, so one thread can poll several pairs (for a back-end given fewer cores
+    /// than pairs).
     #[arg(long, value_name = "N", conflicts_with = "xenstore")]
     pub worker_threads: Option<u16>,
 
@@ -350,7 +353,9 @@ impl Cli {
         if self.num_queue_pairs == 0 || self.num_queue_pairs > MAX_QUEUE_PAIRS {
             return Err(ConfigError::QueuePairs(self.num_queue_pairs));
         }
-        let worker_threads = self.worker_threads.unwrap_or(self.num_queue_pairs);
+        let worker_threads = self
+            .worker_threads
+            .unwrap_or_else(|| threads::default_threads(self.num_queue_pairs));
         if worker_threads == 0 || worker_threads > self.num_queue_pairs {
             return Err(ConfigError::WorkerThreads(
                 worker_threads,
@@ -625,13 +630,17 @@ mod tests {
     }
 
     #[test]
-    fn worker_threads_default_to_one_per_pair_and_stay_within_the_pairs() {
+    fn worker_threads_default_to_one_per_pair_up_to_the_cpus() {
         let pairs = ["--switch", "--socket", "/a", "--num-queue-pairs", "4"];
-        assert_eq!(parse(&pairs).unwrap().worker_threads, 4);
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(
+            usize::from(parse(&pairs).unwrap().worker_threads),
+            cpus.min(4)
+        );
         let c = parse(&[&pairs[..], &["--worker-threads", "1"]].concat()).unwrap();
         assert_eq!((c.queue_pairs, c.worker_threads), (4, 1));
         let c = parse(&["--socket", "/s", "--tap", "t", "--num-queue-pairs", "2"]).unwrap();
-        assert_eq!(c.worker_threads, 2);
+        assert_eq!(usize::from(c.worker_threads), cpus.min(2));
         let e = parse(&[&pairs[..], &["--worker-threads", "0"]].concat()).unwrap_err();
         assert!(
             e.contains("--worker-threads 0 is out of range: give 1 to 4"),

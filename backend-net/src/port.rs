@@ -59,7 +59,7 @@ pub struct Port {
     /// How long this port's queue threads busy-poll after their last work (`--poll-us`).
     pub poll: Duration,
     /// Worker threads a connection's queue pairs are spread over (`--worker-threads`), 1 to
-    /// `queue_pairs`; see [`crate::threads`].
+    /// `queue_pairs`, by default [`crate::threads::default_threads`]; see [`crate::threads`].
     pub worker_threads: u16,
     rx: Vec<RxQueue>,
     state: RwLock<PortState>,
@@ -76,7 +76,7 @@ impl Port {
             stats: PortStats::new(queue_pairs),
             pinned: Vec::new(),
             poll: Duration::ZERO,
-            worker_threads: queue_pairs,
+            worker_threads: crate::threads::default_threads(queue_pairs),
             rx: (0..queue_pairs).map(|_| RxQueue::new(rx_backlog)).collect(),
             state: RwLock::new(PortState {
                 connected: false,

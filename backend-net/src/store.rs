@@ -159,7 +159,7 @@ impl StoreDevice for Nics {
             mode: Mode::Tap(tap),
             sockets: vec![SocketSource::Path(socket.to_owned())],
             queue_pairs: vif.num_queue_pairs,
-            worker_threads: vif.num_queue_pairs,
+            worker_threads: crate::threads::default_threads(vif.num_queue_pairs),
             mac: MacAddr(vif.mac.0),
             mtu: vif.mtu,
             queue_size: self.config.queue_size,

@@ -9,6 +9,21 @@
 //! number of the mask's bits below it), so a thread's device event `e < 2P+1` is the `e`-th set
 //! bit of its mask. Events above `2P+1` are the TAP queues' readiness: pair N's is `2P+2+N`.
 
+/// Default worker threads for a port of `pairs` queue pairs: one per pair, but no more than
+/// the CPUs this process may run on (`std::thread::available_parallelism`, i.e. its affinity
+/// mask and cgroup quota), since each busy-polls its queues for `--poll-us` and more pollers
+/// than CPUs only take the CPU from each other. At least 1.
+pub fn default_threads(pairs: u16) -> u16 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    threads_for(pairs, cpus)
+}
+
+/// One thread per pair, at most `cpus`, at least 1.
+fn threads_for(pairs: u16, cpus: usize) -> u16 {
+    let cpus = u16::try_from(cpus).unwrap_or(u16::MAX);
+    pairs.min(cpus).max(1)
+}
+
 /// The vrings of one port's connection spread over its worker threads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
@@ -81,6 +96,17 @@ impl Layout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_is_one_thread_per_pair_up_to_the_cpus() {
+        assert_eq!(threads_for(4, 8), 4);
+        assert_eq!(threads_for(4, 2), 2);
+        assert_eq!(threads_for(2, 1), 1);
+        assert_eq!(threads_for(1, 0), 1);
+        assert_eq!(threads_for(3, 1 << 20), 3);
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(usize::from(default_threads(16)), cpus.min(16));
+    }
 
     #[test]
     fn one_thread_per_pair_is_the_old_layout() {
