@@ -40,6 +40,14 @@ impl Kick {
         true
     }
 
+    /// Ends this kick's work early (its worker busy-polled the queue for as long as one event
+    /// may take): [`Kick::go_round_again`] then kicks the queue again and returns `false`
+    /// without re-enabling notifications, as when the budget is spent, so the event loop gets
+    /// a turn and the queue is served again right after it.
+    pub fn end_turn(&mut self) {
+        self.left = 0;
+    }
+
     /// After a round of taking chains with notifications off: whether to go round again, that
     /// is whether more chains arrived meanwhile (`enable_notification`). With the budget spent
     /// the worker kicks itself (the kick eventfd) and returns `false`, so its event loop gets a
@@ -184,20 +192,45 @@ mod tests {
         assert!(!Kick::default().go_round_again(&vring, &guard, false, "test queue"));
     }
 
-    /// A kick whose budget is spent takes no more and hands the rest to a fresh kick.
-    #[test]
-    fn a_spent_budget_ends_the_kick() {
-        let (vring, mem) = ring(3);
+    /// Gives `vring` a kick eventfd; returns the eventfd's other end.
+    fn with_kick_fd(vring: &Vring) -> vmm_sys_util::eventfd::EventFd {
         let kick_fd = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
         let copy = kick_fd.try_clone().unwrap();
         use std::os::fd::{FromRawFd, IntoRawFd};
         // SAFETY: `into_raw_fd` hands over the descriptor, which the File now owns alone.
         let file = unsafe { std::fs::File::from_raw_fd(copy.into_raw_fd()) };
         vring.set_kick(Some(file));
+        kick_fd
+    }
+
+    /// A kick whose budget is spent takes no more and hands the rest to a fresh kick.
+    #[test]
+    fn a_spent_budget_ends_the_kick() {
+        let (vring, mem) = ring(3);
+        let kick_fd = with_kick_fd(&vring);
         let mut kick = Kick::default();
         let steps = std::iter::from_fn(|| kick.step().then_some(())).count();
         assert_eq!(steps, KICK_BUDGET);
         assert!(!kick.go_round_again(&vring, &mem.memory(), true, "test queue"));
         assert_eq!(kick_fd.read().unwrap(), 1, "the queue was kicked again");
+    }
+
+    /// A turn ended early (the worker polled for as long as one event may take) hands the
+    /// queue to a fresh kick of its own and leaves the driver's notifications off
+    /// (VRING_USED_F_NO_NOTIFY still set), so the driver is not asked to kick.
+    #[test]
+    fn an_ended_turn_kicks_again_with_notifications_off() {
+        let (vring, mem) = ring(3);
+        let kick_fd = with_kick_fd(&vring);
+        vring.disable_notification().unwrap();
+        let mut kick = Kick::default();
+        assert!(kick.step());
+        kick.end_turn();
+        assert!(!kick.step(), "no chain is taken after the turn ended");
+        let guard = mem.memory();
+        assert!(!kick.go_round_again(&vring, &guard, true, "test queue"));
+        assert_eq!(kick_fd.read().unwrap(), 1, "the queue was kicked again");
+        let used_flags: u16 = guard.read_obj(GuestAddress(0x2000)).unwrap();
+        assert_eq!(used_flags & 1, 1, "notifications were turned back on");
     }
 }
