@@ -3,7 +3,7 @@
 //! header size, transmit limits, receive offloads, and the TAP offload flags.
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_net::{
     virtio_net_config, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_CTRL_MAC_ADDR, VIRTIO_NET_F_CTRL_RX,
     VIRTIO_NET_F_CTRL_RX_EXTRA, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_GUEST_CSUM,
@@ -17,9 +17,15 @@ use vm_memory::ByteValued;
 use crate::hdr::{TxLimits, HDR_LEN, LEGACY_HDR_LEN, MAX_GSO_FRAME, VLAN_HLEN};
 use crate::mac::{MacAddr, ETH_HLEN};
 
-/// The virtio feature bits offered, by spec name.
-pub const OFFERED_FEATURES: [u32; 18] = [
+/// The virtio feature bits offered, by spec name. VIRTIO_F_IN_ORDER (virtio 1.2 §2.7.9): both
+/// queues use their chains in the order the driver made them available, one used element per
+/// chain (frames go into receive chains in order, and chains taken but not used are given back
+/// as the last ones taken; transmit chains come back as they were taken, dropped ones
+/// included), so a driver that acks it may keep its own ring state in step with the used ring
+/// (DPDK's in-order paths read a used element's `len`, not its `id`).
+pub const OFFERED_FEATURES: [u32; 19] = [
     VIRTIO_F_VERSION_1,
+    VIRTIO_F_IN_ORDER,
     VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
     VIRTIO_NET_F_MAC,

@@ -36,6 +36,9 @@ pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
 pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
 /// Feature bit: the device complies with virtio 1.0 or later (virtio 1.2 §6).
 pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// Feature bit: the device uses chains in the order they were made available (virtio 1.2
+/// §2.7.9, §6).
+pub const VIRTIO_F_IN_ORDER: u32 = 35;
 /// Size of one descriptor in bytes (`struct virtq_desc`).
 pub const DESC_SIZE: u64 = 16;
 /// The largest split queue size (virtio 1.2 §2.7).
@@ -121,6 +124,15 @@ pub enum VirtqError {
         id: u32,
         /// The len from the used element.
         len: u32,
+    },
+    /// With VIRTIO_F_IN_ORDER negotiated, the device used a chain before one made available
+    /// earlier (virtio 1.2 §2.7.9).
+    #[error("device used chain {head} out of order: chain {expected} was made available first")]
+    OutOfOrder {
+        /// The head the used element names.
+        head: u16,
+        /// The head of the oldest chain in flight, which had to come first.
+        expected: u16,
     },
 }
 
@@ -379,6 +391,10 @@ pub struct SplitQueue<const N: usize> {
     num_free: u16,
     chains: [Option<ChainSlots>; N],
     chains_in_flight: u16,
+    /// VIRTIO_F_IN_ORDER was negotiated ([`SplitQueue::set_in_order`]).
+    in_order: bool,
+    /// The driver's copy of the available ring's entries, by slot.
+    avail_heads: [u16; N],
     /// Next available index to fill (the driver's shadow of `avail.idx`).
     next_avail: Wrapping<u16>,
     /// Last available index stored to guest memory.
@@ -417,10 +433,19 @@ impl<const N: usize> SplitQueue<N> {
             num_free: size,
             chains: [None; N],
             chains_in_flight: 0,
+            in_order: false,
+            avail_heads: [0; N],
             next_avail: Wrapping(0),
             published_avail: Wrapping(0),
             last_used: Wrapping(0),
         })
+    }
+
+    /// VIRTIO_F_IN_ORDER was negotiated: [`SplitQueue::pop_used`] then checks that the device
+    /// uses the chains in the order they were made available, one used element each (virtio
+    /// 1.2 §2.7.9; this driver does not take the batched form, one element for several chains).
+    pub fn set_in_order(&mut self, in_order: bool) {
+        self.in_order = in_order;
     }
 
     /// The ring layout.
@@ -581,7 +606,8 @@ impl<const N: usize> SplitQueue<N> {
     /// # Errors
     /// [`VirtqError::UsedIndexTooFar`] (the device published more entries than chains in
     /// flight; nothing is consumed), [`VirtqError::BadUsedId`] (the entry is consumed and
-    /// dropped), [`VirtqError::Mem`].
+    /// dropped), [`VirtqError::OutOfOrder`] (the entry is consumed and its chain freed),
+    /// [`VirtqError::Mem`].
     pub fn pop_used(&mut self, mem: &impl GuestRam) -> Result<Option<Used>, VirtqError> {
         // Acquire: pairs with the device's release of used.idx, so the used element read below
         // is the one the device wrote before publishing the index (virtio 1.2 §2.7.14).
@@ -597,9 +623,8 @@ impl<const N: usize> SplitQueue<N> {
                 in_flight: self.chains_in_flight,
             });
         }
-        let elem = self
-            .layout
-            .used_elem_addr(self.last_used.0 & (self.layout.size - 1));
+        let slot = self.last_used.0 & (self.layout.size - 1);
+        let elem = self.layout.used_elem_addr(slot);
         let id = mem::read_u32(mem, elem)?;
         let len = mem::read_u32(mem, elem + 4)?;
         self.last_used += 1;
@@ -612,6 +637,10 @@ impl<const N: usize> SplitQueue<N> {
             .filter(|&h| h < self.layout.size && self.chains[usize::from(h)].is_some())
             .ok_or(VirtqError::BadUsedId { id, len })?;
         self.release(head);
+        let expected = self.avail_heads[usize::from(slot)];
+        if self.in_order && head != expected {
+            return Err(VirtqError::OutOfOrder { head, expected });
+        }
         Ok(Some(Used { head, len }))
     }
 
@@ -692,6 +721,7 @@ impl<const N: usize> SplitQueue<N> {
             self.layout.avail_entry_addr(avail_slot),
             &head.to_le_bytes(),
         )?;
+        self.avail_heads[usize::from(avail_slot)] = head;
         let tail = self.nth_free(count - 1);
         self.free_head = self.free_next[usize::from(tail)];
         // count <= num_free <= 32768 was checked by the caller.
@@ -782,6 +812,7 @@ mod tests {
         );
         assert_eq!(VIRTIO_RING_F_EVENT_IDX, ring::VIRTIO_RING_F_EVENT_IDX);
         assert_eq!(VIRTIO_F_VERSION_1, cfg::VIRTIO_F_VERSION_1);
+        assert_eq!(VIRTIO_F_IN_ORDER, cfg::VIRTIO_F_IN_ORDER);
     }
 
     #[test]

@@ -355,6 +355,47 @@ fn misbehaving_device_is_reported() {
     ));
 }
 
+/// With VIRTIO_F_IN_ORDER a device that uses a chain before one made available earlier is
+/// reported (and the chain it named is freed); one that keeps the order is not.
+#[test]
+fn a_device_out_of_order_is_reported_under_in_order() {
+    let mut p = pair(false);
+    p.driver.set_in_order(true);
+    let bufs: Vec<[Buffer; 1]> = (0..3)
+        .map(|i| [Buffer::writable(p.scratch + 512 * i, 64)])
+        .collect();
+    let heads: Vec<u16> = bufs
+        .iter()
+        .map(|b| p.driver.add(&p.ram, &[&b[..]]).unwrap())
+        .collect();
+    p.driver.publish(&p.ram).unwrap();
+    let popped: Vec<u16> = (0..3).map(|_| device_pop(&mut p).unwrap().0).collect();
+    assert_eq!(popped, heads);
+    let mem = p.ram.memory();
+    p.device.add_used(mem, heads[0], 10).unwrap();
+    assert_eq!(
+        p.driver.pop_used(&p.ram),
+        Ok(Some(Used {
+            head: heads[0],
+            len: 10
+        }))
+    );
+    p.device.add_used(mem, heads[2], 30).unwrap();
+    assert_eq!(
+        p.driver.pop_used(&p.ram),
+        Err(VirtqError::OutOfOrder {
+            head: heads[2],
+            expected: heads[1]
+        })
+    );
+    assert_eq!(
+        p.driver.chains_in_flight(),
+        1,
+        "chain {} is freed",
+        heads[2]
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     /// Random chain shapes completed in random order: every head comes back once with its

@@ -21,7 +21,8 @@ use frontend_guest::net::{
     VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_OK,
 };
 use frontend_guest::virtq::{
-    RawDescriptor, RawNext, VIRTIO_RING_F_EVENT_IDX, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    RawDescriptor, RawNext, VIRTIO_F_IN_ORDER, VIRTIO_RING_F_EVENT_IDX, VIRTQ_DESC_F_NEXT,
+    VIRTQ_DESC_F_WRITE,
 };
 use frontend_guest::GuestRam;
 use net_support::frames::{self, tcp4, udp4};
@@ -104,6 +105,12 @@ fn switch_passes_frames_of_every_size_and_offloads_untouched() {
     let daemon = NetDaemon::switch(dir.path(), 2, &[]);
     let mut a = daemon.connect(0, &NetOptions::default());
     let mut b = daemon.connect(1, &NetOptions::default());
+    // Both drivers negotiated VIRTIO_F_IN_ORDER, so every used element below (the merged
+    // buffers of the large frame too) is checked to come in the order its chain was made
+    // available (SplitQueue::set_in_order).
+    for dev in [&a, &b] {
+        assert_ne!(dev.features() & (1 << VIRTIO_F_IN_ORDER), 0);
+    }
     introduce(&mut a, &mut b);
     let (ma, mb) = (mac(&a), mac(&b));
     for len in [60usize, 1514, 1518] {

@@ -30,8 +30,8 @@ use crate::net::{
     VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
 };
 use crate::virtq::{
-    Buffer, QueueLayout, RawDescriptor, SplitQueue, VirtqError, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+    Buffer, QueueLayout, RawDescriptor, SplitQueue, VirtqError, VIRTIO_F_IN_ORDER,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 /// Largest queue size the front-end supports.
@@ -45,6 +45,7 @@ const fn bit(b: u32) -> u64 {
 
 /// Every feature this front-end understands.
 pub const ALL_FEATURES: u64 = bit(VIRTIO_F_VERSION_1)
+    | bit(VIRTIO_F_IN_ORDER)
     | bit(VIRTIO_RING_F_EVENT_IDX)
     | bit(VIRTIO_RING_F_INDIRECT_DESC)
     | bit(VIRTIO_NET_F_CSUM)
@@ -404,11 +405,9 @@ impl NetQueuePair {
         let event_idx = features & bit(VIRTIO_RING_F_EVENT_IDX) != 0;
         let new_queue = || -> NetResult<SplitQueue<MAX_QUEUE_SIZE>> {
             let base = ram.alloc(QueueLayout::contiguous_bytes(size), 4096)?;
-            Ok(SplitQueue::new(
-                &**ram,
-                QueueLayout::contiguous(base, size)?,
-                event_idx,
-            )?)
+            let mut q = SplitQueue::new(&**ram, QueueLayout::contiguous(base, size)?, event_idx)?;
+            q.set_in_order(features & bit(VIRTIO_F_IN_ORDER) != 0);
+            Ok(q)
         };
         let (rx, tx) = (new_queue()?, new_queue()?);
         let rx_stride = u64::from(opts.rx_buffer_bytes).next_multiple_of(64);
@@ -839,8 +838,10 @@ impl CtrlQueue {
     fn new(ram: &Arc<HostRam>, opts: &NetOptions, features: u64) -> NetResult<Self> {
         let base = ram.alloc(QueueLayout::contiguous_bytes(16), 4096)?;
         let event_idx = features & bit(VIRTIO_RING_F_EVENT_IDX) != 0;
+        let mut vq = SplitQueue::new(&**ram, QueueLayout::contiguous(base, 16)?, event_idx)?;
+        vq.set_in_order(features & bit(VIRTIO_F_IN_ORDER) != 0);
         Ok(CtrlQueue {
-            vq: SplitQueue::new(&**ram, QueueLayout::contiguous(base, 16)?, event_idx)?,
+            vq,
             fds: VringFds::new()?,
             slot: ram.alloc(4096, 64)?,
             timeout: opts.io_timeout,
