@@ -56,15 +56,6 @@ struct Round {
     spent: bool,
 }
 
-/// How [`Worker::poll`] ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Polled {
-    /// Nothing came for the port's poll window: notifications go back on.
-    Idle,
-    /// The event has been served for as long as one may be, or its budget is spent.
-    TurnOver,
-}
-
 /// Frames read into bounce buffers per batch (each buffer holds a largest frame).
 const BOUNCE_BATCH: usize = 16;
 
@@ -309,14 +300,8 @@ impl Worker {
                 // VHOST_USER_GET_VRING_BASE stopped the ring; it waits for this call.
                 break;
             };
-            if !round.spent {
-                match self.poll(tx, mem, started, &mut kick) {
-                    None => break,
-                    // Re-enabling notifications now would only let the driver kick while the
-                    // queue is busy; its next turn comes through a kick of this worker's own.
-                    Some(Polled::TurnOver) => kick.end_turn(),
-                    Some(Polled::Idle) => {}
-                }
+            if !round.spent && self.poll(tx, mem, started, &mut kick).is_none() {
+                break;
             }
             if !kick.go_round_again(tx, mem, round.took > 0, "transmit queue") {
                 break;
@@ -401,11 +386,12 @@ impl Worker {
         }
     }
 
-    /// Busy-polls the transmit queue until nothing came for the port's poll window
-    /// ([`Polled::Idle`]), or until the event that started at `started` has been served for
-    /// [`MAX_POLL_PER_EVENT`] or `kick`'s budget is spent ([`Polled::TurnOver`]: the control
-    /// path, which waits for this worker, and the thread's other events get their turn). An
-    /// idle turn yields the CPU to other runnable threads (on a shared core, the other queues'
+    /// Busy-polls the transmit queue until nothing came for the port's poll window, or until
+    /// the event that started at `started` has been served for [`MAX_POLL_PER_EVENT`] or
+    /// `kick`'s budget is spent; then the turn ends ([`Kick::end_turn`]) and the queue, still
+    /// busy, waits for a kick of the worker's own, notifications off, while the control path
+    /// (which waits for this worker) and the thread's other events get their turn. An idle
+    /// turn yields the CPU to other runnable threads (on a shared core, the other queues'
     /// workers); the time they run does not count as this queue's idle time. Frames moved are
     /// signalled to the driver as they go. `None` once the ring was stopped.
     fn poll(
@@ -414,10 +400,10 @@ impl Worker {
         mem: &GuestRam,
         started: Instant,
         kick: &mut Kick,
-    ) -> Option<Polled> {
+    ) -> Option<()> {
         let window = self.port.poll;
         if window.is_zero() {
-            return Some(Polled::Idle);
+            return Some(());
         }
         let mut last_work = Instant::now();
         loop {
@@ -427,10 +413,11 @@ impl Worker {
                 last_work = now;
                 notify(tx);
             } else if now.duration_since(last_work) >= window {
-                return Some(Polled::Idle);
+                return Some(());
             }
             if round.spent || now.duration_since(started) >= MAX_POLL_PER_EVENT {
-                return Some(Polled::TurnOver);
+                kick.end_turn();
+                return Some(());
             }
             if round.took == 0 {
                 std::thread::yield_now();
